@@ -1,0 +1,157 @@
+"""Composition root: the only place that wires concrete classes together.
+
+``build(settings)`` returns a :class:`Daemon`; ``Daemon.run(stop)`` is the loop. Close order on the way out:
+finish the batch in hand (dead letters acknowledged, offsets committed), leave the consumer group, close the
+dead-letter producer, stop the HTTP server.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+
+from driftwatch import __version__
+from driftwatch.config import Settings
+from driftwatch.errors import DeadLetterError
+from driftwatch.http import HttpServer, build_app
+from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source
+from driftwatch.metrics import Metrics
+from driftwatch.monitor.signals import AdapterSignals
+from driftwatch.recent import DedupWindow
+
+log = logging.getLogger("driftwatch")
+
+DEAD_LETTER_HEADROOM = 64 * 1024  # room for headers and batch overhead under the producer's max_request_size
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Daemon:
+    settings: Settings
+    metrics: Metrics
+    source: Source
+    dead_letters: DeadLetterSink
+    ingestor: Ingestor
+    http: HttpServer | None = None
+    state: State = State.STARTING
+    blocked_since: float | None = None
+    last_tick: float = field(default_factory=time.monotonic)
+
+    # -- probes -------------------------------------------------------------------------------------------------------
+    def health(self) -> tuple[bool, dict]:
+        age = time.monotonic() - self.last_tick
+        return age < max(60.0, 3 * self.settings.kafka.consumer.poll_timeout_ms / 1000), {
+            "state": self.state.value, "loop_age_s": round(age, 3)}
+
+    def readiness(self) -> tuple[bool, dict]:
+        joined = self.source.joined
+        ok = self.state is State.RUNNING and joined and self.blocked_since is None
+        return ok, {"state": self.state.value, "joined": joined, "dead_letter_blocked": self.blocked_since is not None}
+
+    # -- loop ---------------------------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> int:
+        """Ingest until ``stop`` is set; return the exit code (0 clean, 1 stopped with work that will be redelivered)."""
+        self.state = State.RUNNING
+        code = 0
+        joined = False
+        try:
+            while not stop.is_set():
+                self.last_tick = time.monotonic()
+                batch = self.ingestor.poll()
+                if not joined and self.source.joined:
+                    joined = True
+                    self.metrics.consumer_joined.set(1)
+                if batch is not None and not self._finish(batch, stop):
+                    code = 1
+                    break
+        finally:
+            self.state = State.DRAINING
+            self._close()
+            self.state = State.STOPPED
+        return code
+
+    def _finish(self, batch: Batch, stop: threading.Event) -> bool:
+        """Deliver dead letters and commit; while the dead-letter topic is down, retry and commit nothing."""
+        while True:
+            try:
+                self.ingestor.finish(batch)
+            except DeadLetterError as exc:
+                batch.dead_letters = exc.pending  # type: ignore[assignment]
+                if self.blocked_since is None:
+                    self.blocked_since = time.monotonic()
+                    self.metrics.dead_letter_blocked.set(1)
+                log.error("dead-letter topic cannot be written; not committing offsets until it can: %s", exc)
+                if stop.wait(self.settings.ingest.dead_letter_retry_s):
+                    log.error("stopping with %d dead letter(s) unwritten; their offsets were not committed and the "
+                              "records will be redelivered", len(batch.dead_letters))
+                    return False
+                self.last_tick = time.monotonic()
+                continue
+            if self.blocked_since is not None:
+                log.info("dead-letter topic writable again after %.1fs", time.monotonic() - self.blocked_since)
+                self.blocked_since = None
+                self.metrics.dead_letter_blocked.set(0)
+            return True
+
+    def _close(self) -> None:
+        for name, close in (("consumer", self.source.close), ("dead-letter producer", self.dead_letters.close)):
+            try:
+                close()
+            except Exception:  # noqa: BLE001 - shutting down: log and go on closing the rest
+                log.exception("error closing the %s", name)
+        if self.http is not None:
+            self.http.stop()
+
+
+def build(settings: Settings, registry: CollectorRegistry | None = None, *, serve_http: bool = True) -> Daemon:
+    """Wire the daemon from settings: metrics, HTTP, topic check, consumer, dead-letter producer, pipeline."""
+    from driftwatch.ingest.kafka import KafkaDeadLetterSink, KafkaSource, ensure_topics
+
+    if registry is None:
+        registry = CollectorRegistry()
+        for collector in (ProcessCollector, PlatformCollector, GCCollector):
+            collector(registry=registry)
+    m = settings.metrics
+    metrics = Metrics(registry, max_adapters=m.max_adapters, max_routes=m.max_routes, latency_buckets_s=m.latency_buckets_s)
+    metrics.build_info.labels(version=__version__).set(1)
+
+    k, ing = settings.kafka, settings.ingest
+    daemon: Daemon | None = None
+    http = None
+    if serve_http:
+        http = HttpServer(build_app(registry, lambda: daemon.health() if daemon else (True, {"state": "starting"}),
+                                    lambda: daemon.readiness() if daemon else (False, {"state": "starting"})),
+                          settings.http.host, settings.http.port).start()
+    try:
+        ensure_topics(k)
+        source = KafkaSource(k)
+        sink = KafkaDeadLetterSink(k)
+    except Exception:
+        if http is not None:
+            http.stop()
+        raise
+    settings.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+    ingestor = Ingestor(
+        source, sink, metrics,
+        kinds={k.topics.inference: "inference", k.topics.feedback: "feedback"},
+        max_record_bytes=ing.max_record_bytes,
+        dedup=DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s),
+        journal=OffsetJournal(settings.daemon.state_dir / f"offsets-{k.consumer.group_id}.json"),
+        downstream=AdapterSignals(metrics, DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s)),
+        group_id=k.consumer.group_id,
+        dead_letter_head_bytes=ing.dead_letter_head_bytes,
+        dead_letter_max_bytes=max(1024, k.producer.max_request_size - DEAD_LETTER_HEADROOM),
+    )
+    daemon = Daemon(settings, metrics, source, sink, ingestor, http)
+    return daemon

@@ -1,0 +1,160 @@
+"""Command line: argument parsing and exit codes only; the work lives in app, simulate and demo.
+
+Exit codes: 0 success, 1 runtime failure, 2 bad configuration or arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+import click
+
+from driftwatch import __version__
+from driftwatch.errors import ConfigError, DriftwatchError
+
+log = logging.getLogger("driftwatch")
+
+
+def _load(config: str | None):
+    from driftwatch.config import load_settings
+
+    try:
+        return load_settings(config)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+def _pairs(text: str | None, cast=float) -> dict:
+    """Parse "a=1,b=2" into {"a": 1.0, "b": 2.0}."""
+    if not text:
+        return {}
+    out = {}
+    for part in text.split(","):
+        name, sep, number = part.partition("=")
+        if not sep:
+            raise click.BadParameter(f"'{part}' is not name=value")
+        try:
+            out[name.strip()] = cast(number)
+        except ValueError:
+            raise click.BadParameter(f"'{number}' in '{part}' is not a number") from None
+    return out
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="driftwatch")
+def main() -> None:
+    """driftwatch keeps a fine-tuned LLM healthy in production."""
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="YAML settings (DRIFTWATCH__* env overrides apply).")
+def run(config: str | None) -> None:
+    """Run the daemon: ingest from Kafka, export /metrics, until SIGTERM/SIGINT."""
+    settings = _load(config)
+    from driftwatch.log import setup_logging
+
+    setup_logging(settings.logging.level, settings.logging.format)
+    from driftwatch import app
+
+    stop = threading.Event()
+    grace = settings.daemon.shutdown_grace_s
+
+    def on_signal(signum: int, frame: object) -> None:
+        if stop.is_set():
+            log.error("second signal: exiting now without finishing the batch")
+            os._exit(1)
+        log.info("%s received: finishing the batch in hand, committing, exiting (grace %.0fs)", signal.Signals(signum).name, grace)
+        stop.set()
+        timer = threading.Timer(grace, lambda: (log.error("shutdown grace of %.0fs exceeded: exiting", grace), os._exit(1)))
+        timer.daemon = True
+        timer.start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon = app.build(settings)
+    except ConfigError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+    except DriftwatchError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(1)
+    log.info("driftwatch %s running: metrics at %s/metrics, consuming %s and %s as group '%s'", __version__,
+             daemon.http.url, settings.kafka.topics.inference, settings.kafka.topics.feedback,
+             settings.kafka.consumer.group_id)
+    code = daemon.run(stop)
+    log.info("stopped (exit %d)", code)
+    sys.exit(code)
+
+
+@main.command()
+@click.option("--duration", default=30.0, show_default=True, help="Seconds of simulated traffic.")
+@click.option("--rate", default=50.0, show_default=True, help="Inference requests per second.")
+@click.option("--broker", type=click.Choice(["tansu", "noida"]), default="tansu", show_default=True)
+@click.option("--seed", default=7, show_default=True)
+def demo(duration: float, rate: float, broker: str, seed: int) -> None:
+    """Start a local broker, the simulator and the daemon; print the counts read back from /metrics."""
+    from driftwatch.demo import run_demo
+    from driftwatch.log import setup_logging
+
+    setup_logging("WARNING")
+    sys.exit(run_demo(duration, rate, broker, seed))
+
+
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings for the broker and topic names.")
+@click.option("--bootstrap", help="host:port of a broker (overrides the config).")
+@click.option("--rate", default=100.0, show_default=True, help="Inference records per second.")
+@click.option("--count", type=int, help="Inference records to send.")
+@click.option("--duration", type=float, help="Seconds to run (default: until --count, or 10 s).")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--routes", help="Route mix, e.g. qa=0.5,code=0.3,chat=0.2.")
+@click.option("--adapters", default="support-v1=1", show_default=True, help="Adapter mix.")
+@click.option("--error-rate", default=0.01, show_default=True)
+@click.option("--timeout-rate", default=0.005, show_default=True)
+@click.option("--feedback-rate", default=0.2, show_default=True)
+@click.option("--feedback-delay", default=2.0, show_default=True, help="Mean feedback delay, seconds.")
+@click.option("--bad", help="Bad records to inject, e.g. not_json=3,oversize=1,duplicate=2.")
+@click.option("--oversize-bytes", default=1_100_000, show_default=True)
+def simulate(config, bootstrap, rate, count, duration, seed, routes, adapters, error_rate, timeout_rate, feedback_rate,
+             feedback_delay, bad, oversize_bytes) -> None:
+    """Publish simulated inference logs and feedback (and bad records on request) to Kafka."""
+    from driftwatch.client import EventProducer
+    from driftwatch.simulate import SimConfig, Simulator
+    from driftwatch.simulate import run as run_sim
+
+    settings = _load(config)
+    kafka = settings.kafka.model_copy(update={"bootstrap_servers": [bootstrap]}) if bootstrap else settings.kafka
+    try:
+        cfg = SimConfig(seed=seed, adapters=_pairs(adapters), error_rate=error_rate, timeout_rate=timeout_rate,
+                        feedback_rate=feedback_rate, feedback_delay_s=feedback_delay, bad=_pairs(bad, int),
+                        oversize_bytes=oversize_bytes, **({"routes": _pairs(routes)} if routes else {}))
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if count is None and duration is None:
+        duration = 10.0
+    topics = {"inference": kafka.topics.inference, "feedback": kafka.topics.feedback}
+    with EventProducer(kafka=kafka) as producer:
+        sent = run_sim(producer, topics, Simulator(cfg), rate=rate, duration_s=duration, count=count)
+    for label, n in sorted(sent.items()):
+        click.echo(f"{label}\t{n}")
+
+
+@main.group("config")
+def config_group() -> None:
+    """Inspect settings."""
+
+
+@config_group.command("check")
+@click.argument("file", type=click.Path(dir_okay=False))
+def config_check(file: str) -> None:
+    """Print the resolved settings (secrets masked), or every problem with its field and fix; exit 2 on problems."""
+    import yaml
+
+    settings = _load(file)
+    click.echo(yaml.safe_dump(settings.redacted(), sort_keys=False), nl=False)

@@ -1,0 +1,295 @@
+"""Settings: one pydantic tree, read from YAML with environment overrides.
+
+Precedence: defaults < YAML file < environment. An environment variable names a field path with double
+underscores: ``DRIFTWATCH__KAFKA__BOOTSTRAP_SERVERS=broker-1:9092,broker-2:9092``.
+
+Every bad value fails at load time as a :class:`~driftwatch.errors.ConfigError` that lists each problem with
+its dotted field path and what would fix it. Secrets are ``SecretStr``: they print as ``**********``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from driftwatch.errors import ConfigError, ConfigProblem
+
+ENV_PREFIX = "DRIFTWATCH__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Topics(_Section):
+    inference: str = Field("driftwatch.inference.v1", min_length=1, max_length=249)
+    feedback: str = Field("driftwatch.feedback.v1", min_length=1, max_length=249)
+    dead_letter: str = Field("driftwatch.dead-letter.v1", min_length=1, max_length=249)
+
+
+class Security(_Section):
+    protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_password: SecretStr | None = None
+    ssl_check_hostname: bool = True
+
+
+class Consumer(_Section):
+    group_id: str = Field("driftwatch", min_length=1)
+    max_poll_records: int = Field(500, ge=1, le=100_000)
+    poll_timeout_ms: int = Field(500, ge=1, le=60_000)
+    session_timeout_ms: int = Field(10_000, ge=1_000, le=300_000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100, le=100_000)
+    max_poll_interval_ms: int = Field(300_000, ge=1_000)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    fetch_max_bytes: int = Field(52_428_800, ge=1024)
+    max_partition_fetch_bytes: int = Field(4_194_304, ge=1024)
+
+
+class Producer(_Section):
+    acks: Literal["all", "1", "0"] = "all"
+    linger_ms: int = Field(5, ge=0, le=10_000)
+    max_request_size: int = Field(1_048_576, ge=1024)
+    delivery_timeout_ms: int = Field(30_000, ge=1_000)
+    compression_type: Literal["none", "gzip"] = "none"
+
+
+class Kafka(_Section):
+    bootstrap_servers: list[str] = Field(default_factory=lambda: ["127.0.0.1:9092"], min_length=1)
+    client_id: str = "driftwatch"
+    request_timeout_ms: int = Field(30_000, ge=1_000)
+    topics: Topics = Topics()
+    security: Security = Security()
+    consumer: Consumer = Consumer()
+    producer: Producer = Producer()
+    create_topics: bool = False
+    partitions: int = Field(4, ge=1, description="partition count used when create_topics is on")
+    replication_factor: int = Field(1, ge=1)
+    require_copartitioned: bool = True
+
+    _split = field_validator("bootstrap_servers", mode="before")(_split_csv)
+
+
+class Ingest(_Section):
+    max_record_bytes: int = Field(1_048_576, ge=256, description="larger records are dead-lettered as oversize")
+    dedup_max_entries: int = Field(200_000, ge=1)
+    dedup_max_age_s: float = Field(3_600.0, gt=0)
+    dead_letter_head_bytes: int = Field(65_536, ge=0, description="bytes of an oversize record kept in its dead letter")
+    dead_letter_retry_s: float = Field(2.0, gt=0, le=300)
+
+
+class Metrics(_Section):
+    max_adapters: int = Field(100, ge=1, description="distinct adapter label values; the rest are 'other'")
+    max_routes: int = Field(50, ge=1)
+    latency_buckets_s: list[float] = Field(
+        default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0], min_length=1
+    )
+
+    _split = field_validator("latency_buckets_s", mode="before")(_split_csv)
+
+
+class Http(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65_535)
+
+
+class Daemon(_Section):
+    shutdown_grace_s: float = Field(20.0, gt=0)
+    state_dir: Path = Path(".driftwatch")
+
+
+class Logging(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class Settings(_Section):
+    kafka: Kafka = Kafka()
+    ingest: Ingest = Ingest()
+    metrics: Metrics = Metrics()
+    http: Http = Http()
+    daemon: Daemon = Daemon()
+    logging: Logging = Logging()
+
+    def redacted(self) -> dict[str, Any]:
+        """The resolved settings as plain data, secrets masked: safe to print and log."""
+        return self.model_dump(mode="json")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# loading
+
+
+def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read YAML (optional), apply ``DRIFTWATCH__`` overrides, validate. Raises ConfigError listing every problem."""
+    source = str(path) if path else "defaults"
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_yaml(Path(path))
+    env_paths = _apply_env(data, os.environ if env is None else env)
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_problem(err, env_paths) for err in exc.errors()], source) from None
+    problems = _cross_checks(settings)
+    if problems:
+        raise ConfigError(problems, source)
+    return settings
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigProblem("(file)", f"cannot read {path}: {exc.strerror}", "pass an existing, readable YAML file")], str(path)) from None
+    try:
+        loaded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError([ConfigProblem("(file)", f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", "correct the YAML syntax")], str(path)) from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError([ConfigProblem("(file)", f"top level is a {type(loaded).__name__}", "make the top level a mapping of sections (kafka:, ingest:, ...)")], str(path))
+    return loaded
+
+
+def _apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[tuple[str, ...], str]:
+    """Write DRIFTWATCH__A__B=v into data["a"]["b"]; return which paths came from which variable."""
+    origins: dict[tuple[str, ...], str] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        keys = tuple(part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part)
+        if not keys:
+            continue
+        node = data
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = value
+        origins[keys] = name
+    return origins
+
+
+_FIXES = {
+    "missing": "add this field",
+    "int_parsing": "use a whole number",
+    "int_type": "use a whole number",
+    "int_from_float": "use a whole number",
+    "float_parsing": "use a number",
+    "float_type": "use a number",
+    "bool_parsing": "use true or false",
+    "bool_type": "use true or false",
+    "string_type": "use a string",
+    "list_type": "use a list (or a comma-separated string)",
+    "dict_type": "use a mapping",
+    "model_type": "use a mapping of this section's fields",
+    "model_attributes_type": "use a mapping of this section's fields",
+    "string_too_short": "use a non-empty value",
+    "too_short": "give at least one item",
+}
+
+
+def _problem(err: Mapping[str, Any], env_paths: Mapping[tuple[str, ...], str]) -> ConfigProblem:
+    loc = tuple(str(part) for part in err["loc"])
+    path = ".".join(loc) or "(top level)"
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    message = err["msg"]
+    if kind == "extra_forbidden":
+        message = "unknown field"
+        fix = "remove it"
+        known = _known_fields(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1)
+        if close:
+            fix = f"did you mean '{close[0]}'?"
+        elif known:
+            fix += f" (fields here: {', '.join(sorted(known))})"
+    elif kind == "literal_error":
+        fix = f"use one of {ctx.get('expected')}"
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        fix = "use a value that " + message.lower().removeprefix("input should be ")
+    else:
+        fix = _FIXES.get(kind, "see docs/configuration.md for this field")
+    origin = next((var for keys, var in env_paths.items() if loc[: len(keys)] == keys), None)
+    if origin:
+        message += f" (from environment variable {origin})"
+    return ConfigProblem(path, message, fix)
+
+
+def _known_fields(loc: tuple[str, ...]) -> list[str]:
+    model: type[BaseModel] = Settings
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def _cross_checks(s: Settings) -> list[ConfigProblem]:
+    """Rules that span fields; each names the one field to change."""
+    out: list[ConfigProblem] = []
+    c = s.kafka.consumer
+    if c.heartbeat_interval_ms * 3 > c.session_timeout_ms:
+        out.append(ConfigProblem(
+            "kafka.consumer.heartbeat_interval_ms",
+            f"{c.heartbeat_interval_ms} ms is above a third of session_timeout_ms ({c.session_timeout_ms} ms)",
+            f"set it to at most {c.session_timeout_ms // 3}, or raise session_timeout_ms",
+        ))
+    if c.session_timeout_ms > c.max_poll_interval_ms:
+        out.append(ConfigProblem(
+            "kafka.consumer.max_poll_interval_ms", "is below session_timeout_ms", f"set it to at least {c.session_timeout_ms}"
+        ))
+    for server in s.kafka.bootstrap_servers:
+        host, sep, port = server.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            out.append(ConfigProblem("kafka.bootstrap_servers", f"'{server}' is not host:port", "write each server as host:port, e.g. kafka-0:9092"))
+    t = s.kafka.topics
+    names = [t.inference, t.feedback, t.dead_letter]
+    if len(set(names)) != 3:
+        out.append(ConfigProblem("kafka.topics", f"topic names must differ, got {names}", "give inference, feedback and dead_letter distinct names"))
+    sec = s.kafka.security
+    if sec.protocol.startswith("SASL"):
+        if sec.sasl_mechanism is None:
+            out.append(ConfigProblem("kafka.security.sasl_mechanism", f"required with protocol {sec.protocol}", "set PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512"))
+        if not sec.sasl_username:
+            out.append(ConfigProblem("kafka.security.sasl_username", f"required with protocol {sec.protocol}", "set the SASL user name"))
+        if sec.sasl_password is None:
+            out.append(ConfigProblem("kafka.security.sasl_password", f"required with protocol {sec.protocol}",
+                                     "set it, preferably from a secret via DRIFTWATCH__KAFKA__SECURITY__SASL_PASSWORD"))
+    elif sec.sasl_mechanism is not None:
+        out.append(ConfigProblem("kafka.security.sasl_mechanism", f"set but protocol is {sec.protocol}", "use protocol SASL_SSL (or SASL_PLAINTEXT), or remove sasl_mechanism"))
+    for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        value = getattr(sec, name)
+        if value is not None and not value.is_file():
+            out.append(ConfigProblem(f"kafka.security.{name}", f"file {value} does not exist", "point it at a readable PEM file"))
+    if s.ingest.max_record_bytes > c.max_partition_fetch_bytes:
+        out.append(ConfigProblem("ingest.max_record_bytes", f"above kafka.consumer.max_partition_fetch_bytes ({c.max_partition_fetch_bytes})",
+                                 f"set it to at most {c.max_partition_fetch_bytes}, or raise max_partition_fetch_bytes"))
+    buckets = s.metrics.latency_buckets_s
+    if any(b <= 0 for b in buckets) or buckets != sorted(set(buckets)):
+        out.append(ConfigProblem("metrics.latency_buckets_s", f"{buckets} is not strictly increasing and positive", "list positive bucket bounds in increasing order"))
+    return out

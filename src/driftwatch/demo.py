@@ -1,0 +1,127 @@
+"""``driftwatch demo``: a local broker, the simulator and the daemon, on free ports, with no config.
+
+The simulator writes good traffic plus every kind of bad record; the daemon ingests it; at the end the demo
+reads the counts back from the daemon's /metrics and checks them against what was sent. Exit 0 when they
+match. Later stages (drift, retrain, rollout) grow this into the whole loop.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import click
+
+from driftwatch.events import Reason
+
+BAD_PER_KIND = 3
+MAX_RECORD_BYTES = 256 * 1024
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Read a /metrics page into {(sample name, sorted labels): value}."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def value(samples: dict, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+def expected_counts(sent: Counter) -> dict[str, int]:
+    return {
+        "inference accepted": sent["inference"],
+        "feedback accepted": sent["feedback"],
+        **{f"dead letters: {r.value}": sent[r.value] for r in Reason},
+        "duplicates": sent["duplicate"],
+    }
+
+
+def observed_counts(samples: dict, topics) -> dict[str, int]:
+    return {
+        "inference accepted": int(value(samples, "driftwatch_ingest_records_total", topic=topics.inference, outcome="accepted")),
+        "feedback accepted": int(value(samples, "driftwatch_ingest_records_total", topic=topics.feedback, outcome="accepted")),
+        **{f"dead letters: {r.value}": int(value(samples, "driftwatch_dead_letters_total", reason=r.value)) for r in Reason},
+        "duplicates": int(value(samples, "driftwatch_duplicates_total")),
+    }
+
+
+def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=click.echo) -> int:
+    from driftwatch import app
+    from driftwatch.client import EventProducer
+    from driftwatch.config import Settings
+    from driftwatch.localbroker import LocalBroker
+    from driftwatch.simulate import BAD_KINDS, SimConfig, Simulator, run
+
+    t_start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="driftwatch-demo-") as tmp, LocalBroker(broker_kind) as broker:  # type: ignore[arg-type]
+        echo(f"broker: {broker_kind} at {broker.bootstrap}")
+        settings = Settings.model_validate({
+            "kafka": {"bootstrap_servers": [broker.bootstrap], "create_topics": True,
+                      "consumer": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "poll_timeout_ms": 200}},
+            "ingest": {"max_record_bytes": MAX_RECORD_BYTES},
+            "http": {"port": 0},
+            "daemon": {"state_dir": str(Path(tmp) / "state")},
+        })
+        daemon = app.build(settings)
+        stop = threading.Event()
+        result: dict[str, int] = {}
+        runner = threading.Thread(target=lambda: result.setdefault("code", daemon.run(stop)), name="daemon")
+        runner.start()
+        url = daemon.http.url
+        echo(f"daemon: {url}/metrics  (waiting for the consumer group to form)")
+        try:
+            deadline = time.monotonic() + 30
+            while not daemon.readiness()[0]:
+                if time.monotonic() > deadline or not runner.is_alive():
+                    echo("daemon did not become ready within 30 s", err=True)
+                    return 1
+                time.sleep(0.1)
+            echo(f"ready after {time.monotonic() - t_start:.1f}s; simulating {rate:g} requests/s for {duration_s:g}s "
+                 f"with {BAD_PER_KIND} bad records of each kind")
+            sim = Simulator(SimConfig(seed=seed, adapters={"support-v1": 0.8, "support-v2": 0.2},
+                                      bad={k: BAD_PER_KIND for k in BAD_KINDS}, oversize_bytes=MAX_RECORD_BYTES + 1000))
+            with EventProducer(kafka=settings.kafka) as producer:
+                topics = {"inference": settings.kafka.topics.inference, "feedback": settings.kafka.topics.feedback}
+                sent = run(producer, topics, sim, rate=rate, duration_s=duration_s)
+            expected = expected_counts(sent)
+            deadline = time.monotonic() + 30
+            while True:
+                observed = observed_counts(scrape(url), settings.kafka.topics)
+                if observed == expected or time.monotonic() > deadline:
+                    break
+                time.sleep(0.25)
+            samples = scrape(url)
+        finally:
+            stop.set()
+            runner.join(30)
+
+        width = max(map(len, expected))
+        echo(f"\n{'':{width}}  {'sent':>8}  {'counted':>8}")
+        for name, want in expected.items():
+            got = observed[name]
+            echo(f"{name:{width}}  {want:>8}  {got:>8}  {'ok' if got == want else 'MISMATCH'}")
+        echo("\nper adapter (from /metrics):")
+        for adapter in ("support-v1", "support-v2"):
+            req = value(samples, "driftwatch_requests_total", adapter=adapter)
+            err = req - value(samples, "driftwatch_requests_total", adapter=adapter, status="ok")
+            neg = value(samples, "driftwatch_feedback_total", adapter=adapter, sentiment="negative")
+            fb = value(samples, "driftwatch_feedback_total", adapter=adapter)
+            lat_sum = value(samples, "driftwatch_request_latency_seconds_sum", adapter=adapter)
+            echo(f"  {adapter}: {int(req)} requests, error ratio {err / max(req, 1):.3f}, "
+                 f"mean latency {lat_sum / max(req, 1) * 1000:.0f} ms, negative feedback {neg / max(fb, 1):.2f} of {int(fb)}")
+        ok = observed == expected and result.get("code") == 0
+        echo(f"\n{'all counts match' if ok else 'counts DO NOT match'}; demo took {time.monotonic() - t_start:.1f}s")
+        return 0 if ok else 1

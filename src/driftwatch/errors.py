@@ -1,0 +1,69 @@
+"""One exception tree for driftwatch.
+
+Third-party errors (kafka-python, pydantic, httpx) are translated at the edge that meets them,
+with ``raise ... from exc``, so callers only ever catch these::
+
+    DriftwatchError
+     ├── ConfigError            bad settings: every problem with its field path and the fix
+     ├── ContractError          an event the producer helper refuses to publish (breaks contract v1)
+     └── IngestError
+          ├── BrokerUnavailable  no Kafka broker answered within the configured time
+          ├── TopicLayoutError   topics missing, or inference/feedback not co-partitioned
+          ├── DeadLetterError    the dead-letter topic cannot be written; offsets stay uncommitted
+          └── CommitError        an offset commit failed (e.g. the group rebalanced); records are redelivered
+
+Later stages (retrain, evaluate, rollout, serving) add their branches under DriftwatchError.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+class DriftwatchError(Exception):
+    """Base of every error driftwatch raises on purpose."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigProblem:
+    path: str  # dotted field path, e.g. "kafka.consumer.session_timeout_ms"
+    message: str  # what is wrong
+    fix: str  # what would make it right
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message} — fix: {self.fix}"
+
+
+class ConfigError(DriftwatchError):
+    def __init__(self, problems: list[ConfigProblem], source: str = "config"):
+        self.problems = problems
+        self.source = source
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
+
+
+class ContractError(DriftwatchError):
+    """An event that does not satisfy the v1 event contract (raised on the producing side)."""
+
+
+class IngestError(DriftwatchError):
+    pass
+
+
+class BrokerUnavailable(IngestError):
+    pass
+
+
+class TopicLayoutError(IngestError):
+    pass
+
+
+class DeadLetterError(IngestError):
+    def __init__(self, message: str, pending: Sequence[object] = ()) -> None:
+        super().__init__(message)
+        self.pending = list(pending)  # the letters still to deliver, in order
+
+
+class CommitError(IngestError):
+    pass

@@ -1,0 +1,234 @@
+"""The kafka-python edge: consumer group source, dead-letter producer, topic layout check.
+
+kafka-python errors are translated here into driftwatch.errors; nothing above this module imports kafka.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Sequence
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import errors as kerr
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.structs import OffsetAndMetadata
+
+from driftwatch.config import Kafka
+from driftwatch.errors import (
+    BrokerUnavailable, CommitError, ConfigError, ConfigProblem, DeadLetterError, DriftwatchError, TopicLayoutError,
+)
+from driftwatch.ingest.pipeline import DeadLetter, Record
+
+log = logging.getLogger(__name__)
+
+
+def client_kwargs(cfg: Kafka) -> dict[str, Any]:
+    """Connection and security settings shared by consumer, producer and admin client (secrets revealed here only)."""
+    sec = cfg.security
+    kw: dict[str, Any] = {
+        "bootstrap_servers": list(cfg.bootstrap_servers),
+        "client_id": cfg.client_id,
+        "request_timeout_ms": cfg.request_timeout_ms,
+        "security_protocol": sec.protocol,
+    }
+    if sec.protocol.startswith("SASL"):
+        kw["sasl_mechanism"] = sec.sasl_mechanism
+        kw["sasl_plain_username"] = sec.sasl_username
+        kw["sasl_plain_password"] = sec.sasl_password.get_secret_value() if sec.sasl_password else None
+    if sec.protocol.endswith("SSL"):
+        kw["ssl_check_hostname"] = sec.ssl_check_hostname
+        for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            value = getattr(sec, name)
+            if value is not None:
+                kw[name] = str(value)
+        if sec.ssl_password is not None:
+            kw["ssl_password"] = sec.ssl_password.get_secret_value()
+    return kw
+
+
+def _unavailable(cfg: Kafka, exc: Exception) -> DriftwatchError:
+    if isinstance(exc, kerr.KafkaConfigurationError):
+        return ConfigError([ConfigProblem("kafka", f"kafka-python refused the settings: {exc}", "adjust the kafka settings it names")])
+    return BrokerUnavailable(
+        f"no Kafka broker answered at {','.join(cfg.bootstrap_servers)} ({type(exc).__name__}: {exc}); "
+        "check kafka.bootstrap_servers, kafka.security and that the broker is up"
+    )
+
+
+def ensure_topics(cfg: Kafka) -> dict[str, int]:
+    """Check (or, with kafka.create_topics, create) the three topics; return partition counts.
+
+    Raises TopicLayoutError when a topic is missing or inference and feedback are not co-partitioned.
+    """
+    t = cfg.topics
+    wanted = [t.inference, t.feedback, t.dead_letter]
+    try:
+        admin = KafkaAdminClient(**client_kwargs(cfg))
+    except kerr.KafkaError as exc:
+        raise _unavailable(cfg, exc) from exc
+    try:
+        counts = _partition_counts(admin, wanted)
+        missing = [name for name in wanted if name not in counts]
+        if missing and not cfg.create_topics:
+            raise TopicLayoutError(
+                f"topic(s) {missing} do not exist; create them (inference and feedback with the same partition count), "
+                "or set kafka.create_topics: true to let driftwatch create them"
+            )
+        if missing:
+            # a new feedback topic copies the inference topic's partition count, and the other way round
+            pair = counts.get(t.inference) or counts.get(t.feedback) or cfg.partitions
+            new = [NewTopic(name, pair if name != t.dead_letter else cfg.partitions, cfg.replication_factor) for name in missing]
+            try:
+                admin.create_topics(new)
+            except kerr.TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", missing)
+            counts = _partition_counts(admin, wanted)
+        n_inf, n_fb = counts.get(t.inference), counts.get(t.feedback)
+        if cfg.require_copartitioned and n_inf != n_fb:
+            raise TopicLayoutError(
+                f"inference topic '{t.inference}' has {n_inf} partitions but feedback topic '{t.feedback}' has {n_fb}: "
+                "records are keyed by request_id, so a feedback record only meets its inference record in the same "
+                f"replica when both topics have the same partition count. Fix: give '{t.feedback}' {n_inf} partitions "
+                "(or recreate it), or set kafka.require_copartitioned: false"
+            )
+        return counts
+    except kerr.KafkaError as exc:
+        raise _unavailable(cfg, exc) from exc
+    finally:
+        admin.close()
+
+
+def _partition_counts(admin: KafkaAdminClient, names: Sequence[str]) -> dict[str, int]:
+    existing = set(admin.list_topics())
+    present = [n for n in names if n in existing]
+    if not present:
+        return {}
+    return {d["name"]: len(d["partitions"]) for d in admin.describe_topics(present) if d.get("partitions")}
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, source: KafkaSource) -> None:
+        self.source = source
+
+    def on_partitions_revoked(self, revoked: Any) -> None:
+        log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+
+    def on_partitions_assigned(self, assigned: Any) -> None:
+        self.source._joined = True
+        log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+
+
+class KafkaSource:
+    """A kafka-python consumer group over the inference and feedback topics; manual commits only."""
+
+    def __init__(self, cfg: Kafka) -> None:
+        self.cfg = cfg
+        c = cfg.consumer
+        self._joined = False
+        self._poll_timeout_ms = c.poll_timeout_ms
+        self._max_records = c.max_poll_records
+        try:
+            self._consumer = KafkaConsumer(
+                **client_kwargs(cfg),
+                group_id=c.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset=c.auto_offset_reset,
+                max_poll_records=c.max_poll_records,
+                session_timeout_ms=c.session_timeout_ms,
+                heartbeat_interval_ms=c.heartbeat_interval_ms,
+                max_poll_interval_ms=c.max_poll_interval_ms,
+                fetch_max_bytes=c.fetch_max_bytes,
+                max_partition_fetch_bytes=c.max_partition_fetch_bytes,
+            )
+        except kerr.KafkaError as exc:
+            raise _unavailable(cfg, exc) from exc
+        self._consumer.subscribe([cfg.topics.inference, cfg.topics.feedback], listener=_Listener(self))
+
+    @property
+    def joined(self) -> bool:
+        return self._joined
+
+    def poll(self) -> Sequence[Record]:
+        batches = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._max_records)
+        if not batches:
+            return ()
+        if len(batches) == 1:
+            return next(iter(batches.values()))
+        return [rec for recs in batches.values() for rec in recs]
+
+    def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        try:
+            self._consumer.commit(
+                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
+                timeout_ms=self.cfg.request_timeout_ms,
+            )
+        except kerr.KafkaError as exc:
+            raise CommitError(f"{type(exc).__name__}: {exc}") from exc
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        out: dict[tuple[str, int], int] = {}
+        consumer = self._consumer
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            position = consumer.position(tp)  # known once a fetch returned: no broker round trip
+            if position is not None:
+                out[(tp.topic, tp.partition)] = max(0, high - position)
+        return out
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+
+
+class KafkaDeadLetterSink:
+    """Writes dead letters and waits for the broker's acknowledgement before the source offsets are committed."""
+
+    def __init__(self, cfg: Kafka) -> None:
+        p = cfg.producer
+        self.topic = cfg.topics.dead_letter
+        self.timeout_s = p.delivery_timeout_ms / 1000
+        try:
+            kwargs = client_kwargs(cfg)
+            kwargs["request_timeout_ms"] = min(cfg.request_timeout_ms, p.delivery_timeout_ms - p.linger_ms - 1)
+            self._producer = KafkaProducer(
+                **kwargs,
+                acks="all" if p.acks == "all" else int(p.acks),
+                linger_ms=p.linger_ms,
+                max_request_size=p.max_request_size,
+                compression_type=None if p.compression_type == "none" else p.compression_type,
+                delivery_timeout_ms=p.delivery_timeout_ms,
+                max_block_ms=p.delivery_timeout_ms,
+            )
+        except kerr.KafkaError as exc:
+            raise _unavailable(cfg, exc) from exc
+
+    def deliver(self, letters: Sequence[DeadLetter]) -> None:
+        sent = []
+        failed: list[DeadLetter] = []
+        first_error: Exception | None = None
+        for letter in letters:
+            try:
+                sent.append((letter, self._producer.send(self.topic, key=letter.key, value=letter.value, headers=letter.headers)))
+            except kerr.KafkaError as exc:
+                failed.append(letter)
+                first_error = first_error or exc
+        try:
+            self._producer.flush(timeout=self.timeout_s)
+        except kerr.KafkaError as exc:
+            first_error = first_error or exc
+        for letter, future in sent:
+            if not future.succeeded():
+                failed.append(letter)
+                first_error = first_error or future.exception or TimeoutError("not acknowledged in time")
+        if failed:
+            raise DeadLetterError(
+                f"{len(failed)} of {len(letters)} dead letters not acknowledged by topic '{self.topic}': "
+                f"{type(first_error).__name__}: {first_error}",
+                failed,
+            )
+
+    def close(self) -> None:
+        self._producer.close(timeout=5)

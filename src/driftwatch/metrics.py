@@ -1,0 +1,137 @@
+"""Every Prometheus metric driftwatch exports, defined once.
+
+The registry is injected: the daemon passes one registry, tests pass a fresh ``CollectorRegistry()`` and read
+values back with ``registry.get_sample_value``. Names are ``driftwatch_*``, in base units, counters end in
+``_total``. Label values that come from data (adapter, route) go through a :class:`LabelCap`, so 10k adapter
+names cannot make 10k series: past the cap they become ``"other"``.
+
+Stages record into these objects; nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+OTHER = "other"
+UNKNOWN = "unknown"
+
+BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LabelCap:
+    """Admit the first ``limit`` distinct values of a label; map every later one to ``"other"``."""
+
+    __slots__ = ("limit", "_seen", "_overflow")
+
+    def __init__(self, limit: int, overflow: Counter | None = None, label: str = "") -> None:
+        self.limit = limit
+        self._seen: set[str] = set()
+        self._overflow = overflow.labels(label=label) if overflow is not None else None
+
+    def __call__(self, value: str | None) -> str:
+        if value is None:
+            return UNKNOWN
+        if value in self._seen:
+            return value
+        if len(self._seen) < self.limit:
+            self._seen.add(value)
+            return value
+        if self._overflow is not None:
+            self._overflow.inc()
+        return OTHER
+
+
+class _LagCollector(Collector):
+    """Consumer lag computed from the consumer's own high watermarks, read at scrape time from a snapshot."""
+
+    def __init__(self) -> None:
+        self.snapshot: Mapping[tuple[str, int], int] = {}
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "driftwatch_consumer_lag_records",
+            "Records between the consumer's position and the partition's high watermark (from fetch responses)",
+            labels=["topic", "partition"],
+        )
+        for (topic, partition), lag in sorted(self.snapshot.items()):
+            family.add_metric([topic, str(partition)], lag)
+        yield family
+
+
+class Metrics:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_adapters: int = 100,
+        max_routes: int = 50,
+        latency_buckets_s: Iterable[float] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0),
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+
+        self.build_info = Gauge("driftwatch_build_info", "driftwatch version running", ["version"], registry=r)
+
+        # ingest
+        self.records = Counter(
+            "driftwatch_ingest_records", "Records read from Kafka, by topic and outcome (accepted, rejected, duplicate)",
+            ["topic", "outcome"], registry=r,
+        )
+        self.dead_letters = Counter(
+            "driftwatch_dead_letters", "Records written to the dead-letter topic, by reason", ["reason"], registry=r
+        )
+        self.duplicates = Counter(
+            "driftwatch_duplicates",
+            "Records skipped as duplicates: same key seen in the window (key) or an offset already processed (redelivery)",
+            ["topic", "kind"], registry=r,
+        )
+        self.batch_seconds = Histogram(
+            "driftwatch_ingest_batch_duration_seconds", "Time to process one polled batch, commit included",
+            buckets=BATCH_BUCKETS, registry=r,
+        )
+        self.commits = Counter(
+            "driftwatch_offset_commits", "Offset commits, by outcome (ok, failed)", ["outcome"], registry=r
+        )
+        self.dead_letter_blocked = Gauge(
+            "driftwatch_dead_letter_blocked",
+            "1 while the dead-letter topic cannot be written; offsets are not committed meanwhile", registry=r,
+        )
+        self.consumer_joined = Gauge(
+            "driftwatch_consumer_joined", "1 once the consumer has joined its group and received an assignment", registry=r
+        )
+        self.dedup_entries = Gauge(
+            "driftwatch_dedup_window_entries", "Keys held in the duplicate window (bounded by count and age)", registry=r
+        )
+        self._lag = _LagCollector()
+        r.register(self._lag)
+
+        # the mission's signals, per adapter
+        self.label_capped = Counter(
+            "driftwatch_label_values_capped", "Observations whose label value was folded into 'other'", ["label"], registry=r
+        )
+        self.requests = Counter(
+            "driftwatch_requests", "Inference requests seen in the logs, by serving adapter and status", ["adapter", "status"],
+            registry=r,
+        )
+        self.request_latency = Histogram(
+            "driftwatch_request_latency_seconds", "Inference latency reported in the logs, by serving adapter", ["adapter"],
+            buckets=tuple(latency_buckets_s), registry=r,
+        )
+        self.tokens = Counter(
+            "driftwatch_tokens", "Tokens reported in the logs, by adapter and direction (in, out)", ["adapter", "direction"],
+            registry=r,
+        )
+        self.feedback = Counter(
+            "driftwatch_feedback", "User feedback, by the adapter that served the request and sentiment", ["adapter", "sentiment"],
+            registry=r,
+        )
+        self.adapter_cap = LabelCap(max_adapters, self.label_capped, "adapter")
+        self.route_cap = LabelCap(max_routes, self.label_capped, "route")
+
+    def set_lag(self, snapshot: Mapping[tuple[str, int], int]) -> None:
+        """Replace the lag snapshot (an atomic reference swap; the scrape thread reads the old or the new one)."""
+        self._lag.snapshot = dict(snapshot)

@@ -1,0 +1,1 @@
+"""What driftwatch watches. Pure: no I/O; records into driftwatch.metrics."""
