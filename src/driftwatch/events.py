@@ -58,7 +58,7 @@ Text = Annotated[str, StringConstraints(max_length=MAX_TEXT_CHARS)]
 
 
 class _Contract(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, strict=True)  # no "12" -> 12, no true -> 1
 
 
 class Message(_Contract):

@@ -84,6 +84,7 @@ class Simulator:
         self._seq = 0
         self._last_inference: Outgoing | None = None
         self._bad_left: list[str] = []
+        self._now_ms = 0
 
     # -- good records -------------------------------------------------------------------------------------------------
     def _text(self, route: str, chars: float) -> str:
@@ -143,8 +144,8 @@ class Simulator:
 
     def due_feedback(self, now_s: float, everything: bool = False) -> Iterator[Outgoing]:
         while self._pending and (everything or self._pending[0][0] <= now_s):
-            _, seq, request_id = heapq.heappop(self._pending)
-            yield self._feedback(request_id, seq, int(time.time() * 1000))
+            due, seq, request_id = heapq.heappop(self._pending)
+            yield self._feedback(request_id, seq, int(due * 1000))
 
     # -- bad records --------------------------------------------------------------------------------------------------
     def bad(self, kind: str, now_ms: int) -> Outgoing:
@@ -188,16 +189,15 @@ class Simulator:
         self.rng.shuffle(self._bad_left)
         every = max(1, count // (len(self._bad_left) + 1))
         for i in range(count):
-            now = start_ms + int(i * step_ms)
+            now = self._now_ms = start_ms + int(i * step_ms)
             yield self.inference(now)
             if self._bad_left and (i + 1) % every == 0:
                 yield self.bad(self._bad_left.pop(), now)
             yield from self.due_feedback(now / 1000)
 
     def tail(self) -> Iterator[Outgoing]:
-        now = int(time.time() * 1000)
         while self._bad_left:
-            yield self.bad(self._bad_left.pop(), now)
+            yield self.bad(self._bad_left.pop(), self._now_ms)
         yield from self.due_feedback(0, everything=True)
 
 

@@ -1,0 +1,34 @@
+# Two fresh-machine commands: `make demo` and `make test`. Each installs what it needs into .venv first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PIP := $(BIN)/python -m pip install -q -c ci/constraints.txt
+
+.PHONY: demo test unit integration bench install clean
+
+$(VENV)/.installed-%: pyproject.toml ci/constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(PIP) -e '.[$*]'
+	@touch $@
+
+install: $(VENV)/.installed-test
+
+demo: $(VENV)/.installed-demo
+	$(BIN)/driftwatch demo
+
+test: $(VENV)/.installed-test
+	$(BIN)/python -m pytest
+
+unit: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/unit
+
+integration: $(VENV)/.installed-test
+	$(BIN)/python -m pytest tests/integration
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build src/*.egg-info

@@ -1,0 +1,78 @@
+import json
+import threading
+import time
+
+from driftwatch.app import Daemon, State
+from driftwatch.config import Settings
+from driftwatch.errors import DeadLetterError
+from driftwatch.ingest.pipeline import Ingestor
+from driftwatch.metrics import Metrics
+from driftwatch.recent import DedupWindow
+
+from .fakes import FakeSink, FakeSource, Rec
+from .test_events import GOOD
+
+SETTINGS = Settings.model_validate({"ingest": {"dead_letter_retry_s": 0.01}})
+BATCH = [Rec("inf", 0, 0, json.dumps(GOOD).encode()), Rec("inf", 0, 1, b"not json")]
+
+
+class FlakySink(FakeSink):
+    """Refuses the first ``failures`` deliveries; records what the daemon exposed at each attempt."""
+
+    def __init__(self, failures):
+        super().__init__()
+        self.failures = failures
+        self.attempts = 0
+        self.daemon = None
+        self.observed = []
+
+    def deliver(self, letters):
+        self.attempts += 1
+        if self.daemon is not None:
+            self.observed.append((self.daemon.readiness()[0],
+                                  self.daemon.metrics.registry.get_sample_value("driftwatch_dead_letter_blocked")))
+        if self.attempts <= self.failures:
+            raise DeadLetterError("dead-letter topic unreachable", letters)
+        super().deliver(letters)
+
+
+def start(sink):
+    source, metrics = FakeSource([BATCH]), Metrics()
+    ing = Ingestor(source, sink, metrics, kinds={"inf": "inference"}, max_record_bytes=10_000, dedup=DedupWindow(100, 60))
+    daemon = Daemon(SETTINGS, metrics, source, sink, ing)
+    sink.daemon = daemon
+    stop = threading.Event()
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("code", daemon.run(stop)))
+    thread.start()
+    return daemon, source, stop, thread, result
+
+
+def wait(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.005)
+
+
+def test_offsets_wait_for_the_dead_letter_topic_then_commit():
+    sink = FlakySink(failures=3)
+    daemon, source, stop, thread, result = start(sink)
+    wait(lambda: source.commits)
+    stop.set()
+    thread.join(5)
+    assert source.commits == [{("inf", 0): 2}]
+    assert len(sink.delivered) == 1
+    assert sink.observed[1:4] == [(False, 1.0)] * 3  # blocked: not ready, gauge up, nothing committed
+    assert daemon.metrics.registry.get_sample_value("driftwatch_dead_letter_blocked") == 0
+    assert result["code"] == 0 and daemon.state is State.STOPPED
+
+
+def test_stop_while_blocked_exits_1_without_committing():
+    sink = FlakySink(failures=10**9)
+    daemon, source, stop, thread, result = start(sink)
+    wait(lambda: sink.attempts >= 3)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert source.commits == [] and result["code"] == 1

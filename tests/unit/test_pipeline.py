@@ -1,0 +1,145 @@
+import hashlib
+import json
+
+import pytest
+
+from driftwatch.errors import DeadLetterError
+from driftwatch.ingest.pipeline import Ingestor, OffsetJournal
+from driftwatch.metrics import Metrics
+from driftwatch.recent import DedupWindow
+
+from .fakes import FakeSink, FakeSource, Rec
+from .test_events import FEEDBACK, GOOD
+
+
+def ev(rid, **kw):
+    return json.dumps({**GOOD, "request_id": rid, **kw}).encode()
+
+
+def make(batches, journal=None, max_bytes=10_000, dl_max=1_000_000, head=16):
+    source, sink, metrics = FakeSource(batches), FakeSink(), Metrics()
+    seen = []
+    ing = Ingestor(source, sink, metrics, kinds={"inf": "inference", "fb": "feedback"}, max_record_bytes=max_bytes,
+                   dedup=DedupWindow(1000, 3600), journal=journal, downstream=seen.extend, group_id="g",
+                   dead_letter_head_bytes=head, dead_letter_max_bytes=dl_max)
+    return ing, source, sink, metrics, seen
+
+
+def sample(metrics, name, **labels):
+    return metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+def step(ing):
+    batch = ing.poll()
+    ing.finish(batch)
+    return batch
+
+
+def test_every_record_gets_exactly_one_outcome_and_offsets_commit_after_processing():
+    batch = [Rec("inf", 0, 10, ev("a")), Rec("inf", 0, 11, b"{oops"), Rec("inf", 1, 5, ev("a")),
+             Rec("fb", 0, 3, json.dumps(FEEDBACK).encode()), Rec("inf", 1, 6, None)]
+    ing, source, sink, m, seen = make([batch])
+    step(ing)
+    assert [kind for kind, _ in seen] == ["inference", "feedback"]
+    assert sample(m, "driftwatch_ingest_records_total", topic="inf", outcome="accepted") == 1
+    assert sample(m, "driftwatch_ingest_records_total", topic="inf", outcome="rejected") == 2
+    assert sample(m, "driftwatch_ingest_records_total", topic="inf", outcome="duplicate") == 1
+    assert sample(m, "driftwatch_ingest_records_total", topic="fb", outcome="accepted") == 1
+    assert sample(m, "driftwatch_duplicates_total", topic="inf", kind="key") == 1
+    assert sample(m, "driftwatch_dead_letters_total", reason="not_json") == 1
+    assert sample(m, "driftwatch_dead_letters_total", reason="empty") == 1
+    assert source.commits == [{("inf", 0): 12, ("inf", 1): 7, ("fb", 0): 4}]
+    assert sample(m, "driftwatch_consumer_lag_records", topic="inf", partition="0") == 3
+
+
+def test_dead_letter_keeps_original_bytes_and_names_reason_and_source():
+    ing, _, sink, *_ = make([[Rec("inf", 2, 41, b"[1]", key=b"k1", headers=[("trace", b"t")])]])
+    step(ing)
+    (letter,) = sink.delivered
+    h = dict(letter.headers)
+    assert letter.value == b"[1]" and letter.key == b"k1"
+    assert h["trace"] == b"t"
+    assert h["driftwatch.reason"] == b"not_object"
+    assert (h["driftwatch.source.topic"], h["driftwatch.source.partition"], h["driftwatch.source.offset"]) == (b"inf", b"2", b"41")
+    assert h["driftwatch.group"] == b"g" and h["driftwatch.detail"]
+
+
+def test_dead_letter_above_producer_limit_keeps_head_size_and_hash():
+    big = b"x" * 5000
+    ing, _, sink, *_ = make([[Rec("inf", 0, 0, big)]], max_bytes=1000, dl_max=2000, head=16)
+    step(ing)
+    (letter,) = sink.delivered
+    h = dict(letter.headers)
+    assert letter.value == big[:16]
+    assert h["driftwatch.reason"] == b"oversize" and h["driftwatch.truncated"] == b"true"
+    assert h["driftwatch.original_bytes"] == b"5000"
+    assert h["driftwatch.original_sha256"] == hashlib.sha256(big).hexdigest().encode()
+
+
+def test_nothing_is_committed_while_dead_letters_are_not_acknowledged():
+    ing, source, sink, m, _ = make([[Rec("inf", 0, 0, ev("a")), Rec("inf", 0, 1, b"nope")]])
+    sink.down = True
+    batch = ing.poll()
+    with pytest.raises(DeadLetterError) as info:
+        ing.finish(batch)
+    assert source.commits == [] and len(info.value.pending) == 1
+    sink.down = False
+    batch.dead_letters = info.value.pending
+    ing.finish(batch)
+    assert source.commits == [{("inf", 0): 2}] and len(sink.delivered) == 1
+    assert sample(m, "driftwatch_dead_letters_total", reason="not_json") == 1
+
+
+def test_failed_commit_is_counted_and_redelivery_is_a_duplicate_not_a_new_event():
+    same = [Rec("inf", 0, 0, ev("a")), Rec("inf", 0, 1, b"bad")]
+    ing, source, sink, m, seen = make([same, same])
+    source.fail_commit = True
+    step(ing)
+    assert sample(m, "driftwatch_offset_commits_total", outcome="failed") == 1
+    source.fail_commit = False
+    step(ing)  # the broker hands the same records again
+    assert len(seen) == 1 and len(sink.delivered) == 1
+    assert sample(m, "driftwatch_duplicates_total", topic="inf", kind="redelivery") == 2
+    assert sample(m, "driftwatch_ingest_records_total", topic="inf", outcome="accepted") == 1
+
+
+def test_journal_turns_post_crash_redelivery_into_duplicates(tmp_path):
+    path = tmp_path / "offsets.json"
+    batch = [Rec("inf", 0, 100, ev("a")), Rec("inf", 0, 101, ev("b"))]
+    ing, source, *_ = make([batch], journal=OffsetJournal(path))
+    processed = ing.poll()
+    ing.journal.record(processed.ranges)  # processed and journaled ... then kill -9 before the commit
+    # restart: empty memory, same state dir; the broker redelivers from the last commit (100)
+    ing2, source2, sink2, m2, seen2 = make([batch + [Rec("inf", 0, 102, ev("c"))]], journal=OffsetJournal(path))
+    step(ing2)
+    assert [e.request_id for _, e in seen2] == ["c"]
+    assert sample(m2, "driftwatch_duplicates_total", topic="inf", kind="redelivery") == 2
+    assert source2.commits == [{("inf", 0): 103}]
+
+
+def test_journal_entry_is_dropped_when_the_partition_resumes_elsewhere(tmp_path):
+    path = tmp_path / "offsets.json"
+    OffsetJournal(path).record({("inf", 0): (100, 102)})
+    # another replica moved the partition on to 500: the old range says nothing about these records
+    ing, _, _, m, seen = make([[Rec("inf", 0, 500, ev("x"))], [Rec("inf", 0, 101, ev("y"))]], journal=OffsetJournal(path))
+    step(ing)
+    step(ing)
+    assert [e.request_id for _, e in seen] == ["x", "y"]
+    assert sample(m, "driftwatch_duplicates_total", topic="inf", kind="redelivery") == 0
+
+
+def test_feedback_is_attributed_to_the_adapter_that_served_the_request():
+    from driftwatch.monitor.signals import AdapterSignals
+
+    m = Metrics()
+    signals = AdapterSignals(m, DedupWindow(100, 3600))
+    from driftwatch.events import decode
+
+    signals([("inference", decode("inference", ev("r-1", adapter="v7", tokens_in=9, tokens_out=3), 10_000)),
+             ("feedback", decode("feedback", json.dumps(FEEDBACK).encode(), 10_000)),
+             ("feedback", decode("feedback", json.dumps({**FEEDBACK, "request_id": "never-seen"}).encode(), 10_000))])
+    assert sample(m, "driftwatch_requests_total", adapter="v7", status="ok") == 1
+    assert sample(m, "driftwatch_request_latency_seconds_sum", adapter="v7") == pytest.approx(0.8125)
+    assert sample(m, "driftwatch_tokens_total", adapter="v7", direction="out") == 3
+    assert sample(m, "driftwatch_feedback_total", adapter="v7", sentiment="negative") == 1
+    assert sample(m, "driftwatch_feedback_total", adapter="unknown", sentiment="negative") == 1
