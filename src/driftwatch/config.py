@@ -59,6 +59,10 @@ class Consumer(_Section):
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     fetch_max_bytes: int = Field(52_428_800, ge=1024)
     max_partition_fetch_bytes: int = Field(4_194_304, ge=1024)
+    handover_grace_ms: int = Field(
+        1_500, ge=0, le=60_000,
+        description="newly assigned partitions wait this long, then start from the freshest committed offset",
+    )
 
 
 class Producer(_Section):

@@ -6,6 +6,7 @@ kafka-python errors are translated here into driftwatch.errors; nothing above th
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Mapping, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
@@ -109,24 +110,46 @@ def _partition_counts(admin: KafkaAdminClient, names: Sequence[str]) -> dict[str
 
 
 class _Listener(ConsumerRebalanceListener):
+    """Runs inside the consumer's poll: only state changes here, no broker I/O (that would block the client's loop)."""
+
     def __init__(self, source: KafkaSource) -> None:
         self.source = source
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+        for tp in revoked:
+            self.source._handover.pop(tp, None)
 
     def on_partitions_assigned(self, assigned: Any) -> None:
-        self.source._joined = True
+        src = self.source
+        src._joined = True
+        src._rejoined = True
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        if assigned and src._handover_s > 0:
+            # Hold new partitions briefly: a previous owner whose last commit was refused mid-rebalance commits it
+            # right after rejoining; we then start from that offset instead of re-reading its last batch.
+            src._consumer.pause(*assigned)
+            due = time.monotonic() + src._handover_s
+            src._handover.update({tp: due for tp in assigned})
 
 
 class KafkaSource:
-    """A kafka-python consumer group over the inference and feedback topics; manual commits only."""
+    """A kafka-python consumer group over the inference and feedback topics; manual commits only.
+
+    Exact counts across graceful rebalances: offsets are committed after every batch. If a broker refuses that
+    commit because a rebalance started (noida-db does; Apache Kafka and Tansu accept it), the offsets are kept
+    and committed again as soon as the consumer has rejoined, while the new owner of a moved partition waits
+    ``handover_grace_ms`` before reading its committed offset.
+    """
 
     def __init__(self, cfg: Kafka) -> None:
         self.cfg = cfg
         c = cfg.consumer
         self._joined = False
+        self._rejoined = False
+        self._pending: dict[TopicPartition, int] = {}
+        self._handover: dict[TopicPartition, float] = {}
+        self._handover_s = c.handover_grace_ms / 1000
         self._poll_timeout_ms = c.poll_timeout_ms
         self._max_records = c.max_poll_records
         try:
@@ -152,20 +175,49 @@ class KafkaSource:
 
     def poll(self) -> Sequence[Record]:
         batches = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._max_records)
+        if self._rejoined:
+            self._rejoined = False
+            if self._pending:
+                try:
+                    self._commit({})  # what the last generation refused, now under the new one
+                    log.info("committed the offsets the previous generation refused")
+                except CommitError as exc:
+                    log.warning("re-commit after rejoin failed (kept for the next commit): %s", exc)
+        if self._handover:
+            self._release_handovers()
         if not batches:
             return ()
         if len(batches) == 1:
             return next(iter(batches.values()))
         return [rec for recs in batches.values() for rec in recs]
 
+    def _release_handovers(self) -> None:
+        now = time.monotonic()
+        due = [tp for tp, t in self._handover.items() if t <= now]
+        for tp in due:
+            del self._handover[tp]
+            try:
+                committed = self._consumer.committed(tp)
+            except kerr.KafkaError as exc:
+                log.warning("could not re-read the committed offset of %s: %s", tp, exc)
+                committed = None
+            if committed is not None:
+                self._consumer.seek(tp, committed)
+        if due:
+            self._consumer.resume(*due)
+
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
+        self._commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
+
+    def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        merged = {**self._pending, **offsets}
         try:
-            self._consumer.commit(
-                {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()},
-                timeout_ms=self.cfg.request_timeout_ms,
-            )
+            self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in merged.items()},
+                                  timeout_ms=self.cfg.request_timeout_ms)
         except kerr.KafkaError as exc:
+            self._pending = merged
             raise CommitError(f"{type(exc).__name__}: {exc}") from exc
+        self._pending = {}
 
     def lag(self) -> dict[tuple[str, int], int]:
         out: dict[tuple[str, int], int] = {}
@@ -180,7 +232,7 @@ class KafkaSource:
         return out
 
     def close(self) -> None:
-        self._consumer.close(autocommit=False)
+        self._consumer.close(autocommit=False, timeout_ms=5_000)
 
 
 class KafkaDeadLetterSink:

@@ -211,7 +211,7 @@ class Ingestor:
             self.source.commit(batch.offsets)
         except CommitError as exc:
             self.metrics.commits.labels(outcome="failed").inc()
-            log.warning("offset commit failed, the batch will be redelivered (and counted as duplicates): %s", exc)
+            log.warning("offset commit failed (kept and retried; records read again are counted as duplicates): %s", exc)
         else:
             self.metrics.commits.labels(outcome="ok").inc()
         self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
