@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q -c ci/constraints.txt
 
-.PHONY: demo test unit integration bench install clean
+.PHONY: demo test unit integration bench docs install clean
 
 $(VENV)/.installed-%: pyproject.toml ci/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,9 @@ integration: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/ingest.py
+
+docs: $(VENV)/.installed-test
+	$(BIN)/python -c "from driftwatch.config import reference; print(reference(), end='')" > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache build src/*.egg-info

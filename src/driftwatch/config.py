@@ -297,3 +297,40 @@ def _cross_checks(s: Settings) -> list[ConfigProblem]:
     if any(b <= 0 for b in buckets) or buckets != sorted(set(buckets)):
         out.append(ConfigProblem("metrics.latency_buckets_s", f"{buckets} is not strictly increasing and positive", "list positive bucket bounds in increasing order"))
     return out
+
+
+def reference() -> str:
+    """docs/configuration.md, generated from the tree (``make docs``; a unit test fails when the file drifts)."""
+    import typing
+
+    lines = [
+        "# Configuration", "",
+        "One YAML file (`driftwatch run --config FILE`, checked by `driftwatch config check FILE`) plus environment",
+        "overrides: `DRIFTWATCH__SECTION__FIELD=value` (lists as comma-separated strings). Precedence: defaults <",
+        "file < environment. Unknown fields are errors (with a did-you-mean), so typos never pass silently.",
+        "Secrets (`*_password`) are never printed or logged.", "",
+        "Generated from `driftwatch.config.Settings` by `make docs`.", "",
+        "| field | default | notes |", "|---|---|---|",
+    ]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
+            default = field.get_default(call_default_factory=True)
+            notes = [field.description] if field.description else []
+            for meta in field.metadata:
+                notes += [f"{sym} {getattr(meta, attr)}" for attr, sym in (("ge", "≥"), ("gt", ">"), ("le", "≤"))
+                          if getattr(meta, attr, None) is not None]
+            for arg in (ann, *typing.get_args(ann)):
+                if typing.get_origin(arg) is Literal:
+                    notes.append("one of " + ", ".join(f"`{v}`" for v in typing.get_args(arg)))
+                if arg is SecretStr:
+                    notes.append("secret")
+            shown = "—" if default is None else default
+            lines.append(f"| `{prefix}{name}` | `{shown}` | {'; '.join(notes)} |")
+
+    walk(Settings, "")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,18 @@
+from pathlib import Path
+
+from driftwatch.config import reference
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_configuration_reference_is_current():
+    assert (ROOT / "docs" / "configuration.md").read_text() == reference(), "run `make docs`"
+
+
+def test_every_metric_in_the_readme_exists():
+    from driftwatch.metrics import Metrics
+
+    names = {f.name for f in Metrics().registry.collect()}
+    readme = (ROOT / "README.md").read_text()
+    for name in names:
+        assert f"`{name.removeprefix('driftwatch_')}" in readme, f"{name} is not documented in README.md"
