@@ -1,0 +1,199 @@
+"""Windows per adapter on mergeable sketches, and the check that compares them with the reference. No I/O.
+
+Each adapter has a current window that fills until ``window_events`` events or ``window_seconds`` pass, then
+closes; checks run on the last closed window (a stable sample) against the reference profile. Memory per
+adapter is constant: sketches with the reference's edges, counters, and a capped sample of responses for the
+diversity (distinct-n) measure. :meth:`Monitor.snapshot` returns a plain :class:`MonitorSnapshot`.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
+from driftwatch.metrics import UNKNOWN
+from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, distinct_n
+from driftwatch.monitor.sketch import Categories, Histogram, Profile
+from driftwatch.monitor.stats import Verdict, verdict
+from driftwatch.recent import DedupWindow
+
+
+@dataclass(frozen=True)
+class MonitorSettings:
+    window_events: int = 2000
+    window_seconds: float = 600.0
+    max_categories: int = 50
+    alpha: float = 0.01
+    min_samples: int = 200
+    psi_floor: float = 0.1
+    cramers_v_floor: float = 0.1
+    diversity_sample: int = 500
+
+
+class Window:
+    __slots__ = ("numeric", "categorical", "events", "errors", "refusals", "empties", "feedback", "responses",
+                 "started", "diversity_cap")
+
+    def __init__(self, reference: Profile | None, max_categories: int, diversity_cap: int, now: float) -> None:
+        ref_num = reference.numeric if reference else {}
+        self.numeric = {name: ref_num[name].empty_like() for name in NUMERIC if name in ref_num}
+        self.categorical = {name: Categories(max_categories) for name in CATEGORICAL}
+        self.events = self.errors = self.refusals = self.empties = 0
+        self.feedback = {"positive": 0, "negative": 0, "neutral": 0}
+        self.responses: list[str] = []
+        self.diversity_cap = diversity_cap
+        self.started = now
+
+    def add(self, features, response: str | None) -> None:
+        self.events += 1
+        for name, hist in self.numeric.items():
+            hist.add(getattr(features, name))
+        for name, cats in self.categorical.items():
+            cats.add(getattr(features, name))
+        self.errors += features.status != "ok"
+        self.refusals += features.refusal == "yes"
+        self.empties += features.empty_response == "yes"
+        if response and len(self.responses) < self.diversity_cap:
+            self.responses.append(response[:1000])
+
+
+@dataclass(frozen=True)
+class AdapterSnapshot:
+    adapter: str
+    window_events: int  # events in the window checked (the last closed one, else the current one)
+    window_closed: bool
+    error_ratio: float | None
+    refusal_rate: float | None
+    empty_rate: float | None
+    negative_feedback_ratio: float | None
+    feedback_count: int
+    distinct_1: float | None
+    distinct_2: float | None
+    drift: dict[str, Verdict] = field(default_factory=dict)  # feature -> verdict against the reference
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [name for name, v in self.drift.items() if v.drifted]
+
+
+@dataclass(frozen=True)
+class MonitorSnapshot:
+    taken_at: float
+    reference_version: str | None
+    adapters: dict[str, AdapterSnapshot]
+
+
+class Monitor:
+    def __init__(
+        self,
+        reference: Profile | None,
+        settings: MonitorSettings | None = None,
+        join: DedupWindow | None = None,
+        extractor: FeatureExtractor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_adapters: int = 100,
+    ) -> None:
+        self.reference = reference
+        self.settings = settings or MonitorSettings()
+        self.join = join or DedupWindow(200_000, 3600)
+        self.extract = extractor or FeatureExtractor()
+        self.clock = clock
+        self.max_adapters = max_adapters
+        self._current: dict[str, Window] = {}
+        self._closed: dict[str, Window] = {}
+        self._lock = threading.Lock()
+
+    def _window(self, adapter: str, now: float) -> Window:
+        win = self._current.get(adapter)
+        s = self.settings
+        if win is not None and (win.events >= s.window_events or now - win.started >= s.window_seconds):
+            self._closed[adapter] = win
+            win = None
+        if win is None:
+            if adapter not in self._current and len(self._current) >= self.max_adapters:
+                adapter = "other"
+                win = self._current.get(adapter)
+                if win is not None:
+                    return win
+            win = self._current[adapter] = Window(self.reference, s.max_categories, s.diversity_sample, now)
+        return win
+
+    def observe(self, events: Sequence[tuple[Kind, Event]]) -> None:
+        now = self.clock()
+        with self._lock:
+            for kind, event in events:
+                if kind == "inference":
+                    assert isinstance(event, InferenceEvent)
+                    self.join.add(event.request_id, event.adapter)
+                    self._window(event.adapter, now).add(self.extract(event), event.response)
+                else:
+                    assert isinstance(event, FeedbackEvent)
+                    adapter = self.join.get(event.request_id, UNKNOWN)
+                    if adapter != UNKNOWN:
+                        self._window(adapter, now).feedback[event.sentiment] += 1
+
+    def snapshot(self) -> MonitorSnapshot:
+        now = self.clock()
+        with self._lock:
+            for adapter in list(self._current):
+                self._window(adapter, now)  # close windows whose time is up
+            views = {a: (self._closed.get(a), w) for a, w in self._current.items()}
+            out = {a: self._adapter_snapshot(a, closed or current, closed is not None) for a, (closed, current) in views.items()}
+        return MonitorSnapshot(now, self.reference.content_hash if self.reference else None, out)
+
+    def _adapter_snapshot(self, adapter: str, win: Window, closed: bool) -> AdapterSnapshot:
+        s, ref = self.settings, self.reference
+        n = win.events
+        fb = sum(win.feedback.values())
+        drift: dict[str, Verdict] = {}
+        if ref is not None:
+            for name, hist in win.numeric.items():
+                drift[name] = verdict(ref.numeric[name].counts, hist.counts, kind="numeric", alpha=s.alpha,
+                                      min_samples=s.min_samples, psi_floor=s.psi_floor)
+            for name, cats in win.categorical.items():
+                if name in ref.categorical:
+                    _, r, c = ref.categorical[name].aligned(cats)
+                    drift[name] = verdict(r, c, kind="categorical", alpha=s.alpha, min_samples=s.min_samples,
+                                          cramers_v_floor=s.cramers_v_floor)
+        return AdapterSnapshot(
+            adapter=adapter, window_events=n, window_closed=closed,
+            error_ratio=win.errors / n if n else None,
+            refusal_rate=win.refusals / n if n else None,
+            empty_rate=win.empties / n if n else None,
+            negative_feedback_ratio=win.feedback["negative"] / fb if fb else None,
+            feedback_count=fb,
+            distinct_1=distinct_n(win.responses, 1) if win.responses else None,
+            distinct_2=distinct_n(win.responses, 2) if win.responses else None,
+            drift=drift,
+        )
+
+
+def build_profile(events: Sequence[InferenceEvent], *, bins: int = 10, max_categories: int = 50, scope: str = "global",
+                  source: str = "", extractor: FeatureExtractor | None = None, diversity_sample: int = 500) -> Profile:
+    """A reference profile from events: quantile-edged histograms, category counts, quality baselines."""
+    if not events:
+        raise ValueError("no inference events to build a reference from")
+    fx = extractor or FeatureExtractor()
+    rows = [fx(e) for e in events]
+    profile = Profile(scope=scope, source=source)
+    for name in NUMERIC:
+        profile.numeric[name] = Histogram.from_quantiles([getattr(r, name) for r in rows], bins=bins)
+    for name in CATEGORICAL:
+        cats = Categories(max_categories)
+        for r in rows:
+            cats.add(getattr(r, name))
+        profile.categorical[name] = cats
+    n = len(rows)
+    responses = [e.response[:1000] for e in events if e.response][:diversity_sample]  # same size as a window's
+    profile.baselines.update({
+        "events": float(n),
+        "error_ratio": sum(r.status != "ok" for r in rows) / n,
+        "refusal_rate": sum(r.refusal == "yes" for r in rows) / n,
+        "empty_rate": sum(r.empty_response == "yes" for r in rows) / n,
+        "distinct_1": distinct_n(responses, 1),
+        "distinct_2": distinct_n(responses, 2),
+    })
+    return profile

@@ -1,0 +1,105 @@
+import json
+
+import pytest
+
+from driftwatch.events import FeedbackEvent, InferenceEvent, decode
+from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
+from driftwatch.simulate import SimConfig, Simulator
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def stream(n, **cfg):
+    """(kind, event) pairs from the simulator, feedback included."""
+    sim = Simulator(SimConfig(**cfg))
+    out = []
+    for o in list(sim.stream(n, start_ms=1795514400000)) + list(sim.tail()):
+        ev = decode(o.topic, o.value, 10_000_000)
+        out.append((o.topic, ev))
+    return out
+
+
+def inference(pairs):
+    return [e for k, e in pairs if k == "inference"]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return build_profile(inference(stream(6000, seed=100, feedback_rate=0)), source="test")
+
+
+def run(reference, pairs, **settings):
+    m = Monitor(reference, MonitorSettings(window_events=2000, **settings), clock=Clock())
+    m.observe(pairs)
+    return m.snapshot()
+
+
+def test_stationary_stream_shows_no_drift(reference):
+    snap = run(reference, stream(4500, seed=101, feedback_rate=0))
+    (a,) = snap.adapters.values()
+    assert a.window_closed and a.window_events == 2000
+    assert a.drifted_features == [], {k: v.reason for k, v in a.drift.items() if v.drifted}
+    assert snap.reference_version == reference.content_hash
+
+
+def test_route_mix_change_is_detected_with_a_readable_reason(reference):
+    pairs = stream(4500, seed=102, feedback_rate=0, routes={"qa": 0.1, "summarize": 0.6, "code": 0.1, "chat": 0.1, "extract": 0.1})
+    (a,) = run(reference, pairs).adapters.values()
+    assert "route" in a.drifted_features
+    assert "Cramér's V" in a.drift["route"].reason
+    assert "prompt_chars" in a.drifted_features  # summaries carry long prompts
+
+
+def test_error_burst_and_feedback_show_in_quality_signals(reference):
+    pairs = stream(2500, seed=103, error_rate=0.3, feedback_rate=0.5, negative_rate=0.6)
+    (a,) = run(reference, pairs).adapters.values()
+    assert 0.25 < a.error_ratio < 0.35
+    assert a.feedback_count > 100 and 0.45 < a.negative_feedback_ratio < 0.75
+    assert "status" in a.drifted_features
+    assert 0 < a.distinct_2 <= 1
+
+
+def test_windows_close_by_count_and_by_time_and_are_kept_per_adapter(reference):
+    clock = Clock()
+    m = Monitor(reference, MonitorSettings(window_events=1000, window_seconds=60), clock=clock)
+    pairs = stream(1500, seed=104, feedback_rate=0, adapters={"v1": 0.5, "v2": 0.5})
+    m.observe(pairs)
+    snap = m.snapshot()
+    assert set(snap.adapters) == {"v1", "v2"}
+    assert all(not a.window_closed for a in snap.adapters.values())  # ~750 each: still filling
+    clock.t += 61
+    snap = m.snapshot()
+    assert all(a.window_closed and 600 < a.window_events < 900 for a in snap.adapters.values())
+
+
+def test_no_reference_means_quality_signals_only():
+    (a,) = run(None, stream(500, seed=105)).adapters.values()
+    assert a.drift == {} and a.error_ratio is not None and a.window_events == 500
+
+
+def test_feedback_without_a_known_request_is_not_attributed(reference):
+    fb = FeedbackEvent.model_validate({"schema_version": 1, "feedback_id": "f", "request_id": "nobody",
+                                       "timestamp": 1795514400000, "thumbs": "down"})
+    m = Monitor(reference, clock=Clock())
+    m.observe([("feedback", fb)])
+    assert m.snapshot().adapters == {}
+
+
+def test_adapters_are_capped():
+    base = {"schema_version": 1, "timestamp": 1795514400000, "model": "m", "prompt": "p", "latency_ms": 1.0, "status": "ok"}
+    m = Monitor(None, max_adapters=3, clock=Clock())
+    m.observe([("inference", InferenceEvent.model_validate({**base, "request_id": f"r{i}", "adapter": f"a{i}"}))
+               for i in range(50)])
+    assert set(m.snapshot().adapters) == {"a0", "a1", "a2", "other"}
+
+
+def test_profile_from_events_is_deterministic(reference, tmp_path):
+    again = build_profile(inference(stream(6000, seed=100, feedback_rate=0)), source="test")
+    assert again.content_hash == reference.content_hash
+    assert 0 < reference.baselines["distinct_2"] <= 1 and reference.baselines["events"] == 6000
