@@ -2,7 +2,7 @@
 
 Anchor: a kafka-python consumer group doing json.loads per record and a commit per batch. Candidate: the
 daemon's own KafkaSource + Ingestor (contract decode, dedup window, dead-letter sink, per-adapter metrics,
-offset journal, commit per batch). Same broker, same topic, same consumer settings, fresh group per run; the
+offset journal, commit per batch) feeding the monitor (features, sketches per adapter window) as in the daemon. Same broker, same topic, same consumer settings, fresh group per run; the
 runs alternate so drift in the machine's speed hits both. Rates are timed from the first record received to
 the last one committed (group joins excluded). Prints median and range of each and the ratio of medians.
 
@@ -22,6 +22,7 @@ from pathlib import Path
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.admin import KafkaAdminClient, NewTopic
 
+from driftwatch.app import build_monitor
 from driftwatch.config import Settings
 from driftwatch.ingest.kafka import KafkaDeadLetterSink, KafkaSource
 from driftwatch.ingest.pipeline import Ingestor, OffsetJournal
@@ -74,11 +75,13 @@ def driftwatch(bootstrap: str, topics: dict, n: int, state_dir: Path) -> float:
         "consumer": {**CONSUMER, "group_id": f"dw-{uuid.uuid4().hex[:6]}", "poll_timeout_ms": 500}}})
     k = settings.kafka
     metrics = Metrics()
+    join = DedupWindow(200_000, 3600)
+    signals, monitor = AdapterSignals(metrics, join), build_monitor(settings, join)
     source, sink = KafkaSource(k), KafkaDeadLetterSink(k)
     ing = Ingestor(source, sink, metrics, kinds={k.topics.inference: "inference", k.topics.feedback: "feedback"},
                    max_record_bytes=settings.ingest.max_record_bytes, dedup=DedupWindow(200_000, 3600),
                    journal=OffsetJournal(state_dir / f"{k.consumer.group_id}.json"),
-                   downstream=AdapterSignals(metrics, DedupWindow(200_000, 3600)), group_id=k.consumer.group_id)
+                   downstream=lambda evs: (signals(evs), monitor.observe(evs)), group_id=k.consumer.group_id)
     seen, t0 = 0, None
     while seen < n:
         batch = ing.poll()
@@ -120,7 +123,7 @@ def main() -> None:
             print(f"round {r + 1}: anchor {a_rates[-1]:,.0f}/s  driftwatch {d_rates[-1]:,.0f}/s")
         ratio = statistics.median(d_rates) / statistics.median(a_rates)
         print(f"anchor (kafka-python, json.loads + commit per batch): {summary(a_rates)}")
-        print(f"driftwatch ingest (decode, dedup, DLQ, metrics, commit): {summary(d_rates)}")
+        print(f"driftwatch ingest (decode, dedup, DLQ, metrics, monitor, commit): {summary(d_rates)}")
         print(f"ratio driftwatch/anchor: {ratio:.2f}  (goal >= 0.7)")
 
 

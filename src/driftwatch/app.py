@@ -21,7 +21,10 @@ from driftwatch.errors import DeadLetterError
 from driftwatch.http import HttpServer, build_app
 from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source
 from driftwatch.metrics import Metrics
+from driftwatch.monitor.features import FeatureExtractor
+from driftwatch.monitor.monitor import Monitor, MonitorSettings, export
 from driftwatch.monitor.signals import AdapterSignals
+from driftwatch.monitor.sketch import Profile
 from driftwatch.recent import DedupWindow
 
 log = logging.getLogger("driftwatch")
@@ -43,6 +46,7 @@ class Daemon:
     source: Source
     dead_letters: DeadLetterSink
     ingestor: Ingestor
+    monitor: Monitor | None = None
     http: HttpServer | None = None
     state: State = State.STARTING
     blocked_since: float | None = None
@@ -65,9 +69,13 @@ class Daemon:
         self.state = State.RUNNING
         code = 0
         joined = False
+        next_check = time.monotonic() + self.settings.monitor.check_interval_s
         try:
             while not stop.is_set():
                 self.last_tick = time.monotonic()
+                if self.monitor is not None and self.last_tick >= next_check:
+                    export(self.monitor.snapshot(), self.metrics)
+                    next_check = self.last_tick + self.settings.monitor.check_interval_s
                 batch = self.ingestor.poll()
                 if not joined and self.source.joined:
                     joined = True
@@ -142,16 +150,37 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
             http.stop()
         raise
     settings.daemon.state_dir.mkdir(parents=True, exist_ok=True)
+    join = DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s)  # request_id -> adapter, for feedback
+    signals = AdapterSignals(metrics, join)
+    monitor = build_monitor(settings, join)
     ingestor = Ingestor(
         source, sink, metrics,
         kinds={k.topics.inference: "inference", k.topics.feedback: "feedback"},
         max_record_bytes=ing.max_record_bytes,
         dedup=DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s),
         journal=OffsetJournal(settings.daemon.state_dir / f"offsets-{k.consumer.group_id}.json"),
-        downstream=AdapterSignals(metrics, DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s)),
+        downstream=lambda events: (signals(events), monitor.observe(events)),
         group_id=k.consumer.group_id,
         dead_letter_head_bytes=ing.dead_letter_head_bytes,
         dead_letter_max_bytes=max(1024, k.producer.max_request_size - DEAD_LETTER_HEADROOM),
     )
-    daemon = Daemon(settings, metrics, source, sink, ingestor, http)
+    daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, http)
+    if monitor.reference is not None:
+        metrics.reference_info.labels(version=monitor.reference.content_hash[:12]).set(1)
     return daemon
+
+
+def build_monitor(settings: Settings, join: DedupWindow | None = None) -> Monitor:
+    mon = settings.monitor
+    reference = Profile.load(mon.reference_path) if mon.reference_path else None
+    if reference is None:
+        log.warning("no monitor.reference_path: drift checks are off, quality signals only")
+    fx = FeatureExtractor(mon.refusal_patterns) if mon.refusal_patterns else FeatureExtractor()
+    return Monitor(
+        reference,
+        MonitorSettings(window_events=mon.window_events, window_seconds=mon.window_seconds,
+                        max_categories=mon.max_categories, alpha=mon.alpha, min_samples=mon.min_samples,
+                        psi_floor=mon.psi_floor, cramers_v_floor=mon.cramers_v_floor,
+                        diversity_sample=mon.diversity_sample),
+        join=join, extractor=fx, max_adapters=settings.metrics.max_adapters,
+    )

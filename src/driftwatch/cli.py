@@ -145,6 +145,48 @@ def simulate(config, bootstrap, rate, count, duration, seed, routes, adapters, e
         click.echo(f"{label}\t{n}")
 
 
+@main.command()
+@click.option("--events", "events_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="JSONL file of InferenceEvents (contract v1), one per line.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the profile (JSON).")
+@click.option("--bins", default=10, show_default=True, help="Quantile bins per numeric feature.")
+@click.option("--per-adapter", is_flag=True, help="Also write one profile per adapter, next to --out.")
+def baseline(events_path: str, out: str, bins: int, per_adapter: bool) -> None:
+    """Build a reference profile (versioned by content hash) from a file of inference events."""
+    from pathlib import Path
+
+    from driftwatch.events import InferenceEvent, Rejected, decode
+    from driftwatch.monitor.monitor import build_profile
+
+    events: list[InferenceEvent] = []
+    rejected = 0
+    with open(events_path, "rb") as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            result = decode("inference", line.strip(), 10 * 1024 * 1024)
+            if isinstance(result, Rejected):
+                rejected += 1
+                if rejected <= 5:
+                    click.echo(f"line {line_no}: skipped ({result.reason.value}: {result.detail})", err=True)
+            else:
+                events.append(result)
+    if not events:
+        click.echo(f"error: no valid inference events in {events_path}", err=True)
+        sys.exit(2)
+    target = Path(out)
+    groups = {"global": events}
+    if per_adapter:
+        for e in events:
+            groups.setdefault(e.adapter, []).append(e)
+    for scope, group in groups.items():
+        path = target if scope == "global" else target.with_name(f"{target.stem}.{scope}{target.suffix}")
+        version = build_profile(group, bins=bins, scope=scope, source=str(events_path)).save(path)
+        click.echo(f"{path}\t{scope}\t{len(group)} events\tversion {version[:12]}")
+    if rejected:
+        click.echo(f"{rejected} line(s) skipped as invalid", err=True)
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect settings."""

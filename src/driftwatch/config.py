@@ -107,6 +107,30 @@ class Metrics(_Section):
     _split = field_validator("latency_buckets_s", mode="before")(_split_csv)
 
 
+class Monitor(_Section):
+    reference_path: Path | None = Field(None, description="reference profile (driftwatch baseline); without it only quality signals")
+    window_events: int = Field(2_000, ge=10, description="a window closes after this many events of one adapter ...")
+    window_seconds: float = Field(600.0, gt=0, description="... or after this long")
+    check_interval_s: float = Field(15.0, gt=0)
+    alpha: float = Field(0.01, gt=0, lt=1)
+    min_samples: int = Field(200, ge=1, description="both reference and window need this many to test")
+    psi_floor: float = Field(0.1, ge=0, description="numeric drift needs PSI at least this")
+    cramers_v_floor: float = Field(0.1, ge=0, description="categorical drift needs Cramér's V at least this")
+    max_categories: int = Field(50, ge=2)
+    diversity_sample: int = Field(500, ge=10, description="responses kept per window for distinct-n")
+    refusal_patterns: list[str] | None = Field(
+        None, description="regular expressions; default: common English refusals; from env: a JSON list or one pattern")
+
+    @field_validator("refusal_patterns", mode="before")
+    @classmethod
+    def _one_or_json_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            import json
+
+            return json.loads(value) if value.lstrip().startswith("[") else [value]
+        return value
+
+
 class Http(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65_535)
@@ -126,6 +150,7 @@ class Settings(_Section):
     kafka: Kafka = Kafka()
     ingest: Ingest = Ingest()
     metrics: Metrics = Metrics()
+    monitor: Monitor = Monitor()
     http: Http = Http()
     daemon: Daemon = Daemon()
     logging: Logging = Logging()
@@ -293,6 +318,19 @@ def _cross_checks(s: Settings) -> list[ConfigProblem]:
     if s.ingest.max_record_bytes > c.max_partition_fetch_bytes:
         out.append(ConfigProblem("ingest.max_record_bytes", f"above kafka.consumer.max_partition_fetch_bytes ({c.max_partition_fetch_bytes})",
                                  f"set it to at most {c.max_partition_fetch_bytes}, or raise max_partition_fetch_bytes"))
+    ref = s.monitor.reference_path
+    if ref is not None and not ref.is_file():
+        out.append(ConfigProblem("monitor.reference_path", f"file {ref} does not exist",
+                                 "build one with `driftwatch baseline --events FILE.jsonl --out PATH`, or remove the field"))
+    if s.monitor.refusal_patterns:
+        import re
+
+        for pattern in s.monitor.refusal_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                out.append(ConfigProblem("monitor.refusal_patterns", f"'{pattern}' is not a regular expression: {exc}",
+                                         "fix or remove the pattern"))
     buckets = s.metrics.latency_buckets_s
     if any(b <= 0 for b in buckets) or buckets != sorted(set(buckets)):
         out.append(ConfigProblem("metrics.latency_buckets_s", f"{buckets} is not strictly increasing and positive", "list positive bucket bounds in increasing order"))

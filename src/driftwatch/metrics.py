@@ -129,6 +129,38 @@ class Metrics:
             "driftwatch_feedback", "User feedback, by the adapter that served the request and sentiment", ["adapter", "sentiment"],
             registry=r,
         )
+        # monitor: windows against the reference (set at each check; adapters bounded by the monitor's cap)
+        self.drift_score = Gauge(
+            "driftwatch_drift_score", "Effect size of the last drift check: PSI (numeric) or Cramér's V (categorical)",
+            ["adapter", "feature"], registry=r,
+        )
+        self.drift_p_value = Gauge(
+            "driftwatch_drift_p_value", "p-value of the last drift check (binned KS or two-sample chi-square)",
+            ["adapter", "feature"], registry=r,
+        )
+        self.drift_detected = Gauge(
+            "driftwatch_drift_detected", "1 if the feature drifted (significant and above the effect floor)",
+            ["adapter", "feature"], registry=r,
+        )
+        self.window_events = Gauge(
+            "driftwatch_window_events", "Events in the window last checked, per adapter", ["adapter"], registry=r
+        )
+        self.output_quality = Gauge(
+            "driftwatch_output_quality", "Output quality of the window: refusal_rate, empty_rate, distinct_1, distinct_2",
+            ["adapter", "signal"], registry=r,
+        )
+        self.error_ratio = Gauge(
+            "driftwatch_error_ratio", "Share of requests with status error or timeout in the window", ["adapter"], registry=r
+        )
+        self.negative_feedback_ratio = Gauge(
+            "driftwatch_negative_feedback_ratio", "Share of negative feedback in the window", ["adapter"], registry=r
+        )
+        self.last_check = Gauge(
+            "driftwatch_last_check_timestamp_seconds", "Unix time of the last monitor check", registry=r
+        )
+        self.reference_info = Gauge(
+            "driftwatch_reference_info", "The reference profile in use (content hash)", ["version"], registry=r
+        )
         self.adapter_cap = LabelCap(max_adapters, self.label_capped, "adapter")
         self.route_cap = LabelCap(max_routes, self.label_capped, "route")
 

@@ -9,8 +9,7 @@ refusal (configurable patterns) and empty response. :func:`distinct_n` is the pe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from driftwatch.events import InferenceEvent
 
@@ -32,11 +31,9 @@ _STOPWORDS = {
     "pt": {"o", "a", "de", "que", "e", "do", "da", "em", "um", "para", "não", "uma", "como"},
     "it": {"il", "di", "che", "e", "la", "per", "un", "non", "sono", "una", "come", "della"},
 }
-_WORD = re.compile(r"\w+", re.UNICODE)
 
 
-@dataclass(frozen=True, slots=True)
-class Features:
+class Features(NamedTuple):
     prompt_chars: int
     prompt_tokens: int
     response_chars: int
@@ -76,8 +73,8 @@ def detect_language(text: str) -> str:
         script, hits = max(scripts.items(), key=lambda kv: kv[1])
         if script != "latin" and hits:
             return {"cyrillic": "ru", "arabic": "ar", "devanagari": "hi", "cjk": "cjk"}[script]
-    words = set(_WORD.findall(sample.lower()))
-    if not any(w.isalpha() for w in words):
+    words = set(sample[:160].lower().split())
+    if not any(c.isalpha() for c in sample):
         return "unknown"
     best, score = "latin-other", 1
     for lang, stops in _STOPWORDS.items():
@@ -93,7 +90,8 @@ def repeated_ngram_ratio(text: str, n: int = 3, max_words: int = 400) -> float:
     total = len(words) - n + 1
     if total <= 1:
         return 0.0
-    return 1.0 - len(set(zip(*(words[i:] for i in range(n))))) / total
+    grams = zip(words, words[1:], words[2:]) if n == 3 else zip(*(words[i:] for i in range(n)))
+    return 1.0 - len(set(grams)) / total
 
 
 def distinct_n(texts: Iterable[str], n: int) -> float:
@@ -127,7 +125,7 @@ class FeatureExtractor:
         response = event.response or ""
         declared = event.metadata.get("language") or event.metadata.get("lang")
         language = str(declared).lower()[:16] if declared else detect_language(prompt)
-        refusal = self._refusal is not None and self._refusal.search(response[:500]) is not None
+        refusal = self._refusal is not None and self._refusal.search(response, 0, 200) is not None  # refusals lead
         return Features(
             prompt_chars=len(prompt),
             prompt_tokens=event.tokens_in if event.tokens_in is not None else (len(prompt) + 3) // 4,

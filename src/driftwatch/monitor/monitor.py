@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
-from driftwatch.metrics import UNKNOWN
+from driftwatch.metrics import UNKNOWN, Metrics
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, distinct_n
 from driftwatch.monitor.sketch import Categories, Histogram, Profile
 from driftwatch.monitor.stats import Verdict, verdict
@@ -197,3 +197,28 @@ def build_profile(events: Sequence[InferenceEvent], *, bins: int = 10, max_categ
         "distinct_2": distinct_n(responses, 2),
     })
     return profile
+
+
+def export(snapshot: MonitorSnapshot, metrics: Metrics, wall_time: float | None = None) -> None:
+    """Write a snapshot into the gauges (a series with no value this time is removed, not left stale)."""
+    for gauge in (metrics.drift_score, metrics.drift_p_value, metrics.drift_detected, metrics.window_events,
+                  metrics.output_quality, metrics.error_ratio, metrics.negative_feedback_ratio, metrics.reference_info):
+        gauge.clear()
+    if snapshot.reference_version:
+        metrics.reference_info.labels(version=snapshot.reference_version[:12]).set(1)
+    for adapter, a in snapshot.adapters.items():
+        metrics.window_events.labels(adapter=adapter).set(a.window_events)
+        for name, v in a.drift.items():
+            if v.value is not None:
+                metrics.drift_score.labels(adapter=adapter, feature=name).set(v.value)
+                metrics.drift_p_value.labels(adapter=adapter, feature=name).set(v.p_value)
+            metrics.drift_detected.labels(adapter=adapter, feature=name).set(1 if v.drifted else 0)
+        for signal in ("refusal_rate", "empty_rate", "distinct_1", "distinct_2"):
+            value = getattr(a, signal)
+            if value is not None:
+                metrics.output_quality.labels(adapter=adapter, signal=signal).set(value)
+        if a.error_ratio is not None:
+            metrics.error_ratio.labels(adapter=adapter).set(a.error_ratio)
+        if a.negative_feedback_ratio is not None:
+            metrics.negative_feedback_ratio.labels(adapter=adapter).set(a.negative_feedback_ratio)
+    metrics.last_check.set(time.time() if wall_time is None else wall_time)
