@@ -63,15 +63,24 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
     from driftwatch.client import EventProducer
     from driftwatch.config import Settings
     from driftwatch.localbroker import LocalBroker
+    from driftwatch.events import decode
+    from driftwatch.monitor.monitor import build_profile
     from driftwatch.simulate import BAD_KINDS, SimConfig, Simulator, run
 
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="driftwatch-demo-") as tmp, LocalBroker(broker_kind) as broker:  # type: ignore[arg-type]
         echo(f"broker: {broker_kind} at {broker.bootstrap}")
+        # the reference: a known-good day of traffic (another seed of the same simulator)
+        ref_sim = Simulator(SimConfig(seed=seed + 1000, feedback_rate=0))
+        reference = build_profile([decode("inference", o.value, MAX_RECORD_BYTES)  # type: ignore[misc]
+                                   for o in ref_sim.stream(5000, start_ms=int(time.time() * 1000))], source="demo")
+        ref_path = Path(tmp) / "reference.json"
+        echo(f"reference profile: 5000 simulated events, version {reference.save(ref_path)[:12]}")
         settings = Settings.model_validate({
             "kafka": {"bootstrap_servers": [broker.bootstrap], "create_topics": True,
                       "consumer": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "poll_timeout_ms": 200}},
             "ingest": {"max_record_bytes": MAX_RECORD_BYTES},
+            "monitor": {"reference_path": str(ref_path), "window_events": 250, "check_interval_s": 1.0},
             "http": {"port": 0},
             "daemon": {"state_dir": str(Path(tmp) / "state")},
         })
@@ -122,6 +131,12 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
             lat_sum = value(samples, "driftwatch_request_latency_seconds_sum", adapter=adapter)
             echo(f"  {adapter}: {int(req)} requests, error ratio {err / max(req, 1):.3f}, "
                  f"mean latency {lat_sum / max(req, 1) * 1000:.0f} ms, negative feedback {neg / max(fb, 1):.2f} of {int(fb)}")
+            drifted = sorted(dict(ls)["feature"] for (n, ls), v in samples.items()
+                             if n == "driftwatch_drift_detected" and dict(ls).get("adapter") == adapter and v == 1)
+            window = int(value(samples, "driftwatch_window_events", adapter=adapter))
+            distinct = value(samples, "driftwatch_output_quality", adapter=adapter, signal="distinct_2")
+            echo(f"    last window checked against the reference: {window} events, distinct-2 {distinct:.2f}, "
+                 f"drifted features: {', '.join(drifted) or 'none'}")
         ok = observed == expected and result.get("code") == 0
         echo(f"\n{'all counts match' if ok else 'counts DO NOT match'}; demo took {time.monotonic() - t_start:.1f}s")
         return 0 if ok else 1
