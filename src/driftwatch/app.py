@@ -25,6 +25,8 @@ from driftwatch.monitor.features import FeatureExtractor
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, export
 from driftwatch.monitor.signals import AdapterSignals
 from driftwatch.monitor.sketch import Profile
+from driftwatch.policy import Decision, Policy, RuleSpec
+from driftwatch.store import SqliteStore
 from driftwatch.recent import DedupWindow
 
 log = logging.getLogger("driftwatch")
@@ -47,6 +49,7 @@ class Daemon:
     dead_letters: DeadLetterSink
     ingestor: Ingestor
     monitor: Monitor | None = None
+    policy: Policy | None = None
     http: HttpServer | None = None
     state: State = State.STARTING
     blocked_since: float | None = None
@@ -69,13 +72,10 @@ class Daemon:
         self.state = State.RUNNING
         code = 0
         joined = False
-        next_check = time.monotonic() + self.settings.monitor.check_interval_s
+        scheduler = self._start_checks()
         try:
             while not stop.is_set():
                 self.last_tick = time.monotonic()
-                if self.monitor is not None and self.last_tick >= next_check:
-                    export(self.monitor.snapshot(), self.metrics)
-                    next_check = self.last_tick + self.settings.monitor.check_interval_s
                 batch = self.ingestor.poll()
                 if not joined and self.source.joined:
                     joined = True
@@ -85,9 +85,36 @@ class Daemon:
                     break
         finally:
             self.state = State.DRAINING
+            if scheduler is not None:
+                scheduler.shutdown(wait=True)
             self._close()
             self.state = State.STOPPED
         return code
+
+    def check(self) -> list[Decision]:
+        """One monitor check: snapshot the windows, export the gauges, run the policy. Runs on the scheduler."""
+        if self.monitor is None:
+            return []
+        snapshot = self.monitor.snapshot()
+        export(snapshot, self.metrics)
+        return self.policy.tick(snapshot, time.time()) if self.policy is not None else []
+
+    def _start_checks(self):
+        if self.monitor is None:
+            return None
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        scheduler = BackgroundScheduler(daemon=True)
+        scheduler.add_job(self._check_logged, "interval", seconds=self.settings.monitor.check_interval_s,
+                          id="monitor-check", max_instances=1, coalesce=True)
+        scheduler.start()
+        return scheduler
+
+    def _check_logged(self) -> None:
+        try:
+            self.check()
+        except Exception:  # noqa: BLE001 - a failed check must not stop the next one; it is logged with its trace
+            log.exception("monitor check failed")
 
     def _finish(self, batch: Batch, stop: threading.Event) -> bool:
         """Deliver dead letters and commit; while the dead-letter topic is down, retry and commit nothing."""
@@ -118,6 +145,8 @@ class Daemon:
                 close()
             except Exception:  # noqa: BLE001 - shutting down: log and go on closing the rest
                 log.exception("error closing the %s", name)
+        if self.policy is not None:
+            self.policy.store.close()
         if self.http is not None:
             self.http.stop()
 
@@ -164,7 +193,14 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
         dead_letter_head_bytes=ing.dead_letter_head_bytes,
         dead_letter_max_bytes=max(1024, k.producer.max_request_size - DEAD_LETTER_HEADROOM),
     )
-    daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, http)
+    pol = settings.policy
+    policy = Policy(
+        [RuleSpec(**rule.model_dump()) for rule in pol.rules],
+        SqliteStore(pol.store_path or settings.daemon.state_dir / "state.db"),
+        metrics, cooldown_s=pol.cooldown_s, max_retrains_per_day=pol.max_retrains_per_day,
+        baselines=monitor.reference.baselines if monitor.reference else None,
+    )
+    daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http)
     if monitor.reference is not None:
         metrics.reference_info.labels(version=monitor.reference.content_hash[:12]).set(1)
     return daemon

@@ -187,6 +187,38 @@ def baseline(events_path: str, out: str, bins: int, per_adapter: bool) -> None:
         click.echo(f"{rejected} line(s) skipped as invalid", err=True)
 
 
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (for the state store's path).")
+@click.option("--decisions", "limit", default=10, show_default=True, help="How many recent decisions to show.")
+def status(config: str | None, limit: int) -> None:
+    """Show each policy rule's state per adapter and the latest decisions, from the state store."""
+    import time as _time
+
+    from driftwatch.store import SqliteStore
+
+    settings = _load(config)
+    path = settings.policy.store_path or settings.daemon.state_dir / "state.db"
+    if not path.exists():
+        click.echo(f"no state store at {path} yet (the daemon creates it on its first run)")
+        return
+    store = SqliteStore(path)
+    states = store.rule_states()
+    stamp = lambda t: _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t)) if t else "-"  # noqa: E731
+    click.echo(f"state store: {path}\n\nrules:")
+    for rule in settings.policy.rules:
+        rows = [st for (name, _), st in sorted(states.items()) if name == rule.name]
+        where = f"{rule.signal} {rule.op} {rule.threshold:g} for {rule.for_s:g}s -> {rule.action}"
+        if not rows:
+            click.echo(f"  {rule.name:<20} inactive (no data yet)   {where}")
+        for st in rows:
+            value = "-" if st.value is None else f"{st.value:.4g}"
+            click.echo(f"  {rule.name:<20} {st.adapter:<16} {st.state:<9} since {stamp(st.since)}  value {value}   {where}")
+    click.echo("\nlatest decisions:")
+    for d in store.decisions(limit=limit):
+        click.echo(f"  #{d.id} {stamp(d.at)} {d.action:<8} {d.adapter:<16} {d.rule or '-'}: {' | '.join(d.reasons)}")
+    store.close()
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect settings."""

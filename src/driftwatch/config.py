@@ -131,6 +131,31 @@ class Monitor(_Section):
         return value
 
 
+class Rule(_Section):
+    name: str = Field(min_length=1, max_length=64)
+    signal: str = Field(description="input_drift, output_drift, error_ratio, refusal_rate, empty_rate, "
+                                    "negative_feedback_ratio, distinct_2, distinct_2_ratio, or drift:<feature>")
+    threshold: float
+    op: Literal[">=", "<="] = ">="
+    clear: float | None = Field(None, description="hysteresis: the rule clears only past this level (default: threshold)")
+    for_s: float = Field(0.0, ge=0)
+    min_samples: int = Field(0, ge=0)
+    action: Literal["retrain", "alert"] = "retrain"
+
+
+def _default_rules() -> list[Rule]:
+    from driftwatch.policy import DEFAULT_RULES
+
+    return [Rule(**vars(spec)) for spec in DEFAULT_RULES]
+
+
+class Policy(_Section):
+    rules: list[Rule] = Field(default_factory=_default_rules)
+    cooldown_s: float = Field(6 * 3600.0, ge=0, description="after a retrain request, the same adapter waits this long")
+    max_retrains_per_day: int = Field(3, ge=0)
+    store_path: Path | None = Field(None, description="SQLite state store; default: <daemon.state_dir>/state.db")
+
+
 class Http(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65_535)
@@ -151,6 +176,7 @@ class Settings(_Section):
     ingest: Ingest = Ingest()
     metrics: Metrics = Metrics()
     monitor: Monitor = Monitor()
+    policy: Policy = Policy()
     http: Http = Http()
     daemon: Daemon = Daemon()
     logging: Logging = Logging()
@@ -331,6 +357,21 @@ def _cross_checks(s: Settings) -> list[ConfigProblem]:
             except re.error as exc:
                 out.append(ConfigProblem("monitor.refusal_patterns", f"'{pattern}' is not a regular expression: {exc}",
                                          "fix or remove the pattern"))
+    from driftwatch.monitor.features import CATEGORICAL, NUMERIC
+    from driftwatch.policy import SIGNALS
+
+    names = [r.name for r in s.policy.rules]
+    for i, rule in enumerate(s.policy.rules):
+        where = f"policy.rules.{i}"
+        feature = rule.signal[6:] if rule.signal.startswith("drift:") else None
+        if rule.signal not in SIGNALS and feature not in NUMERIC + CATEGORICAL:
+            out.append(ConfigProblem(f"{where}.signal", f"unknown signal '{rule.signal}'",
+                                     f"use one of {', '.join(SIGNALS)}, or drift:<one of {', '.join(NUMERIC + CATEGORICAL)}>"))
+        if names.count(rule.name) > 1:
+            out.append(ConfigProblem(f"{where}.name", f"rule name '{rule.name}' is used twice", "give each rule its own name"))
+        if rule.clear is not None and (rule.clear > rule.threshold if rule.op == ">=" else rule.clear < rule.threshold):
+            out.append(ConfigProblem(f"{where}.clear", f"{rule.clear} is on the firing side of the threshold {rule.threshold}",
+                                     f"set it {'below' if rule.op == '>=' else 'above'} {rule.threshold}, or leave it out"))
     buckets = s.metrics.latency_buckets_s
     if any(b <= 0 for b in buckets) or buckets != sorted(set(buckets)):
         out.append(ConfigProblem("metrics.latency_buckets_s", f"{buckets} is not strictly increasing and positive", "list positive bucket bounds in increasing order"))
@@ -367,7 +408,11 @@ def reference() -> str:
                     notes.append("one of " + ", ".join(f"`{v}`" for v in typing.get_args(arg)))
                 if arg is SecretStr:
                     notes.append("secret")
-            shown = "—" if default is None else default
+            if isinstance(default, list) and default and isinstance(default[0], BaseModel):
+                shown = ", ".join(getattr(item, "name", "?") for item in default)
+                notes.append("a list of rules, each: name, signal, threshold, op, clear, for_s, min_samples, action")
+            else:
+                shown = "—" if default is None else default
             lines.append(f"| `{prefix}{name}` | `{shown}` | {'; '.join(notes)} |")
 
     walk(Settings, "")

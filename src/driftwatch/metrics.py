@@ -161,6 +161,17 @@ class Metrics:
         self.reference_info = Gauge(
             "driftwatch_reference_info", "The reference profile in use (content hash)", ["version"], registry=r
         )
+        # policy
+        self.rule_state = Gauge(
+            "driftwatch_rule_state", "Policy rule state per adapter: 0 inactive, 1 pending, 2 firing", ["rule", "adapter"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "driftwatch_decisions", "Policy decisions, by action (retrain, alert, hold, resolved)", ["action"], registry=r
+        )
+        self.retrain_requests = Counter(
+            "driftwatch_retrain_requests", "Retrain requests emitted by the policy, by rule", ["rule"], registry=r
+        )
         self.adapter_cap = LabelCap(max_adapters, self.label_capped, "adapter")
         self.route_cap = LabelCap(max_routes, self.label_capped, "route")
 

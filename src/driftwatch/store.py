@@ -1,0 +1,95 @@
+"""driftwatch's state store: what must survive a restart (rule states, decisions, retrain requests).
+
+A small interface with SQLite as the single-process default. A shared backend (PostgreSQL, for several
+replicas behind a leader) implements the same methods; the rollout registry will add its tables here.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS rule_state (
+    rule TEXT NOT NULL, adapter TEXT NOT NULL, state TEXT NOT NULL, since REAL NOT NULL,
+    value REAL, updated REAL NOT NULL, PRIMARY KEY (rule, adapter));
+CREATE TABLE IF NOT EXISTS decision (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, adapter TEXT NOT NULL, action TEXT NOT NULL,
+    rule TEXT, reasons TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS decision_at ON decision (at);
+"""
+
+
+@dataclass(frozen=True)
+class RuleState:
+    rule: str
+    adapter: str
+    state: str  # inactive | pending | firing
+    since: float  # wall time the state began
+    value: float | None
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    id: int
+    at: float
+    adapter: str
+    action: str  # retrain | hold | resolved
+    rule: str | None
+    reasons: list[str]
+
+
+class StateStore(Protocol):
+    def rule_states(self) -> dict[tuple[str, str], RuleState]: ...
+    def save_rule_state(self, state: RuleState, now: float) -> None: ...
+    def record_decision(self, at: float, adapter: str, action: str, rule: str | None, reasons: list[str]) -> int: ...
+    def decisions(self, since: float = 0.0, action: str | None = None, limit: int = 1000) -> list[DecisionRecord]: ...
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    def __init__(self, path: Path | str) -> None:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(SCHEMA)
+        self._lock = threading.Lock()
+
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        with self._lock:
+            return self._db.execute(sql, args)
+
+    def rule_states(self) -> dict[tuple[str, str], RuleState]:
+        rows = self._run("SELECT rule, adapter, state, since, value FROM rule_state").fetchall()
+        return {(r[0], r[1]): RuleState(*r) for r in rows}
+
+    def save_rule_state(self, state: RuleState, now: float) -> None:
+        self._run(
+            "INSERT INTO rule_state (rule, adapter, state, since, value, updated) VALUES (?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (rule, adapter) DO UPDATE SET state=excluded.state, since=excluded.since, "
+            "value=excluded.value, updated=excluded.updated",
+            (state.rule, state.adapter, state.state, state.since, state.value, now),
+        )
+
+    def record_decision(self, at: float, adapter: str, action: str, rule: str | None, reasons: list[str]) -> int:
+        cur = self._run("INSERT INTO decision (at, adapter, action, rule, reasons) VALUES (?, ?, ?, ?, ?)",
+                        (at, adapter, action, rule, json.dumps(reasons)))
+        return int(cur.lastrowid)
+
+    def decisions(self, since: float = 0.0, action: str | None = None, limit: int = 1000) -> list[DecisionRecord]:
+        sql = "SELECT id, at, adapter, action, rule, reasons FROM decision WHERE at >= ?"
+        args: tuple[Any, ...] = (since,)
+        if action:
+            sql += " AND action = ?"
+            args += (action,)
+        rows = self._run(sql + " ORDER BY id DESC LIMIT ?", args + (limit,)).fetchall()
+        return [DecisionRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,141 @@
+from driftwatch.metrics import Metrics
+from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
+from driftwatch.monitor.stats import Verdict
+from driftwatch.policy import DEFAULT_RULES, Policy, RuleSpec
+from driftwatch.store import SqliteStore
+
+ERR = RuleSpec("errors", "error_ratio", threshold=0.1, clear=0.05, for_s=60, min_samples=100)
+
+
+def snap(adapter="v1", n=1000, error_ratio=0.0, drift=None, **kw):
+    a = AdapterSnapshot(adapter=adapter, window_events=n, window_closed=True, error_ratio=error_ratio,
+                        refusal_rate=kw.get("refusal_rate", 0.0), empty_rate=0.0,
+                        negative_feedback_ratio=kw.get("neg"), feedback_count=kw.get("fb", 0),
+                        distinct_1=0.5, distinct_2=kw.get("distinct_2", 0.8), drift=drift or {})
+    return MonitorSnapshot(0.0, None, {adapter: a})
+
+
+def make(tmp_path, rules=(ERR,), **kw):
+    requests = []
+    policy = Policy(rules, SqliteStore(tmp_path / "state.db"), Metrics(), on_retrain=requests.append, **kw)
+    return policy, requests
+
+
+def test_fires_only_after_the_for_duration_and_clears_with_hysteresis(tmp_path):
+    p, requests = make(tmp_path)
+    assert p.tick(snap(error_ratio=0.2), now=1000) == []
+    assert p.state("errors", "v1").state == "pending"
+    assert p.tick(snap(error_ratio=0.2), now=1059) == []
+    (d,) = p.tick(snap(error_ratio=0.2), now=1060)
+    assert d.action == "retrain" and p.state("errors", "v1").state == "firing"
+    assert "error_ratio = 0.2 >= 0.1 for 60s on adapter 'v1'" in d.reasons[0]
+    (req,) = requests
+    assert req.adapter == "v1" and req.decision_id == d.id
+    assert p.tick(snap(error_ratio=0.07), now=1100) == []  # below the threshold but above clear: still firing
+    assert p.state("errors", "v1").state == "firing"
+    (resolved,) = p.tick(snap(error_ratio=0.04), now=1200)
+    assert resolved.action == "resolved" and p.state("errors", "v1").state == "inactive"
+    assert p.metrics.registry.get_sample_value("driftwatch_retrain_requests_total", {"rule": "errors"}) == 1
+
+
+def test_a_blip_shorter_than_for_does_not_fire(tmp_path):
+    p, requests = make(tmp_path)
+    p.tick(snap(error_ratio=0.2), now=0)
+    p.tick(snap(error_ratio=0.01), now=30)
+    p.tick(snap(error_ratio=0.2), now=40)
+    assert p.tick(snap(error_ratio=0.2), now=90) == [] and requests == []  # pending again since 40
+
+
+def test_no_data_holds_the_state(tmp_path):
+    p, _ = make(tmp_path)
+    p.tick(snap(error_ratio=0.2), now=0)
+    p.tick(snap(error_ratio=0.2, n=50), now=100)  # too small a window: nothing changes
+    assert p.state("errors", "v1").state == "pending"
+    p.tick(snap(error_ratio=None), now=100)
+    (d,) = p.tick(snap(error_ratio=0.2), now=101)
+    assert d.action == "retrain"
+
+
+def test_cooldown_and_daily_maximum_hold_with_reasons(tmp_path):
+    quick = RuleSpec("errors", "error_ratio", threshold=0.1, clear=0.05)
+    p, requests = make(tmp_path, rules=(quick,), cooldown_s=3600, max_retrains_per_day=2)
+    fire = lambda adapter, t: (p.tick(snap(adapter, error_ratio=0.2), t) + p.tick(snap(adapter, error_ratio=0.0), t + 1))[0]  # noqa: E731
+    assert fire("v1", 0).action == "retrain"
+    held = fire("v1", 100)
+    assert held.action == "hold" and "cooldown" in held.reasons[-1]
+    assert fire("v2", 200).action == "retrain"
+    capped = fire("v3", 300)
+    assert capped.action == "hold" and "2 retrains in the last 24 h" in capped.reasons[-1]
+    assert [r.adapter for r in requests] == ["v1", "v2"]
+    assert fire("v3", 90_000).action == "retrain"  # a day later
+
+
+def test_state_and_decisions_survive_a_restart(tmp_path):
+    p, _ = make(tmp_path)
+    p.tick(snap(error_ratio=0.2), now=0)
+    p.store.close()
+    p2, requests = make(tmp_path)  # a new process on the same store
+    assert p2.state("errors", "v1").state == "pending"
+    (d,) = p2.tick(snap(error_ratio=0.2), now=61)
+    assert d.action == "retrain" and requests
+    assert [x.action for x in p2.store.decisions()] == ["retrain"]
+
+
+def test_alert_rules_decide_without_requesting_a_retrain(tmp_path):
+    p, requests = make(tmp_path, rules=(RuleSpec("errs", "error_ratio", threshold=0.1, action="alert"),))
+    (d,) = p.tick(snap(error_ratio=0.3), now=0)
+    assert d.action == "alert" and requests == []
+
+
+def test_default_input_drift_rule_names_the_drifted_features(tmp_path):
+    drifted = Verdict("chi2+cramers_v", 0.4, 1e-30, 5000, 1000, True, "Cramér's V 0.400 >= 0.1 and p 1e-30 < 0.01")
+    calm = Verdict("ks+psi", 0.01, 0.5, 5000, 1000, False, "not significant")
+    p, requests = make(tmp_path, rules=DEFAULT_RULES)
+    s = snap(drift={"route": drifted, "prompt_chars": calm}, fb=0)
+    p.tick(s, now=0)
+    (d,) = p.tick(s, now=60)
+    assert d.rule == "input-drift" and "drifted: route (Cramér's V 0.400" in d.reasons[0]
+    assert p.tick(snap(drift={"route": calm}), now=120)[0].action == "resolved"
+
+
+def test_collapse_is_relative_to_the_reference_diversity(tmp_path):
+    rule = RuleSpec("collapse", "distinct_2_ratio", op="<=", threshold=0.7, clear=0.85)
+    p, requests = make(tmp_path, rules=(rule,), baselines={"distinct_2": 0.8})
+    assert p.tick(snap(distinct_2=0.6), now=0) == []  # 0.75 of the reference
+    (d,) = p.tick(snap(distinct_2=0.5), now=1)  # 0.625
+    assert d.action == "retrain" and "distinct_2_ratio = 0.625 <= 0.7" in d.reasons[0]
+
+
+def test_status_shows_rule_states_and_decisions(tmp_path):
+    from click.testing import CliRunner
+
+    from driftwatch.cli import main
+
+    store = SqliteStore(tmp_path / "state.db")
+    p = Policy([RuleSpec("input-drift", "error_ratio", threshold=0.1)], store, on_retrain=lambda r: None)
+    p.tick(snap("support-v7", error_ratio=0.5), now=1_795_514_400)
+    store.close()
+    env = {"DRIFTWATCH__DAEMON__STATE_DIR": str(tmp_path)}
+    out = CliRunner().invoke(main, ["status"], env=env).output
+    assert "support-v7" in out and "firing" in out and "retrain" in out and "error_ratio = 0.5" in out
+
+
+def test_rule_config_errors_name_the_rule(tmp_path):
+    import pytest
+
+    from driftwatch.config import load_settings
+    from driftwatch.errors import ConfigError
+
+    path = tmp_path / "dw.yaml"
+    path.write_text("""
+policy:
+  rules:
+    - {name: a, signal: eror_ratio, threshold: 0.1}
+    - {name: a, signal: drift:route, threshold: 1, clear: 2}
+""")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    got = {p.path: f"{p.message} {p.fix}" for p in info.value.problems}
+    assert "unknown signal 'eror_ratio'" in got["policy.rules.0.signal"]
+    assert "used twice" in got["policy.rules.1.name"]
+    assert "firing side" in got["policy.rules.1.clear"]
