@@ -121,8 +121,14 @@ def demo(duration: float, rate: float, broker: str, seed: int) -> None:
 @click.option("--feedback-delay", default=2.0, show_default=True, help="Mean feedback delay, seconds.")
 @click.option("--bad", help="Bad records to inject, e.g. not_json=3,oversize=1,duplicate=2.")
 @click.option("--oversize-bytes", default=1_100_000, show_default=True)
+@click.option("--negative-rate", default=0.15, show_default=True, help="Share of feedback that is negative.")
+@click.option("--length-scale", default=1.0, show_default=True, help="Shift: multiply prompt lengths.")
+@click.option("--spanish-rate", default=0.0, show_default=True, help="Shift: share of requests in Spanish.")
+@click.option("--refusal-rate", default=0.0, show_default=True, help="Shift: share of responses that refuse.")
+@click.option("--collapse-rate", default=0.0, show_default=True, help="Shift: share of responses that are one canned text.")
 def simulate(config, bootstrap, rate, count, duration, seed, routes, adapters, error_rate, timeout_rate, feedback_rate,
-             feedback_delay, bad, oversize_bytes) -> None:
+             feedback_delay, bad, oversize_bytes, negative_rate, length_scale, spanish_rate, refusal_rate,
+             collapse_rate) -> None:
     """Publish simulated inference logs and feedback (and bad records on request) to Kafka."""
     from driftwatch.client import EventProducer
     from driftwatch.simulate import SimConfig, Simulator
@@ -133,7 +139,9 @@ def simulate(config, bootstrap, rate, count, duration, seed, routes, adapters, e
     try:
         cfg = SimConfig(seed=seed, adapters=_pairs(adapters), error_rate=error_rate, timeout_rate=timeout_rate,
                         feedback_rate=feedback_rate, feedback_delay_s=feedback_delay, bad=_pairs(bad, int),
-                        oversize_bytes=oversize_bytes, **({"routes": _pairs(routes)} if routes else {}))
+                        oversize_bytes=oversize_bytes, negative_rate=negative_rate, length_scale=length_scale,
+                        spanish_rate=spanish_rate, refusal_rate=refusal_rate, collapse_rate=collapse_rate,
+                        **({"routes": _pairs(routes)} if routes else {}))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if count is None and duration is None:

@@ -18,6 +18,13 @@ import click
 from driftwatch.events import Reason
 
 BAD_PER_KIND = 3
+DEMO_RULES = [  # the default rules, sized for the demo's small windows and short run
+    {"name": "input-drift", "signal": "input_drift", "threshold": 1, "clear": 0.5, "min_samples": 200},
+    {"name": "output-collapse", "signal": "distinct_2_ratio", "op": "<=", "threshold": 0.85, "clear": 0.92,
+     "min_samples": 200},
+    {"name": "error-ratio", "signal": "error_ratio", "threshold": 0.05, "clear": 0.02, "min_samples": 200,
+     "action": "alert"},
+]
 MAX_RECORD_BYTES = 256 * 1024
 
 
@@ -81,6 +88,7 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
                       "consumer": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "poll_timeout_ms": 200}},
             "ingest": {"max_record_bytes": MAX_RECORD_BYTES},
             "monitor": {"reference_path": str(ref_path), "window_events": 250, "check_interval_s": 1.0},
+            "policy": {"rules": DEMO_RULES},
             "http": {"port": 0},
             "daemon": {"state_dir": str(Path(tmp) / "state")},
         })
@@ -98,13 +106,19 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
                     echo("daemon did not become ready within 30 s", err=True)
                     return 1
                 time.sleep(0.1)
-            echo(f"ready after {time.monotonic() - t_start:.1f}s; simulating {rate:g} requests/s for {duration_s:g}s "
-                 f"with {BAD_PER_KIND} bad records of each kind")
+            half = duration_s / 2
+            echo(f"ready after {time.monotonic() - t_start:.1f}s; phase 1: {rate:g} requests/s for {half:g}s on "
+                 f"support-v1 and support-v2, with {BAD_PER_KIND} bad records of each kind")
             sim = Simulator(SimConfig(seed=seed, adapters={"support-v1": 0.8, "support-v2": 0.2},
                                       bad={k: BAD_PER_KIND for k in BAD_KINDS}, oversize_bytes=MAX_RECORD_BYTES + 1000))
+            shifted = Simulator(SimConfig(seed=seed + 1, adapters={"support-v2": 1.0}, collapse_rate=0.5,
+                                          routes={"qa": 0.05, "summarize": 0.8, "code": 0.05, "chat": 0.05, "extract": 0.05}))
             with EventProducer(kafka=settings.kafka) as producer:
                 topics = {"inference": settings.kafka.topics.inference, "feedback": settings.kafka.topics.feedback}
-                sent = run(producer, topics, sim, rate=rate, duration_s=duration_s)
+                sent = run(producer, topics, sim, rate=rate, duration_s=half)
+                echo(f"phase 2: support-v2 drifts for {half:g}s (route mix moves to summarize, half its answers collapse "
+                     "to one canned text)")
+                sent += run(producer, topics, shifted, rate=rate, duration_s=half)
             expected = expected_counts(sent)
             deadline = time.monotonic() + 30
             while True:
@@ -112,6 +126,10 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
                 if observed == expected or time.monotonic() > deadline:
                     break
                 time.sleep(0.25)
+            deadline = time.monotonic() + 20
+            while not daemon.policy.store.decisions(action="retrain") and time.monotonic() < deadline:
+                time.sleep(0.25)
+            decisions = daemon.policy.store.decisions()
             samples = scrape(url)
         finally:
             stop.set()
@@ -137,6 +155,15 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
             distinct = value(samples, "driftwatch_output_quality", adapter=adapter, signal="distinct_2")
             echo(f"    last window checked against the reference: {window} events, distinct-2 {distinct:.2f}, "
                  f"drifted features: {', '.join(drifted) or 'none'}")
-        ok = observed == expected and result.get("code") == 0
+        echo("\npolicy decisions (from the state store):")
+        retrained = set()
+        for d in reversed(decisions):
+            echo(f"  #{d.id} {d.action} {d.adapter}: {d.reasons[0][:300]}")
+            if d.action == "retrain":
+                retrained.add(d.adapter)
+        fired_right = retrained == {"support-v2"}
+        echo(f"  -> {'a retrain was requested for the drifting adapter only' if fired_right else 'UNEXPECTED decisions'}"
+             " (the retrain stage that consumes it comes with the retrain pipeline)")
+        ok = observed == expected and result.get("code") == 0 and fired_right
         echo(f"\n{'all counts match' if ok else 'counts DO NOT match'}; demo took {time.monotonic() - t_start:.1f}s")
         return 0 if ok else 1

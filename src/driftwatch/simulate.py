@@ -33,6 +33,11 @@ _WORDS = {
     "chat": "hello thanks please could you help me today great sure idea maybe tell".split(),
     "extract": "name date amount invoice address email total order id field value table".split(),
 }
+_SYLLABLES = "ka lo mi ren sa tu vo der po li na te".split()
+_POOL = [a + b for a in _SYLLABLES for b in _SYLLABLES] + [a + b + c for a in _SYLLABLES[:6] for b in _SYLLABLES
+                                                         for c in _SYLLABLES[6:]]  # 576 neutral words
+_SPANISH = ("el la de que y en los es por para una cómo qué dónde cuál pregunta respuesta ciudad informe "
+            "reunión equipo cliente función código lista").split()
 BAD_KINDS = tuple(r.value for r in Reason) + ("duplicate",)
 
 
@@ -54,6 +59,11 @@ class SimConfig:
     negative_rate: float = 0.15
     bad: Mapping[str, int] = field(default_factory=dict)  # reason -> how many to inject, spread over the stream
     oversize_bytes: int = 1_100_000
+    # shifts (all off by default; the default stream does not change when they are off)
+    length_scale: float = 1.0  # multiplies prompt lengths
+    spanish_rate: float = 0.0  # share of requests written in Spanish
+    refusal_rate: float = 0.0  # share of ok responses that are refusals
+    collapse_rate: float = 0.0  # share of ok responses replaced by one canned answer (modal collapse)
 
     def __post_init__(self) -> None:
         unknown = set(self.routes) - set(ROUTES)
@@ -87,20 +97,26 @@ class Simulator:
         self._now_ms = 0
 
     # -- good records -------------------------------------------------------------------------------------------------
-    def _text(self, route: str, chars: float) -> str:
-        words = _WORDS[route]
+    def _text(self, route: str, chars: float, spanish: bool = False) -> str:
+        """Words of the route (or Spanish) mixed with a neutral pool, so that text has realistic diversity."""
         n = max(1, int(chars / 6))
-        return " ".join(self.rng.choices(words, k=n))
+        topical = self.rng.choices(_SPANISH if spanish else _WORDS[route], k=(n + 1) // 2)
+        return " ".join(w for pair in zip(topical, self.rng.choices(_POOL, k=n)) for w in pair)[: max(1, int(chars))]
 
     def _event(self, now_ms: int) -> dict:
         rng, cfg = self.rng, self.cfg
         self._seq += 1
         route = rng.choices(self._route_names, self._route_weights)[0]
         spec = ROUTES[route]
-        prompt = self._text(route, rng.lognormvariate(*spec["prompt"]))
+        spanish = cfg.spanish_rate > 0 and rng.random() < cfg.spanish_rate
+        prompt = self._text(route, rng.lognormvariate(*spec["prompt"]) * cfg.length_scale, spanish)
         roll = rng.random()
         status = "timeout" if roll < cfg.timeout_rate else "error" if roll < cfg.timeout_rate + cfg.error_rate else "ok"
-        response = self._text(route, rng.lognormvariate(*spec["response"])) if status == "ok" else None
+        response = self._text(route, rng.lognormvariate(*spec["response"]), spanish) if status == "ok" else None
+        if response is not None and cfg.refusal_rate > 0 and rng.random() < cfg.refusal_rate:
+            response = "I'm sorry, but I can't help with that request."
+        elif response is not None and cfg.collapse_rate > 0 and rng.random() < cfg.collapse_rate:
+            response = "Thank you for your question. I am happy to help you with that today."
         tokens_out = len(response) // 4 if response else 0
         latency = 30_000.0 if status == "timeout" else \
             (spec["base_ms"] + spec["per_token_ms"] * tokens_out) * rng.lognormvariate(0, 0.25)

@@ -103,3 +103,18 @@ def test_profile_from_events_is_deterministic(reference, tmp_path):
     again = build_profile(inference(stream(6000, seed=100, feedback_rate=0)), source="test")
     assert again.content_hash == reference.content_hash
     assert 0 < reference.baselines["distinct_2"] <= 1 and reference.baselines["events"] == 6000
+
+
+@pytest.mark.parametrize("shift, feature", [
+    ({"length_scale": 2.0}, "prompt_chars"),
+    ({"spanish_rate": 0.5}, "language"),
+    ({"refusal_rate": 0.3}, "refusal"),
+    ({"collapse_rate": 0.6}, "response_chars"),
+])
+def test_each_injected_shift_moves_its_feature(reference, shift, feature):
+    (a,) = run(reference, stream(2100, seed=106, feedback_rate=0, **shift)).adapters.values()
+    assert feature in a.drifted_features, {k: v.reason for k, v in a.drift.items()}
+    if "collapse_rate" in shift:
+        assert a.distinct_2 < 0.85 * reference.baselines["distinct_2"]
+    if "refusal_rate" in shift:
+        assert 0.25 < a.refusal_rate < 0.35
