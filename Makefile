@@ -29,6 +29,7 @@ integration: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/drift.py
 
 docs: $(VENV)/.installed-test
 	$(BIN)/python -c "from driftwatch.config import reference; print(reference(), end='')" > docs/configuration.md

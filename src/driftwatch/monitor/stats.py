@@ -3,7 +3,8 @@
 Every function takes two count vectors over the same bins (reference, current). Conventions follow Evidently
 where it has the same statistic, so values agree on the same bins:
 
-* PSI and Jensen-Shannon floor empty bins at 1e-4 of the mass (Evidently's ``fill zeroes``).
+* PSI fills empty bins with 1e-4 of the mass (or a millionth of the smallest share), as Evidently does;
+  Jensen-Shannon needs no filling (0·log 0 = 0), as in Evidently and scipy.
 * Jensen-Shannon is the *distance* (square root of the divergence), natural log, as ``scipy.spatial.distance``.
 * KS on bins: the largest gap between the two binned CDFs, p-value from the asymptotic Kolmogorov distribution.
 * Chi-square is the two-sample test on the 2×k contingency table — not the one-sample test that takes reference
@@ -36,12 +37,16 @@ def _pair(ref: Counts, cur: Counts) -> tuple[np.ndarray, np.ndarray]:
     return r, c
 
 
-def _shares(counts: np.ndarray) -> np.ndarray:
+def _shares(counts: np.ndarray, fill_zeros: bool = True) -> np.ndarray:
+    """Bin shares; empty bins get 1e-4 (or a millionth of the smallest share, if that is smaller), as Evidently."""
     total = counts.sum()
     if total <= 0:
         raise ValueError("no observations")
     shares = counts / total
-    return np.where(shares == 0, ZERO_FLOOR, shares)
+    if fill_zeros and (shares == 0).any():
+        smallest = shares[shares > 0].min()
+        shares = np.where(shares == 0, smallest / 1e6 if smallest <= ZERO_FLOOR else ZERO_FLOOR, shares)
+    return shares
 
 
 def psi(ref: Counts, cur: Counts) -> float:
@@ -54,10 +59,10 @@ def psi(ref: Counts, cur: Counts) -> float:
 def js_distance(ref: Counts, cur: Counts) -> float:
     """Jensen-Shannon distance (natural log), 0 for equal distributions, at most sqrt(ln 2)."""
     r, c = _pair(ref, cur)
-    p, q = _shares(r), _shares(c)
-    p, q = p / p.sum(), q / q.sum()
+    p, q = _shares(r, fill_zeros=False), _shares(c, fill_zeros=False)
     m = (p + q) / 2
-    divergence = (np.sum(p * np.log(p / m)) + np.sum(q * np.log(q / m))) / 2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        divergence = (np.sum(np.where(p > 0, p * np.log(p / m), 0.0)) + np.sum(np.where(q > 0, q * np.log(q / m), 0.0))) / 2
     return float(math.sqrt(max(divergence, 0.0)))
 
 
