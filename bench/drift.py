@@ -12,7 +12,6 @@ per-value path the daemon uses) and the vectorised path for bulk loads.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import numpy as np

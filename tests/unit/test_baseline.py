@@ -1,4 +1,3 @@
-import json
 
 from click.testing import CliRunner
 
@@ -26,7 +25,7 @@ def test_baseline_builds_versioned_profiles_and_skips_bad_lines(tmp_path):
     assert profile.baselines["events"] == 1500 and profile.scope == "global"
     assert Profile.load(tmp_path / "ref.v1.json").scope == "v1"
     assert profile.content_hash[:12] in result.output
-    again = CliRunner().invoke(main, ["baseline", "--events", str(events), "--out", str(tmp_path / "b.json")])
+    CliRunner().invoke(main, ["baseline", "--events", str(events), "--out", str(tmp_path / "b.json")])
     assert Profile.load(tmp_path / "b.json").content_hash == profile.content_hash  # same inputs, same version
 
 
