@@ -114,7 +114,7 @@ class Monitor(_Section):
     check_interval_s: float = Field(15.0, gt=0)
     alpha: float = Field(0.01, gt=0, lt=1)
     min_samples: int = Field(200, ge=1, description="both reference and window need this many to test")
-    psi_floor: float = Field(0.1, ge=0, description="numeric drift needs PSI at least this")
+    psi_floor: float = Field(0.05, ge=0, description="numeric drift needs PSI at least this")
     cramers_v_floor: float = Field(0.1, ge=0, description="categorical drift needs Cramér's V at least this")
     max_categories: int = Field(50, ge=2)
     diversity_sample: int = Field(500, ge=10, description="responses kept per window for distinct-n")

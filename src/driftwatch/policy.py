@@ -183,7 +183,7 @@ class Policy:
 
 
 DEFAULT_RULES: tuple[RuleSpec, ...] = (
-    RuleSpec("input-drift", "input_drift", threshold=1, clear=0.5, for_s=60, min_samples=1000),
+    RuleSpec("input-drift", "input_drift", threshold=1, clear=0.5, for_s=0, min_samples=1000),
     RuleSpec("output-collapse", "distinct_2_ratio", op="<=", threshold=0.85, clear=0.92, for_s=60, min_samples=500),
     RuleSpec("refusals", "refusal_rate", threshold=0.1, clear=0.05, for_s=60, min_samples=500),
     RuleSpec("negative-feedback", "negative_feedback_ratio", threshold=0.35, clear=0.25, for_s=120, min_samples=50),

@@ -28,7 +28,7 @@ class MonitorSettings:
     max_categories: int = 50
     alpha: float = 0.01
     min_samples: int = 200
-    psi_floor: float = 0.1
+    psi_floor: float = 0.05
     cramers_v_floor: float = 0.1
     diversity_sample: int = 500
 
