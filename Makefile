@@ -30,6 +30,7 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/startup.py
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/drift.py
+	$(BIN)/python bench/detection.py
 
 docs: $(VENV)/.installed-test
 	$(BIN)/python -c "from driftwatch.config import reference; print(reference(), end='')" > docs/configuration.md

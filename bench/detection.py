@@ -142,6 +142,16 @@ def main() -> None:
         fired, _ = run_driftwatch(reference, iter(shifted), args.rate)
         delay = f"{fired[0] + 1:,} events" if fired else "not detected in 12,000 events"
         print(f"{name}: PSI(prompt_chars) {effect['prompt_chars']:.3f}; driftwatch fired after {delay}")
+        try:
+            windows = [[FX(e) for e in shifted[i:i + WINDOW]] for i in range(0, 6 * WINDOW, WINDOW)]
+            for label, ref_n in (("reference 10,000 rows (distances)", 10_000), ("reference 1,000 rows (tests)", 1_000)):
+                flags = evidently_flags(ref_rows[:ref_n], windows)
+                first = next((i for i, f in enumerate(flags) if f[0]), None)
+                col = next((i for i, f in enumerate(flags) if f[1]), None)
+                at = lambda i: f"after {(i + 1) * WINDOW:,} events" if i is not None else "not in 12,000 events"  # noqa: E731
+                print(f"  Evidently, {label}: dataset drift {at(first)}; some column drifted {at(col)}")
+        except ImportError:
+            pass
 
 
 def _count(ref_hist, evs, feature):
