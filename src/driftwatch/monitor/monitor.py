@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
-from driftwatch.metrics import UNKNOWN, Metrics
+from driftwatch.metrics import UNKNOWN, LabelCap, Metrics
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, distinct_n
 from driftwatch.monitor.sketch import Categories, Histogram, Profile
 from driftwatch.monitor.stats import Verdict, verdict
@@ -101,7 +101,7 @@ class Monitor:
         self.join = join or DedupWindow(200_000, 3600)
         self.extract = extractor or FeatureExtractor()
         self.clock = clock
-        self.max_adapters = max_adapters
+        self.adapter_cap = LabelCap(max_adapters)  # the metrics' mechanism: past the cap, "other"
         self._current: dict[str, Window] = {}
         self._closed: dict[str, Window] = {}
         self._lock = threading.Lock()
@@ -113,11 +113,6 @@ class Monitor:
             self._closed[adapter] = win
             win = None
         if win is None:
-            if adapter not in self._current and len(self._current) >= self.max_adapters:
-                adapter = "other"
-                win = self._current.get(adapter)
-                if win is not None:
-                    return win
             win = self._current[adapter] = Window(self.reference, s.max_categories, s.diversity_sample, now)
         return win
 
@@ -128,7 +123,7 @@ class Monitor:
                 if kind == "inference":
                     assert isinstance(event, InferenceEvent)
                     self.join.add(event.request_id, event.adapter)
-                    self._window(event.adapter, now).add(self.extract(event), event.response)
+                    self._window(self.adapter_cap(event.adapter), now).add(self.extract(event), event.response)
                 else:
                     assert isinstance(event, FeedbackEvent)
                     adapter = self.join.get(event.request_id, UNKNOWN)
