@@ -11,21 +11,24 @@ import enum
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from driftwatch import __version__
 from driftwatch.config import Settings
-from driftwatch.errors import DeadLetterError
+from driftwatch.errors import DeadLetterError, ReportError
 from driftwatch.http import HttpServer, build_app
 from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.features import FeatureExtractor
-from driftwatch.monitor.monitor import Monitor, MonitorSettings, export
+from driftwatch.monitor.monitor import Monitor, MonitorSettings, MonitorSnapshot, export
 from driftwatch.monitor.signals import AdapterSignals
 from driftwatch.monitor.sketch import Profile
-from driftwatch.policy import Decision, Policy, RuleSpec
+from driftwatch.policy import Decision, Policy, RetrainRequest, RuleSpec
+from driftwatch.report import evidently_report, write_evidence
 from driftwatch.store import SqliteStore
 from driftwatch.recent import DedupWindow
 
@@ -54,6 +57,8 @@ class Daemon:
     state: State = State.STARTING
     blocked_since: float | None = None
     last_tick: float = field(default_factory=time.monotonic)
+    last_snapshot: MonitorSnapshot | None = None
+    worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="driftwatch-work"))
 
     # -- probes -------------------------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict]:
@@ -87,6 +92,7 @@ class Daemon:
             self.state = State.DRAINING
             if scheduler is not None:
                 scheduler.shutdown(wait=True)
+            self.worker.shutdown(wait=True)  # evidence being written is finished, not cut off
             self._close()
             self.state = State.STOPPED
         return code
@@ -95,9 +101,41 @@ class Daemon:
         """One monitor check: snapshot the windows, export the gauges, run the policy. Runs on the scheduler."""
         if self.monitor is None:
             return []
-        snapshot = self.monitor.snapshot()
+        snapshot = self.last_snapshot = self.monitor.snapshot()
         export(snapshot, self.metrics)
         return self.policy.tick(snapshot, time.time()) if self.policy is not None else []
+
+    def report(self, adapter: str, out_dir: Path) -> tuple[Path, Path]:
+        """Evidently's report for an adapter's window (the one checks look at) against the reference."""
+        if self.monitor is None or self.monitor.reference is None:
+            raise ReportError("no reference profile configured: set monitor.reference_path (see driftwatch baseline)")
+        rows = self.monitor.rows(adapter)
+        if rows is None:
+            known = ", ".join(sorted(self.last_snapshot.adapters)) if self.last_snapshot else ""
+            raise LookupError(f"no window for adapter '{adapter}'" + (f"; adapters seen: {known}" if known else ""))
+        files = evidently_report(self.monitor.reference.sample, rows, out_dir, f"report-{adapter}",
+                                 title=f"driftwatch: adapter {adapter} vs reference {self.monitor.reference.content_hash[:12]}")
+        return files.html, files.json
+
+    def on_retrain(self, request: RetrainRequest) -> None:
+        """A rule asked for a retrain (called on the policy's tick). The window's rows are taken now; the evidence
+        (driftwatch's verdicts and Evidently's report on them) is written on the worker, so the tick goes on."""
+        view = self.last_snapshot.adapters.get(request.adapter) if self.last_snapshot else None
+        rows = (self.monitor.rows(request.adapter) if self.monitor else None) or []
+        self.worker.submit(self._after_retrain_decision, request, view, rows)
+
+    def _after_retrain_decision(self, request: RetrainRequest, view, rows) -> None:
+        evidence = None
+        if view is not None and self.monitor is not None:
+            try:
+                evidence = write_evidence(self.settings.daemon.state_dir / "evidence", request.decision_id, view,
+                                          self.monitor.reference, rows, request.reasons)
+                if self.policy is not None:
+                    self.policy.store.attach_evidence(request.decision_id, str(evidence))
+            except Exception:  # noqa: BLE001 - losing the evidence must not lose the decision
+                log.exception("could not write the evidence for decision %d", request.decision_id)
+        log.warning("retrain requested for adapter '%s' by rule %s (decision %d, evidence %s); no retrain stage is "
+                    "configured yet", request.adapter, request.rule, request.decision_id, evidence)
 
     def _start_checks(self):
         if self.monitor is None:
@@ -168,7 +206,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     http = None
     if serve_http:
         http = HttpServer(build_app(registry, lambda: daemon.health() if daemon else (True, {"state": "starting"}),
-                                    lambda: daemon.readiness() if daemon else (False, {"state": "starting"})),
+                                    lambda: daemon.readiness() if daemon else (False, {"state": "starting"}),
+                                    lambda adapter, scratch: daemon.report(adapter, scratch)),
                           settings.http.host, settings.http.port).start()
     try:
         ensure_topics(k)
@@ -199,6 +238,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
         SqliteStore(pol.store_path or settings.daemon.state_dir / "state.db"),
         metrics, cooldown_s=pol.cooldown_s, max_retrains_per_day=pol.max_retrains_per_day,
         baselines=monitor.reference.baselines if monitor.reference else None,
+        on_retrain=lambda request: daemon.on_retrain(request),
     )
     daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http)
     if monitor.reference is not None:
@@ -217,6 +257,6 @@ def build_monitor(settings: Settings, join: DedupWindow | None = None) -> Monito
         MonitorSettings(window_events=mon.window_events, window_seconds=mon.window_seconds,
                         max_categories=mon.max_categories, alpha=mon.alpha, min_samples=mon.min_samples,
                         psi_floor=mon.psi_floor, cramers_v_floor=mon.cramers_v_floor,
-                        diversity_sample=mon.diversity_sample),
+                        diversity_sample=mon.diversity_sample, report_sample=mon.report_sample),
         join=join, extractor=fx, max_adapters=settings.metrics.max_adapters,
     )

@@ -153,35 +153,86 @@ def simulate(config, bootstrap, rate, count, duration, seed, routes, adapters, e
         click.echo(f"{label}\t{n}")
 
 
+def _read_events(path: str) -> list:
+    """Inference events from a JSONL file; invalid lines are skipped and reported (exit 2 if none is valid)."""
+    with open(path, "rb") as fh:
+        return _decode_lines([line.strip() for line in fh], path)
+
+
+def _decode_lines(lines, where: str, record: str = "line") -> list:
+    from driftwatch.events import Rejected, decode
+
+    events, rejected = [], 0
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        result = decode("inference", line, 10 * 1024 * 1024)
+        if isinstance(result, Rejected):
+            rejected += 1
+            if rejected <= 5:
+                click.echo(f"{record} {number}: skipped ({result.reason.value}: {result.detail})", err=True)
+        else:
+            events.append(result)
+    if rejected:
+        click.echo(f"{rejected} {record}(s) skipped as invalid", err=True)
+    if not events:
+        click.echo(f"error: no valid inference events in {where}", err=True)
+        sys.exit(2)
+    return events
+
+
+def _timestamp(text: str | None, option: str) -> int | None:
+    """Epoch milliseconds from ISO 8601 (naive = UTC) or a number of milliseconds."""
+    if text is None:
+        return None
+    if text.isdigit():
+        return int(text)
+    from datetime import datetime, timezone
+
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"'{text}' is neither ISO 8601 nor epoch milliseconds", param_hint=option) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=timezone.utc)
+    return int(moment.timestamp() * 1000)
+
+
 @main.command()
-@click.option("--events", "events_path", required=True, type=click.Path(exists=True, dir_okay=False),
+@click.option("--events", "events_path", type=click.Path(exists=True, dir_okay=False),
               help="JSONL file of InferenceEvents (contract v1), one per line.")
+@click.option("--topic", help="Read the events from this Kafka topic instead (e.g. the inference topic).")
+@click.option("--since", help="With --topic: first broker timestamp, ISO 8601 or epoch ms.")
+@click.option("--until", help="With --topic: end broker timestamp (exclusive), ISO 8601 or epoch ms.")
+@click.option("--max-events", type=int, help="With --topic: stop after this many records.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="With --topic: settings for the broker.")
+@click.option("--bootstrap", help="With --topic: host:port of a broker (overrides the config).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the profile (JSON).")
 @click.option("--bins", default=10, show_default=True, help="Quantile bins per numeric feature.")
 @click.option("--per-adapter", is_flag=True, help="Also write one profile per adapter, next to --out.")
-def baseline(events_path: str, out: str, bins: int, per_adapter: bool) -> None:
-    """Build a reference profile (versioned by content hash) from a file of inference events."""
+def baseline(events_path, topic, since, until, max_events, config, bootstrap, out, bins, per_adapter) -> None:
+    """Build a reference profile (versioned by content hash) from a file of inference events or a topic range."""
     from pathlib import Path
 
-    from driftwatch.events import InferenceEvent, Rejected, decode
     from driftwatch.monitor.monitor import build_profile
 
-    events: list[InferenceEvent] = []
-    rejected = 0
-    with open(events_path, "rb") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            result = decode("inference", line.strip(), 10 * 1024 * 1024)
-            if isinstance(result, Rejected):
-                rejected += 1
-                if rejected <= 5:
-                    click.echo(f"line {line_no}: skipped ({result.reason.value}: {result.detail})", err=True)
-            else:
-                events.append(result)
-    if not events:
-        click.echo(f"error: no valid inference events in {events_path}", err=True)
-        sys.exit(2)
+    if bool(events_path) == bool(topic):
+        raise click.UsageError("give exactly one of --events FILE or --topic NAME")
+    if events_path:
+        events, source = _read_events(events_path), str(events_path)
+    else:
+        from driftwatch.ingest.kafka import read_range
+
+        settings = _load(config)
+        kafka = settings.kafka.model_copy(update={"bootstrap_servers": [bootstrap]}) if bootstrap else settings.kafka
+        start, end = _timestamp(since, "--since"), _timestamp(until, "--until")
+        try:
+            values = read_range(kafka, topic, since_ms=start, until_ms=end, max_records=max_events)
+        except DriftwatchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        source = f"kafka:{topic}[{since or 'start'}, {until or 'end'})"
+        events = _decode_lines(values, source, record="record")
     target = Path(out)
     groups = {"global": events}
     if per_adapter:
@@ -189,10 +240,68 @@ def baseline(events_path: str, out: str, bins: int, per_adapter: bool) -> None:
             groups.setdefault(e.adapter, []).append(e)
     for scope, group in groups.items():
         path = target if scope == "global" else target.with_name(f"{target.stem}.{scope}{target.suffix}")
-        version = build_profile(group, bins=bins, scope=scope, source=str(events_path)).save(path)
+        version = build_profile(group, bins=bins, scope=scope, source=source).save(path)
         click.echo(f"{path}\t{scope}\t{len(group)} events\tversion {version[:12]}")
-    if rejected:
-        click.echo(f"{rejected} line(s) skipped as invalid", err=True)
+
+
+@main.command()
+@click.option("--adapter", help="Adapter whose window to report (required with the daemon; default: all events).")
+@click.option("--out", default=".", show_default=True, type=click.Path(file_okay=False), help="Directory to write to.")
+@click.option("--url", help="A running daemon's HTTP address (default: from the config's http section).")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (for the daemon's address).")
+@click.option("--events", "events_path", type=click.Path(exists=True, dir_okay=False),
+              help="Report on a JSONL file of inference events instead of a running daemon's window.")
+@click.option("--reference", type=click.Path(exists=True, dir_okay=False), help="Reference profile (with --events).")
+def report(adapter, out, url, config, events_path, reference) -> None:
+    """Write Evidently's drift report (HTML and JSON) for the current window against the reference."""
+    from pathlib import Path
+
+    from driftwatch.errors import ReportError
+
+    target = Path(out)
+    name = f"driftwatch-report{f'-{adapter}' if adapter else ''}"
+    if events_path:
+        from driftwatch.monitor.features import FeatureExtractor
+        from driftwatch.monitor.sketch import Profile
+        from driftwatch.report import evidently_report
+
+        if not reference:
+            raise click.UsageError("--events needs --reference (a profile from driftwatch baseline)")
+        try:
+            profile = Profile.load(Path(reference))
+        except ValueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        fx = FeatureExtractor()
+        rows = [fx(e) for e in _read_events(events_path) if adapter in (None, e.adapter)]
+        try:
+            files = evidently_report(profile.sample, rows, target, name, title=f"driftwatch: {events_path}")
+        except ReportError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+        click.echo(f"{files.html}\n{files.json}\n{files.drifted_columns} of {files.columns} columns drifted "
+                   f"(Evidently's defaults; {len(rows)} rows vs {len(profile.sample)} reference rows)")
+        return
+    import httpx
+
+    if not adapter:
+        raise click.UsageError("--adapter is required when asking a running daemon")
+    if not url:
+        http = _load(config).http
+        url = f"http://{http.host}:{http.port}"
+    target.mkdir(parents=True, exist_ok=True)
+    for fmt in ("html", "json"):
+        try:
+            resp = httpx.get(f"{url.rstrip('/')}/report", params={"adapter": adapter, "format": fmt}, timeout=120)
+        except httpx.HTTPError as exc:
+            click.echo(f"error: cannot reach the daemon at {url}: {exc}", err=True)
+            sys.exit(1)
+        if resp.status_code != 200:
+            click.echo(f"error: {resp.json().get('error', resp.text)}", err=True)
+            sys.exit(1)
+        path = target / f"{name}.{fmt}"
+        path.write_bytes(resp.content)
+        click.echo(str(path))
 
 
 @main.command()
@@ -224,6 +333,8 @@ def status(config: str | None, limit: int) -> None:
     click.echo("\nlatest decisions:")
     for d in store.decisions(limit=limit):
         click.echo(f"  #{d.id} {stamp(d.at)} {d.action:<8} {d.adapter:<16} {d.rule or '-'}: {' | '.join(d.reasons)}")
+        if d.evidence:
+            click.echo(f"      evidence: {d.evidence}")
     store.close()
 
 

@@ -118,6 +118,8 @@ class Monitor(_Section):
     cramers_v_floor: float = Field(0.1, ge=0, description="categorical drift needs Cramér's V at least this")
     max_categories: int = Field(50, ge=2)
     diversity_sample: int = Field(500, ge=10, description="responses kept per window for distinct-n")
+    report_sample: int = Field(1_000, ge=0, description="feature rows kept per window (reservoir) for Evidently "
+                               "reports and retrain evidence; 0 keeps none")
     refusal_patterns: list[str] | None = Field(
         None, description="regular expressions; default: common English refusals; from env: a JSON list or one pattern")
 

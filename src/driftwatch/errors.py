@@ -6,6 +6,7 @@ with ``raise ... from exc``, so callers only ever catch these::
     DriftwatchError
      ├── ConfigError            bad settings: every problem with its field path and the fix
      ├── ContractError          an event the producer helper refuses to publish (breaks contract v1)
+     ├── ReportError            an Evidently report cannot be made (extra missing, no row sample, empty window)
      └── IngestError
           ├── BrokerUnavailable  no Kafka broker answered within the configured time
           ├── TopicLayoutError   topics missing, or inference/feedback not co-partitioned
@@ -45,6 +46,10 @@ class ConfigError(DriftwatchError):
 
 class ContractError(DriftwatchError):
     """An event that does not satisfy the v1 event contract (raised on the producing side)."""
+
+
+class ReportError(DriftwatchError):
+    """An Evidently report cannot be made: the extra is not installed, or there are no rows to compare."""
 
 
 class IngestError(DriftwatchError):

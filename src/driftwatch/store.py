@@ -1,4 +1,4 @@
-"""driftwatch's state store: what must survive a restart (rule states, decisions, retrain requests).
+"""driftwatch's state store: what must survive a restart (rule states, decisions and their evidence).
 
 A small interface with SQLite as the single-process default. A shared backend (PostgreSQL, for several
 replicas behind a leader) implements the same methods; the rollout registry will add its tables here.
@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS decision (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, adapter TEXT NOT NULL, action TEXT NOT NULL,
     rule TEXT, reasons TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS decision_at ON decision (at);
+CREATE TABLE IF NOT EXISTS evidence (decision_id INTEGER PRIMARY KEY REFERENCES decision (id), path TEXT NOT NULL);
 """
 
 
@@ -41,6 +42,7 @@ class DecisionRecord:
     action: str  # retrain | hold | resolved
     rule: str | None
     reasons: list[str]
+    evidence: str | None = None  # path of the evidence record (retrain decisions)
 
 
 class StateStore(Protocol):
@@ -48,6 +50,7 @@ class StateStore(Protocol):
     def save_rule_state(self, state: RuleState, now: float) -> None: ...
     def record_decision(self, at: float, adapter: str, action: str, rule: str | None, reasons: list[str]) -> int: ...
     def decisions(self, since: float = 0.0, action: str | None = None, limit: int = 1000) -> list[DecisionRecord]: ...
+    def attach_evidence(self, decision_id: int, path: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -82,13 +85,17 @@ class SqliteStore:
         return int(cur.lastrowid)
 
     def decisions(self, since: float = 0.0, action: str | None = None, limit: int = 1000) -> list[DecisionRecord]:
-        sql = "SELECT id, at, adapter, action, rule, reasons FROM decision WHERE at >= ?"
+        sql = ("SELECT id, at, adapter, action, rule, reasons, path FROM decision "
+               "LEFT JOIN evidence ON evidence.decision_id = decision.id WHERE at >= ?")
         args: tuple[Any, ...] = (since,)
         if action:
             sql += " AND action = ?"
             args += (action,)
         rows = self._run(sql + " ORDER BY id DESC LIMIT ?", args + (limit,)).fetchall()
-        return [DecisionRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5])) for r in rows]
+        return [DecisionRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
+
+    def attach_evidence(self, decision_id: int, path: str) -> None:
+        self._run("INSERT OR REPLACE INTO evidence (decision_id, path) VALUES (?, ?)", (decision_id, path))
 
     def close(self) -> None:
         with self._lock:

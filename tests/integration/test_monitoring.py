@@ -1,8 +1,16 @@
 """The daemon's monitor on a real broker: windows checked against a reference and exported to /metrics."""
 
+import json
+import time
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from driftwatch.cli import main
 from driftwatch.client import EventProducer
 from driftwatch.events import decode
 from driftwatch.monitor.monitor import build_profile
+from driftwatch.monitor.sketch import Profile
 from driftwatch.simulate import SimConfig, Simulator
 
 from .conftest import InProcessDaemon, make_settings, wait_for
@@ -48,4 +56,53 @@ def test_shifted_adapter_drifts_stationary_adapter_does_not(tansu, tmp_path):
     assert "drifted: " in retrain.reasons[0] and "route (Cramér's V" in retrain.reasons[0]
     assert d.value("driftwatch_rule_state", rule="input-drift", adapter="shifted") == 2
     assert d.value("driftwatch_rule_state", rule="input-drift", adapter="stable") == 0
+
+    # the decision keeps its evidence: driftwatch's verdicts and Evidently's report on the same window
+    wait_for(lambda: d.daemon.policy.store.decisions(action="retrain")[0].evidence, 60, "the decision's evidence")
+    retrain = d.daemon.policy.store.decisions(action="retrain")[0]
+    evidence = json.loads(Path(retrain.evidence).read_text())
+    assert evidence["decision_id"] == retrain.id and evidence["drift"]["route"]["drifted"] is True
+    assert evidence["evidently"]["drifted_columns"] >= 1, evidence["evidently"]
+    assert (Path(retrain.evidence).parent / evidence["evidently"]["html"]).stat().st_size > 10_000
+
+    # `driftwatch report` asks the running daemon for the current window's report
+    out = tmp_path / "reports"
+    result = CliRunner().invoke(main, ["report", "--url", d.daemon.http.url, "--adapter", "shifted", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "<html" in (out / "driftwatch-report-shifted.html").read_text().lower()
+    metrics = json.loads((out / "driftwatch-report-shifted.json").read_text())["metrics"]
+    assert next(m for m in metrics if m["metric_name"].startswith("ValueDrift(column=route"))["value"] >= 0.1
+    missing = CliRunner().invoke(main, ["report", "--url", d.daemon.http.url, "--adapter", "nope"])
+    assert missing.exit_code == 1 and "no window for adapter 'nope'" in missing.output and "shifted" in missing.output
     assert d.stop() == 0
+
+
+def test_baseline_from_a_topic_range(tansu, tmp_path):
+    settings = make_settings(tansu, tmp_path)
+    from driftwatch.ingest.kafka import ensure_topics
+
+    ensure_topics(settings.kafka)
+    with EventProducer(kafka=settings.kafka) as producer:
+        first, _ = send_stream(producer, settings, Simulator(SimConfig(seed=310, feedback_rate=0)), 700)
+        time.sleep(0.05)
+        boundary = int(time.time() * 1000)
+        time.sleep(0.05)
+        second, records = send_stream(producer, settings, Simulator(SimConfig(seed=311, feedback_rate=0)), 500)
+    topic = settings.kafka.topics.inference
+    args = ["baseline", "--topic", topic, "--bootstrap", tansu.bootstrap]
+    whole = CliRunner().invoke(main, args + ["--out", str(tmp_path / "all.json")])
+    assert whole.exit_code == 0, whole.output
+    assert Profile.load(tmp_path / "all.json").baselines["events"] == 1200
+    late = CliRunner().invoke(main, args + ["--since", str(boundary), "--out", str(tmp_path / "late.json")])
+    assert late.exit_code == 0, late.output
+    profile = Profile.load(tmp_path / "late.json")
+    assert profile.baselines["events"] == 500 and profile.source.startswith(f"kafka:{topic}[{boundary}")
+    # the same events from a file give the same sketches (the topic's order across partitions does not matter)
+    events = [decode("inference", out.value, 10**7) for out, _ in records if out.topic == "inference"]
+    from_file = build_profile(events)
+    assert profile.numeric == from_file.numeric and profile.categorical == from_file.categorical
+    early = CliRunner().invoke(main, args + ["--until", str(boundary), "--max-events", "300", "--out", str(tmp_path / "e.json")])
+    assert early.exit_code == 0 and Profile.load(tmp_path / "e.json").baselines["events"] == 300
+    nothing = CliRunner().invoke(main, ["baseline", "--topic", "no-such-topic", "--bootstrap", tansu.bootstrap,
+                                        "--out", str(tmp_path / "x.json")])
+    assert nothing.exit_code == 1 and "no-such-topic" in nothing.output

@@ -290,3 +290,42 @@ class KafkaDeadLetterSink:
 
     def close(self) -> None:
         self._producer.close(timeout=5)
+
+
+def read_range(cfg: Kafka, topic: str, *, since_ms: int | None = None, until_ms: int | None = None,
+               max_records: int | None = None, timeout_s: float = 120.0, idle_s: float = 5.0) -> list[bytes]:
+    """Record values of ``topic`` with a broker timestamp in [since_ms, until_ms), read without a consumer group
+    (nothing is committed, nobody's offsets move). Reads every partition up to the high watermark seen when the
+    read started, stopping early at ``max_records``; a partition that goes quiet for ``idle_s`` counts as read."""
+    try:
+        consumer = KafkaConsumer(**client_kwargs(cfg), group_id=None, enable_auto_commit=False,
+                                 auto_offset_reset="earliest", max_partition_fetch_bytes=cfg.consumer.max_partition_fetch_bytes)
+    except kerr.KafkaError as exc:
+        raise _unavailable(cfg, exc) from exc
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise TopicLayoutError(f"topic '{topic}' does not exist (or has no partitions)")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning()
+        values: list[bytes] = []
+        ends: dict[TopicPartition, int] = {}  # the high watermark first seen per partition: where this read ends
+        deadline = last_new = time.monotonic()
+        deadline += timeout_s
+        while time.monotonic() < deadline and time.monotonic() - last_new < idle_s:
+            for tp, records in consumer.poll(timeout_ms=200, max_records=5000).items():
+                last_new = time.monotonic()
+                for r in records:
+                    if (since_ms is None or r.timestamp >= since_ms) and (until_ms is None or r.timestamp < until_ms):
+                        values.append(r.value)
+                        if max_records is not None and len(values) >= max_records:
+                            return values
+            for tp in tps:
+                if tp not in ends and consumer.highwater(tp) is not None:
+                    ends[tp] = consumer.highwater(tp)
+            if len(ends) == len(tps) and all(consumer.position(tp) >= end for tp, end in ends.items()):
+                break
+        return values
+    finally:
+        consumer.close(autocommit=False)

@@ -22,6 +22,7 @@ DEFAULT_REFUSALS = (
 
 NUMERIC = ("prompt_chars", "prompt_tokens", "response_chars", "response_tokens", "latency_ms", "repeated_ngram_ratio")
 CATEGORICAL = ("status", "route", "language", "refusal", "empty_response")
+COLUMNS = NUMERIC + CATEGORICAL  # the order of Features' fields: a Features tuple is a row of these columns
 
 _STOPWORDS = {
     "en": {"the", "and", "is", "of", "to", "what", "you", "in", "it", "for", "how", "this"},

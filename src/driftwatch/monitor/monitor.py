@@ -8,6 +8,7 @@ diversity (distinct-n) measure. :meth:`Monitor.snapshot` returns a plain :class:
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,10 +16,13 @@ from typing import Callable, Sequence
 
 from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
 from driftwatch.metrics import UNKNOWN, LabelCap, Metrics
-from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, distinct_n
+from driftwatch.monitor.features import CATEGORICAL, COLUMNS, NUMERIC, FeatureExtractor, Features, distinct_n
 from driftwatch.monitor.sketch import Categories, Histogram, Profile
 from driftwatch.monitor.stats import Verdict, verdict
 from driftwatch.recent import DedupWindow
+
+
+_rng = random.Random(0)
 
 
 @dataclass(frozen=True)
@@ -31,13 +35,15 @@ class MonitorSettings:
     psi_floor: float = 0.05
     cramers_v_floor: float = 0.1
     diversity_sample: int = 500
+    report_sample: int = 1000  # feature rows kept per window (reservoir) for Evidently reports; 0: none
 
 
 class Window:
     __slots__ = ("numeric", "categorical", "events", "errors", "refusals", "empties", "feedback", "responses",
-                 "started", "diversity_cap")
+                 "started", "diversity_cap", "rows", "rows_cap")
 
-    def __init__(self, reference: Profile | None, max_categories: int, diversity_cap: int, now: float) -> None:
+    def __init__(self, reference: Profile | None, max_categories: int, diversity_cap: int, now: float,
+                 rows_cap: int = 0) -> None:
         ref_num = reference.numeric if reference else {}
         self.numeric = {name: ref_num[name].empty_like() for name in NUMERIC if name in ref_num}
         self.categorical = {name: Categories(max_categories) for name in CATEGORICAL}
@@ -45,6 +51,8 @@ class Window:
         self.feedback = {"positive": 0, "negative": 0, "neutral": 0}
         self.responses: list[str] = []
         self.diversity_cap = diversity_cap
+        self.rows: list[Features] = []  # a uniform sample of the window's feature rows (reservoir)
+        self.rows_cap = rows_cap
         self.started = now
 
     def add(self, features, response: str | None) -> None:
@@ -58,6 +66,10 @@ class Window:
         self.empties += features.empty_response == "yes"
         if response and len(self.responses) < self.diversity_cap:
             self.responses.append(response[:1000])
+        if len(self.rows) < self.rows_cap:
+            self.rows.append(features)
+        elif self.rows_cap and (j := _rng.randrange(self.events)) < self.rows_cap:
+            self.rows[j] = features
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,8 @@ class Monitor:
             self._closed[adapter] = win
             win = None
         if win is None:
-            win = self._current[adapter] = Window(self.reference, s.max_categories, s.diversity_sample, now)
+            win = self._current[adapter] = Window(self.reference, s.max_categories, s.diversity_sample, now,
+                                                  s.report_sample)
         return win
 
     def observe(self, events: Sequence[tuple[Kind, Event]]) -> None:
@@ -129,6 +142,13 @@ class Monitor:
                     adapter = self.join.get(event.request_id, UNKNOWN)
                     if adapter != UNKNOWN:
                         self._window(adapter, now).feedback[event.sentiment] += 1
+
+    def rows(self, adapter: str) -> list[Features] | None:
+        """The row sample of the window a check looks at (the last closed one, else the current one); None for an
+        adapter with no window."""
+        with self._lock:
+            win = self._closed.get(adapter) or self._current.get(adapter)
+            return list(win.rows) if win else None
 
     def snapshot(self) -> MonitorSnapshot:
         now = self.clock()
@@ -167,13 +187,16 @@ class Monitor:
 
 
 def build_profile(events: Sequence[InferenceEvent], *, bins: int = 10, max_categories: int = 50, scope: str = "global",
-                  source: str = "", extractor: FeatureExtractor | None = None, diversity_sample: int = 500) -> Profile:
-    """A reference profile from events: quantile-edged histograms, category counts, quality baselines."""
+                  source: str = "", extractor: FeatureExtractor | None = None, diversity_sample: int = 500,
+                  row_sample: int = 2000) -> Profile:
+    """A reference profile from events: quantile-edged histograms, category counts, quality baselines, and an
+    evenly spaced row sample (deterministic, so the same events give the same version) for Evidently reports."""
     if not events:
         raise ValueError("no inference events to build a reference from")
     fx = extractor or FeatureExtractor()
     rows = [fx(e) for e in events]
-    profile = Profile(scope=scope, source=source)
+    step = max(1, len(rows) // row_sample) if row_sample else 0
+    profile = Profile(scope=scope, source=source, sample=[list(r) for r in rows[::step][:row_sample]] if step else [])
     for name in NUMERIC:
         profile.numeric[name] = Histogram.from_quantiles([getattr(r, name) for r in rows], bins=bins)
     for name in CATEGORICAL:

@@ -4,7 +4,7 @@
   with the same edges merge by adding counts, so replicas' windows combine into the global one exactly.
 * :class:`Categories` — counts per value, at most ``max_values`` distinct values; the rest count as ``"other"``.
 * :class:`Profile` — the reference: one sketch per feature, versioned and content-hashed (the same inputs give
-  the same hash), saved as JSON.
+  the same hash), saved as JSON, with a bounded row sample for Evidently reports.
 
 Memory is constant per sketch whatever the stream length: edges and counts only.
 """
@@ -132,14 +132,19 @@ class Profile:
     scope: str = "global"  # "global" or an adapter name
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     source: str = ""  # where it was built from (file, topic range)
+    sample: list[list] = field(default_factory=list)  # a bounded row sample (features in COLUMNS order), for reports
+
 
     def content(self) -> dict:
-        return {
+        doc = {
             "scope": self.scope,
             "numeric": {k: v.to_dict() for k, v in sorted(self.numeric.items())},
             "categorical": {k: v.to_dict() for k, v in sorted(self.categorical.items())},
             "baselines": dict(sorted(self.baselines.items())),
         }
+        if self.sample:  # profiles written before samples existed keep their hash
+            doc["sample"] = self.sample
+        return doc
 
     @property
     def content_hash(self) -> str:
@@ -171,7 +176,7 @@ class Profile:
             numeric={k: Histogram(v["edges"], v["counts"]) for k, v in doc["numeric"].items()},
             categorical={k: Categories(v["max_values"], v["counts"]) for k, v in doc["categorical"].items()},
             baselines=doc.get("baselines", {}), scope=doc.get("scope", "global"),
-            created_ms=doc.get("created_ms", 0), source=doc.get("source", ""),
+            created_ms=doc.get("created_ms", 0), source=doc.get("source", ""), sample=doc.get("sample", []),
         )
         if profile.content_hash != doc.get("content_hash"):
             raise ValueError(f"{path}: content hash mismatch — the file was changed after it was written")
