@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from driftwatch import __version__
 from driftwatch.config import Settings
-from driftwatch.errors import DeadLetterError, ReportError
+from driftwatch.errors import ConfigError, ConfigProblem, DeadLetterError, ReportError
 from driftwatch.http import HttpServer, build_app
 from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source
 from driftwatch.metrics import Metrics
@@ -252,11 +252,24 @@ def build_monitor(settings: Settings, join: DedupWindow | None = None) -> Monito
     if reference is None:
         log.warning("no monitor.reference_path: drift checks are off, quality signals only")
     fx = FeatureExtractor(mon.refusal_patterns) if mon.refusal_patterns else FeatureExtractor()
+    embed = None
+    if mon.semantic_sample:
+        from driftwatch.monitor.semantic import INSTALL, Embedder, model_dir
+
+        if model_dir() is None:
+            raise ConfigError([ConfigProblem("monitor.semantic_sample", "the semantic check needs the embedding model",
+                                             f"{INSTALL}, or set it to 0")])
+        if reference is None or not reference.semantic:
+            raise ConfigError([ConfigProblem("monitor.semantic_sample", "the reference profile has no prompt embeddings",
+                                             "rebuild it with `driftwatch baseline --semantic`, or set it to 0")])
+        embed = Embedder()
     return Monitor(
         reference,
         MonitorSettings(window_events=mon.window_events, window_seconds=mon.window_seconds,
                         max_categories=mon.max_categories, alpha=mon.alpha, min_samples=mon.min_samples,
                         psi_floor=mon.psi_floor, cramers_v_floor=mon.cramers_v_floor,
-                        diversity_sample=mon.diversity_sample, report_sample=mon.report_sample),
-        join=join, extractor=fx, max_adapters=settings.metrics.max_adapters,
+                        diversity_sample=mon.diversity_sample, report_sample=mon.report_sample,
+                        semantic_sample=mon.semantic_sample, semantic_floor=mon.semantic_floor,
+                        semantic_permutations=mon.semantic_permutations),
+        join=join, extractor=fx, max_adapters=settings.metrics.max_adapters, embed=embed,
     )

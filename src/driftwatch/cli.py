@@ -210,7 +210,9 @@ def _timestamp(text: str | None, option: str) -> int | None:
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where to write the profile (JSON).")
 @click.option("--bins", default=10, show_default=True, help="Quantile bins per numeric feature.")
 @click.option("--per-adapter", is_flag=True, help="Also write one profile per adapter, next to --out.")
-def baseline(events_path, topic, since, until, max_events, config, bootstrap, out, bins, per_adapter) -> None:
+@click.option("--semantic", is_flag=True, help="Also embed a sample of prompts for the semantic drift check "
+              "(needs driftwatch[semantic]).")
+def baseline(events_path, topic, since, until, max_events, config, bootstrap, out, bins, per_adapter, semantic) -> None:
     """Build a reference profile (versioned by content hash) from a file of inference events or a topic range."""
     from pathlib import Path
 
@@ -233,6 +235,15 @@ def baseline(events_path, topic, since, until, max_events, config, bootstrap, ou
             sys.exit(1)
         source = f"kafka:{topic}[{since or 'start'}, {until or 'end'})"
         events = _decode_lines(values, source, record="record")
+    embed = None
+    if semantic:
+        from driftwatch.monitor.semantic import Embedder
+
+        try:
+            embed = Embedder()
+        except ImportError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
     target = Path(out)
     groups = {"global": events}
     if per_adapter:
@@ -240,7 +251,7 @@ def baseline(events_path, topic, since, until, max_events, config, bootstrap, ou
             groups.setdefault(e.adapter, []).append(e)
     for scope, group in groups.items():
         path = target if scope == "global" else target.with_name(f"{target.stem}.{scope}{target.suffix}")
-        version = build_profile(group, bins=bins, scope=scope, source=source).save(path)
+        version = build_profile(group, bins=bins, scope=scope, source=source, embed=embed).save(path)
         click.echo(f"{path}\t{scope}\t{len(group)} events\tversion {version[:12]}")
 
 

@@ -120,6 +120,10 @@ class Monitor(_Section):
     diversity_sample: int = Field(500, ge=10, description="responses kept per window for distinct-n")
     report_sample: int = Field(1_000, ge=0, description="feature rows kept per window (reservoir) for Evidently "
                                "reports and retrain evidence; 0 keeps none")
+    semantic_sample: int = Field(0, ge=0, description="prompts embedded per closed window for the semantic drift "
+                                 "check (needs driftwatch[semantic] and a reference from `baseline --semantic`); 0: off")
+    semantic_floor: float = Field(0.01, ge=0, description="semantic drift needs MMD² at least this")
+    semantic_permutations: int = Field(200, ge=19, description="permutations of the MMD test (p-value resolution)")
     refusal_patterns: list[str] | None = Field(
         None, description="regular expressions; default: common English refusals; from env: a JSON list or one pattern")
 

@@ -20,7 +20,7 @@ from driftwatch.store import RuleState, StateStore
 
 log = logging.getLogger(__name__)
 
-INPUT_FEATURES = ("prompt_chars", "prompt_tokens", "route", "language")
+INPUT_FEATURES = ("prompt_chars", "prompt_tokens", "route", "language", "semantic")
 OUTPUT_FEATURES = ("response_chars", "response_tokens", "repeated_ngram_ratio", "refusal", "empty_response")
 SIGNALS = ("input_drift", "output_drift", "error_ratio", "refusal_rate", "empty_rate", "negative_feedback_ratio",
            "distinct_2", "distinct_2_ratio")

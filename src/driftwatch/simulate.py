@@ -33,6 +33,8 @@ _WORDS = {
     "chat": "hello thanks please could you help me today great sure idea maybe tell".split(),
     "extract": "name date amount invoice address email total order id field value table".split(),
 }
+_NEW_TOPIC = ("patient dose symptoms diagnosis insurance claim prescription clinic allergy treatment referral "
+              "appointment").split()  # a domain the reference never saw, for the semantic shift
 _SYLLABLES = "ka lo mi ren sa tu vo der po li na te".split()
 _POOL = [a + b for a in _SYLLABLES for b in _SYLLABLES] + [a + b + c for a in _SYLLABLES[:6] for b in _SYLLABLES
                                                          for c in _SYLLABLES[6:]]  # 576 neutral words
@@ -64,6 +66,7 @@ class SimConfig:
     spanish_rate: float = 0.0  # share of requests written in Spanish
     refusal_rate: float = 0.0  # share of ok responses that are refusals
     collapse_rate: float = 0.0  # share of ok responses replaced by one canned answer (modal collapse)
+    topic_rate: float = 0.0  # share of prompts about a new domain, same routes and lengths (semantic drift only)
 
     def __post_init__(self) -> None:
         unknown = set(self.routes) - set(ROUTES)
@@ -97,10 +100,11 @@ class Simulator:
         self._now_ms = 0
 
     # -- good records -------------------------------------------------------------------------------------------------
-    def _text(self, route: str, chars: float, spanish: bool = False) -> str:
-        """Words of the route (or Spanish) mixed with a neutral pool, so that text has realistic diversity."""
+    def _text(self, route: str, chars: float, spanish: bool = False, new_topic: bool = False) -> str:
+        """Words of the route (or Spanish, or the new domain) mixed with a neutral pool, for realistic diversity."""
         n = max(1, int(chars / 6))
-        topical = self.rng.choices(_SPANISH if spanish else _WORDS[route], k=(n + 1) // 2)
+        words = _SPANISH if spanish else _NEW_TOPIC if new_topic else _WORDS[route]
+        topical = self.rng.choices(words, k=(n + 1) // 2)
         return " ".join(w for pair in zip(topical, self.rng.choices(_POOL, k=n)) for w in pair)[: max(1, int(chars))]
 
     def _event(self, now_ms: int) -> dict:
@@ -109,7 +113,8 @@ class Simulator:
         route = rng.choices(self._route_names, self._route_weights)[0]
         spec = ROUTES[route]
         spanish = cfg.spanish_rate > 0 and rng.random() < cfg.spanish_rate
-        prompt = self._text(route, rng.lognormvariate(*spec["prompt"]) * cfg.length_scale, spanish)
+        new_topic = cfg.topic_rate > 0 and rng.random() < cfg.topic_rate
+        prompt = self._text(route, rng.lognormvariate(*spec["prompt"]) * cfg.length_scale, spanish, new_topic)
         roll = rng.random()
         status = "timeout" if roll < cfg.timeout_rate else "error" if roll < cfg.timeout_rate + cfg.error_rate else "ok"
         response = self._text(route, rng.lognormvariate(*spec["response"]), spanish) if status == "ok" else None

@@ -117,3 +117,28 @@ def test_each_injected_shift_moves_its_feature(reference, shift, feature):
         assert a.distinct_2 < 0.85 * reference.baselines["distinct_2"]
     if "refusal_rate" in shift:
         assert 0.25 < a.refusal_rate < 0.35
+
+
+def test_two_replicas_windows_merge_into_the_global_one(reference):
+    """Each replica sees part of the partitions; merged windows give the verdicts one monitor of everything gives."""
+    pairs = stream(2000, seed=120, feedback_rate=0.3,
+                   routes={"qa": 0.2, "summarize": 0.5, "code": 0.1, "chat": 0.1, "extract": 0.1})
+    settings = MonitorSettings(window_events=5000, report_sample=300)
+    whole = Monitor(reference, settings, clock=Clock())
+    whole.observe(pairs)
+    replicas = [Monitor(reference, settings, clock=Clock()) for _ in range(2)]
+    for i, (kind, event) in enumerate(pairs):
+        replicas[hash(event.request_id) % 2].observe([(kind, event)])  # feedback follows its request's partition
+    (a, _), (b, _) = (next(iter(r.windows().values())) for r in replicas)
+    assert 0 < a.events < 2000 and a.events + b.events == 2000
+    merged = a.merged(b)
+    (g,) = replicas[0].snapshot({"support-v1": (merged, False)}).adapters.values()
+    (w,) = whole.snapshot().adapters.values()
+    assert merged.numeric == next(iter(whole.windows().values()))[0].numeric
+    assert {k: (v.value, v.p_value, v.drifted) for k, v in g.drift.items()} == \
+        {k: (v.value, v.p_value, v.drifted) for k, v in w.drift.items()}
+    assert "route" in g.drifted_features
+    assert (g.window_events, g.error_ratio, g.negative_feedback_ratio) == (w.window_events, w.error_ratio,
+                                                                          w.negative_feedback_ratio)
+    assert len(merged.rows) == 300 and len(merged.responses) <= settings.diversity_sample
+    assert abs(sum(r in a.rows for r in merged.rows) / 300 - a.events / 2000) < 0.02  # in proportion to events

@@ -60,10 +60,12 @@ def test_evidence_for_a_shift_carries_both_opinions(reference, tmp_path):
     assert route["value"] >= 0.1  # Evidently's own Jensen-Shannon distance over its threshold
 
 
-def test_stationary_window_report_shows_no_drifted_column(reference, tmp_path):
+def test_stationary_window_report_shows_no_dataset_drift(reference, tmp_path):
     mon, _ = window(reference)
     files = evidently_report(reference.sample, mon.rows(next(iter(mon.snapshot().adapters))), tmp_path, "w")
-    assert files.drifted_columns == 0 and files.html.exists() and files.json.exists()
+    # Evidently's fixed Wasserstein threshold (0.1) flags a length column in about 1 of 12 stationary windows of
+    # 800 rows (measured); its dataset-level verdict (half the columns) stays quiet
+    assert files.drifted_columns < files.columns / 2 and files.html.exists() and files.json.exists()
 
 
 def test_report_refuses_clearly_without_rows(reference, tmp_path):

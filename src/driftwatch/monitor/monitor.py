@@ -14,15 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import numpy as np
+
 from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
 from driftwatch.metrics import UNKNOWN, LabelCap, Metrics
-from driftwatch.monitor.features import CATEGORICAL, COLUMNS, NUMERIC, FeatureExtractor, Features, distinct_n
+from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, Features, distinct_n
 from driftwatch.monitor.sketch import Categories, Histogram, Profile
-from driftwatch.monitor.stats import Verdict, verdict
+from driftwatch.monitor.stats import Verdict, semantic_verdict, verdict
 from driftwatch.recent import DedupWindow
-
-
-_rng = random.Random(0)
 
 
 @dataclass(frozen=True)
@@ -36,14 +35,25 @@ class MonitorSettings:
     cramers_v_floor: float = 0.1
     diversity_sample: int = 500
     report_sample: int = 1000  # feature rows kept per window (reservoir) for Evidently reports; 0: none
+    semantic_sample: int = 0  # prompts kept per window for the semantic (embedding) check; 0: off
+    semantic_floor: float = 0.01  # MMD² at least this, and significant, counts as semantic drift
+    semantic_permutations: int = 200
+
+
+def _reservoir(sample: list, cap: int, item, seen: int, rng: random.Random) -> None:
+    """Keep a uniform sample of ``cap`` of the ``seen`` items so far (``item`` is the seen-th)."""
+    if len(sample) < cap:
+        sample.append(item)
+    elif cap and (j := rng.randrange(seen)) < cap:
+        sample[j] = item
 
 
 class Window:
     __slots__ = ("numeric", "categorical", "events", "errors", "refusals", "empties", "feedback", "responses",
-                 "started", "diversity_cap", "rows", "rows_cap")
+                 "started", "diversity_cap", "rows", "rows_cap", "prompts", "prompts_cap", "semantic", "rng")
 
     def __init__(self, reference: Profile | None, max_categories: int, diversity_cap: int, now: float,
-                 rows_cap: int = 0) -> None:
+                 rows_cap: int = 0, prompts_cap: int = 0, rng: random.Random | None = None) -> None:
         ref_num = reference.numeric if reference else {}
         self.numeric = {name: ref_num[name].empty_like() for name in NUMERIC if name in ref_num}
         self.categorical = {name: Categories(max_categories) for name in CATEGORICAL}
@@ -53,9 +63,13 @@ class Window:
         self.diversity_cap = diversity_cap
         self.rows: list[Features] = []  # a uniform sample of the window's feature rows (reservoir)
         self.rows_cap = rows_cap
+        self.prompts: list[str] = []  # a uniform sample of prompts, for the semantic check
+        self.prompts_cap = prompts_cap
+        self.semantic: Verdict | None = None  # computed once, when the window is closed
+        self.rng = rng or random.Random(0)
         self.started = now
 
-    def add(self, features, response: str | None) -> None:
+    def add(self, features, response: str | None, prompt: str) -> None:
         self.events += 1
         for name, hist in self.numeric.items():
             hist.add(getattr(features, name))
@@ -66,10 +80,25 @@ class Window:
         self.empties += features.empty_response == "yes"
         if response and len(self.responses) < self.diversity_cap:
             self.responses.append(response[:1000])
-        if len(self.rows) < self.rows_cap:
-            self.rows.append(features)
-        elif self.rows_cap and (j := _rng.randrange(self.events)) < self.rows_cap:
-            self.rows[j] = features
+        _reservoir(self.rows, self.rows_cap, features, self.events, self.rng)
+        _reservoir(self.prompts, self.prompts_cap, prompt[:2000], self.events, self.rng)
+
+    def merged(self, other: Window) -> Window:
+        """One window of both (e.g. two replicas' windows of one adapter): sketches and counters add exactly; the
+        response and row samples take from each in proportion to its events."""
+        out = Window(None, 2, self.diversity_cap, min(self.started, other.started), self.rows_cap, self.prompts_cap)
+        out.numeric = {k: h.merge(other.numeric[k]) for k, h in self.numeric.items()}
+        out.categorical = {k: c.merge(other.categorical[k]) for k, c in self.categorical.items()}
+        out.events = self.events + other.events
+        out.errors, out.refusals = self.errors + other.errors, self.refusals + other.refusals
+        out.empties = self.empties + other.empties
+        out.feedback = {k: n + other.feedback[k] for k, n in self.feedback.items()}
+        share = self.events / out.events if out.events else 0.5
+        for name, cap in (("responses", self.diversity_cap), ("rows", self.rows_cap), ("prompts", self.prompts_cap)):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            take = min(len(mine), max(round(cap * share), cap - len(theirs)))
+            setattr(out, name, mine[:take] + theirs[:cap - take])
+        return out
 
 
 @dataclass(frozen=True)
@@ -107,13 +136,17 @@ class Monitor:
         extractor: FeatureExtractor | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_adapters: int = 100,
+        embed: Callable[[Sequence[str]], np.ndarray] | None = None,
     ) -> None:
         self.reference = reference
         self.settings = settings or MonitorSettings()
         self.join = join or DedupWindow(200_000, 3600)
         self.extract = extractor or FeatureExtractor()
         self.clock = clock
+        self.embed = embed if reference is not None and reference.semantic else None  # the semantic check, if on
+        self._ref_embeddings = np.asarray(reference.semantic["embeddings"], np.float32) if self.embed else None
         self.adapter_cap = LabelCap(max_adapters)  # the metrics' mechanism: past the cap, "other"
+        self._rng = random.Random(0)  # the windows' reservoirs: seeded, so the same stream keeps the same sample
         self._current: dict[str, Window] = {}
         self._closed: dict[str, Window] = {}
         self._lock = threading.Lock()
@@ -126,7 +159,7 @@ class Monitor:
             win = None
         if win is None:
             win = self._current[adapter] = Window(self.reference, s.max_categories, s.diversity_sample, now,
-                                                  s.report_sample)
+                                                  s.report_sample, s.semantic_sample if self.embed else 0, self._rng)
         return win
 
     def observe(self, events: Sequence[tuple[Kind, Event]]) -> None:
@@ -136,7 +169,8 @@ class Monitor:
                 if kind == "inference":
                     assert isinstance(event, InferenceEvent)
                     self.join.add(event.request_id, event.adapter)
-                    self._window(self.adapter_cap(event.adapter), now).add(self.extract(event), event.response)
+                    self._window(self.adapter_cap(event.adapter), now).add(self.extract(event), event.response,
+                                                                           event.prompt)
                 else:
                     assert isinstance(event, FeedbackEvent)
                     adapter = self.join.get(event.request_id, UNKNOWN)
@@ -150,14 +184,19 @@ class Monitor:
             win = self._closed.get(adapter) or self._current.get(adapter)
             return list(win.rows) if win else None
 
-    def snapshot(self) -> MonitorSnapshot:
+    def windows(self) -> dict[str, tuple[Window, bool]]:
+        """Per adapter, the window a check looks at (the last closed one, else the current one) and whether it is
+        closed. Merge two replicas' with :meth:`Window.merged` and pass the result to :meth:`snapshot`."""
         now = self.clock()
         with self._lock:
             for adapter in list(self._current):
                 self._window(adapter, now)  # close windows whose time is up
-            views = {a: (self._closed.get(a), w) for a, w in self._current.items()}
-            out = {a: self._adapter_snapshot(a, closed or current, closed is not None) for a, (closed, current) in views.items()}
-        return MonitorSnapshot(now, self.reference.content_hash if self.reference else None, out)
+            return {a: (self._closed.get(a) or w, a in self._closed) for a, w in self._current.items()}
+
+    def snapshot(self, windows: dict[str, tuple[Window, bool]] | None = None) -> MonitorSnapshot:
+        views = self.windows() if windows is None else windows
+        out = {a: self._adapter_snapshot(a, win, closed) for a, (win, closed) in views.items()}
+        return MonitorSnapshot(self.clock(), self.reference.content_hash if self.reference else None, out)
 
     def _adapter_snapshot(self, adapter: str, win: Window, closed: bool) -> AdapterSnapshot:
         s, ref = self.settings, self.reference
@@ -173,6 +212,12 @@ class Monitor:
                     _, r, c = ref.categorical[name].aligned(cats)
                     drift[name] = verdict(r, c, kind="categorical", alpha=s.alpha, min_samples=s.min_samples,
                                           cramers_v_floor=s.cramers_v_floor)
+            if self.embed is not None and closed:  # embedding costs ~3 ms a prompt on CPU: once per closed window
+                if win.semantic is None:
+                    win.semantic = semantic_verdict(self._ref_embeddings, self.embed(win.prompts), alpha=s.alpha,
+                                                    floor=s.semantic_floor, permutations=s.semantic_permutations,
+                                                    min_samples=min(50, s.semantic_sample))
+                drift["semantic"] = win.semantic
         return AdapterSnapshot(
             adapter=adapter, window_events=n, window_closed=closed,
             error_ratio=win.errors / n if n else None,
@@ -188,7 +233,8 @@ class Monitor:
 
 def build_profile(events: Sequence[InferenceEvent], *, bins: int = 10, max_categories: int = 50, scope: str = "global",
                   source: str = "", extractor: FeatureExtractor | None = None, diversity_sample: int = 500,
-                  row_sample: int = 2000) -> Profile:
+                  row_sample: int = 2000, embed: Callable[[Sequence[str]], np.ndarray] | None = None,
+                  semantic_sample: int = 300) -> Profile:
     """A reference profile from events: quantile-edged histograms, category counts, quality baselines, and an
     evenly spaced row sample (deterministic, so the same events give the same version) for Evidently reports."""
     if not events:
@@ -204,6 +250,11 @@ def build_profile(events: Sequence[InferenceEvent], *, bins: int = 10, max_categ
         for r in rows:
             cats.add(getattr(r, name))
         profile.categorical[name] = cats
+    if embed is not None:  # evenly spaced prompts, embedded: the semantic check's reference
+        every = max(1, len(events) // semantic_sample)
+        vectors = embed([e.prompt[:2000] for e in events[::every][:semantic_sample]])
+        profile.semantic = {"model": getattr(embed, "model", "all-MiniLM-L6-v2"),
+                            "embeddings": np.round(vectors.astype(float), 5).tolist()}
     n = len(rows)
     responses = [e.response[:1000] for e in events if e.response][:diversity_sample]  # same size as a window's
     profile.baselines.update({

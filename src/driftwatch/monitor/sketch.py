@@ -133,6 +133,7 @@ class Profile:
     created_ms: int = field(default_factory=lambda: int(time.time() * 1000))
     source: str = ""  # where it was built from (file, topic range)
     sample: list[list] = field(default_factory=list)  # a bounded row sample (features in COLUMNS order), for reports
+    semantic: dict = field(default_factory=dict)  # {"model": name, "embeddings": [[...], ...]} of sampled prompts
 
 
     def content(self) -> dict:
@@ -144,6 +145,8 @@ class Profile:
         }
         if self.sample:  # profiles written before samples existed keep their hash
             doc["sample"] = self.sample
+        if self.semantic:
+            doc["semantic"] = self.semantic
         return doc
 
     @property
@@ -177,6 +180,7 @@ class Profile:
             categorical={k: Categories(v["max_values"], v["counts"]) for k, v in doc["categorical"].items()},
             baselines=doc.get("baselines", {}), scope=doc.get("scope", "global"),
             created_ms=doc.get("created_ms", 0), source=doc.get("source", ""), sample=doc.get("sample", []),
+            semantic=doc.get("semantic", {}),
         )
         if profile.content_hash != doc.get("content_hash"):
             raise ValueError(f"{path}: content hash mismatch — the file was changed after it was written")

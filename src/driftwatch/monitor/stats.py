@@ -193,6 +193,10 @@ def verdict(
     else:
         _, _, p, effect = chi2_two_sample(r, c)
         floor, name = cramers_v_floor, "Cramér's V"
+    return _decide(test, name, effect, floor, p, alpha, n, m)
+
+
+def _decide(test: str, name: str, effect: float, floor: float, p: float, alpha: float, n: int, m: int) -> Verdict:
     drifted = p < alpha and effect >= floor
     if drifted:
         reason = f"{name} {effect:.3f} >= {floor} and p {p:.2g} < {alpha}"
@@ -201,3 +205,40 @@ def verdict(
     else:
         reason = f"significant but small ({name} {effect:.3f} < {floor}; p {p:.2g})"
     return Verdict(test, effect, p, n, m, drifted, reason)
+
+
+def mmd_test(x: np.ndarray, y: np.ndarray, permutations: int = 200, seed: int = 0) -> tuple[float, float]:
+    """Two-sample test on vectors (e.g. sentence embeddings): unbiased MMD² with a Gaussian kernel whose width is
+    the median pairwise distance of the pooled sample, and its permutation p-value ((hits + 1) / (perms + 1))."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    n, m = len(x), len(y)
+    if n < 2 or m < 2:
+        raise ValueError("each sample needs at least 2 vectors")
+    z = np.vstack([x, y])
+    sq = np.sum(z * z, axis=1)
+    d2 = np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0.0)
+    width2 = np.median(d2[np.triu_indices(n + m, 1)]) or 1.0
+    k = np.exp(-d2 / width2)
+    np.fill_diagonal(k, 0.0)
+
+    rng = np.random.default_rng(seed)
+    member = np.zeros((permutations + 1, n + m))  # row 0: the observed split; then one row per permutation
+    member[0, :n] = 1.0
+    for row in member[1:]:
+        row[rng.permutation(n + m)[:n]] = 1.0
+    km = member @ k  # every split's kernel sums at once (one matrix product)
+    sxx = np.sum(km * member, axis=1)
+    sxy = np.sum(km * (1.0 - member), axis=1)
+    syy = k.sum() - sxx - 2.0 * sxy
+    stats = sxx / (n * (n - 1)) + syy / (m * (m - 1)) - 2.0 * sxy / (n * m)
+    return float(stats[0]), float((np.sum(stats[1:] >= stats[0]) + 1) / (permutations + 1))
+
+
+def semantic_verdict(ref: np.ndarray, cur: np.ndarray, *, alpha: float = 0.01, floor: float = 0.01,
+                     min_samples: int = 50, permutations: int = 200) -> Verdict:
+    """Drift of embedded text: significant by permutation **and** MMD² at least the floor, on enough vectors."""
+    n, m = len(ref), len(cur)
+    if n < min_samples or m < min_samples:
+        return Verdict("mmd", None, None, n, m, False, f"insufficient data (reference {n}, current {m}, need {min_samples} each)")
+    effect, p = mmd_test(ref, cur, permutations)
+    return _decide("mmd", "MMD²", effect, floor, p, alpha, n, m)
