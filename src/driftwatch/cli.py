@@ -126,9 +126,10 @@ def demo(duration: float, rate: float, broker: str, seed: int) -> None:
 @click.option("--spanish-rate", default=0.0, show_default=True, help="Shift: share of requests in Spanish.")
 @click.option("--refusal-rate", default=0.0, show_default=True, help="Shift: share of responses that refuse.")
 @click.option("--collapse-rate", default=0.0, show_default=True, help="Shift: share of responses that are one canned text.")
+@click.option("--topic-rate", default=0.0, show_default=True, help="Shift: share of prompts about an unseen domain.")
 def simulate(config, bootstrap, rate, count, duration, seed, routes, adapters, error_rate, timeout_rate, feedback_rate,
              feedback_delay, bad, oversize_bytes, negative_rate, length_scale, spanish_rate, refusal_rate,
-             collapse_rate) -> None:
+             collapse_rate, topic_rate) -> None:
     """Publish simulated inference logs and feedback (and bad records on request) to Kafka."""
     from driftwatch.client import EventProducer
     from driftwatch.simulate import SimConfig, Simulator
@@ -141,6 +142,7 @@ def simulate(config, bootstrap, rate, count, duration, seed, routes, adapters, e
                         feedback_rate=feedback_rate, feedback_delay_s=feedback_delay, bad=_pairs(bad, int),
                         oversize_bytes=oversize_bytes, negative_rate=negative_rate, length_scale=length_scale,
                         spanish_rate=spanish_rate, refusal_rate=refusal_rate, collapse_rate=collapse_rate,
+                        topic_rate=topic_rate,
                         **({"routes": _pairs(routes)} if routes else {}))
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None

@@ -1,8 +1,12 @@
+import pytest
+
 from driftwatch.metrics import Metrics
-from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
+from driftwatch.monitor.monitor import AdapterSnapshot, Monitor, MonitorSettings, MonitorSnapshot, build_profile
 from driftwatch.monitor.stats import Verdict
 from driftwatch.policy import DEFAULT_RULES, Policy, RuleSpec
 from driftwatch.store import SqliteStore
+
+from .test_monitor import Clock, inference, stream
 
 ERR = RuleSpec("errors", "error_ratio", threshold=0.1, clear=0.05, for_s=60, min_samples=100)
 
@@ -138,3 +142,38 @@ policy:
     assert "unknown signal 'eror_ratio'" in got["policy.rules.0.signal"]
     assert "used twice" in got["policy.rules.1.name"]
     assert "firing side" in got["policy.rules.1.clear"]
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return build_profile(inference(stream(6000, seed=500, feedback_rate=0)))
+
+
+@pytest.mark.parametrize("shift, rule, action, words", [
+    ({}, None, None, None),
+    ({"routes": {"qa": 0.2, "summarize": 0.45, "code": 0.15, "chat": 0.1, "extract": 0.1}}, "input-drift", "retrain",
+     "route (Cramér's V"),
+    ({"length_scale": 1.4}, "input-drift", "retrain", "prompt_chars (PSI"),
+    ({"spanish_rate": 0.3}, "input-drift", "retrain", "language (Cramér's V"),
+    ({"refusal_rate": 0.2}, "refusals", "retrain", "refusals: refusal_rate = 0.1"),
+    ({"collapse_rate": 0.5}, "output-collapse", "retrain", "distinct_2_ratio = 0."),
+    ({"negative_rate": 0.6, "feedback_rate": 0.3}, "negative-feedback", "retrain", "negative_feedback_ratio = 0."),
+    ({"error_rate": 0.15}, "error-ratio", "alert", "error_ratio = 0.1"),
+], ids=["stationary", "route-mix", "lengths", "language", "refusal-burst", "collapse", "negative-feedback", "errors"])
+def test_each_injected_shift_fires_its_default_rule(reference, tmp_path, shift, rule, action, words):
+    """The simulator's shifts through the monitor and the default rules: the right rule, a readable reason."""
+    clock = Clock()
+    monitor = Monitor(reference, MonitorSettings(window_events=2000), clock=clock)
+    policy, requests = make(tmp_path, DEFAULT_RULES, baselines=reference.baselines)
+    monitor.observe(stream(2600, seed=501, **{"feedback_rate": 0.2, **shift}))
+    decisions = []
+    for _ in range(3):  # checks 100 s apart: past every default rule's `for`
+        decisions += policy.tick(monitor.snapshot(), clock.t)
+        clock.t += 100
+    fired = [(d.rule, d.action) for d in decisions if d.action in ("retrain", "alert")]
+    if rule is None:
+        assert fired == [] and requests == []
+        return
+    assert fired == [(rule, action)], [d.reasons for d in decisions]
+    assert words in decisions[0].reasons[0]
+    assert len(requests) == (action == "retrain")
