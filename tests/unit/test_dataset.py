@@ -1,0 +1,155 @@
+"""The data gates against crafted bad data, and the versioned, cluster-split dataset."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+import driftwatch
+from driftwatch.retrain.dataset import (
+    DataError, Example, GateFailure, GateSettings, GoldenItem, bad_target, clusters, curate, mask_pii, read_examples,
+    read_golden, write_dataset,
+)
+
+EXAMPLES = Path(driftwatch.__file__).parent / "defaults" / "examples"
+TOPICS = [f"{verb} the {thing} {part}" for verb in ("reset", "update", "cancel", "renew") for thing in
+          ("account", "router", "billing", "email", "vpn", "printer", "laptop") for part in ("password", "plan", "pin", "token")]
+TEMPLATES = ["How do I {q}?", "Can you tell me how to {q}?", "What's the best way to {q}?", "Please explain how to {q}.",
+             "I need to {q} - how?", "how can i {q}", "Steps to {q}?", "Could you help me {q}?",
+             "Quick question: how to {q}?", "What is the way to {q}?"]
+
+
+def good(n=120, source="correction", route="qa"):
+    rng = random.Random(n)
+    return [Example(f"Which warehouse ships item {i} of batch {rng.randrange(10**6)} to {city}?",
+                    f"Item {i} ships from the {city} warehouse.", source, route)
+            for i, city in enumerate(rng.choice(["Oslo", "Lima", "Pune", "Kyiv", "Reno"]) for _ in range(n))]
+
+
+def gate(report, name):
+    return next(g for g in report if g.name == name)
+
+
+def test_clean_data_passes_every_gate_and_splits_by_cluster(tmp_path):
+    cur = curate(good(), [GoldenItem("What is the capital of Peru?", "Lima")])
+    assert all(g.passed for g in cur.report) and len(cur.report) == 8
+    assert cur.counts["train"] + cur.counts["validation"] == 120 and cur.counts["validation"] > 0
+    # near-duplicate variants of the same prompt never end up on both sides
+    ids = clusters([e.prompt for e in cur.train + cur.validation])
+    assert not set(ids[:len(cur.train)]) & set(ids[len(cur.train):])
+
+
+def test_the_rephrased_hundred_times_case_is_refused():
+    """A team's "11,200 examples" that are 112 questions rephrased 10 ways, 10 times each."""
+    data = [Example(t.format(q=q), f"Open settings, choose '{q}', confirm.", "replay", "qa")
+            for q in TOPICS for t in TEMPLATES for _ in range(10)]
+    with pytest.raises(GateFailure) as exc:
+        curate(data, [], settings=GateSettings(replay_fraction=0.0))
+    dup = gate(exc.value.report, "duplicate_share")
+    assert not dup.passed and dup.value > 0.98 and "duplicate_share" in str(exc.value)
+    assert gate(exc.value.report, "unique_prompts").value == pytest.approx(len(TOPICS), abs=3)  # 112 questions
+
+
+def test_contradicting_labels_are_left_out_and_too_many_refuse():
+    data = good(100)
+    flips = [Example("Is the Oslo warehouse open on Sunday?", "Yes, from 10 to 16.", "correction"),
+             Example("Is the Oslo warehouse open on Sundays?", "No, it is closed on Sundays.", "correction")]
+    cur = curate(data + flips, [])
+    assert cur.counts["contradicting_clusters"] == 1
+    assert not any("Sunday" in e.prompt for e in cur.train + cur.validation)
+    # slot variants are not contradictions: the answer differs where the prompt does
+    slots = [Example(f"Extract the order id: my lamp from order ORD-{n} broke", f"ORD-{n}", "correction")
+             for n in (1111, 2222, 3333)]
+    assert curate(data + slots, []).counts["contradicting_clusters"] == 0
+    many = [Example(f"Is warehouse {c} open on holiday {d}?", answer, "correction")
+            for c in "ABCDEFGH" for d in range(2) for answer in ("Yes it is open all day.", "No, closed.")]
+    with pytest.raises(GateFailure, match="contradictions"):
+        curate(data + many, [])
+
+
+def test_a_trusted_correction_wins_over_a_replayed_answer():
+    data = good(80) + [Example("Where is the returns desk?", "Gate 4, second floor.", "correction"),
+                       Example("Can you tell me where the returns desk is?", "Gate 9.", "replay")]
+    cur = curate(data, [], settings=GateSettings(replay_fraction=0.5))
+    kept = [e for e in cur.train + cur.validation if "returns desk" in e.prompt]
+    assert [(e.target, e.source) for e in kept] == [("Gate 4, second floor.", "correction")]
+    assert cur.counts["contradicting_clusters"] == 0
+
+
+def test_golden_prompts_are_never_trained_on_and_a_leaky_source_is_refused():
+    golden = [GoldenItem(f"Which warehouse ships item {i} of the spring batch?", "Oslo") for i in range(60)]
+    data = good(100) + [Example("which warehouse ships item 3 of the spring batch", "Oslo.", "correction")]
+    cur = curate(data, golden)
+    assert cur.counts["golden_leaked"] == 1 and not any("spring" in e.prompt for e in cur.train + cur.validation)
+    leaky = good(100) + [Example(g.prompt, g.expected + ".", "replay") for g in golden[:10]]
+    with pytest.raises(GateFailure, match="golden_leakage"):
+        curate(leaky, golden)
+
+
+@pytest.mark.parametrize("target, why", [("", "empty"), ("   ", "empty"), ("The refund is processed within the", "truncated"),
+                                         ("Here is the code:\n```python\ndef f(", "truncated"), ("It ships from Oslo...", "truncated"),
+                                         ("!!!! ###### $$$$ %%%%", "garbage"), ("aaaaaaaaaaaaaaaaaaa", "garbage"),
+                                         ("Item 4 ships from Oslo", None), ("Paris", None), ("ORD-1234", None)])
+def test_bad_targets(target, why):
+    assert bad_target(target, 8000) == why
+
+
+def test_bad_targets_and_length_outliers_are_removed_then_refused_above_the_bound():
+    data = good(100) + [Example(f"What does code {i} mean?", "", "correction") for i in range(5)]
+    data += [Example("Summarize the manual: " + "word " * 3000, "A long manual.", "replay")]
+    cur = curate(data, [], settings=GateSettings(replay_fraction=0.5))
+    assert cur.counts["bad_empty"] == 5 and cur.counts["length_outliers"] == 1
+    with pytest.raises(GateFailure, match="bad_targets"):
+        curate(good(100) + [Example(f"What does code {i} mean?", "", "correction") for i in range(30)], [])
+
+
+def test_pii_is_masked_or_refused():
+    data = good(100) + [Example("My mail is jo.doe@example.com and phone +1 415 555 0134, order status?",
+                                "We will write to jo.doe@example.com today.", "correction")]
+    cur = curate(data, [])
+    text = json.dumps([(e.prompt, e.target) for e in cur.train + cur.validation])
+    assert "example.com" not in text and "555" not in text and "<EMAIL>" in text and "<PHONE>" in text
+    assert cur.counts["pii_masked"] == 3
+    with pytest.raises(GateFailure, match="pii"):
+        curate(data, [], settings=GateSettings(pii="refuse"))
+    assert mask_pii("call 030 1234 5678 or mail a@b.io") == ("call <PHONE> or mail <EMAIL>", 2)
+
+
+def test_drifted_routes_must_be_covered():
+    data = good(100) + [Example(f"Summarize ticket {i}: printer {i} jams.", f"Printer {i} jams.", "correction", "summarize")
+                        for i in range(3)]
+    with pytest.raises(GateFailure) as exc:
+        curate(data, [], focus_routes=("summarize",))
+    assert "too few for ['summarize']" in str(exc.value)
+    assert curate(data, [], focus_routes=("qa",)).report
+
+
+def test_same_inputs_same_version_and_retention(tmp_path):
+    first = write_dataset(curate(good(), []), tmp_path, sources={"a": 1})
+    again = write_dataset(curate(list(reversed(good())), []), tmp_path, sources={"a": 1})
+    assert first == again  # content-addressed: the same examples give the same version, whatever their order
+    manifest = json.loads((first / "manifest.json").read_text())
+    assert manifest["version"].startswith(first.name) and manifest["counts"]["train"] > 0
+    assert {g["name"] for g in manifest["gates"]} >= {"duplicate_share", "golden_leakage", "pii"}
+    lines = (first / "train.jsonl").read_text().splitlines()
+    assert json.loads(lines[0])["messages"][-1]["role"] == "assistant"
+    other = write_dataset(curate(good(90), []), tmp_path, sources={}, retention_days=0)
+    assert other.exists() and not first.exists()  # older datasets past the retention are deleted
+
+
+def test_shipped_examples_follow_the_format_and_pass():
+    base, golden = read_examples(EXAMPLES / "base.jsonl"), read_golden(EXAMPLES / "golden.jsonl")
+    assert len(base) >= 200 and len(golden) >= 20
+    cur = curate(base, golden, ("qa",))
+    assert cur.counts["contradicting_clusters"] == 0 and cur.counts["train"] > 150
+
+
+def test_malformed_files_name_the_line(tmp_path):
+    bad = tmp_path / "base.jsonl"
+    bad.write_text('{"prompt": "a", "response": "b"}\n{"prompt": "a"}\n')
+    with pytest.raises(DataError, match=r"base.jsonl:2: field 'response' must be a string \(missing\)"):
+        read_examples(bad)
+    bad.write_text("not json\n")
+    with pytest.raises(DataError, match="base.jsonl:1: not JSON"):
+        read_examples(bad)
