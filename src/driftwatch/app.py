@@ -29,6 +29,8 @@ from driftwatch.monitor.signals import AdapterSignals
 from driftwatch.monitor.sketch import Profile
 from driftwatch.policy import Decision, Policy, RetrainRequest, RuleSpec
 from driftwatch.report import evidently_report, write_evidence
+from driftwatch.retrain.harvest import Harvester
+from driftwatch.retrain.service import RetrainService, build_runner
 from driftwatch.store import SqliteStore
 from driftwatch.recent import DedupWindow
 
@@ -58,6 +60,7 @@ class Daemon:
     blocked_since: float | None = None
     last_tick: float = field(default_factory=time.monotonic)
     last_snapshot: MonitorSnapshot | None = None
+    retrain: RetrainService | None = None
     worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="driftwatch-work"))
 
     # -- probes -------------------------------------------------------------------------------------------------------
@@ -92,6 +95,8 @@ class Daemon:
             self.state = State.DRAINING
             if scheduler is not None:
                 scheduler.shutdown(wait=True)
+            if self.retrain is not None:
+                self.retrain.cancel.set()  # a training run in progress stops and is recorded as cancelled
             self.worker.shutdown(wait=True)  # evidence being written is finished, not cut off
             self._close()
             self.state = State.STOPPED
@@ -134,8 +139,13 @@ class Daemon:
                     self.policy.store.attach_evidence(request.decision_id, str(evidence))
             except Exception:  # noqa: BLE001 - losing the evidence must not lose the decision
                 log.exception("could not write the evidence for decision %d", request.decision_id)
-        log.warning("retrain requested for adapter '%s' by rule %s (decision %d, evidence %s); no retrain stage is "
-                    "configured yet", request.adapter, request.rule, request.decision_id, evidence)
+        if self.retrain is None:
+            log.warning("retrain requested for adapter '%s' by rule %s (decision %d, evidence %s); recorded only: "
+                        "set retrain.base_model and retrain.golden_set to run it", request.adapter, request.rule,
+                        request.decision_id, evidence)
+            return
+        self.retrain.run(request.adapter, decision_id=request.decision_id, focus_routes=request.routes,
+                         reason=" | ".join(request.reasons))
 
     def _start_checks(self):
         if self.monitor is None:
@@ -221,26 +231,32 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     join = DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s)  # request_id -> adapter, for feedback
     signals = AdapterSignals(metrics, join)
     monitor = build_monitor(settings, join)
+    pol, rt = settings.policy, settings.retrain
+    store = SqliteStore(pol.store_path or settings.daemon.state_dir / "state.db")
+    harvest = Harvester(store, rt.harvest_max_pending, ing.dedup_max_age_s, metrics) if rt.harvest_max_pending else None
     ingestor = Ingestor(
         source, sink, metrics,
         kinds={k.topics.inference: "inference", k.topics.feedback: "feedback"},
         max_record_bytes=ing.max_record_bytes,
         dedup=DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s),
         journal=OffsetJournal(settings.daemon.state_dir / f"offsets-{k.consumer.group_id}.json"),
-        downstream=lambda events: (signals(events), monitor.observe(events)),
+        downstream=lambda events: (signals(events), monitor.observe(events), harvest and harvest(events)),
         group_id=k.consumer.group_id,
         dead_letter_head_bytes=ing.dead_letter_head_bytes,
         dead_letter_max_bytes=max(1024, k.producer.max_request_size - DEAD_LETTER_HEADROOM),
     )
-    pol = settings.policy
     policy = Policy(
         [RuleSpec(**rule.model_dump()) for rule in pol.rules],
-        SqliteStore(pol.store_path or settings.daemon.state_dir / "state.db"),
+        store,
         metrics, cooldown_s=pol.cooldown_s, max_retrains_per_day=pol.max_retrains_per_day,
         baselines=monitor.reference.baselines if monitor.reference else None,
         on_retrain=lambda request: daemon.on_retrain(request),
     )
-    daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http)
+    retrain = None
+    if rt.base_model is not None:
+        runs_dir = rt.runs_dir or settings.daemon.state_dir / "runs"
+        retrain = RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, runs_dir), metrics)
+    daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http, retrain=retrain)
     if monitor.reference is not None:
         metrics.reference_info.labels(version=monitor.reference.content_hash[:12]).set(1)
     return daemon

@@ -162,6 +162,82 @@ class Policy(_Section):
     store_path: Path | None = Field(None, description="SQLite state store; default: <daemon.state_dir>/state.db")
 
 
+class Gates(_Section):
+    near_dup_threshold: float = Field(0.7, gt=0, le=1, description="Jaccard of content-word shingles for a near-duplicate")
+    max_duplicate_share: float = Field(0.5, ge=0, le=1, description="exact + near duplicates collapsed, share of candidates")
+    max_contradiction_share: float = Field(0.05, ge=0, le=1, description="prompt clusters whose targets disagree")
+    min_unique_prompts: int = Field(50, ge=1, description="distinct prompts left after collapsing")
+    min_route_examples: int = Field(5, ge=0, description="examples for each route that drifted")
+    max_golden_leakage_share: float = Field(0.02, ge=0, le=1, description="candidates matching the golden set (removed)")
+    max_bad_target_share: float = Field(0.1, ge=0, le=1, description="empty, truncated or garbage targets (removed)")
+    max_length_outlier_share: float = Field(0.05, ge=0, le=1)
+    max_target_chars: int = Field(8000, ge=1)
+    pii: Literal["mask", "refuse", "allow"] = Field("mask", description="e-mail addresses and phone numbers")
+    validation_fraction: float = Field(0.1, gt=0, lt=1)
+    replay_fraction: float = Field(0.3, ge=0, lt=1, description="share of the set replayed from the base training set")
+    seed: int = 0
+
+
+class Lora(_Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    _csv = field_validator("target_modules", mode="before")(_split_csv)
+
+
+class Training(_Section):
+    learning_rate: float = Field(2e-4, gt=0)
+    schedule: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps; overrides epochs")
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16)
+    eval_every: int = Field(10, ge=1, description="optimizer steps between validation evaluations")
+    patience: int = Field(3, ge=1, description="evaluations without improvement before early stopping")
+    min_delta: float = Field(0.0, ge=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class KubernetesRunner(_Section):
+    namespace: str = "driftwatch"
+    image: str | None = Field(None, description="trainer image (driftwatch with the train extra)")
+    pvc: str | None = Field(None, description="claim of the volume shared by the daemon and the trainer Job")
+    mount_path: str = "/driftwatch"
+    gpus: int = Field(1, ge=0)
+    gpu_resource: str = "nvidia.com/gpu"
+    cpu: str = "4"
+    memory: str = "32Gi"
+    tolerations: list[dict] | None = Field(None, description="default: tolerate the GPU resource's NoSchedule taint")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    service_account: str | None = None
+
+
+class Retrain(_Section):
+    base_model: Path | None = Field(None, description="base model directory (transformers format); without it retrain "
+                                    "requests are recorded, not run")
+    golden_set: Path | None = Field(None, description="JSONL {prompt, expected}: held out, never trained on (required "
+                                    "with base_model)")
+    base_training_set: Path | None = Field(None, description="JSONL {prompt, response, route?}: the replay source")
+    window_hours: float = Field(168.0, gt=0, description="harvested feedback examples from this far back")
+    harvest_max_pending: int = Field(20_000, ge=0, description="recent requests kept in memory for feedback to "
+                                     "join (corrections and positive ratings become examples); 0: no harvesting")
+    datasets_dir: Path | None = Field(None, description="default: <daemon.state_dir>/datasets")
+    runs_dir: Path | None = Field(None, description="default: <daemon.state_dir>/runs (the shared volume for Jobs)")
+    retention_days: float = Field(30.0, gt=0, description="datasets older than this are deleted")
+    runner: Literal["local", "kubernetes"] = "local"
+    timeout_s: float = Field(3600.0, gt=0)
+    price_per_gpu_hour: float = Field(0.0, ge=0, description="for the run's cost in its manifest")
+    gates: Gates = Gates()
+    lora: Lora = Lora()
+    training: Training = Training()
+    kubernetes: KubernetesRunner = KubernetesRunner()
+
+
 class Http(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65_535)
@@ -183,6 +259,7 @@ class Settings(_Section):
     metrics: Metrics = Metrics()
     monitor: Monitor = Monitor()
     policy: Policy = Policy()
+    retrain: Retrain = Retrain()
     http: Http = Http()
     daemon: Daemon = Daemon()
     logging: Logging = Logging()
@@ -363,6 +440,25 @@ def _cross_checks(s: Settings) -> list[ConfigProblem]:
             except re.error as exc:
                 out.append(ConfigProblem("monitor.refusal_patterns", f"'{pattern}' is not a regular expression: {exc}",
                                          "fix or remove the pattern"))
+    r = s.retrain
+    if r.base_model is not None:
+        if not (r.base_model / "config.json").is_file():
+            out.append(ConfigProblem("retrain.base_model", f"{r.base_model} is not a model directory (no config.json)",
+                                     "point it at a directory written by save_pretrained"))
+        if r.golden_set is None:
+            out.append(ConfigProblem("retrain.golden_set", "required when retrain.base_model is set",
+                                     "name a JSONL file of {prompt, expected}: the held-out set candidates are judged on"))
+    for name in ("golden_set", "base_training_set"):
+        value = getattr(r, name)
+        if value is not None and not value.is_file():
+            out.append(ConfigProblem(f"retrain.{name}", f"file {value} does not exist",
+                                     "point it at a JSONL file (format: docs/training-data.md)"))
+    if r.runner == "kubernetes":
+        for name in ("image", "pvc"):
+            if getattr(r.kubernetes, name) is None:
+                out.append(ConfigProblem(f"retrain.kubernetes.{name}", "required with retrain.runner: kubernetes",
+                                         "set the trainer image" if name == "image" else
+                                         "name the PersistentVolumeClaim the daemon and the Job share"))
     from driftwatch.monitor.features import CATEGORICAL, NUMERIC
     from driftwatch.policy import SIGNALS
 

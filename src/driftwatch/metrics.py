@@ -172,6 +172,24 @@ class Metrics:
         self.retrain_requests = Counter(
             "driftwatch_retrain_requests", "Retrain requests emitted by the policy, by rule", ["rule"], registry=r
         )
+        # retrain
+        self.training_examples = Counter(
+            "driftwatch_training_examples", "Examples harvested from feedback (correction, positive)", ["source"],
+            registry=r,
+        )
+        self.retrain_runs = Counter(
+            "driftwatch_retrain_runs", "Retrain runs finished, by status (succeeded, failed, timed_out, cancelled, "
+            "refused by the data gates)", ["status"], registry=r,
+        )
+        self.training_gpu_seconds = Counter(
+            "driftwatch_training_gpu_seconds", "GPU-seconds spent by finished training runs", registry=r
+        )
+        self.training_tokens = Counter(
+            "driftwatch_training_tokens", "Tokens seen by finished training runs", registry=r
+        )
+        self.training_cost = Counter(
+            "driftwatch_training_cost", "Cost of finished training runs (retrain.price_per_gpu_hour units)", registry=r
+        )
         self.adapter_cap = LabelCap(max_adapters, self.label_capped, "adapter")
         self.route_cap = LabelCap(max_routes, self.label_capped, "route")
 

@@ -49,6 +49,7 @@ class RetrainRequest:
     reasons: tuple[str, ...]
     decision_id: int
     requested_at: float
+    routes: tuple[str, ...] = ()  # routes whose share grew: the training set must cover them
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,7 @@ class Policy:
         decision = self._record(a.adapter, "retrain", spec.name, reasons, now)
         if self.metrics is not None:
             self.metrics.retrain_requests.labels(rule=spec.name).inc()
-        self.on_retrain(RetrainRequest(a.adapter, spec.name, reasons, decision.id, now))
+        self.on_retrain(RetrainRequest(a.adapter, spec.name, reasons, decision.id, now, a.grown_routes))
         return decision
 
     def _why_hold(self, adapter: str, now: float) -> str | None:

@@ -1,4 +1,5 @@
-"""driftwatch's state store: what must survive a restart (rule states, decisions and their evidence).
+"""driftwatch's state store: what must survive a restart (rule states, decisions and their evidence, examples
+harvested from feedback, retrain runs).
 
 A small interface with SQLite as the single-process default. A shared backend (PostgreSQL, for several
 replicas behind a leader) implements the same methods; the rollout registry will add its tables here.
@@ -22,6 +23,13 @@ CREATE TABLE IF NOT EXISTS decision (
     rule TEXT, reasons TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS decision_at ON decision (at);
 CREATE TABLE IF NOT EXISTS evidence (decision_id INTEGER PRIMARY KEY REFERENCES decision (id), path TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS example (
+    request_id TEXT NOT NULL, source TEXT NOT NULL, at REAL NOT NULL, adapter TEXT, route TEXT,
+    prompt TEXT NOT NULL, target TEXT NOT NULL, PRIMARY KEY (request_id, source));
+CREATE INDEX IF NOT EXISTS example_at ON example (at);
+CREATE TABLE IF NOT EXISTS run (
+    id TEXT PRIMARY KEY, decision_id INTEGER, adapter TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
+    dataset TEXT, output TEXT, started REAL NOT NULL, finished REAL, detail TEXT);
 """
 
 
@@ -45,12 +53,41 @@ class DecisionRecord:
     evidence: str | None = None  # path of the evidence record (retrain decisions)
 
 
+@dataclass(frozen=True)
+class HarvestedExample:
+    request_id: str
+    source: str  # correction | positive
+    at: float
+    adapter: str | None
+    route: str | None
+    prompt: str
+    target: str
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    decision_id: int | None
+    adapter: str
+    status: str  # building | training | succeeded | failed | timed_out | cancelled | refused
+    reason: str | None
+    dataset: str | None  # dataset directory
+    output: str | None  # run directory (adapter/ and manifest.json when succeeded)
+    started: float
+    finished: float | None
+    detail: dict
+
+
 class StateStore(Protocol):
     def rule_states(self) -> dict[tuple[str, str], RuleState]: ...
     def save_rule_state(self, state: RuleState, now: float) -> None: ...
     def record_decision(self, at: float, adapter: str, action: str, rule: str | None, reasons: list[str]) -> int: ...
     def decisions(self, since: float = 0.0, action: str | None = None, limit: int = 1000) -> list[DecisionRecord]: ...
     def attach_evidence(self, decision_id: int, path: str) -> None: ...
+    def add_examples(self, examples: list[HarvestedExample]) -> None: ...
+    def examples(self, since: float = 0.0) -> list[HarvestedExample]: ...
+    def save_run(self, run: RunRecord) -> None: ...
+    def runs(self, limit: int = 100) -> list[RunRecord]: ...
     def close(self) -> None: ...
 
 
@@ -96,6 +133,32 @@ class SqliteStore:
 
     def attach_evidence(self, decision_id: int, path: str) -> None:
         self._run("INSERT OR REPLACE INTO evidence (decision_id, path) VALUES (?, ?)", (decision_id, path))
+
+    def add_examples(self, examples: list[HarvestedExample]) -> None:
+        """Insert in one transaction (the ingest loop calls this once per batch); the same request and source once."""
+        with self._lock:
+            self._db.execute("BEGIN")
+            self._db.executemany(
+                "INSERT OR REPLACE INTO example (request_id, source, at, adapter, route, prompt, target) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(e.request_id, e.source, e.at, e.adapter, e.route, e.prompt, e.target) for e in examples])
+            self._db.execute("COMMIT")
+
+    def examples(self, since: float = 0.0) -> list[HarvestedExample]:
+        rows = self._run("SELECT request_id, source, at, adapter, route, prompt, target FROM example WHERE at >= ? "
+                         "ORDER BY at", (since,)).fetchall()
+        return [HarvestedExample(*r) for r in rows]
+
+    def save_run(self, run: RunRecord) -> None:
+        self._run("INSERT OR REPLACE INTO run (id, decision_id, adapter, status, reason, dataset, output, started, "
+                  "finished, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                  (run.id, run.decision_id, run.adapter, run.status, run.reason, run.dataset, run.output, run.started,
+                   run.finished, json.dumps(run.detail)))
+
+    def runs(self, limit: int = 100) -> list[RunRecord]:
+        rows = self._run("SELECT id, decision_id, adapter, status, reason, dataset, output, started, finished, detail "
+                         "FROM run ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
+        return [RunRecord(*r[:9], json.loads(r[9] or "{}")) for r in rows]
 
     def close(self) -> None:
         with self._lock:

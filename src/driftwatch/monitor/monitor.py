@@ -114,6 +114,7 @@ class AdapterSnapshot:
     distinct_1: float | None
     distinct_2: float | None
     drift: dict[str, Verdict] = field(default_factory=dict)  # feature -> verdict against the reference
+    grown_routes: tuple[str, ...] = ()  # routes whose share grew markedly against the reference (retrain focus)
 
     @property
     def drifted_features(self) -> list[str]:
@@ -218,8 +219,13 @@ class Monitor:
                                                     floor=s.semantic_floor, permutations=s.semantic_permutations,
                                                     min_samples=min(50, s.semantic_sample))
                 drift["semantic"] = win.semantic
+        grown: tuple[str, ...] = ()
+        if ref is not None and "route" in ref.categorical and n:
+            keys, r, c = ref.categorical["route"].aligned(win.categorical["route"])
+            total_r = sum(r) or 1
+            grown = tuple(k for k, rn, cn in zip(keys, r, c) if cn / n >= 0.05 and cn / n >= 1.25 * rn / total_r + 0.02)
         return AdapterSnapshot(
-            adapter=adapter, window_events=n, window_closed=closed,
+            adapter=adapter, window_events=n, window_closed=closed, grown_routes=grown,
             error_ratio=win.errors / n if n else None,
             refusal_rate=win.refusals / n if n else None,
             empty_rate=win.empties / n if n else None,

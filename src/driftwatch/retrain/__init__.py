@@ -1,0 +1,1 @@
+"""Retrain: curated, versioned training sets (dataset.py), LoRA training (trainer.py, torch), runners (runner.py)."""

@@ -1,0 +1,111 @@
+"""A retrain request, end to end: harvested examples + replay → gates → versioned dataset → training run →
+candidate adapter. Every step is recorded in the state store; promotion belongs to the rollout stage.
+
+The run is recorded as ``building`` → ``training`` → ``succeeded`` | ``failed`` | ``timed_out`` | ``cancelled``,
+or ``refused`` when the data failed a gate (nothing was trained; the gate report says why).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from driftwatch.config import Retrain
+from driftwatch.metrics import Metrics
+from driftwatch.retrain.dataset import (
+    DataError, Example, GateFailure, GateSettings, curate, read_examples, read_golden, write_dataset,
+)
+from driftwatch.retrain.runner import Runner, RunStatus
+from driftwatch.retrain.trainer import TrainSpec
+from driftwatch.store import RunRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+
+class RetrainService:
+    def __init__(self, cfg: Retrain, state_dir: Path, store: StateStore, runner: Runner,
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
+        if cfg.base_model is None or cfg.golden_set is None:
+            raise ValueError("retrain.base_model and retrain.golden_set are required to run retrains")
+        self.cfg, self.store, self.runner, self.metrics, self.clock = cfg, store, runner, metrics, clock
+        self.datasets_dir = cfg.datasets_dir or state_dir / "datasets"
+        self.runs_dir = cfg.runs_dir or state_dir / "runs"
+        self.cancel = threading.Event()
+
+    def run(self, adapter: str, *, decision_id: int | None = None, focus_routes: tuple[str, ...] = (),
+            reason: str = "") -> RunRecord:
+        started = self.clock()
+        run_id = f"{adapter}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}-{decision_id or 'manual'}"
+        record = RunRecord(run_id, decision_id, adapter, "building", reason or None, None, None, started, None,
+                           {"focus_routes": list(focus_routes)})
+        self.store.save_run(record)
+        try:
+            record = self._run(record, focus_routes)
+        except (DataError, OSError, ValueError) as exc:
+            record = replace(record, status="failed", reason=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - any failure is recorded; production is not touched
+            log.exception("retrain run %s failed", run_id)
+            record = replace(record, status="failed", reason=f"{type(exc).__name__}: {exc}")
+        record = replace(record, finished=self.clock())
+        self.store.save_run(record)
+        if self.metrics is not None:
+            self.metrics.retrain_runs.labels(status=record.status).inc()
+        log.info("retrain run %s for '%s': %s%s", run_id, adapter, record.status,
+                 f" ({record.reason})" if record.reason else "")
+        return record
+
+    def _run(self, record: RunRecord, focus_routes: tuple[str, ...]) -> RunRecord:
+        cfg = self.cfg
+        since = self.clock() - cfg.window_hours * 3600
+        harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id)
+                     for e in self.store.examples(since=since)]
+        replay = read_examples(cfg.base_training_set) if cfg.base_training_set else []
+        golden = read_golden(cfg.golden_set)
+        sources = {"harvested_since": since, "harvested": len(harvested),
+                   "base_training_set": str(cfg.base_training_set) if cfg.base_training_set else None,
+                   "replay_available": len(replay), "golden_set": str(cfg.golden_set), "golden_items": len(golden),
+                   "adapter": record.adapter, "decision_id": record.decision_id, "focus_routes": list(focus_routes)}
+        try:
+            curated = curate(harvested + replay, golden, focus_routes, GateSettings(**cfg.gates.model_dump()))
+        except GateFailure as exc:
+            return replace(record, status="refused", reason=str(exc),
+                           detail={**record.detail, "gates": [g.line() for g in exc.report]})
+        dataset = write_dataset(curated, self.datasets_dir, sources=sources, retention_days=cfg.retention_days)
+        output = self.runs_dir / record.id
+        record = replace(record, status="training", dataset=str(dataset), output=str(output),
+                         detail={**record.detail, "gates": [g.line() for g in curated.report], "counts": curated.counts})
+        self.store.save_run(record)
+        spec = TrainSpec(base_model=str(cfg.base_model), dataset=str(dataset), output=str(output),
+                         **cfg.lora.model_dump(), **cfg.training.model_dump(), price_per_gpu_hour=cfg.price_per_gpu_hour,
+                         progress=False)
+        result = self.runner.run(spec, record.id, self.cancel)
+        detail = dict(record.detail)
+        if result.manifest is not None:
+            m = result.manifest
+            detail["training"] = {k: m[k] for k in ("steps", "best_step", "best_validation_loss",
+                                                    "initial_validation_loss", "early_stopped", "tokens_seen",
+                                                    "wall_s", "device", "gpu_seconds", "cost")}
+            if self.metrics is not None:
+                self.metrics.training_gpu_seconds.inc(m["gpu_seconds"])
+                self.metrics.training_tokens.inc(m["tokens_seen"])
+                self.metrics.training_cost.inc(m["cost"])
+        return replace(record, status=result.status.value, reason=result.reason or None, detail=detail)
+
+
+def build_runner(cfg: Retrain, runs_dir: Path) -> Runner:
+    from driftwatch.retrain.runner import KubernetesJobRunner, LocalRunner
+
+    if cfg.runner == "local":
+        return LocalRunner(runs_dir, timeout_s=cfg.timeout_s)
+    k = cfg.kubernetes
+    return KubernetesJobRunner(runs_dir, namespace=k.namespace, image=k.image, pvc=k.pvc, mount_path=k.mount_path,
+                               gpus=k.gpus, gpu_resource=k.gpu_resource, cpu=k.cpu, memory=k.memory,
+                               tolerations=k.tolerations, node_selector=k.node_selector,
+                               service_account=k.service_account, timeout_s=cfg.timeout_s)
+
+
+__all__ = ["RetrainService", "build_runner", "RunStatus"]

@@ -1,0 +1,88 @@
+"""Real LoRA training of a tiny Llama built in the session (seconds on CPU)."""
+
+import json
+import random
+
+import pytest
+
+from driftwatch.retrain.trainer import TrainSpec, train
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november oscar papa".split()
+
+
+def write(path, rows):
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}]})
+                            + "\n" for p, a in rows))
+
+
+@pytest.fixture
+def learnable(tmp_path):
+    """A task with a rule to learn: the answer repeats a word of the question in a fixed frame."""
+    rng = random.Random(0)
+    rows = [(f"Which word is {w}?", f"The word is {w}.") for w in rng.choices(WORDS, k=120)]
+    write(tmp_path / "train.jsonl", rows[:100])
+    write(tmp_path / "validation.jsonl", rows[100:])
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": "abc123"}))
+    return tmp_path
+
+
+def evaluate_adapter(base, adapter, dataset):
+    """Validation loss of a saved adapter, computed independently of the trainer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+    total, count = 0.0, 0
+    for line in (dataset / "validation.jsonl").read_text().splitlines():
+        msgs = json.loads(line)["messages"]
+        prompt = list(tok.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=True)["input_ids"])
+        full = list(tok.apply_chat_template(msgs, tokenize=True)["input_ids"])
+        ids = torch.tensor([full])
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1]
+        target = torch.tensor(full[1:])
+        losses = torch.nn.functional.cross_entropy(logits, target, reduction="none")[len(prompt) - 1:]
+        total, count = total + float(losses.sum()), count + len(losses)
+    return total / count
+
+
+def test_lora_learns_and_writes_adapter_and_manifest(tiny_model, learnable, tmp_path):
+    out = tmp_path / "run"
+    m = train(TrainSpec(base_model=str(tiny_model), dataset=str(learnable), output=str(out), epochs=4, batch_size=10,
+                        learning_rate=5e-3, eval_every=5, warmup_ratio=0.1, progress=False, price_per_gpu_hour=3.0,
+                        r=16, alpha=32, target_modules=ALL))
+    assert m["status"] == "succeeded" and m["best_validation_loss"] < 0.5 * m["initial_validation_loss"], m["curves"]
+    assert (out / "adapter" / "adapter_config.json").exists() and not (out / ".work").exists()
+    assert m["dataset"]["version"] == "abc123" and m["base_model"]["architecture"] == "LlamaForCausalLM"
+    assert len(m["base_model"]["sha256"]) == 64
+    assert m["tokens_seen"] > 100 * 4 * 10 and m["device"] == "cpu" and m["dtype"] == "float32"
+    assert m["gpu_seconds"] == 0.0 and m["cost"] == 0.0  # CPU: no GPU time billed
+    assert m["parameters"]["trainable"] < 0.2 * m["parameters"]["total"] and m["hyperparameters"]["r"] == 16
+    assert m["curves"]["validation"][0][0] == 0 and len(m["curves"]["train"]) == m["steps"] == 40
+    # the adapter on disk is the best checkpoint: its loss, measured independently, is the manifest's best
+    assert evaluate_adapter(tiny_model, out / "adapter", learnable) == pytest.approx(m["best_validation_loss"], rel=1e-4)
+
+
+def test_early_stopping_on_a_crafted_overfitting_case(tiny_model, tmp_path):
+    """Eight examples with random answers: the training loss keeps falling, validation stops improving."""
+    rng = random.Random(1)
+    data = tmp_path / "data"
+    data.mkdir()
+    write(data / "train.jsonl", [(f"Code word for ticket {i}?", " ".join(rng.choices(WORDS, k=6))) for i in range(8)])
+    write(data / "validation.jsonl", [(f"Code word for ticket {i}?", " ".join(rng.choices(WORDS, k=6))) for i in range(100, 108)])
+    m = train(TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(tmp_path / "run"), max_steps=300,
+                        eval_every=5, patience=3, min_delta=0.02, learning_rate=5e-3, r=16, alpha=32, warmup_ratio=0,
+                        target_modules=ALL, progress=False))
+    assert m["early_stopped"] and m["steps"] < 300
+    assert m["best_step"] == m["steps"] - 3 * 5  # three evaluations without improvement after the best
+    assert m["curves"]["train"][-1][1] < m["best_validation_loss"] - 1.0  # memorising: train far below validation
+
+
+def test_a_dataset_without_validation_is_refused(tiny_model, tmp_path):
+    write(tmp_path / "train.jsonl", [("a?", "b.")])
+    (tmp_path / "validation.jsonl").write_text("")
+    with pytest.raises(ValueError, match="early stopping needs a validation split"):
+        train(TrainSpec(base_model=str(tiny_model), dataset=str(tmp_path), output=str(tmp_path / "o"), progress=False))
