@@ -343,12 +343,78 @@ def status(config: str | None, limit: int) -> None:
         for st in rows:
             value = "-" if st.value is None else f"{st.value:.4g}"
             click.echo(f"  {rule.name:<20} {st.adapter:<16} {st.state:<9} since {stamp(st.since)}  value {value}   {where}")
+    runs = store.runs(limit=limit)
+    if runs:
+        click.echo("\nretrain runs:")
+        for r in runs:
+            click.echo(f"  {r.id:<40} {r.status:<10} {stamp(r.started)}  {r.reason or ''}")
     click.echo("\nlatest decisions:")
     for d in store.decisions(limit=limit):
         click.echo(f"  #{d.id} {stamp(d.at)} {d.action:<8} {d.adapter:<16} {d.rule or '-'}: {' | '.join(d.reasons)}")
         if d.evidence:
             click.echo(f"      evidence: {d.evidence}")
     store.close()
+
+
+@main.command()
+@click.option("--base-model", type=click.Path(exists=True, file_okay=False), help="Default: retrain.base_model.")
+@click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False),
+              help="A dataset directory (train.jsonl, validation.jsonl, manifest.json).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory: adapter/ + manifest.json.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings: retrain.lora and retrain.training.")
+@click.option("--max-steps", type=int, help="Override retrain.training.max_steps.")
+@click.option("--epochs", type=float, help="Override retrain.training.epochs.")
+@click.option("--learning-rate", type=float, help="Override retrain.training.learning_rate.")
+def train(base_model, dataset, out, config, max_steps, epochs, learning_rate) -> None:
+    """Train a LoRA adapter on a dataset, in this process (needs the train extra)."""
+    from driftwatch.retrain.trainer import TrainSpec
+    from driftwatch.retrain.trainer import train as run_training
+
+    rt = _load(config).retrain
+    base = base_model or rt.base_model
+    if base is None:
+        raise click.UsageError("give --base-model or set retrain.base_model")
+    overrides = {k: v for k, v in (("max_steps", max_steps), ("epochs", epochs), ("learning_rate", learning_rate))
+                 if v is not None}
+    training = {**rt.training.model_dump(), **overrides}
+    spec = TrainSpec(base_model=str(base), dataset=dataset, output=out, **rt.lora.model_dump(), **training,
+                     price_per_gpu_hour=rt.price_per_gpu_hour)
+    m = run_training(spec)
+    click.echo(f"{out}/adapter\nsteps {m['steps']} (best {m['best_step']}{', early stop' if m['early_stopped'] else ''}), "
+               f"validation loss {m['initial_validation_loss']:.4f} -> {m['best_validation_loss']:.4f}, "
+               f"{m['tokens_seen']} tokens in {m['wall_s']:.1f}s on {m['device']}, cost {m['cost']:.4f}")
+
+
+@main.command()
+@click.option("--adapter", required=True, help="The adapter to retrain (the examples harvested for it, and replay).")
+@click.option("--routes", help="Routes the training set must cover, e.g. summarize,qa.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (retrain.*, the state store).")
+def retrain(adapter: str, routes: str | None, config: str | None) -> None:
+    """Run a retrain now, in the foreground: dataset -> gates -> training -> candidate; recorded in the state store."""
+    from driftwatch.retrain.service import RetrainService, build_runner
+    from driftwatch.store import SqliteStore
+
+    settings = _load(config)
+    rt, state_dir = settings.retrain, settings.daemon.state_dir
+    if rt.base_model is None:
+        click.echo("error: retrain.base_model is not set (and retrain.golden_set with it)", err=True)
+        sys.exit(2)
+    store = SqliteStore(settings.policy.store_path or state_dir / "state.db")
+    service = RetrainService(rt, state_dir, store, build_runner(rt, rt.runs_dir or state_dir / "runs"))
+    focus = tuple(r.strip() for r in routes.split(",") if r.strip()) if routes else ()
+    try:
+        run = service.run(adapter, focus_routes=focus, reason="manual (driftwatch retrain)")
+    except KeyboardInterrupt:
+        service.cancel.set()
+        raise
+    finally:
+        store.close()
+    click.echo(f"run {run.id}: {run.status}" + (f" — {run.reason}" if run.reason else ""))
+    for line in run.detail.get("gates", []):
+        click.echo(f"  {line}")
+    if run.status == "succeeded":
+        click.echo(f"candidate adapter: {run.output}/adapter (dataset {run.dataset})")
+    sys.exit(0 if run.status == "succeeded" else 1)
 
 
 @main.group("config")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import re
 import shutil
@@ -298,14 +299,14 @@ def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_ro
     n_bad = sum(why is not None for _, why in bad)
     pool = [e for e, why in bad if why is None]
 
-    # length outliers: far beyond the median (robust: median + 6 MAD of prompt+target length), or over the limit
-    lengths = sorted(len(e.prompt) + len(e.target) for e in pool)
+    # length outliers: text lengths are log-normal-ish, so robustly in log space: beyond median + 5 MAD (σ-scaled)
+    logs = sorted(math.log1p(len(e.prompt) + len(e.target)) for e in pool)
     outliers = 0
-    if lengths:
-        med = lengths[len(lengths) // 2]
-        mad = sorted(abs(x - med) for x in lengths)[len(lengths) // 2] or 1
-        limit = med + 6 * 1.4826 * mad
-        kept = [e for e in pool if len(e.prompt) + len(e.target) <= limit]
+    if logs:
+        med = logs[len(logs) // 2]
+        mad = sorted(abs(x - med) for x in logs)[len(logs) // 2] or 0.1
+        limit = med + 5 * 1.4826 * mad
+        kept = [e for e in pool if math.log1p(len(e.prompt) + len(e.target)) <= limit]
         outliers, pool = len(pool) - len(kept), kept
     counts["length_outliers"] = outliers
 

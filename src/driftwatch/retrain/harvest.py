@@ -1,5 +1,6 @@
 """Training examples born from feedback: a correction (the answer a user says was right) or a positive rating of
-the response. Recent requests wait in a bounded window for their feedback; matches go to the state store."""
+the response. Recent requests wait in a bounded window for their feedback, and feedback read before its request
+(two topics are not read in lockstep) waits for the request; matches go to the state store."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class Harvester:
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.metrics, self.clock = store, metrics, clock
         self.pending = DedupWindow(max_pending, max_age_s)  # request_id -> (prompt, response, route, adapter)
+        self.early = DedupWindow(max(1, max_pending // 4), max_age_s)  # request_id -> feedback that came first
 
     def __call__(self, events: Sequence[tuple[Kind, Event]]) -> None:
         found: list[HarvestedExample] = []
@@ -24,22 +26,30 @@ class Harvester:
             if kind == "inference":
                 assert isinstance(event, InferenceEvent)
                 if event.status == "ok" and event.response:
-                    self.pending.add(event.request_id, (event.prompt, event.response, event.route, event.adapter))
+                    request = (event.prompt, event.response, event.route, event.adapter)
+                    self.pending.add(event.request_id, request)
+                    feedback = self.early.get(event.request_id)
+                    if feedback is not None:
+                        self._match(feedback, request, found)
                 continue
             assert isinstance(event, FeedbackEvent)
             request = self.pending.get(event.request_id)
             if request is None:
-                continue
-            prompt, response, route, adapter = request
-            if event.correction and event.correction.strip():
-                source, target = "correction", event.correction
-            elif event.sentiment == "positive":
-                source, target = "positive", response
+                self.early.add(event.request_id, event)
             else:
-                continue
-            found.append(HarvestedExample(event.request_id, source, self.clock(), adapter, route, prompt, target))
+                self._match(event, request, found)
         if found:
             self.store.add_examples(found)
             if self.metrics is not None:
                 for e in found:
                     self.metrics.training_examples.labels(source=e.source).inc()
+
+    def _match(self, feedback: FeedbackEvent, request: tuple, found: list[HarvestedExample]) -> None:
+        prompt, response, route, adapter = request
+        if feedback.correction and feedback.correction.strip():
+            source, target = "correction", feedback.correction
+        elif feedback.sentiment == "positive":
+            source, target = "positive", response
+        else:
+            return
+        found.append(HarvestedExample(feedback.request_id, source, self.clock(), adapter, route, prompt, target))

@@ -1,0 +1,114 @@
+"""A retrain request end to end without Kafka: harvested feedback + replay → gates → dataset → real training."""
+
+import json
+from pathlib import Path
+
+import driftwatch
+from driftwatch.config import load_settings
+from driftwatch.events import FeedbackEvent, InferenceEvent
+from driftwatch.metrics import Metrics
+from driftwatch.retrain.harvest import Harvester
+from driftwatch.retrain.runner import LocalRunner, RunStatus
+from driftwatch.retrain.service import RetrainService
+from driftwatch.store import SqliteStore
+
+EXAMPLES = Path(driftwatch.__file__).parent / "defaults" / "examples"
+
+
+def settings(tiny_model, **retrain):
+    env = {"DRIFTWATCH__RETRAIN__BASE_MODEL": str(tiny_model),
+           "DRIFTWATCH__RETRAIN__GOLDEN_SET": str(EXAMPLES / "golden.jsonl"),
+           "DRIFTWATCH__RETRAIN__BASE_TRAINING_SET": str(EXAMPLES / "base.jsonl"),
+           "DRIFTWATCH__RETRAIN__TRAINING__MAX_STEPS": "6", "DRIFTWATCH__RETRAIN__TRAINING__EVAL_EVERY": "3"}
+    env.update({f"DRIFTWATCH__RETRAIN__{k.upper()}": v for k, v in retrain.items()})
+    return load_settings(None, env=env).retrain
+
+
+def harvest(store, n=80):
+    """Requests and their feedback through the harvester: corrections and thumbs-up become examples."""
+    h = Harvester(store, 1000, 3600, Metrics())
+    events = []
+    for i in range(n):
+        rid = f"req-{i}"
+        events.append(("inference", InferenceEvent.model_validate({
+            "schema_version": 1, "request_id": rid, "timestamp": 1795514400000, "model": "base", "adapter": "support-v2",
+            "prompt": f"Summarize ticket {i}: the {['printer', 'router', 'laptop'][i % 3]} number {i} is broken.",
+            "response": f"Device {i} is broken.", "latency_ms": 5, "status": "ok", "route": "summarize"})))
+        verdict = {"correction": f"Ticket {i}: the device is broken and needs a replacement."} if i % 2 else {"thumbs": "up"}
+        events.append(("feedback", FeedbackEvent.model_validate({
+            "schema_version": 1, "feedback_id": f"fb-{i}", "request_id": rid, "timestamp": 1795514401000, **verdict})))
+    events.append(("feedback", FeedbackEvent.model_validate({  # feedback for a request never seen: nothing
+        "schema_version": 1, "feedback_id": "fb-x", "request_id": "unknown", "timestamp": 1795514401000, "thumbs": "up"})))
+    events[0], events[1] = events[1], events[0]  # the first feedback is read before its request: it still joins
+    h(events)
+    return h
+
+
+def test_a_request_builds_a_dataset_and_trains_a_candidate(tiny_model, tmp_path):
+    store = SqliteStore(tmp_path / "state.db")
+    h = harvest(store)
+    assert {e.source for e in store.examples()} == {"correction", "positive"} and len(store.examples()) == 80
+    assert h.metrics.registry.get_sample_value("driftwatch_training_examples_total", {"source": "correction"}) == 40
+    metrics = Metrics()
+    service = RetrainService(settings(tiny_model), tmp_path, store, LocalRunner(tmp_path / "runs"), metrics)
+    run = service.run("support-v2", decision_id=12, focus_routes=("summarize",), reason="input-drift")
+    assert run.status == "succeeded", run.reason
+    manifest = json.loads((Path(run.dataset) / "manifest.json").read_text())
+    assert manifest["sources"]["harvested"] == 80 and manifest["sources"]["decision_id"] == 12
+    assert manifest["counts"]["from_correction"] == 40 and manifest["counts"]["replay_used"] > 0
+    trained = json.loads((Path(run.output) / "manifest.json").read_text())
+    assert trained["dataset"]["version"] == manifest["version"] and (Path(run.output) / "adapter").is_dir()
+    assert store.runs()[0] == run and run.detail["training"]["steps"] == 6
+    assert metrics.registry.get_sample_value("driftwatch_retrain_runs_total", {"status": "succeeded"}) == 1
+    assert metrics.registry.get_sample_value("driftwatch_training_tokens_total") == trained["tokens_seen"]
+
+
+def test_bad_data_is_refused_before_training(tiny_model, tmp_path):
+    store = SqliteStore(tmp_path / "state.db")
+    harvest(store, n=10)
+    service = RetrainService(settings(tiny_model).model_copy(update={"base_training_set": None}), tmp_path, store, LocalRunner(tmp_path / "runs"))
+    run = service.run("support-v2", focus_routes=("summarize",))
+    assert run.status == "refused" and "unique_prompts" in run.reason and run.output is None
+    assert any(line.startswith("FAIL unique_prompts") for line in run.detail["gates"])
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_a_failed_run_is_recorded_and_leaves_no_candidate(tiny_model, tmp_path):
+    store = SqliteStore(tmp_path / "state.db")
+    harvest(store)
+
+    class Crashing(LocalRunner):
+        def run(self, spec, run_id, cancel):
+            spec.base_model = str(tmp_path / "no-model")
+            return super().run(spec, run_id, cancel)
+
+    service = RetrainService(settings(tiny_model), tmp_path, store, Crashing(tmp_path / "runs"))
+    run = service.run("support-v2", focus_routes=("summarize",))
+    assert run.status == RunStatus.FAILED.value and "exited 1" in run.reason
+    assert not (Path(run.output) / "adapter").exists() and store.runs()[0].status == "failed"
+
+
+def test_cli_train_and_retrain(tiny_model, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from driftwatch.cli import main
+
+    store = SqliteStore(tmp_path / "state" / "state.db")
+    harvest(store)
+    store.close()
+    env = {"DRIFTWATCH__RETRAIN__BASE_MODEL": str(tiny_model), "DRIFTWATCH__RETRAIN__GOLDEN_SET": str(EXAMPLES / "golden.jsonl"),
+           "DRIFTWATCH__RETRAIN__BASE_TRAINING_SET": str(EXAMPLES / "base.jsonl"),
+           "DRIFTWATCH__RETRAIN__TRAINING__MAX_STEPS": "4", "DRIFTWATCH__DAEMON__STATE_DIR": str(tmp_path / "state")}
+    result = CliRunner().invoke(main, ["retrain", "--adapter", "support-v2", "--routes", "summarize"], env=env)
+    assert result.exit_code == 0, result.output
+    assert "succeeded" in result.output and "pass duplicate_share" in result.output and "candidate adapter:" in result.output
+    status = CliRunner().invoke(main, ["status"], env=env)
+    assert "retrain runs:" in status.output and "succeeded" in status.output
+    dataset = next((tmp_path / "state" / "datasets").iterdir())
+    trained = CliRunner().invoke(main, ["train", "--dataset", str(dataset), "--out", str(tmp_path / "t"), "--max-steps", "2"],
+                                 env=env)
+    assert trained.exit_code == 0, trained.output
+    assert "steps 2" in trained.output and (tmp_path / "t" / "adapter").is_dir()
+    refused = CliRunner().invoke(main, ["retrain", "--adapter", "support-v2", "--routes", "extract,code"],
+                                 env={**env, "DRIFTWATCH__RETRAIN__GATES__MIN_ROUTE_EXAMPLES": "500"})
+    assert refused.exit_code == 1 and "refused" in refused.output and "FAIL route_coverage" in refused.output
