@@ -161,7 +161,9 @@ def train(spec: TrainSpec) -> dict:
     bar = _progress(total_steps, spec.progress)
     model.train()
     stream = iter(())
+    step_s = 0.0  # time in training steps only (no evaluation, no checkpoints): for tokens/s and MFU
     while step < total_steps and not early_stopped:
+        t_step = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         step_loss, step_tokens = 0.0, 0
         micro = []
@@ -181,6 +183,9 @@ def train(spec: TrainSpec) -> dict:
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         scheduler.step()
+        if cuda:
+            torch.cuda.synchronize()
+        step_s += time.perf_counter() - t_step
         step += 1
         curves["train"].append([step, step_loss / max(1, step_tokens)])
         if step % spec.eval_every == 0 or step == total_steps:
@@ -213,12 +218,12 @@ def train(spec: TrainSpec) -> dict:
         "parameters": {"total": total_params, "trainable": trainable},
         "curves": curves, "steps": step, "planned_steps": total_steps, "best_step": best_step,
         "best_validation_loss": best_loss, "initial_validation_loss": curves["validation"][0][1],
-        "early_stopped": early_stopped, "tokens_seen": tokens_seen, "wall_s": wall,
-        "tokens_per_s": tokens_seen / wall if wall else None,
+        "early_stopped": early_stopped, "tokens_seen": tokens_seen, "wall_s": wall, "train_step_s": step_s,
+        "tokens_per_s": tokens_seen / step_s if step_s else None,  # while training (evaluation excluded)
         "device": str(device) + (f" ({gpu_name})" if gpu_name else ""), "dtype": str(dtype).replace("torch.", ""),
         "gpu_seconds": wall if cuda else 0.0,
         "cost": (wall / 3600 * spec.price_per_gpu_hour) if cuda else 0.0,
-        "mfu": flops / wall / peak if peak and wall else None,
+        "mfu": flops / step_s / peak if peak and step_s else None,
         "finished_at": time.time(),
     }
     shutil.rmtree(out / "adapter", ignore_errors=True)
