@@ -142,3 +142,15 @@ def test_two_replicas_windows_merge_into_the_global_one(reference):
                                                                           w.negative_feedback_ratio)
     assert len(merged.rows) == 300 and len(merged.responses) <= settings.diversity_sample
     assert abs(sum(r in a.rows for r in merged.rows) / 300 - a.events / 2000) < 0.02  # in proportion to events
+
+
+def test_chat_events_without_a_prompt_field_are_observed(reference):
+    """An application may log only `messages`; the monitor and its samples use the user's text."""
+    chat = InferenceEvent.model_validate({
+        "schema_version": 1, "request_id": "c1", "timestamp": 1795514400000, "model": "base", "adapter": "chat-v1",
+        "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of Peru?"}],
+        "response": "Lima.", "latency_ms": 80, "status": "ok"})
+    m = Monitor(reference, MonitorSettings(semantic_sample=10), clock=Clock())
+    m.observe([("inference", chat)])
+    (win, _), = m.windows().values()
+    assert win.events == 1 and win.rows[0].prompt_chars == len("Be brief.\nWhat is the capital of Peru?")

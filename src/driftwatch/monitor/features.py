@@ -107,7 +107,8 @@ def distinct_n(texts: Iterable[str], n: int) -> float:
     return len(seen) / total if total else 0.0
 
 
-def _prompt_text(event: InferenceEvent) -> str:
+def prompt_text(event: InferenceEvent) -> str:
+    """The prompt as text: the prompt field, else the system and user messages of a chat."""
     if event.prompt is not None:
         return event.prompt
     return "\n".join(m.content for m in event.messages or () if m.role in ("user", "system"))
@@ -122,7 +123,7 @@ class FeatureExtractor:
             raise ValueError(f"invalid refusal pattern: {exc}") from None
 
     def __call__(self, event: InferenceEvent) -> Features:
-        prompt = _prompt_text(event)
+        prompt = prompt_text(event)
         response = event.response or ""
         declared = event.metadata.get("language") or event.metadata.get("lang")
         language = str(declared).lower()[:16] if declared else detect_language(prompt)

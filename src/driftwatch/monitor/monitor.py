@@ -18,7 +18,7 @@ import numpy as np
 
 from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
 from driftwatch.metrics import UNKNOWN, LabelCap, Metrics
-from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, Features, distinct_n
+from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, Features, distinct_n, prompt_text
 from driftwatch.monitor.sketch import Categories, Histogram, Profile
 from driftwatch.monitor.stats import Verdict, semantic_verdict, verdict
 from driftwatch.recent import DedupWindow
@@ -171,7 +171,7 @@ class Monitor:
                     assert isinstance(event, InferenceEvent)
                     self.join.add(event.request_id, event.adapter)
                     self._window(self.adapter_cap(event.adapter), now).add(self.extract(event), event.response,
-                                                                           event.prompt)
+                                                                           prompt_text(event))
                 else:
                     assert isinstance(event, FeedbackEvent)
                     adapter = self.join.get(event.request_id, UNKNOWN)
@@ -258,7 +258,7 @@ def build_profile(events: Sequence[InferenceEvent], *, bins: int = 10, max_categ
         profile.categorical[name] = cats
     if embed is not None:  # evenly spaced prompts, embedded: the semantic check's reference
         every = max(1, len(events) // semantic_sample)
-        vectors = embed([e.prompt[:2000] for e in events[::every][:semantic_sample]])
+        vectors = embed([prompt_text(e)[:2000] for e in events[::every][:semantic_sample]])
         profile.semantic = {"model": getattr(embed, "model", "all-MiniLM-L6-v2"),
                             "embeddings": np.round(vectors.astype(float), 5).tolist()}
     n = len(rows)

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 
 from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
 from driftwatch.metrics import Metrics
+from driftwatch.monitor.features import prompt_text
 from driftwatch.recent import DedupWindow
 from driftwatch.store import HarvestedExample, StateStore
 
@@ -26,7 +27,7 @@ class Harvester:
             if kind == "inference":
                 assert isinstance(event, InferenceEvent)
                 if event.status == "ok" and event.response:
-                    request = (event.prompt, event.response, event.route, event.adapter)
+                    request = (prompt_text(event), event.response, event.route, event.adapter)
                     self.pending.add(event.request_id, request)
                     feedback = self.early.get(event.request_id)
                     if feedback is not None:
