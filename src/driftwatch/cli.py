@@ -417,6 +417,63 @@ def retrain(adapter: str, routes: str | None, config: str | None) -> None:
     sys.exit(0 if run.status == "succeeded" else 1)
 
 
+@main.command()
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (gateway.*, kafka.*).")
+def gateway(config: str | None) -> None:
+    """Serve the OpenAI-compatible gateway in front of vLLM: aliases, logging to Kafka, feedback."""
+    settings = _load(config)
+    from driftwatch.log import setup_logging
+
+    setup_logging(settings.logging.level, settings.logging.format)
+    from driftwatch.gateway import serve
+
+    sys.exit(serve(settings))
+
+
+@main.group("alias")
+def alias_group() -> None:
+    """Show or change the alias table the gateway routes by (e.g. production -> an adapter version)."""
+
+
+def _alias_store(config):
+    from driftwatch.gateway import store_path
+    from driftwatch.store import SqliteStore
+
+    return SqliteStore(store_path(_load(config)))
+
+
+@alias_group.command("list")
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+def alias_list(config) -> None:
+    store = _alias_store(config)
+    version, table = store.alias_table()
+    click.echo(f"alias table version {version}")
+    for name, weights in sorted(table.items()):
+        click.echo(f"  {name:<20} " + ", ".join(f"{v}={w:g}" for v, w in weights.items()))
+    store.close()
+
+
+@alias_group.command("set")
+@click.argument("name")
+@click.argument("targets")
+@click.option("--why", default="", help="Reason, kept with the table version.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+def alias_set(name, targets, why, config) -> None:
+    """NAME -> TARGETS: one version (support-v3) or weights (support-v3=90,support-v2=10)."""
+    import getpass
+    import time as _time
+
+    weights = _pairs(targets) if "=" in targets else {targets: 1.0}
+    store = _alias_store(config)
+    try:
+        version = store.set_aliases({name: weights}, _time.time(), who=getpass.getuser(), why=why)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"alias table version {version}: {name} -> {targets}")
+
+
 @main.group("config")
 def config_group() -> None:
     """Inspect settings."""

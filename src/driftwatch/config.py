@@ -238,6 +238,24 @@ class Retrain(_Section):
     kubernetes: KubernetesRunner = KubernetesRunner()
 
 
+class Gateway(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65_535)
+    upstreams: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8001"], min_length=1,
+                                 description="vLLM servers (OpenAI API base URLs, without /v1)")
+    base_model: str = Field("base", description="the served base model name (--served-model-name)")
+    connect_timeout_s: float = Field(2.0, gt=0)
+    timeout_s: float = Field(120.0, gt=0, description="for a whole upstream response")
+    max_request_bytes: int = Field(1_048_576, ge=1024)
+    buffer_max_events: int = Field(100_000, ge=1, description="events held while Kafka is unreachable; beyond, "
+                                   "counted in driftwatch_gateway_events_dropped_total")
+    alias_poll_s: float = Field(0.5, gt=0, description="how often the alias table is re-read from the state store")
+    store_path: Path | None = Field(None, description="the state store holding the alias table; default: "
+                                    "policy.store_path, else <daemon.state_dir>/state.db")
+
+    _csv = field_validator("upstreams", mode="before")(_split_csv)
+
+
 class Http(_Section):
     host: str = "127.0.0.1"
     port: int = Field(9108, ge=0, le=65_535)
@@ -260,6 +278,7 @@ class Settings(_Section):
     monitor: Monitor = Monitor()
     policy: Policy = Policy()
     retrain: Retrain = Retrain()
+    gateway: Gateway = Gateway()
     http: Http = Http()
     daemon: Daemon = Daemon()
     logging: Logging = Logging()

@@ -196,3 +196,37 @@ class Metrics:
     def set_lag(self, snapshot: Mapping[tuple[str, int], int]) -> None:
         """Replace the lag snapshot (an atomic reference swap; the scrape thread reads the old or the new one)."""
         self._lag.snapshot = dict(snapshot)
+
+
+class GatewayMetrics:
+    """The gateway's own metrics (it is its own process, with its own /metrics)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None, max_adapters: int = 100) -> None:
+        r = self.registry = registry if registry is not None else CollectorRegistry()
+        self.requests = Counter(
+            "driftwatch_gateway_requests", "Requests by alias, resolved adapter version and status",
+            ["alias", "version", "status"], registry=r,
+        )
+        self.added_latency = Histogram(
+            "driftwatch_gateway_added_latency_seconds", "Time spent in the gateway, upstream time excluded",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1), registry=r,
+        )
+        self.upstream_latency = Histogram(
+            "driftwatch_gateway_upstream_latency_seconds", "Upstream (vLLM) response time", registry=r,
+        )
+        self.events_buffered = Gauge(
+            "driftwatch_gateway_events_buffered", "Events waiting to be delivered to Kafka", registry=r
+        )
+        self.events_delivered = Counter(
+            "driftwatch_gateway_events_delivered", "Events acknowledged by Kafka, by topic", ["topic"], registry=r
+        )
+        self.events_dropped = Counter(
+            "driftwatch_gateway_events_dropped", "Events dropped because the buffer was full", ["topic"], registry=r
+        )
+        self.alias_table_version = Gauge(
+            "driftwatch_gateway_alias_table_version", "The alias table version in use", registry=r
+        )
+        self.label_capped = Counter(
+            "driftwatch_gateway_label_values_capped", "Label values folded into 'other'", ["label"], registry=r
+        )
+        self.version_cap = LabelCap(max_adapters, self.label_capped, "version")

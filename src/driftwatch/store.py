@@ -30,6 +30,8 @@ CREATE INDEX IF NOT EXISTS example_at ON example (at);
 CREATE TABLE IF NOT EXISTS run (
     id TEXT PRIMARY KEY, decision_id INTEGER, adapter TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
     dataset TEXT, output TEXT, started REAL NOT NULL, finished REAL, detail TEXT);
+CREATE TABLE IF NOT EXISTS alias_table (
+    version INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, doc TEXT NOT NULL, who TEXT, why TEXT);
 """
 
 
@@ -87,6 +89,9 @@ class StateStore(Protocol):
     def add_examples(self, examples: list[HarvestedExample]) -> None: ...
     def examples(self, since: float = 0.0) -> list[HarvestedExample]: ...
     def save_run(self, run: RunRecord) -> None: ...
+    def alias_table(self) -> tuple[int, dict[str, dict[str, float]]]: ...
+    def alias_table_version(self) -> int: ...
+    def set_aliases(self, changes: dict[str, dict[str, float] | None], at: float, who: str = "", why: str = "") -> int: ...
     def runs(self, limit: int = 100) -> list[RunRecord]: ...
     def close(self) -> None: ...
 
@@ -159,6 +164,39 @@ class SqliteStore:
         rows = self._run("SELECT id, decision_id, adapter, status, reason, dataset, output, started, finished, detail "
                          "FROM run ORDER BY started DESC LIMIT ?", (limit,)).fetchall()
         return [RunRecord(*r[:9], json.loads(r[9] or "{}")) for r in rows]
+
+    # -- aliases: each change writes a whole new table version (append-only), so a reader sees one version or the next
+    def alias_table(self) -> tuple[int, dict[str, dict[str, float]]]:
+        """(version, {alias: {adapter_version: weight}}) — version 0 and {} before the first change."""
+        row = self._run("SELECT version, doc FROM alias_table ORDER BY version DESC LIMIT 1").fetchone()
+        return (0, {}) if row is None else (row[0], json.loads(row[1]))
+
+    def alias_table_version(self) -> int:
+        row = self._run("SELECT max(version) FROM alias_table").fetchone()
+        return row[0] or 0
+
+    def set_aliases(self, changes: dict[str, dict[str, float] | None], at: float, who: str = "", why: str = "") -> int:
+        """Apply changes (alias -> weights, or None to delete) on top of the current table; return the new version."""
+        for alias, weights in changes.items():
+            if weights is not None and (not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0):
+                raise ValueError(f"alias '{alias}': weights must be non-negative with a positive sum, got {weights}")
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute("SELECT doc FROM alias_table ORDER BY version DESC LIMIT 1").fetchone()
+                table = json.loads(row[0]) if row else {}
+                for alias, weights in changes.items():
+                    if weights is None:
+                        table.pop(alias, None)
+                    else:
+                        table[alias] = {v: float(w) for v, w in weights.items()}
+                cur = self._db.execute("INSERT INTO alias_table (at, doc, who, why) VALUES (?, ?, ?, ?)",
+                                       (at, json.dumps(table, sort_keys=True), who, why))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return int(cur.lastrowid)
 
     def close(self) -> None:
         with self._lock:

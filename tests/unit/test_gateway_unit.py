@@ -1,0 +1,73 @@
+"""Gateway pieces without a server: alias resolution, the event buffer's bound, the alias store."""
+
+import random
+import time
+
+import pytest
+
+from driftwatch.config import Kafka
+from driftwatch.gateway import AliasTable, EventSink
+from driftwatch.metrics import GatewayMetrics
+from driftwatch.store import SqliteStore
+
+
+def test_alias_resolution():
+    table = AliasTable.from_doc(3, {"production": {"v7": 1}, "canary": {"v7": 0.9, "v8": 0.1}, "off": {"v1": 0, "v2": 1}})
+    rng = random.Random(0)
+    assert table.resolve("production", rng) == ("production", "v7")
+    assert table.resolve("v9", rng) == (None, "v9")  # not an alias: a concrete version, passed on
+    assert table.resolve("off", rng) == ("off", "v2")  # a zero weight never routes
+    picks = [table.resolve("canary", rng)[1] for _ in range(10_000)]
+    assert 0.08 < picks.count("v8") / 10_000 < 0.12
+
+
+def test_alias_table_versions_are_append_only_and_validated(tmp_path):
+    store = SqliteStore(tmp_path / "s.db")
+    assert store.alias_table() == (0, {})
+    v1 = store.set_aliases({"production": {"v1": 1}}, time.time(), who="a", why="first")
+    v2 = store.set_aliases({"canary": {"v1": 9, "v2": 1}}, time.time())
+    assert (v1, v2) == (1, 2) and store.alias_table() == (2, {"production": {"v1": 1.0}, "canary": {"v1": 9.0, "v2": 1.0}})
+    store.set_aliases({"canary": None}, time.time())
+    assert store.alias_table()[1] == {"production": {"v1": 1.0}} and store.alias_table_version() == 3
+    with pytest.raises(ValueError, match="positive sum"):
+        store.set_aliases({"production": {"v1": 0}}, time.time())
+    assert store.alias_table_version() == 3  # a refused change writes nothing
+
+
+class FakeFuture:
+    def __init__(self, ok):
+        self.is_done, self._ok = True, ok
+
+    def succeeded(self):
+        return self._ok
+
+
+class FakeProducer:
+    def __init__(self):
+        self.sent, self.up = [], False
+
+    def send(self, topic, value, key):
+        self.sent.append(value) if self.up else None
+        return FakeFuture(self.up)
+
+    def flush(self, timeout=None):
+        pass
+
+    def close(self, timeout=None):
+        pass
+
+
+def test_the_buffer_is_bounded_counts_what_it_drops_and_delivers_the_rest_later():
+    producer, metrics = FakeProducer(), GatewayMetrics()
+    sink = EventSink(Kafka(), 5, metrics, producer_factory=lambda: producer, retry_s=0.05).start()
+    accepted = [sink.offer("t", b"k", f"e{i}".encode()) for i in range(8)]
+    assert accepted == [True] * 5 + [False] * 3
+    assert metrics.registry.get_sample_value("driftwatch_gateway_events_dropped_total", {"topic": "t"}) == 3
+    time.sleep(0.2)
+    assert sink.pending == 5  # Kafka down: kept, retried
+    producer.up = True
+    deadline = time.monotonic() + 5
+    while sink.pending and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert producer.sent == [f"e{i}".encode() for i in range(5)] and sink.close() == 0
+    assert metrics.registry.get_sample_value("driftwatch_gateway_events_delivered_total", {"topic": "t"}) == 5
