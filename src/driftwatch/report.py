@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -49,7 +50,9 @@ def evidently_report(reference_rows: Sequence[Sequence], current_rows: Sequence[
         return Dataset.from_pandas(pd.DataFrame([list(r) for r in rows], columns=list(COLUMNS)),
                                    data_definition=definition)
 
-    snapshot = Report([DataDriftPreset()]).run(dataset(current_rows), dataset(reference_rows))
+    with warnings.catch_warnings():  # numpy's divide warnings on constant columns, inside Evidently
+        warnings.simplefilter("ignore", RuntimeWarning)
+        snapshot = Report([DataDriftPreset()]).run(dataset(current_rows), dataset(reference_rows))
     if title:
         snapshot.set_name(title)
     out_dir.mkdir(parents=True, exist_ok=True)
