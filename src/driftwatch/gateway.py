@@ -30,6 +30,7 @@ from typing import Any, AsyncIterator, Callable, NamedTuple
 
 import aiohttp
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
@@ -73,8 +74,8 @@ class EventSink:
     """A bounded buffer of (topic, key, value) drained to Kafka by one thread; ``offer`` never blocks."""
 
     def __init__(self, kafka: Kafka, max_events: int, metrics: GatewayMetrics,
-                 producer_factory: Callable[[], Any] | None = None, retry_s: float = 1.0) -> None:
-        self.kafka, self.max_events, self.metrics, self.retry_s = kafka, max_events, metrics, retry_s
+                 producer_factory: Callable[[], Any] | None = None, retry_s: float = 1.0, linger_s: float = 0.005) -> None:
+        self.kafka, self.max_events, self.metrics, self.retry_s, self.linger_s = kafka, max_events, metrics, retry_s, linger_s
         self._factory = producer_factory or self._producer
         self._items: collections.deque[tuple[str, bytes, bytes]] = collections.deque()
         self._cond = threading.Condition()
@@ -120,6 +121,8 @@ class EventSink:
                     self._cond.wait()
                 if not self._items and self._stop:
                     break
+            time.sleep(self.linger_s)  # let a burst gather: one wake-up, one batch (and the GIL left to requests)
+            with self._cond:
                 batch = list(itertools.islice(self._items, 0, 1000))
             try:
                 producer = producer or self._factory()
@@ -369,9 +372,11 @@ class GatewayService:
             self._log(ctx, Outcome("error", status, error_type, upstream_s=upstream_s))
             return JSONResponse(doc, status_code=status, headers=headers)
         usage = doc.get("usage") or {}
-        self._log(ctx, Outcome("ok", 200, None, _answer(kind, doc), usage.get("prompt_tokens"),
-                               usage.get("completion_tokens"), upstream_s))
-        return Response(content, media_type="application/json", headers=headers)
+        outcome = Outcome("ok", 200, None, _answer(kind, doc), usage.get("prompt_tokens"), usage.get("completion_tokens"),
+                          upstream_s)
+        # the event is built after the answer has gone out: the client does not wait for the log
+        return Response(content, media_type="application/json", headers=headers,
+                        background=BackgroundTask(self._log, ctx, outcome, False, time.perf_counter()))
 
     async def _relay(self, resp: aiohttp.ClientResponse, ctx, up_t0: float,
                      client_wants_usage: bool) -> AsyncIterator[bytes]:
@@ -419,9 +424,9 @@ class GatewayService:
         response.headers[REQUEST_ID_HEADER] = ctx[1]
         return response
 
-    def _log(self, ctx, outcome: Outcome, streamed: bool = False) -> None:
+    def _log(self, ctx, outcome: Outcome, streamed: bool = False, t_end: float | None = None) -> None:
         request, request_id, kind, body, alias, version, table_version, t0 = ctx
-        total_s = time.perf_counter() - t0
+        total_s = (t_end or time.perf_counter()) - t0
         prompt, messages = _prompt(kind, body)
         doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "request_id": request_id, "timestamp": now_ms(),
