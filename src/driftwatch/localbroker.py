@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from driftwatch.errors import BrokerUnavailable
+from driftwatch.procs import stop_group
 
 BrokerKind = Literal["tansu", "noida"]
 KINDS: tuple[BrokerKind, ...] = ("tansu", "noida")
@@ -92,14 +93,7 @@ class LocalBroker:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGINT)  # both exit at once on SIGINT (Tansu waits 5 s on SIGTERM)
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
+        stop_group(proc, signal.SIGINT, timeout_s)  # both exit at once on SIGINT (Tansu waits 5 s on SIGTERM)
 
     def restart(self, down_s: float = 0.0) -> None:
         self.stop()

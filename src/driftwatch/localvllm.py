@@ -4,7 +4,6 @@ ready when /health answers, stopped with SIGTERM to the group. Production runs v
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -15,6 +14,7 @@ import httpx
 
 from driftwatch.errors import DriftwatchError
 from driftwatch.localbroker import free_port
+from driftwatch.procs import stop_group
 
 
 class VLLMUnavailable(DriftwatchError):
@@ -66,14 +66,7 @@ class LocalVLLM:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:
             return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
+        stop_group(proc, timeout_s=timeout_s)
 
     def log_tail(self, n: int = 30) -> str:
         try:

@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from driftwatch.procs import stop_group
 from driftwatch.retrain.trainer import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class LocalRunner:
                 elif time.monotonic() > deadline:
                     status, reason = RunStatus.TIMED_OUT, f"timed out after {self.timeout_s:g}s"
                 if status is not None:
-                    self._stop(proc)
+                    stop_group(proc, timeout_s=10.0)
                     break
                 time.sleep(self.poll_s)
         if status is None:
@@ -113,17 +113,6 @@ class LocalRunner:
         if status is RunStatus.FAILED and tail:
             reason += f": {tail.splitlines()[-1]}"
         return collect(run_id, out, status, reason, tail)
-
-    @staticmethod
-    def _stop(proc: subprocess.Popen, grace_s: float = 10.0) -> None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(grace_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        except ProcessLookupError:
-            pass
 
 
 class KubernetesJobRunner:
