@@ -232,7 +232,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     signals = AdapterSignals(metrics, join)
     monitor = build_monitor(settings, join)
     pol, rt = settings.policy, settings.retrain
-    store = SqliteStore(pol.store_path or settings.daemon.state_dir / "state.db")
+    store = SqliteStore(settings.state_store_path)
     harvest = Harvester(store, rt.harvest_max_pending, ing.dedup_max_age_s, metrics) if rt.harvest_max_pending else None
     ingestor = Ingestor(
         source, sink, metrics,
@@ -254,8 +254,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     )
     retrain = None
     if rt.base_model is not None:
-        runs_dir = rt.runs_dir or settings.daemon.state_dir / "runs"
-        retrain = RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, runs_dir), metrics)
+        retrain = RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics)
     daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http, retrain=retrain)
     if monitor.reference is not None:
         metrics.reference_info.labels(version=monitor.reference.content_hash[:12]).set(1)

@@ -329,7 +329,7 @@ def status(config: str | None, limit: int) -> None:
     from driftwatch.store import SqliteStore
 
     settings = _load(config)
-    path = settings.policy.store_path or settings.daemon.state_dir / "state.db"
+    path = settings.state_store_path
     if not path.exists():
         click.echo(f"no state store at {path} yet (the daemon creates it on its first run)")
         return
@@ -401,8 +401,8 @@ def retrain(adapter: str, routes: str | None, config: str | None) -> None:
     if rt.base_model is None:
         click.echo("error: retrain.base_model is not set (and retrain.golden_set with it)", err=True)
         sys.exit(2)
-    store = SqliteStore(settings.policy.store_path or state_dir / "state.db")
-    service = RetrainService(rt, state_dir, store, build_runner(rt, rt.runs_dir or state_dir / "runs"))
+    store = SqliteStore(settings.state_store_path)
+    service = RetrainService(rt, state_dir, store, build_runner(rt, state_dir))
     focus = tuple(r.strip() for r in routes.split(",") if r.strip()) if routes else ()
     try:
         run = service.run(adapter, focus_routes=focus, reason="manual (driftwatch retrain)")

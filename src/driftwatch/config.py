@@ -283,6 +283,11 @@ class Settings(_Section):
     daemon: Daemon = Daemon()
     logging: Logging = Logging()
 
+    @property
+    def state_store_path(self) -> Path:
+        """The SQLite state store: policy.store_path, else <daemon.state_dir>/state.db."""
+        return self.policy.store_path or self.daemon.state_dir / "state.db"
+
     def redacted(self) -> dict[str, Any]:
         """The resolved settings as plain data, secrets masked: safe to print and log."""
         return self.model_dump(mode="json")

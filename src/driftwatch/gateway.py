@@ -381,7 +381,6 @@ class GatewayService:
     async def _relay(self, resp: aiohttp.ClientResponse, ctx, up_t0: float,
                      client_wants_usage: bool) -> AsyncIterator[bytes]:
         """Pass server-sent events through as they come; collect the text and the usage for the log."""
-        kind = ctx[2]
         parts: list[str] = []
         usage: dict = {}
         outcome = Outcome("ok", 200)
@@ -413,7 +412,7 @@ class GatewayService:
             outcome = Outcome("error", 502, f"upstream_stream_{type(exc).__name__}")
         finally:
             resp.release()
-            outcome.response = "".join(parts) if kind == "chat" or kind == "completions" else None
+            outcome.response = "".join(parts)
             outcome.tokens_in, outcome.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
             outcome.upstream_s = time.perf_counter() - up_t0
             self._log(ctx, outcome, streamed=True)
@@ -453,7 +452,7 @@ class GatewayService:
 
 
 def store_path(settings) -> Path:
-    return Path(settings.gateway.store_path or settings.policy.store_path or settings.daemon.state_dir / "state.db")
+    return Path(settings.gateway.store_path or settings.state_store_path)
 
 
 def build(settings, *, seed: int | None = None, producer_factory=None) -> tuple[GatewayService, EventSink]:
@@ -469,8 +468,6 @@ def build(settings, *, seed: int | None = None, producer_factory=None) -> tuple[
 
 def serve(settings) -> int:
     """Run the gateway until SIGTERM/SIGINT (uvicorn's handlers); deliver buffered events on the way out."""
-    import asyncio
-
     import uvicorn
 
     service, sink = build(settings)

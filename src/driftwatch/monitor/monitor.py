@@ -69,7 +69,7 @@ class Window:
         self.rng = rng or random.Random(0)
         self.started = now
 
-    def add(self, features, response: str | None, prompt: str) -> None:
+    def add(self, features, response: str | None, prompt: str | None = None) -> None:
         self.events += 1
         for name, hist in self.numeric.items():
             hist.add(getattr(features, name))
@@ -81,7 +81,8 @@ class Window:
         if response and len(self.responses) < self.diversity_cap:
             self.responses.append(response[:1000])
         _reservoir(self.rows, self.rows_cap, features, self.events, self.rng)
-        _reservoir(self.prompts, self.prompts_cap, prompt[:2000], self.events, self.rng)
+        if prompt is not None:
+            _reservoir(self.prompts, self.prompts_cap, prompt[:2000], self.events, self.rng)
 
     def merged(self, other: Window) -> Window:
         """One window of both (e.g. two replicas' windows of one adapter): sketches and counters add exactly; the
@@ -170,8 +171,8 @@ class Monitor:
                 if kind == "inference":
                     assert isinstance(event, InferenceEvent)
                     self.join.add(event.request_id, event.adapter)
-                    self._window(self.adapter_cap(event.adapter), now).add(self.extract(event), event.response,
-                                                                           prompt_text(event))
+                    win = self._window(self.adapter_cap(event.adapter), now)
+                    win.add(self.extract(event), event.response, prompt_text(event) if win.prompts_cap else None)
                 else:
                     assert isinstance(event, FeedbackEvent)
                     adapter = self.join.get(event.request_id, UNKNOWN)

@@ -33,7 +33,7 @@ class RetrainService:
             raise ValueError("retrain.base_model and retrain.golden_set are required to run retrains")
         self.cfg, self.store, self.runner, self.metrics, self.clock = cfg, store, runner, metrics, clock
         self.datasets_dir = cfg.datasets_dir or state_dir / "datasets"
-        self.runs_dir = cfg.runs_dir or state_dir / "runs"
+        self.runs_dir = runs_dir(cfg, state_dir)
         self.cancel = threading.Event()
 
     def run(self, adapter: str, *, decision_id: int | None = None, focus_routes: tuple[str, ...] = (),
@@ -96,13 +96,18 @@ class RetrainService:
         return replace(record, status=result.status.value, reason=result.reason or None, detail=detail)
 
 
-def build_runner(cfg: Retrain, runs_dir: Path) -> Runner:
+def runs_dir(cfg: Retrain, state_dir: Path) -> Path:
+    """Where runs write (for Jobs: the volume shared with the trainer): retrain.runs_dir, else <state_dir>/runs."""
+    return cfg.runs_dir or state_dir / "runs"
+
+
+def build_runner(cfg: Retrain, state_dir: Path) -> Runner:
     from driftwatch.retrain.runner import KubernetesJobRunner, LocalRunner
 
     if cfg.runner == "local":
-        return LocalRunner(runs_dir, timeout_s=cfg.timeout_s)
+        return LocalRunner(runs_dir(cfg, state_dir), timeout_s=cfg.timeout_s)
     k = cfg.kubernetes
-    return KubernetesJobRunner(runs_dir, namespace=k.namespace, image=k.image, pvc=k.pvc, mount_path=k.mount_path,
+    return KubernetesJobRunner(runs_dir(cfg, state_dir), namespace=k.namespace, image=k.image, pvc=k.pvc, mount_path=k.mount_path,
                                gpus=k.gpus, gpu_resource=k.gpu_resource, cpu=k.cpu, memory=k.memory,
                                tolerations=k.tolerations, node_selector=k.node_selector,
                                service_account=k.service_account, timeout_s=cfg.timeout_s)
