@@ -9,7 +9,7 @@
 
 The gateway runs as `driftwatch gateway` with a real broker (Tansu) behind it: every request is logged.
 
-    python bench/gateway.py [--rate 20] [--requests 300] [--load-seconds 10] [--no-vllm]
+    python bench/gateway.py [--rate 50] [--requests 1000] [--load-seconds 10] [--no-vllm]
 """
 
 from __future__ import annotations
@@ -149,8 +149,8 @@ def start_gateway(broker: LocalBroker, upstream: str, tmp: Path, cpu: int | None
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rate", type=float, default=20.0)
-    ap.add_argument("--requests", type=int, default=300)
+    ap.add_argument("--rate", type=float, default=50.0)
+    ap.add_argument("--requests", type=int, default=1000)
     ap.add_argument("--load-seconds", type=float, default=10.0)
     ap.add_argument("--no-vllm", action="store_true")
     args = ap.parse_args()

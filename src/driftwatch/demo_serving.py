@@ -112,13 +112,12 @@ class ServedStack:
         return http.url, sink
 
     def stop(self) -> None:
-        import asyncio
         import shutil
 
         t0 = time.monotonic()
         for service, sink, http in self.gateways:
             http.stop()
-            asyncio.run(service.close())
+            service.close()
             sink.close()
         t1 = time.monotonic()
         if self.vllm is not None:

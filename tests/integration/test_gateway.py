@@ -1,6 +1,5 @@
 """The gateway against real vLLM (CPU build, the session's tiny Llama with two adapters) and a real broker."""
 
-import asyncio
 import json
 import threading
 import time
@@ -47,7 +46,7 @@ class Gateway:
 
     def close(self):
         self.http.stop()
-        asyncio.run(self.service.close())
+        self.service.close()
         return self.sink.close()
 
 
