@@ -238,6 +238,39 @@ class Retrain(_Section):
     kubernetes: KubernetesRunner = KubernetesRunner()
 
 
+class PromotionGates(_Section):
+    golden_min_delta: float = Field(0.0, description="candidate golden-set score minus the incumbent's: at least this")
+    golden_min: float = Field(0.0, ge=0, le=1, description="candidate golden-set score: at least this")
+    forgetting_max_drop: float = Field(0.05, ge=0, le=1, description="general-knowledge battery: the incumbent's score "
+                                       "minus the candidate's, at most this")
+    distinct2_min_ratio: float = Field(0.8, ge=0, description="candidate distinct-2 over its outputs, as a share of "
+                                       "the incumbent's: at least this (modal collapse)")
+    self_similarity_max_delta: float = Field(0.15, ge=0, le=1, description="mean pairwise similarity of the "
+                                             "candidate's outputs minus the incumbent's: at most this")
+    confusion_max_delta: float = Field(0.1, ge=0, le=1, description="share of off-task probes answered like the task, "
+                                       "candidate minus incumbent: at most this")
+    latency_p95_max_ratio: float = Field(1.5, gt=0, description="candidate p95 latency over the incumbent's (plus "
+                                         "latency_slack_ms): at most this")
+    latency_slack_ms: float = Field(20.0, ge=0)
+    max_request_errors: int = Field(0, ge=0, description="evaluation requests that failed, either adapter")
+
+
+class Evaluate(_Section):
+    battery: Path | None = Field(None, description="JSONL {prompt, expected (text or list), scoring?}: general "
+                                 "knowledge against forgetting; default: the battery shipped with driftwatch")
+    probes: Path | None = Field(None, description="JSONL {prompt}: requests outside the tuned task; default: shipped")
+    scoring: Literal["exact", "normalized", "contains", "rouge_l"] = Field(
+        "normalized", description="for golden items that name no scoring of their own")
+    confusion_similarity: float = Field(0.6, gt=0, le=1, description="a probe's output this similar (ROUGE-L) to an "
+                                        "output the adapter gave for a task prompt counts as answered like the task")
+    system_prompt: str | None = None
+    max_tokens: int = Field(48, ge=1)
+    concurrency: int = Field(4, ge=1, description="requests in flight to vLLM during an evaluation")
+    timeout_s: float = Field(120.0, gt=0, description="for one evaluation request")
+    reports_dir: Path | None = Field(None, description="default: <daemon.state_dir>/evals")
+    gates: PromotionGates = PromotionGates()
+
+
 class Gateway(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65_535)
@@ -278,6 +311,7 @@ class Settings(_Section):
     monitor: Monitor = Monitor()
     policy: Policy = Policy()
     retrain: Retrain = Retrain()
+    evaluate: Evaluate = Evaluate()
     gateway: Gateway = Gateway()
     http: Http = Http()
     daemon: Daemon = Daemon()

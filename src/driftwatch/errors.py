@@ -12,8 +12,12 @@ with ``raise ... from exc``, so callers only ever catch these::
           ├── TopicLayoutError   topics missing, or inference/feedback not co-partitioned
           ├── DeadLetterError    the dead-letter topic cannot be written; offsets stay uncommitted
           └── CommitError        an offset commit failed (e.g. the group rebalanced); records are redelivered
-
-Later stages (retrain, evaluate, rollout, serving) add their branches under DriftwatchError.
+     ├── ServingError            vLLM said no, or could not be asked
+     │    ├── VLLMUnavailable    not reachable, not healthy, or answered 5xx for a reason it did not name
+     │    ├── AdapterExists      an adapter of that name is already loaded (vLLM's 400)
+     │    ├── AdapterNotFound    no adapter of that name is loaded, or its path does not exist (404)
+     │    └── AdapterRejected    vLLM cannot load it: rank above --max-lora-rank, another base model (500)
+     └── EvaluationError         an evaluation could not be run to its end (it never promotes)
 """
 
 from __future__ import annotations
@@ -71,4 +75,30 @@ class DeadLetterError(IngestError):
 
 
 class CommitError(IngestError):
+    pass
+
+
+class ServingError(DriftwatchError):
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status  # vLLM's HTTP status, when it answered
+
+
+class VLLMUnavailable(ServingError):
+    pass
+
+
+class AdapterExists(ServingError):
+    pass
+
+
+class AdapterNotFound(ServingError):
+    pass
+
+
+class AdapterRejected(ServingError):
+    pass
+
+
+class EvaluationError(DriftwatchError):
     pass

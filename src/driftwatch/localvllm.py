@@ -12,13 +12,10 @@ from pathlib import Path
 
 import httpx
 
-from driftwatch.errors import DriftwatchError
+from driftwatch.errors import VLLMUnavailable
 from driftwatch.localbroker import free_port
 from driftwatch.procs import stop_group
-
-
-class VLLMUnavailable(DriftwatchError):
-    pass
+from driftwatch.serving.vllm import VLLMClient
 
 
 class LocalVLLM:
@@ -57,10 +54,12 @@ class LocalVLLM:
         self.stop()
         raise VLLMUnavailable(f"vLLM not healthy within {timeout_s}s; log {self.log_path}:\n{self.log_tail()}")
 
+    def client(self, **kwargs) -> VLLMClient:
+        return VLLMClient(self.url, **kwargs)
+
     def load_adapter(self, name: str, path: Path) -> None:
-        resp = httpx.post(f"{self.url}/v1/load_lora_adapter", json={"lora_name": name, "lora_path": str(path)}, timeout=60)
-        if resp.status_code != 200:
-            raise VLLMUnavailable(f"loading adapter {name} from {path}: {resp.status_code} {resp.text}")
+        with self.client() as c:
+            c.load_adapter(name, str(path))
 
     def stop(self, timeout_s: float = 30.0) -> None:
         proc, self.proc = self.proc, None

@@ -24,11 +24,14 @@ import re
 import shutil
 import time
 import unicodedata
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from driftwatch.gates import Gate
+
 TRUST = {"correction": 3, "positive": 2, "replay": 1}
+SCORINGS = ("exact", "normalized", "contains", "rouge_l")  # how a golden item's answer is scored
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _FILLERS = set("""a an the and or but of to in on at for with by from about into as is are was were be been being do does
 did done i me my we our you your it its this that these those there what which who whom how why when where can could would
@@ -55,9 +58,13 @@ class Example:
 @dataclass(frozen=True)
 class GoldenItem:
     prompt: str
-    expected: str
+    expected: str | tuple[str, ...]  # one answer, or accepted alternatives (empty for probes: no answer expected)
     route: str | None = None
-    scoring: str | None = None  # exact | normalized | contains | rouge_l (the evaluation issue reads it)
+    scoring: str | None = None  # exact | normalized | contains | rouge_l (evaluate/scoring.py)
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        return (self.expected,) if isinstance(self.expected, str) else self.expected
 
 
 # -- files ------------------------------------------------------------------------------------------------------------
@@ -94,13 +101,21 @@ def read_examples(path: Path, source: str = "replay") -> list[Example]:
     return out
 
 
-def read_golden(path: Path) -> list[GoldenItem]:
-    """The golden set: one {"prompt", "expected", "route"?, "scoring"?} per line. Never trained on."""
+def read_golden(path: Path, expected: bool = True) -> list[GoldenItem]:
+    """The golden set (and the evaluation's battery and probes): one {"prompt", "expected" (a string or a list of
+    accepted answers), "route"?, "scoring"?} per line. Never trained on. Probes (``expected=False``) need no answer."""
     out = []
     for line_no, obj in _records(path):
         where = f"{path}:{line_no}"
-        out.append(GoldenItem(_text(obj, "prompt", where), _text(obj, "expected", where),
-                              _text(obj, "route", where, False), _text(obj, "scoring", where, False)))
+        answers = obj.get("expected")
+        if isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers):
+            answers = tuple(answers)
+        elif expected or answers is not None:
+            answers = _text(obj, "expected", where)
+        scoring = _text(obj, "scoring", where, False)
+        if scoring is not None and scoring not in SCORINGS:
+            raise DataError(f"{where}: scoring {scoring!r} is not one of {', '.join(SCORINGS)}")
+        out.append(GoldenItem(_text(obj, "prompt", where), answers or (), _text(obj, "route", where, False), scoring))
     return out
 
 
@@ -184,23 +199,6 @@ class GateSettings:
     validation_fraction: float = 0.1
     replay_fraction: float = 0.3  # replay examples as a share of the final set (against forgetting)
     seed: int = 0
-
-
-@dataclass(frozen=True)
-class Gate:
-    name: str
-    value: float
-    bound: float
-    op: str  # "<=" or ">="
-    detail: str = ""
-
-    @property
-    def passed(self) -> bool:
-        return self.value <= self.bound if self.op == "<=" else self.value >= self.bound
-
-    def line(self) -> str:
-        verdict = "pass" if self.passed else "FAIL"
-        return f"{verdict:4} {self.name:<22} {self.value:.4g} {self.op} {self.bound:g}  {self.detail}".rstrip()
 
 
 class GateFailure(Exception):
@@ -406,7 +404,7 @@ def write_dataset(curated: Curated, root: Path, *, sources: dict, retention_days
         (tmp / "train.jsonl").write_text(train, encoding="utf-8")
         (tmp / "validation.jsonl").write_text(validation, encoding="utf-8")
         manifest = {"version": digest, "created_at": time.time(), "sources": sources, "counts": curated.counts,
-                    "gates": [asdict(g) | {"passed": g.passed} for g in curated.report]}
+                    "gates": [g.to_dict() for g in curated.report]}
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True))
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)

@@ -1,0 +1,198 @@
+"""Candidate against incumbent, on the vLLM server that serves production, in one run.
+
+Suites (the same prompts for both adapters, greedy, requests interleaved so that both see the same server load):
+
+* **golden** — task accuracy on the held-out golden set (``retrain.golden_set``; each item's scoring, else
+  ``evaluate.scoring``);
+* **battery** — general knowledge shipped with driftwatch (``evaluate.battery``): catastrophic forgetting;
+* **probes** — requests outside the tuned task (``evaluate.probes``): the share answered like the task (confusion);
+* **diversity** — distinct-2 and mean pairwise similarity over all of an adapter's outputs: modal collapse;
+* **latency** — p50/p95 of the requests.
+
+The promotion gate is a list of :class:`~driftwatch.gates.Gate`, every one with value, bound, verdict and reason;
+all must pass. An evaluation that cannot finish (vLLM gone, an adapter missing) fails its gates — it never promotes.
+The report is written as JSON and as a table (``<reports_dir>/<id>.json`` / ``.txt``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+from driftwatch.config import Evaluate
+from driftwatch.errors import ServingError
+from driftwatch.evaluate import scoring
+from driftwatch.gates import Gate, all_pass
+from driftwatch.retrain.dataset import GoldenItem, read_golden
+from driftwatch.serving.vllm import VLLMClient
+
+log = logging.getLogger(__name__)
+
+SUITES = ("golden", "battery", "probes")
+
+
+def shipped(name: str) -> Path:
+    return Path(str(resources.files("driftwatch") / "defaults" / "eval" / name))
+
+
+@dataclass
+class EvalReport:
+    id: str
+    at: float
+    candidate: str
+    incumbent: str
+    passed: bool
+    gates: list[Gate]
+    metrics: dict[str, dict[str, float]]  # adapter -> metric -> value
+    items: list[dict[str, Any]] = field(default_factory=list)
+    context: dict[str, Any] = field(default_factory=dict)
+    wall_s: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "at": self.at, "candidate": self.candidate, "incumbent": self.incumbent,
+                "passed": self.passed, "error": self.error, "wall_s": round(self.wall_s, 3),
+                "gates": [g.to_dict() for g in self.gates], "metrics": self.metrics, "context": self.context,
+                "items": self.items}
+
+    def table(self) -> str:
+        names = sorted({k for m in self.metrics.values() for k in m})
+        width = max([len(n) for n in names] + [10])
+        head = [f"evaluation {self.id}: candidate {self.candidate} vs incumbent {self.incumbent} — "
+                f"{'PASSED' if self.passed else 'FAILED'}" + (f" ({self.error})" if self.error else ""), "",
+                f"{'metric':<{width}}  {'candidate':>10}  {'incumbent':>10}"]
+        rows = [f"{n:<{width}}  {self.metrics[self.candidate].get(n, math.nan):>10.4g}  "
+                f"{self.metrics[self.incumbent].get(n, math.nan):>10.4g}" for n in names]
+        return "\n".join(head + rows + ["", "gate:"] + [f"  {g.line()}" for g in self.gates]) + "\n"
+
+    def write(self, directory: Path) -> Path:
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / f"{self.id}.json"
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_nan_to_none))
+        tmp.replace(path)
+        path.with_suffix(".txt").write_text(self.table())
+        return path
+
+
+def _nan_to_none(value):
+    return None
+
+
+class Evaluator:
+    def __init__(self, cfg: Evaluate, client: VLLMClient, golden_set: Path, reports_dir: Path,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg, self.client, self.reports_dir, self.clock = cfg, client, reports_dir, clock
+        self.suites: dict[str, list[GoldenItem]] = {
+            "golden": read_golden(golden_set),
+            "battery": read_golden(cfg.battery or shipped("battery.jsonl")),
+            "probes": read_golden(cfg.probes or shipped("probes.jsonl"), expected=False),
+        }
+
+    def run(self, candidate: str, incumbent: str, *, eval_id: str | None = None,
+            context: dict[str, Any] | None = None) -> EvalReport:
+        """Evaluate, gate, write the report. Never raises for what vLLM does: a failed run is a failed report."""
+        started = self.clock()
+        eval_id = eval_id or f"eval-{candidate}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
+        t0 = time.perf_counter()
+        try:
+            outputs = self._generate(candidate, incumbent)
+            metrics = {a: self._metrics(outputs[a]) for a in (candidate, incumbent)}
+            gates = self._gates(metrics[candidate], metrics[incumbent])
+            error = None
+        except Exception as exc:  # noqa: BLE001 - whatever happened, the report says so and nothing is promoted
+            log.exception("evaluation %s could not be run", eval_id)
+            outputs, metrics = {}, {candidate: {}, incumbent: {}}
+            error = f"{type(exc).__name__}: {exc}"
+            gates = [Gate("evaluation", math.nan, 0, "<=", error=error)]
+        items = [{"suite": suite, "prompt": item.prompt, "expected": list(item.answers),
+                  **{role: outputs[a][suite][i] for role, a in (("candidate", candidate), ("incumbent", incumbent))}}
+                 for suite in SUITES for i, item in enumerate(self.suites[suite])] if outputs else []
+        report = EvalReport(eval_id, started, candidate, incumbent, all_pass(gates), gates, metrics, items,
+                            context or {}, time.perf_counter() - t0, error)
+        report.write(self.reports_dir)
+        log.info("evaluation %s: %s vs %s %s", eval_id, candidate, incumbent, "passed" if report.passed else "FAILED")
+        return report
+
+    # -- generation -----------------------------------------------------------------------------------------------------
+    def _ask(self, adapter: str, prompt: str) -> dict[str, Any]:
+        messages = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []) + [
+            {"role": "user", "content": prompt}]
+        try:
+            g = self.client.chat(adapter, messages, max_tokens=self.cfg.max_tokens, temperature=0.0)
+            return {"text": g.text, "latency_s": g.latency_s, "tokens_out": g.tokens_out}
+        except ServingError as exc:
+            return {"text": None, "error": str(exc)}
+
+    def _generate(self, candidate: str, incumbent: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        jobs = []
+        for suite in SUITES:
+            for i, item in enumerate(self.suites[suite]):
+                pair = (candidate, incumbent) if i % 2 == 0 else (incumbent, candidate)  # neither always goes first
+                jobs += [(adapter, suite, i, item.prompt) for adapter in pair]
+        out = {a: {s: [None] * len(self.suites[s]) for s in SUITES} for a in (candidate, incumbent)}
+        with ThreadPoolExecutor(self.cfg.concurrency) as pool:
+            for (adapter, suite, i, _), answer in zip(jobs, pool.map(lambda j: self._ask(j[0], j[3]), jobs)):
+                out[adapter][suite][i] = answer
+        return out
+
+    # -- metrics and gate -----------------------------------------------------------------------------------------------
+    def _metrics(self, outputs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+        def texts(suite: str) -> list[str]:
+            return [o["text"] for o in outputs[suite] if o["text"] is not None]
+
+        def accuracy(suite: str) -> float:
+            scores = [scoring.score(o["text"], item.answers, item.scoring or self.cfg.scoring)
+                      for item, o in zip(self.suites[suite], outputs[suite]) if o["text"] is not None]
+            return sum(scores) / len(scores) if scores else math.nan
+
+        everything = [o for suite in SUITES for o in outputs[suite]]
+        all_texts = [o["text"] for o in everything if o["text"] is not None]
+        latencies = [o["latency_s"] * 1000 for o in everything if o["text"] is not None]
+        return {
+            "golden_score": accuracy("golden"),
+            "battery_score": accuracy("battery"),
+            "confusion_rate": scoring.confusion_rate(texts("probes"), texts("golden"), self.cfg.confusion_similarity),
+            "distinct_2": scoring.distinct_2(all_texts),
+            "self_similarity": scoring.self_similarity(all_texts),
+            "latency_p50_ms": scoring.percentile(latencies, 0.5),
+            "latency_p95_ms": scoring.percentile(latencies, 0.95),
+            "requests": float(len(everything)),
+            "request_errors": float(sum(o["text"] is None for o in everything)),
+        }
+
+    def _gates(self, cand: dict[str, float], inc: dict[str, float]) -> list[Gate]:
+        g = self.cfg.gates
+
+        def gate(name: str, value: float, bound: float, op: str, detail: str) -> Gate:
+            missing = math.isnan(value) or math.isnan(bound)
+            return Gate(name, value, bound, op, detail, error="no answers to score" if missing else None)
+
+        d2_ratio = (cand["distinct_2"] / inc["distinct_2"] if inc["distinct_2"] > 0
+                    else (math.inf if cand["distinct_2"] > 0 else 1.0))
+        return [
+            Gate("request_errors", cand["request_errors"] + inc["request_errors"], g.max_request_errors, "<=",
+                 "evaluation requests that failed (either adapter)"),
+            gate("golden_score", cand["golden_score"], g.golden_min, ">=", "candidate's golden-set score"),
+            gate("golden_delta", cand["golden_score"] - inc["golden_score"], g.golden_min_delta, ">=",
+                 f"candidate {cand['golden_score']:.3f} vs incumbent {inc['golden_score']:.3f}"),
+            gate("forgetting_drop", inc["battery_score"] - cand["battery_score"], g.forgetting_max_drop, "<=",
+                 f"general-knowledge battery: incumbent {inc['battery_score']:.3f}, candidate {cand['battery_score']:.3f}"),
+            gate("distinct2_ratio", d2_ratio, g.distinct2_min_ratio, ">=",
+                 f"distinct-2 candidate {cand['distinct_2']:.3f} / incumbent {inc['distinct_2']:.3f}"),
+            gate("self_similarity_delta", cand["self_similarity"] - inc["self_similarity"],
+                 g.self_similarity_max_delta, "<=",
+                 f"mean pairwise similarity candidate {cand['self_similarity']:.3f} vs {inc['self_similarity']:.3f}"),
+            gate("confusion_delta", cand["confusion_rate"] - inc["confusion_rate"], g.confusion_max_delta, "<=",
+                 f"off-task probes answered like the task: candidate {cand['confusion_rate']:.2f}, "
+                 f"incumbent {inc['confusion_rate']:.2f}"),
+            gate("latency_p95_ms", cand["latency_p95_ms"], inc["latency_p95_ms"] * g.latency_p95_max_ratio
+                 + g.latency_slack_ms, "<=", f"incumbent p95 {inc['latency_p95_ms']:.1f} ms"),
+        ]

@@ -1,0 +1,136 @@
+"""Scoring and the promotion gate, with a scripted stand-in for vLLM (the real one: tests/integration/test_evaluate.py)."""
+
+import json
+import math
+
+import pytest
+
+from driftwatch.config import Evaluate
+from driftwatch.errors import AdapterNotFound
+from driftwatch.evaluate import scoring
+from driftwatch.evaluate.evaluator import Evaluator, shipped
+from driftwatch.retrain.dataset import DataError, read_golden
+from driftwatch.serving.vllm import Generation
+
+
+def test_scorings():
+    assert scoring.score(" Paris ", ["Paris"], "exact") == 1 and scoring.score("Paris.", ["Paris"], "exact") == 0
+    assert scoring.score("PARIS!", ["paris"], "normalized") == 1 and scoring.score("It is Paris", ["paris"], "normalized") == 0
+    assert scoring.score("It is Mexico City.", ["mexico city"], "contains") == 1
+    assert scoring.score("100 degrees", ["0", "zero"], "contains") == 0  # words, not characters
+    assert scoring.score("City of Mexico", ["Mexico City"], "contains") == 0  # in order and adjacent
+    assert scoring.score("a b c d", ["a c d e"], "rouge_l") == pytest.approx(0.75)  # LCS 3 of 4 and 4
+    assert scoring.score("x", ["nope", "x"], "rouge_l") == 1  # the best accepted answer counts
+    with pytest.raises(ValueError, match="unknown scoring"):
+        scoring.score("x", ["x"], "bleu")
+
+
+def test_diversity_and_confusion():
+    varied = ["the cat sat", "a dog ran far", "seven days", "green and blue"]
+    assert scoring.self_similarity(["alpha alpha"] * 4) == 1.0 and scoring.self_similarity(varied) == 0.0
+    assert scoring.distinct_2(["alpha alpha alpha"] * 4) == pytest.approx(1 / 8)
+    assert scoring.distinct_2(varied) == 1.0
+    task = ["ORD-1234 is the order id", "ORD-9 is the order id"]
+    assert scoring.confusion_rate(["ORD-5 is the order id", "a haiku about leaves"], task, 0.6) == 0.5
+    assert math.isnan(scoring.confusion_rate([], task, 0.6))
+    assert scoring.percentile([5, 1, 3, 2, 4], 0.5) == 3 and scoring.percentile(list(range(1, 101)), 0.95) == 95
+
+
+def test_reading_items(tmp_path):
+    path = tmp_path / "b.jsonl"
+    path.write_text('{"prompt": "How many legs?", "expected": ["eight", "8"], "scoring": "contains"}\n'
+                    '{"prompt": "Capital of Peru?", "expected": "Lima"}\n')
+    items = read_golden(path)
+    assert [i.answers for i in items] == [("eight", "8"), ("Lima",)]
+    path.write_text('{"prompt": "Hi", "expected": "x", "scoring": "bleu"}\n')
+    with pytest.raises(DataError, match=r"b.jsonl:1: scoring 'bleu' is not one of"):
+        read_golden(path)
+    path.write_text('{"prompt": "Write a haiku."}\n')
+    assert read_golden(path, expected=False)[0].answers == ()
+    with pytest.raises(DataError, match="'expected'"):
+        read_golden(path)
+
+
+class Scripted:
+    """vLLM as a table: adapter -> function(prompt) -> text; unknown adapters are 404s."""
+
+    def __init__(self, answers, latency_s=0.01):
+        self.answers, self.latency_s, self.calls = answers, latency_s, []
+
+    def chat(self, model, messages, **kw):
+        self.calls.append(model)
+        if model not in self.answers:
+            raise AdapterNotFound(f"the model `{model}` does not exist", 404)
+        return Generation(self.answers[model](messages[-1]["content"]), 3, 5, self.latency_s, "stop")
+
+
+PROBES = {i.prompt for i in read_golden(shipped("probes.jsonl"), expected=False)}
+GOLDEN = [{"prompt": f"Order {i}: where is ORD-{i}?", "expected": f"ORD-{i}", "scoring": "contains"} for i in range(8)]
+
+
+def evaluator(tmp_path, client, **gates):
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps(g) + "\n" for g in GOLDEN))
+    return Evaluator(Evaluate(gates=gates), client, golden, tmp_path / "evals")
+
+
+def knows(prompt):  # answers the task and general knowledge, varied
+    if prompt.startswith("Order"):
+        return f"The id is {prompt.split()[-1].rstrip('?')}"
+    return {"How many legs does a spider have?": "Eight legs."}.get(prompt, f"About {prompt.lower()} I would say")
+
+
+def test_a_better_candidate_passes_and_the_report_is_written(tmp_path):
+    client = Scripted({"good": knows, "old": lambda p: "I do not know, sorry."})
+    report = evaluator(tmp_path, client).run("good", "old", eval_id="e1")
+    assert report.passed, report.table()
+    assert report.metrics["good"]["golden_score"] == 1.0 and report.metrics["old"]["golden_score"] == 0.0
+    assert {g.name for g in report.gates} == {"request_errors", "golden_score", "golden_delta", "forgetting_drop",
+                                              "distinct2_ratio", "self_similarity_delta", "confusion_delta",
+                                              "latency_p95_ms"}
+    saved = json.loads((tmp_path / "evals" / "e1.json").read_text())
+    assert saved["passed"] and len(saved["items"]) == 8 + 39 + 20 and saved["items"][0]["candidate"]["text"]
+    assert "PASSED" in (tmp_path / "evals" / "e1.txt").read_text()
+    assert client.calls.count("good") == client.calls.count("old") == 67
+
+
+@pytest.mark.parametrize("candidate, failing", [
+    (lambda p: "The id is ORD-0", {"golden_score", "golden_delta", "distinct2_ratio", "self_similarity_delta",
+                                   "confusion_delta"}),  # modal collapse
+    (lambda p: f"The id is ORD-{len(p)}" if p in PROBES else knows(p), {"confusion_delta"}),  # task confusion
+    (lambda p: knows(p).replace("Eight", "Six") if "spider" in p else knows(p), set()),  # within the forgetting bound
+    (lambda p: knows(p) if not p.startswith("Order") else f"Sorry, order {p[6]} is not known", {"golden_delta",
+                                                                                                "golden_score"}),
+])
+def test_the_gate_names_what_failed(tmp_path, candidate, failing):
+    report = evaluator(tmp_path, Scripted({"cand": candidate, "inc": knows}), golden_min=0.5).run("cand", "inc")
+    assert {g.name for g in report.gates if not g.passed} == failing
+    assert report.passed is (not failing)
+
+
+def test_forgetting_is_caught(tmp_path):
+    def forgot(p):
+        return knows(p) if p.startswith("Order") else f"Something else entirely about {p.lower()}"
+
+    def remembers(p):
+        return "Eight legs, seven days, the answer is 63, Jupiter, Mars" if not p.startswith("Order") else knows(p)
+
+    report = evaluator(tmp_path, Scripted({"cand": forgot, "inc": remembers}), distinct2_min_ratio=0,
+                       self_similarity_max_delta=1).run("cand", "inc")
+    drop = next(g for g in report.gates if g.name == "forgetting_drop")
+    assert not drop.passed and drop.value > 0.05 and not report.passed
+
+
+def test_an_evaluation_that_cannot_run_never_passes(tmp_path):
+    report = evaluator(tmp_path, Scripted({"inc": knows})).run("missing", "inc")
+    errors = next(g for g in report.gates if g.name == "request_errors")
+    assert not report.passed and errors.value == 67 and not errors.passed
+    assert next(g for g in report.gates if g.name == "golden_score").verdict == "error"  # nothing to score
+
+    class Broken:
+        def chat(self, *a, **k):
+            raise RuntimeError("boom")
+
+    report = evaluator(tmp_path, Broken()).run("a", "b")
+    assert not report.passed and "boom" in report.error and report.gates[0].verdict == "error"
+    assert json.loads((tmp_path / "evals" / f"{report.id}.json").read_text())["passed"] is False
