@@ -236,7 +236,7 @@ def vllm(tiny_model, tmp_path_factory):
                               {"role": "assistant", "content": f"{word} {word} {word}."}]} for i in range(40)]
         (data / "train.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows[:32]))
         (data / "validation.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows[32:]))
-        train(TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(root / name), max_steps=30,
+        train(TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(root / name), max_steps=90,
                         learning_rate=1e-2, eval_every=10, progress=False))
         adapters[name] = root / name / "adapter"
     server = LocalVLLM(tiny_model).start()

@@ -1,0 +1,75 @@
+"""Evaluation and the vLLM client against real vLLM (CPU build) serving the session's tiny Llama and its adapters:
+v-a learned to answer "alpha alpha alpha." to "Say something N", v-b "bravo bravo bravo."."""
+
+import json
+
+import pytest
+
+from driftwatch.config import Evaluate
+from driftwatch.errors import AdapterExists, AdapterNotFound, AdapterRejected, VLLMUnavailable
+from driftwatch.evaluate.evaluator import Evaluator
+from driftwatch.serving.vllm import VLLMClient
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture()
+def golden(tmp_path):
+    """The task: say alpha. Prompts the adapters were not trained on."""
+    path = tmp_path / "golden.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Say something {i}", "expected": "alpha alpha",
+                                        "scoring": "contains"}) + "\n" for i in range(100, 110)))
+    return path
+
+
+def test_client_maps_vllm_errors(vllm, tiny_model, tmp_path):
+    server, adapters = vllm
+    with VLLMClient(server.url) as client:
+        assert client.health() and {"v-a", "v-b"} <= set(client.adapters())
+        assert client.adapters()["v-a"] == str(adapters["v-a"])
+        with pytest.raises(AdapterExists, match="v-a"):
+            client.load_adapter("v-a", str(adapters["v-a"]))
+        with pytest.raises(AdapterNotFound):
+            client.load_adapter("v-nowhere", str(tmp_path / "no-such-adapter"))
+        with pytest.raises(AdapterNotFound):
+            client.unload_adapter("v-never-loaded")
+        with pytest.raises(AdapterNotFound, match="v-nope"):
+            client.chat("v-nope", [{"role": "user", "content": "hi"}], max_tokens=2)
+        # a rank above the server's --max-lora-rank (16): vLLM's 500, named
+        from driftwatch.retrain.trainer import TrainSpec, train
+
+        data = tmp_path / "data"
+        data.mkdir()
+        rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": "x"}]}
+                for i in range(10)]
+        (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:8]))
+        (data / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[8:]))
+        train(TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(tmp_path / "wide"), max_steps=1,
+                        r=32, alpha=32, progress=False))
+        with pytest.raises(AdapterRejected, match="max-lora-rank"):
+            client.load_adapter("v-wide", str(tmp_path / "wide" / "adapter"))
+        assert client.health() and "v-wide" not in client.adapters()
+        # load, serve, unload under a fresh name
+        client.load_adapter("v-a2", str(adapters["v-a"]))
+        assert "alpha" in client.chat("v-a2", [{"role": "user", "content": "Say something 7"}], max_tokens=8).text
+        client.unload_adapter("v-a2")
+        assert "v-a2" not in client.adapters()
+    with pytest.raises(VLLMUnavailable, match="not reachable"):
+        VLLMClient("http://127.0.0.1:9", retries=1, backoff_s=0.01).models()
+
+
+def test_evaluation_on_vllm_promotes_the_good_and_refuses_the_poisoned(vllm, golden, tmp_path):
+    server, _ = vllm
+    with VLLMClient(server.url) as client:
+        evaluator = Evaluator(Evaluate(max_tokens=12), client, golden, tmp_path / "evals")
+        good = evaluator.run("v-a", "v-b", eval_id="good")
+        poisoned = evaluator.run("v-b", "v-a", eval_id="poisoned")  # trained on the wrong answers
+        missing = evaluator.run("v-gone", "v-a", eval_id="missing")
+    assert good.passed, good.table()
+    assert good.metrics["v-a"]["golden_score"] == 1.0 and good.metrics["v-b"]["golden_score"] == 0.0
+    assert not poisoned.passed and "golden_delta" in {g.name for g in poisoned.gates if not g.passed}
+    assert not missing.passed and missing.metrics["v-gone"]["request_errors"] == 69
+    for r in (good, poisoned, missing):
+        saved = json.loads((tmp_path / "evals" / f"{r.id}.json").read_text())
+        assert saved["passed"] == r.passed and (tmp_path / "evals" / f"{r.id}.txt").exists()
+    assert all(0 < good.metrics[a]["latency_p95_ms"] < 5000 for a in ("v-a", "v-b"))
