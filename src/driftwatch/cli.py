@@ -420,6 +420,39 @@ def retrain(adapter: str, routes: str | None, config: str | None) -> None:
 
 
 @main.command()
+@click.argument("candidate")
+@click.option("--incumbent", help="Adapter version to beat; default: what the production alias points to, else the "
+              "base model.")
+@click.option("--vllm", "vllm_url", help="vLLM serving both adapters; default: the first of gateway.upstreams.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (evaluate.*, retrain.golden_set).")
+def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config: str | None) -> None:
+    """Evaluate CANDIDATE (an adapter loaded on vLLM) against the incumbent and apply the promotion gate.
+
+    Exit 0 when every gate passes, 1 when one fails or the evaluation could not run."""
+    from driftwatch.evaluate.evaluator import Evaluator, reports_dir
+    from driftwatch.gateway import store_path
+    from driftwatch.serving.vllm import VLLMClient
+    from driftwatch.store import SqliteStore
+
+    settings = _load(config)
+    if settings.retrain.golden_set is None:
+        click.echo("error: retrain.golden_set is not set: the evaluation needs the held-out golden set", err=True)
+        sys.exit(2)
+    if incumbent is None:
+        store = SqliteStore(store_path(settings))
+        production = store.alias_table()[1].get("production") or {settings.gateway.base_model: 1.0}
+        store.close()
+        incumbent = max(production, key=production.get)
+    with VLLMClient(vllm_url or settings.gateway.upstreams[0], timeout_s=settings.evaluate.timeout_s) as client:
+        evaluator = Evaluator(settings.evaluate, client, settings.retrain.golden_set,
+                              reports_dir(settings.evaluate, settings.daemon.state_dir))
+        report = evaluator.run(candidate, incumbent)
+    click.echo(report.table(), nl=False)
+    click.echo(f"report: {evaluator.reports_dir / report.id}.json")
+    sys.exit(0 if report.passed else 1)
+
+
+@main.command()
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (gateway.*, kafka.*).")
 def gateway(config: str | None) -> None:
     """Serve the OpenAI-compatible gateway in front of vLLM: aliases, logging to Kafka, feedback."""

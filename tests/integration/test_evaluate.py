@@ -73,3 +73,28 @@ def test_evaluation_on_vllm_promotes_the_good_and_refuses_the_poisoned(vllm, gol
         saved = json.loads((tmp_path / "evals" / f"{r.id}.json").read_text())
         assert saved["passed"] == r.passed and (tmp_path / "evals" / f"{r.id}.txt").exists()
     assert all(0 < good.metrics[a]["latency_p95_ms"] < 5000 for a in ("v-a", "v-b"))
+
+
+def test_evaluate_command(vllm, golden, tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    server, _ = vllm
+    cfg = tmp_path / "dw.yaml"
+    cfg.write_text(yaml.safe_dump({"daemon": {"state_dir": str(tmp_path / "state")},
+                                   "retrain": {"golden_set": str(golden)}, "evaluate": {"max_tokens": 12},
+                                   "gateway": {"upstreams": [server.url]}}))
+
+    def evaluate(*args):
+        return subprocess.run([sys.executable, "-m", "driftwatch", *args, "-c", str(cfg)], capture_output=True,
+                              text=True, timeout=300)
+
+    assert evaluate("alias", "set", "production", "v-a").returncode == 0
+    refused = evaluate("evaluate", "v-b")  # against production (v-a): worse on the task
+    assert refused.returncode == 1 and "incumbent v-a — FAILED" in refused.stdout
+    assert "FAIL golden_delta" in refused.stdout
+    promoted = evaluate("evaluate", "v-a", "--incumbent", "v-b")
+    assert promoted.returncode == 0, promoted.stdout + promoted.stderr
+    assert "PASSED" in promoted.stdout and len(list((tmp_path / "state" / "evals").glob("*.json"))) == 2

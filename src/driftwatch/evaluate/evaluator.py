@@ -38,6 +38,10 @@ log = logging.getLogger(__name__)
 SUITES = ("golden", "battery", "probes")
 
 
+def reports_dir(cfg: Evaluate, state_dir: Path) -> Path:
+    return cfg.reports_dir or state_dir / "evals"
+
+
 def shipped(name: str) -> Path:
     return Path(str(resources.files("driftwatch") / "defaults" / "eval" / name))
 
