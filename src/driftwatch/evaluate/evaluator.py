@@ -80,14 +80,21 @@ class EvalReport:
         directory.mkdir(parents=True, exist_ok=True)
         path = directory / f"{self.id}.json"
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, default=_nan_to_none))
+        tmp.write_text(json.dumps(_finite(self.to_dict()), indent=1, allow_nan=False))
         tmp.replace(path)
         path.with_suffix(".txt").write_text(self.table())
         return path
 
 
-def _nan_to_none(value):
-    return None
+def _finite(value):
+    """NaN and infinity (a metric with nothing to measure) as null: strict JSON for any reader."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 class Evaluator:
