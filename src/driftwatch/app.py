@@ -11,6 +11,7 @@ import enum
 import logging
 import threading
 import time
+from datetime import datetime
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from driftwatch import __version__
 from driftwatch.config import Settings
-from driftwatch.errors import ConfigError, ConfigProblem, DeadLetterError, ReportError
+from driftwatch.errors import ConfigError, ConfigProblem, DeadLetterError, ReportError, RolloutError
 from driftwatch.http import HttpServer, build_app
 from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source
 from driftwatch.metrics import Metrics
@@ -31,7 +32,8 @@ from driftwatch.policy import Decision, Policy, RetrainRequest, RuleSpec
 from driftwatch.report import evidently_report, write_evidence
 from driftwatch.retrain.harvest import Harvester
 from driftwatch.retrain.service import RetrainService, build_runner
-from driftwatch.store import SqliteStore
+from driftwatch.rollout import RolloutController, version_name
+from driftwatch.store import RunRecord, SqliteStore
 from driftwatch.recent import DedupWindow
 
 log = logging.getLogger("driftwatch")
@@ -61,6 +63,7 @@ class Daemon:
     last_tick: float = field(default_factory=time.monotonic)
     last_snapshot: MonitorSnapshot | None = None
     retrain: RetrainService | None = None
+    rollout: RolloutController | None = None
     worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="driftwatch-work"))
 
     # -- probes -------------------------------------------------------------------------------------------------------
@@ -144,8 +147,29 @@ class Daemon:
                         "set retrain.base_model and retrain.golden_set to run it", request.adapter, request.rule,
                         request.decision_id, evidence)
             return
-        self.retrain.run(request.adapter, decision_id=request.decision_id, focus_routes=request.routes,
-                         reason=" | ".join(request.reasons))
+        run = self.retrain.run(request.adapter, decision_id=request.decision_id, focus_routes=request.routes,
+                               reason=" | ".join(request.reasons))
+        self.after_run(run)
+
+    def after_run(self, run: RunRecord) -> None:
+        """A succeeded run's adapter is registered as a candidate and, with rollout.auto_promote, rolled out (the
+        rollout tick evaluates it, and promotes it only if every gate passes)."""
+        if run.status != "succeeded" or self.rollout is None or run.output is None:
+            return
+        version = version_name(run.id)
+        try:
+            self.rollout.register(version, Path(run.output) / "adapter", run_id=run.id, parent=run.adapter)
+            if self.settings.rollout.auto_promote:
+                self.rollout.start(version, why=f"retrain run {run.id}: {run.reason or 'no reason recorded'}")
+        except RolloutError as exc:
+            log.error("candidate %s from run %s not rolled out: %s", version, run.id, exc)
+
+    def _rollout_tick(self) -> None:
+        try:
+            self.rollout.tick(self.last_snapshot)
+            self.rollout.reconcile()
+        except Exception:  # noqa: BLE001 - the next tick tries again; the rollout's state is in the store
+            log.exception("rollout tick failed")
 
     def _start_checks(self):
         if self.monitor is None:
@@ -155,6 +179,9 @@ class Daemon:
         scheduler = BackgroundScheduler(daemon=True)
         scheduler.add_job(self._check_logged, "interval", seconds=self.settings.monitor.check_interval_s,
                           id="monitor-check", max_instances=1, coalesce=True)
+        if self.rollout is not None:
+            scheduler.add_job(self._rollout_tick, "interval", seconds=self.settings.rollout.tick_s, id="rollout-tick",
+                              max_instances=1, coalesce=True, next_run_time=datetime.now())
         scheduler.start()
         return scheduler
 
@@ -193,6 +220,10 @@ class Daemon:
                 close()
             except Exception:  # noqa: BLE001 - shutting down: log and go on closing the rest
                 log.exception("error closing the %s", name)
+        if self.rollout is not None:
+            self.rollout.close()
+            if self.rollout.store is not getattr(self.policy, "store", None):
+                self.rollout.store.close()
         if self.policy is not None:
             self.policy.store.close()
         if self.http is not None:
@@ -255,7 +286,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     retrain = None
     if rt.base_model is not None:
         retrain = RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics)
-    daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http, retrain=retrain)
+    adapters = store if settings.registry_path == settings.state_store_path else SqliteStore(settings.registry_path)
+    rollout = RolloutController(settings, adapters, metrics=metrics)
+    daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http, retrain=retrain, rollout=rollout)
     if monitor.reference is not None:
         metrics.reference_info.labels(version=monitor.reference.content_hash[:12]).set(1)
     return daemon

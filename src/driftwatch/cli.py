@@ -415,7 +415,14 @@ def retrain(adapter: str, routes: str | None, config: str | None) -> None:
     for line in run.detail.get("gates", []):
         click.echo(f"  {line}")
     if run.status == "succeeded":
-        click.echo(f"candidate adapter: {run.output}/adapter (dataset {run.dataset})")
+        from driftwatch.rollout import RolloutController, version_name
+
+        registry = SqliteStore(settings.registry_path)
+        version = version_name(run.id)
+        RolloutController(settings, registry).register(version, f"{run.output}/adapter", run_id=run.id, parent=adapter)
+        registry.close()
+        click.echo(f"candidate adapter {version}: {run.output}/adapter (dataset {run.dataset}); roll it out with "
+                   f"`driftwatch promote {version}`")
     sys.exit(0 if run.status == "succeeded" else 1)
 
 
@@ -430,7 +437,6 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
 
     Exit 0 when every gate passes, 1 when one fails or the evaluation could not run."""
     from driftwatch.evaluate.evaluator import Evaluator, reports_dir
-    from driftwatch.gateway import store_path
     from driftwatch.serving.vllm import VLLMClient
     from driftwatch.store import SqliteStore
 
@@ -439,7 +445,7 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
         click.echo("error: retrain.golden_set is not set: the evaluation needs the held-out golden set", err=True)
         sys.exit(2)
     if incumbent is None:
-        store = SqliteStore(store_path(settings))
+        store = SqliteStore(settings.registry_path)
         production = store.alias_table()[1].get("production") or {settings.gateway.base_model: 1.0}
         store.close()
         incumbent = max(production, key=production.get)
@@ -450,6 +456,144 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
     click.echo(report.table(), nl=False)
     click.echo(f"report: {evaluator.reports_dir / report.id}.json")
     sys.exit(0 if report.passed else 1)
+
+
+def _controller(settings, store):
+    from driftwatch.rollout import RolloutController
+
+    return RolloutController(settings, store)
+
+
+def _echo_events(events) -> None:
+    import time as _time
+
+    for e in events:
+        click.echo(f"  {_time.strftime('%Y-%m-%d %H:%M:%S', _time.localtime(e.at))}  {e.kind:<18} "
+                   f"{e.version or '-':<28} by {e.who}{f': {e.why}' if e.why else ''}")
+
+
+@main.command()
+@click.argument("version")
+@click.option("--path", type=click.Path(exists=True, file_okay=False), help="Register VERSION from this adapter "
+              "directory first (a new name: versions are never reused).")
+@click.option("--force", is_flag=True, help="Skip the evaluation (recorded as forced); the bake still watches it.")
+@click.option("--why", default="", help="Reason, kept in the event log.")
+@click.option("--wait/--no-wait", default=True, show_default=True, help="Drive the rollout here up to the bake "
+              "(the daemon bakes it); --no-wait leaves every step to the daemon.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (rollout.*, evaluate.*, gateway.*).")
+def promote(version: str, path: str | None, force: bool, why: str, wait: bool, config: str | None) -> None:
+    """Roll VERSION out to production: load on vLLM, evaluate against production, warm, flip the alias, bake.
+
+    Exit 0 when it reached the bake (or finished there), 1 when it was rejected or failed."""
+    import getpass
+
+    from driftwatch.errors import RolloutError
+    from driftwatch.store import SqliteStore
+
+    settings = _load(config)
+    store = SqliteStore(settings.registry_path)
+    ctl = _controller(settings, store)
+    try:
+        if path is not None:
+            ctl.register(version, path)
+        r = ctl.start(version, who=getpass.getuser(), why=why or "driftwatch promote", force=force)
+        if wait:
+            r = ctl.drive(timeout_s=settings.evaluate.timeout_s * 10)
+    except RolloutError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        ctl.close()
+    _echo_events(reversed([e for e in store.events(limit=50) if e.detail.get("rollout") == r.id]))
+    store.close()
+    click.echo(f"rollout {r.id}: {r.phase}")
+    sys.exit(1 if r.phase in ("rejected", "failed", "rolled_back") else 0)
+
+
+@main.command()
+@click.option("--why", default="", help="Reason, kept in the event log.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+def rollback(why: str, config: str | None) -> None:
+    """Production back to the adapter it replaced (the rollout in progress, else the last one)."""
+    import getpass
+
+    from driftwatch.errors import RolloutError
+    from driftwatch.store import SqliteStore
+
+    settings = _load(config)
+    store = SqliteStore(settings.registry_path)
+    ctl = _controller(settings, store)
+    try:
+        version = ctl.rollback(who=getpass.getuser(), why=why)
+    except RolloutError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    finally:
+        ctl.close()
+        store.close()
+    click.echo(f"{settings.rollout.alias} -> {version}")
+
+
+@main.group("adapters")
+def adapters_group() -> None:
+    """The adapter registry: versions, their state, evaluations, events and lineage."""
+
+
+@adapters_group.command("list")
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+def adapters_list(config: str | None) -> None:
+    import time as _time
+
+    from driftwatch.store import SqliteStore
+
+    store = SqliteStore(_load(config).registry_path)
+    click.echo(f"{'version':<32} {'state':<12} {'registered':<19}  run")
+    for a in store.adapters():
+        click.echo(f"{a.version:<32} {a.state:<12} {_time.strftime('%Y-%m-%d %H:%M:%S', _time.localtime(a.created))}"
+                   f"  {a.run_id or '-'}")
+    store.close()
+
+
+@adapters_group.command("show")
+@click.argument("version")
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+def adapters_show(version: str, config: str | None) -> None:
+    """VERSION's lineage (run → dataset manifest → the decision and its evidence), evaluations and events."""
+    from driftwatch.store import SqliteStore
+
+    settings = _load(config)
+    store = SqliteStore(settings.registry_path)
+    state = store if settings.registry_path == settings.state_store_path else SqliteStore(settings.state_store_path)
+    a = store.adapter(version)
+    if a is None:
+        click.echo(f"error: no adapter version '{version}' in the registry ({settings.registry_path})", err=True)
+        sys.exit(1)
+    click.echo(f"adapter {a.version}: {a.state}\n  path     {a.path}\n  parent   {a.parent or '-'}")
+    run = state.run(a.run_id) if a.run_id else None
+    if run is not None:
+        click.echo(f"  run      {run.id} ({run.status}) {run.reason or ''}\n  output   {run.output}")
+        training = run.detail.get("training") or {}
+        if training:
+            click.echo("  training " + ", ".join(f"{k} {training[k]}" for k in ("steps", "best_step", "tokens_seen",
+                                                                                 "gpu_seconds", "cost") if k in training))
+        if run.dataset:
+            click.echo(f"  dataset  {run.dataset}/manifest.json")
+        decision = state.decision(run.decision_id) if run.decision_id else None
+        if decision is not None:
+            click.echo(f"  decision #{decision.id} {decision.action} on {decision.adapter} by rule {decision.rule}: "
+                       f"{' | '.join(decision.reasons)}")
+            if decision.evidence:
+                click.echo(f"  evidence {decision.evidence}")
+        elif run.decision_id is None:
+            click.echo("  decision none: a manual retrain")
+    click.echo("evaluations:")
+    for ev in store.evaluations(version):
+        click.echo(f"  {ev.id}: {'passed' if ev.passed else 'FAILED'} vs {ev.incumbent}  {ev.report}")
+        for line in ev.failed:
+            click.echo(f"      {line}")
+    click.echo("events:")
+    _echo_events(reversed(store.events(version)))
+    store.close()
 
 
 @main.command()
@@ -471,10 +615,9 @@ def alias_group() -> None:
 
 
 def _alias_store(config):
-    from driftwatch.gateway import store_path
     from driftwatch.store import SqliteStore
 
-    return SqliteStore(store_path(_load(config)))
+    return SqliteStore(_load(config).registry_path)
 
 
 @alias_group.command("list")

@@ -271,6 +271,49 @@ class Evaluate(_Section):
     gates: PromotionGates = PromotionGates()
 
 
+class Bake(_Section):
+    duration_s: float = Field(600.0, gt=0, description="live traffic the new adapter must serve without regression "
+                              "before the previous one is unloaded")
+    deadline_s: float = Field(1800.0, gt=0, description="with no data until then, on_no_data decides")
+    on_no_data: Literal["keep", "rollback"] = Field("keep", description="keep: keep the adapter and raise the "
+                                                    "inconclusive-bake alert (driftwatch_rollout_inconclusive)")
+    min_events: int = Field(50, ge=1, description="requests in the new adapter's window before its checks count")
+    min_feedback: int = Field(20, ge=1, description="feedback events before the negative-feedback check counts")
+    failed_checks: int = Field(2, ge=1, description="failed checks (over the bake, not in a row) that roll back")
+    error_ratio_max_delta: float = Field(0.02, ge=0, description="new error ratio minus the previous': at most this")
+    negative_feedback_max_delta: float = Field(0.15, ge=0)
+    refusal_max_delta: float = Field(0.05, ge=0)
+    distinct2_min_ratio: float = Field(0.8, ge=0, description="new distinct-2 over the previous': at least this")
+    latency_max_ratio: float = Field(1.5, gt=0, description="new mean latency over the previous' (plus "
+                                     "latency_slack_ms): at most this")
+    latency_slack_ms: float = Field(20.0, ge=0)
+
+
+class Rollout(_Section):
+    auto_promote: bool = Field(True, description="a retrain's candidate that passes the gate goes to production; "
+                               "off: it is registered only, and rolled out by hand (driftwatch promote VERSION)")
+    alias: str = Field("production", description="the alias clients call; previous/candidate are kept beside it")
+    vllm_urls: list[str] = Field(default_factory=list, description="the vLLM servers adapters are loaded on "
+                                 "(every one; evaluation runs on the first); default: gateway.upstreams")
+    warm_requests: int = Field(3, ge=0, description="requests sent to a loaded version before it takes traffic")
+    canary_steps: list[float] = Field(default_factory=list, description="traffic shares for a stepped canary "
+                                      "through alias weights (e.g. 0.1,0.5), each baked for step_s; empty: one flip")
+    step_s: float = Field(120.0, gt=0)
+    tick_s: float = Field(5.0, gt=0, description="how often the daemon advances a rollout")
+    lease_s: float = Field(30.0, gt=0, description="a process acting on a rollout holds it this long; a crashed "
+                           "holder's rollout is taken over after it")
+    bake: Bake = Bake()
+
+    _csv = field_validator("vllm_urls", "canary_steps", mode="before")(_split_csv)
+
+    @field_validator("canary_steps")
+    @classmethod
+    def _steps(cls, steps: list[float]) -> list[float]:
+        if any(not 0 < w < 1 for w in steps) or steps != sorted(set(steps)):
+            raise ValueError("canary steps are increasing traffic shares between 0 and 1 (exclusive), e.g. 0.1,0.5")
+        return steps
+
+
 class Gateway(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65_535)
@@ -312,10 +355,20 @@ class Settings(_Section):
     policy: Policy = Policy()
     retrain: Retrain = Retrain()
     evaluate: Evaluate = Evaluate()
+    rollout: Rollout = Rollout()
     gateway: Gateway = Gateway()
     http: Http = Http()
     daemon: Daemon = Daemon()
     logging: Logging = Logging()
+
+    @property
+    def registry_path(self) -> Path:
+        """The store holding the alias table and the adapter registry: gateway.store_path, else the state store."""
+        return self.gateway.store_path or self.state_store_path
+
+    @property
+    def vllm_urls(self) -> list[str]:
+        return self.rollout.vllm_urls or self.gateway.upstreams
 
     @property
     def state_store_path(self) -> Path:

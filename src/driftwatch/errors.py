@@ -17,7 +17,8 @@ with ``raise ... from exc``, so callers only ever catch these::
      │    ├── AdapterExists      an adapter of that name is already loaded (vLLM's 400)
      │    ├── AdapterNotFound    no adapter of that name is loaded, or its path does not exist (404)
      │    └── AdapterRejected    vLLM cannot load it: rank above --max-lora-rank, another base model (500)
-     └── EvaluationError         an evaluation could not be run to its end (it never promotes)
+     ├── EvaluationError         an evaluation could not be run to its end (it never promotes)
+     └── RolloutError            a promotion or rollback that cannot start (unknown version, one in progress)
 """
 
 from __future__ import annotations
@@ -101,4 +102,8 @@ class AdapterRejected(ServingError):
 
 
 class EvaluationError(DriftwatchError):
+    pass
+
+
+class RolloutError(DriftwatchError):
     pass

@@ -24,7 +24,6 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, AsyncIterator, Callable, NamedTuple
 
 from starlette.applications import Starlette
@@ -446,17 +445,13 @@ class GatewayService:
         m.upstream_latency.observe(outcome.upstream_s)
 
 
-def store_path(settings) -> Path:
-    return Path(settings.gateway.store_path or settings.state_store_path)
-
-
 def build(settings, *, seed: int | None = None, producer_factory=None) -> tuple[GatewayService, EventSink]:
     """Wire the gateway from settings (its composition: store, metrics, event sink, service)."""
     from driftwatch.store import SqliteStore
 
     metrics = GatewayMetrics(max_adapters=settings.metrics.max_adapters)
     sink = EventSink(settings.kafka, settings.gateway.buffer_max_events, metrics, producer_factory).start()
-    service = GatewayService(settings.gateway, SqliteStore(store_path(settings)), sink, settings.kafka.topics, metrics,
+    service = GatewayService(settings.gateway, SqliteStore(settings.registry_path), sink, settings.kafka.topics, metrics,
                              seed=seed).start()
     return service, sink
 

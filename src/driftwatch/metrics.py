@@ -190,6 +190,34 @@ class Metrics:
         self.training_cost = Counter(
             "driftwatch_training_cost", "Cost of finished training runs (retrain.price_per_gpu_hour units)", registry=r
         )
+        # evaluate and rollout
+        self.evaluations = Counter(
+            "driftwatch_evaluations", "Candidate evaluations against the incumbent, by result (passed, failed)",
+            ["result"], registry=r,
+        )
+        self.rollouts = Counter(
+            "driftwatch_rollouts", "Rollouts finished, by outcome (done, rolled_back, rejected, failed)", ["outcome"],
+            registry=r,
+        )
+        self.rollbacks = Counter(
+            "driftwatch_rollbacks", "Rollbacks, by trigger (bake: live checks failed; no_data; manual)", ["trigger"],
+            registry=r,
+        )
+        self.rollout_phase = Gauge(
+            "driftwatch_rollout_phase", "1 for the phase the rollout in progress is in (none when idle)", ["phase"],
+            registry=r,
+        )
+        self.rollout_failed_checks = Gauge(
+            "driftwatch_rollout_failed_checks", "Failed bake checks of the rollout in progress", registry=r
+        )
+        self.rollout_inconclusive = Gauge(
+            "driftwatch_rollout_inconclusive", "1 when the last bake ended with no data (the adapter was kept)",
+            registry=r,
+        )
+        self.production_info = Gauge(
+            "driftwatch_production_info", "The adapter version the production alias points to (value: its weight)",
+            ["version"], registry=r,
+        )
         self.adapter_cap = LabelCap(max_adapters, self.label_capped, "adapter")
         self.route_cap = LabelCap(max_routes, self.label_capped, "route")
 

@@ -1,18 +1,26 @@
 """driftwatch's state store: what must survive a restart (rule states, decisions and their evidence, examples
-harvested from feedback, retrain runs).
+harvested from feedback, retrain runs) and the registry (datasets, adapter versions, evaluations, rollouts, the
+alias table, and an append-only event log of who did what, when and why).
 
 A small interface with SQLite as the single-process default. A shared backend (PostgreSQL, for several
-replicas behind a leader) implements the same methods; the rollout registry will add its tables here.
+replicas behind a leader) implements the same methods.
+
+Lineage: adapter → run (``adapter.run_id``) → dataset (``run.dataset``, its manifest) → decision (``run.decision_id``,
+its evidence). A rollout step changes the alias table, adapter states, the rollout row and the event log in one
+transaction (:meth:`SqliteStore.commit`), so a crash leaves either the step or nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+from driftwatch.errors import RolloutError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS rule_state (
@@ -32,7 +40,28 @@ CREATE TABLE IF NOT EXISTS run (
     dataset TEXT, output TEXT, started REAL NOT NULL, finished REAL, detail TEXT);
 CREATE TABLE IF NOT EXISTS alias_table (
     version INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, doc TEXT NOT NULL, who TEXT, why TEXT);
+CREATE TABLE IF NOT EXISTS dataset (
+    version TEXT PRIMARY KEY, path TEXT NOT NULL, created REAL NOT NULL, counts TEXT);
+CREATE TABLE IF NOT EXISTS adapter (
+    version TEXT PRIMARY KEY, path TEXT NOT NULL, run_id TEXT, parent TEXT, state TEXT NOT NULL,
+    created REAL NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS evaluation (
+    id TEXT PRIMARY KEY, at REAL NOT NULL, candidate TEXT NOT NULL, incumbent TEXT NOT NULL, passed INTEGER NOT NULL,
+    report TEXT, failed TEXT);
+CREATE TABLE IF NOT EXISTS rollout (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, candidate TEXT NOT NULL, previous TEXT, phase TEXT NOT NULL,
+    started REAL NOT NULL, phase_since REAL NOT NULL, step INTEGER NOT NULL DEFAULT 0,
+    failed_checks INTEGER NOT NULL DEFAULT 0, forced INTEGER NOT NULL DEFAULT 0, who TEXT, why TEXT,
+    holder TEXT, held_until REAL NOT NULL DEFAULT 0, detail TEXT);
+CREATE TABLE IF NOT EXISTS event (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL, kind TEXT NOT NULL, version TEXT,
+    why TEXT, detail TEXT);
+CREATE INDEX IF NOT EXISTS event_version ON event (version);
 """
+
+
+_ROLLOUT_COLUMNS = ("id, candidate, previous, phase, started, phase_since, step, failed_checks, forced, who, why, "
+                    "holder, held_until, detail")
 
 
 @dataclass(frozen=True)
@@ -80,11 +109,63 @@ class RunRecord:
     detail: dict
 
 
+@dataclass(frozen=True)
+class AdapterRecord:
+    version: str  # the name it is served under on vLLM: unique, never reused
+    path: str
+    run_id: str | None
+    parent: str | None  # the version it was retrained from
+    state: str  # candidate | rejected | production | previous | retired | rolled_back
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    id: str
+    at: float
+    candidate: str
+    incumbent: str
+    passed: bool
+    report: str | None  # path of the JSON report
+    failed: list[str]  # the checks that did not pass
+
+
+@dataclass(frozen=True)
+class RolloutRecord:
+    id: int
+    candidate: str
+    previous: str | None
+    phase: str  # see rollout.PHASES
+    started: float
+    phase_since: float
+    step: int = 0
+    failed_checks: int = 0
+    forced: bool = False
+    who: str = ""
+    why: str = ""
+    holder: str | None = None
+    held_until: float = 0.0
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    at: float
+    who: str
+    kind: str
+    version: str | None
+    why: str
+    detail: dict
+
+
 class StateStore(Protocol):
     def rule_states(self) -> dict[tuple[str, str], RuleState]: ...
     def save_rule_state(self, state: RuleState, now: float) -> None: ...
     def record_decision(self, at: float, adapter: str, action: str, rule: str | None, reasons: list[str]) -> int: ...
     def decisions(self, since: float = 0.0, action: str | None = None, limit: int = 1000) -> list[DecisionRecord]: ...
+    def decision(self, decision_id: int) -> DecisionRecord | None: ...
     def attach_evidence(self, decision_id: int, path: str) -> None: ...
     def add_examples(self, examples: list[HarvestedExample]) -> None: ...
     def examples(self, since: float = 0.0) -> list[HarvestedExample]: ...
@@ -93,6 +174,20 @@ class StateStore(Protocol):
     def alias_table_version(self) -> int: ...
     def set_aliases(self, changes: dict[str, dict[str, float] | None], at: float, who: str = "", why: str = "") -> int: ...
     def runs(self, limit: int = 100) -> list[RunRecord]: ...
+    def run(self, run_id: str) -> RunRecord | None: ...
+    def save_dataset(self, version: str, path: str, created: float, counts: dict) -> None: ...
+    def dataset(self, version: str) -> tuple[str, float, dict] | None: ...
+    def save_adapter(self, record: AdapterRecord) -> None: ...
+    def adapters(self) -> list[AdapterRecord]: ...
+    def adapter(self, version: str) -> AdapterRecord | None: ...
+    def save_evaluation(self, record: EvaluationRecord) -> None: ...
+    def evaluations(self, candidate: str | None = None) -> list[EvaluationRecord]: ...
+    def rollouts(self, limit: int = 20) -> list[RolloutRecord]: ...
+    def claim_rollout(self, rollout_id: int, holder: str, now: float, lease_s: float) -> bool: ...
+    def events(self, version: str | None = None, limit: int = 1000) -> list[EventRecord]: ...
+    def commit(self, at: float, who: str, kind: str, version: str | None, why: str = "", *,
+               aliases: dict[str, dict[str, float] | None] | None = None, states: dict[str, str] | None = None,
+               rollout: RolloutRecord | None = None, expect_phase: str | None = None, detail: dict | None = None) -> int: ...
     def close(self) -> None: ...
 
 
@@ -136,6 +231,11 @@ class SqliteStore:
         rows = self._run(sql + " ORDER BY id DESC LIMIT ?", args + (limit,)).fetchall()
         return [DecisionRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6]) for r in rows]
 
+    def decision(self, decision_id: int) -> DecisionRecord | None:
+        r = self._run("SELECT id, at, adapter, action, rule, reasons, path FROM decision LEFT JOIN evidence ON "
+                      "evidence.decision_id = decision.id WHERE id = ?", (decision_id,)).fetchone()
+        return None if r is None else DecisionRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
+
     def attach_evidence(self, decision_id: int, path: str) -> None:
         self._run("INSERT OR REPLACE INTO evidence (decision_id, path) VALUES (?, ?)", (decision_id, path))
 
@@ -177,26 +277,132 @@ class SqliteStore:
 
     def set_aliases(self, changes: dict[str, dict[str, float] | None], at: float, who: str = "", why: str = "") -> int:
         """Apply changes (alias -> weights, or None to delete) on top of the current table; return the new version."""
+        with self._transaction():
+            version = self._apply_aliases(changes, at, who, why)
+            self._event(at, who, "alias", None, why, {"aliases": changes, "alias_table_version": version})
+        return version
+
+    def _apply_aliases(self, changes: dict[str, dict[str, float] | None], at: float, who: str, why: str) -> int:
         for alias, weights in changes.items():
             if weights is not None and (not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0):
                 raise ValueError(f"alias '{alias}': weights must be non-negative with a positive sum, got {weights}")
+        row = self._db.execute("SELECT doc FROM alias_table ORDER BY version DESC LIMIT 1").fetchone()
+        table = json.loads(row[0]) if row else {}
+        for alias, weights in changes.items():
+            if weights is None:
+                table.pop(alias, None)
+            else:
+                table[alias] = {v: float(w) for v, w in weights.items()}
+        cur = self._db.execute("INSERT INTO alias_table (at, doc, who, why) VALUES (?, ?, ?, ?)",
+                               (at, json.dumps(table, sort_keys=True), who, why))
+        return int(cur.lastrowid)
+
+    @contextlib.contextmanager
+    def _transaction(self):
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT doc FROM alias_table ORDER BY version DESC LIMIT 1").fetchone()
-                table = json.loads(row[0]) if row else {}
-                for alias, weights in changes.items():
-                    if weights is None:
-                        table.pop(alias, None)
-                    else:
-                        table[alias] = {v: float(w) for v, w in weights.items()}
-                cur = self._db.execute("INSERT INTO alias_table (at, doc, who, why) VALUES (?, ?, ?, ?)",
-                                       (at, json.dumps(table, sort_keys=True), who, why))
+                yield
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-        return int(cur.lastrowid)
+
+    def _event(self, at: float, who: str, kind: str, version: str | None, why: str, detail: dict | None) -> None:
+        self._db.execute("INSERT INTO event (at, who, kind, version, why, detail) VALUES (?, ?, ?, ?, ?, ?)",
+                         (at, who or "driftwatch", kind, version, why, json.dumps(detail or {}, default=str)))
+
+    # -- registry -----------------------------------------------------------------------------------------------------
+    def run(self, run_id: str) -> RunRecord | None:
+        r = self._run("SELECT id, decision_id, adapter, status, reason, dataset, output, started, finished, detail "
+                      "FROM run WHERE id = ?", (run_id,)).fetchone()
+        return None if r is None else RunRecord(*r[:9], json.loads(r[9] or "{}"))
+
+    def save_dataset(self, version: str, path: str, created: float, counts: dict) -> None:
+        self._run("INSERT OR IGNORE INTO dataset (version, path, created, counts) VALUES (?, ?, ?, ?)",
+                  (version, path, created, json.dumps(counts)))
+
+    def dataset(self, version: str) -> tuple[str, float, dict] | None:
+        r = self._run("SELECT path, created, counts FROM dataset WHERE version = ?", (version,)).fetchone()
+        return None if r is None else (r[0], r[1], json.loads(r[2] or "{}"))
+
+    def save_adapter(self, record: AdapterRecord) -> None:
+        """Register a version (a new one only: a version name is never reused, see rollout.py)."""
+        with self._transaction():
+            self._db.execute("INSERT INTO adapter (version, path, run_id, parent, state, created, updated) "
+                             "VALUES (?, ?, ?, ?, ?, ?, ?)", astuple(record))
+            self._event(record.created, "driftwatch", "registered", record.version, "",
+                        {"path": record.path, "run_id": record.run_id, "parent": record.parent})
+
+    def adapters(self) -> list[AdapterRecord]:
+        rows = self._run("SELECT version, path, run_id, parent, state, created, updated FROM adapter "
+                         "ORDER BY created DESC").fetchall()
+        return [AdapterRecord(*r) for r in rows]
+
+    def adapter(self, version: str) -> AdapterRecord | None:
+        r = self._run("SELECT version, path, run_id, parent, state, created, updated FROM adapter WHERE version = ?",
+                      (version,)).fetchone()
+        return None if r is None else AdapterRecord(*r)
+
+    def save_evaluation(self, record: EvaluationRecord) -> None:
+        self._run("INSERT OR REPLACE INTO evaluation (id, at, candidate, incumbent, passed, report, failed) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?)", (record.id, record.at, record.candidate, record.incumbent,
+                                                   int(record.passed), record.report, json.dumps(record.failed)))
+
+    def evaluations(self, candidate: str | None = None) -> list[EvaluationRecord]:
+        sql = "SELECT id, at, candidate, incumbent, passed, report, failed FROM evaluation"
+        rows = self._run(sql + (" WHERE candidate = ?" if candidate else "") + " ORDER BY at DESC",
+                         (candidate,) if candidate else ()).fetchall()
+        return [EvaluationRecord(r[0], r[1], r[2], r[3], bool(r[4]), r[5], json.loads(r[6])) for r in rows]
+
+    def rollouts(self, limit: int = 20) -> list[RolloutRecord]:
+        rows = self._run(f"SELECT {_ROLLOUT_COLUMNS} FROM rollout ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        return [RolloutRecord(*r[:8], bool(r[8]), *r[9:13], detail=json.loads(r[13] or "{}")) for r in rows]
+
+    def claim_rollout(self, rollout_id: int, holder: str, now: float, lease_s: float) -> bool:
+        """Take (or renew) the right to act on a rollout until now + lease_s; False while another holds it."""
+        cur = self._run("UPDATE rollout SET holder = ?, held_until = ? WHERE id = ? AND "
+                        "(holder IS NULL OR holder = ? OR held_until < ?)", (holder, now + lease_s, rollout_id, holder, now))
+        return cur.rowcount == 1
+
+    def events(self, version: str | None = None, limit: int = 1000) -> list[EventRecord]:
+        sql = "SELECT id, at, who, kind, version, why, detail FROM event"
+        rows = self._run(sql + (" WHERE version = ?" if version else "") + " ORDER BY id DESC LIMIT ?",
+                         ((version,) if version else ()) + (limit,)).fetchall()
+        return [EventRecord(*r[:6], json.loads(r[6] or "{}")) for r in rows]
+
+    def commit(self, at: float, who: str, kind: str, version: str | None, why: str = "", *,
+               aliases: dict[str, dict[str, float] | None] | None = None, states: dict[str, str] | None = None,
+               rollout: RolloutRecord | None = None, expect_phase: str | None = None, detail: dict | None = None) -> int:
+        """One step, all or nothing: alias changes, adapter states, the rollout row (inserted when its id is 0; else
+        updated only while it is still in ``expect_phase``: another process may have moved it) and the event.
+        Returns the rollout's id (0 without one)."""
+        rollout_id = 0
+        with self._transaction():
+            if aliases:
+                self._apply_aliases(aliases, at, who, why)
+            for v, state in (states or {}).items():
+                self._db.execute("UPDATE adapter SET state = ?, updated = ? WHERE version = ?", (state, at, v))
+            if rollout is not None:
+                # the lease (holder, held_until) is claim_rollout's alone
+                values = (rollout.candidate, rollout.previous, rollout.phase, rollout.started, rollout.phase_since,
+                          rollout.step, rollout.failed_checks, int(rollout.forced), rollout.who, rollout.why,
+                          json.dumps(rollout.detail, default=str))
+                columns = "candidate, previous, phase, started, phase_since, step, failed_checks, forced, who, why, detail"
+                if rollout.id:
+                    cur = self._db.execute(f"UPDATE rollout SET ({columns}) = ({', '.join('?' * len(values))}) "
+                                           "WHERE id = ? AND phase = coalesce(?, phase)",
+                                           values + (rollout.id, expect_phase))
+                    if cur.rowcount != 1:
+                        raise RolloutError(f"rollout {rollout.id} is no longer {expect_phase}: another process moved it")
+                    rollout_id = rollout.id
+                else:
+                    rollout_id = int(self._db.execute(
+                        f"INSERT INTO rollout ({columns}) VALUES ({', '.join('?' * len(values))})", values).lastrowid)
+            self._event(at, who, kind, version, why, {**(detail or {}), **({"rollout": rollout_id} if rollout_id else {}),
+                                                     **({"aliases": aliases} if aliases else {}),
+                                                     **({"states": states} if states else {})})
+        return rollout_id
 
     def close(self) -> None:
         with self._lock:

@@ -101,7 +101,14 @@ def test_cli_train_and_retrain(tiny_model, tmp_path, monkeypatch):
            "DRIFTWATCH__RETRAIN__TRAINING__MAX_STEPS": "4", "DRIFTWATCH__DAEMON__STATE_DIR": str(tmp_path / "state")}
     result = CliRunner().invoke(main, ["retrain", "--adapter", "support-v2", "--routes", "summarize"], env=env)
     assert result.exit_code == 0, result.output
-    assert "succeeded" in result.output and "pass duplicate_share" in result.output and "candidate adapter:" in result.output
+    assert "succeeded" in result.output and "pass duplicate_share" in result.output and "candidate adapter ft-" in result.output
+    version = result.output.split("candidate adapter ")[1].split(":")[0]
+    listed = CliRunner().invoke(main, ["adapters", "list"], env=env)
+    assert version in listed.output and "candidate" in listed.output
+    shown = CliRunner().invoke(main, ["adapters", "show", version], env=env)  # lineage: run -> dataset -> decision
+    run_id = version.removeprefix("ft-")
+    assert f"run      {run_id} (succeeded)" in shown.output and "/manifest.json" in shown.output, shown.output
+    assert "decision none: a manual retrain" in shown.output and "registered" in shown.output
     status = CliRunner().invoke(main, ["status"], env=env)
     assert "retrain runs:" in status.output and "succeeded" in status.output
     dataset = next((tmp_path / "state" / "datasets").iterdir())

@@ -50,7 +50,7 @@ def _reservoir(sample: list, cap: int, item, seen: int, rng: random.Random) -> N
 
 class Window:
     __slots__ = ("numeric", "categorical", "events", "errors", "refusals", "empties", "feedback", "responses",
-                 "started", "diversity_cap", "rows", "rows_cap", "prompts", "prompts_cap", "semantic", "rng")
+                 "started", "latency_ms_sum", "diversity_cap", "rows", "rows_cap", "prompts", "prompts_cap", "semantic", "rng")
 
     def __init__(self, reference: Profile | None, max_categories: int, diversity_cap: int, now: float,
                  rows_cap: int = 0, prompts_cap: int = 0, rng: random.Random | None = None) -> None:
@@ -58,6 +58,7 @@ class Window:
         self.numeric = {name: ref_num[name].empty_like() for name in NUMERIC if name in ref_num}
         self.categorical = {name: Categories(max_categories) for name in CATEGORICAL}
         self.events = self.errors = self.refusals = self.empties = 0
+        self.latency_ms_sum = 0.0
         self.feedback = {"positive": 0, "negative": 0, "neutral": 0}
         self.responses: list[str] = []
         self.diversity_cap = diversity_cap
@@ -78,6 +79,7 @@ class Window:
         self.errors += features.status != "ok"
         self.refusals += features.refusal == "yes"
         self.empties += features.empty_response == "yes"
+        self.latency_ms_sum += features.latency_ms
         if response and len(self.responses) < self.diversity_cap:
             self.responses.append(response[:1000])
         _reservoir(self.rows, self.rows_cap, features, self.events, self.rng)
@@ -93,6 +95,7 @@ class Window:
         out.events = self.events + other.events
         out.errors, out.refusals = self.errors + other.errors, self.refusals + other.refusals
         out.empties = self.empties + other.empties
+        out.latency_ms_sum = self.latency_ms_sum + other.latency_ms_sum
         out.feedback = {k: n + other.feedback[k] for k, n in self.feedback.items()}
         share = self.events / out.events if out.events else 0.5
         for name, cap in (("responses", self.diversity_cap), ("rows", self.rows_cap), ("prompts", self.prompts_cap)):
@@ -115,6 +118,7 @@ class AdapterSnapshot:
     distinct_1: float | None
     distinct_2: float | None
     drift: dict[str, Verdict] = field(default_factory=dict)  # feature -> verdict against the reference
+    latency_mean_ms: float | None = None
     grown_routes: tuple[str, ...] = ()  # routes whose share grew markedly against the reference (retrain focus)
 
     @property
@@ -234,7 +238,7 @@ class Monitor:
             feedback_count=fb,
             distinct_1=distinct_n(win.responses, 1) if win.responses else None,
             distinct_2=distinct_n(win.responses, 2) if win.responses else None,
-            drift=drift,
+            drift=drift, latency_mean_ms=win.latency_ms_sum / n if n else None,
         )
 
 

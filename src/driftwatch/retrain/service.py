@@ -8,6 +8,7 @@ or ``refused`` when the data failed a gate (nothing was trained; the gate report
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from dataclasses import replace
@@ -39,7 +40,9 @@ class RetrainService:
     def run(self, adapter: str, *, decision_id: int | None = None, focus_routes: tuple[str, ...] = (),
             reason: str = "") -> RunRecord:
         started = self.clock()
-        run_id = f"{adapter}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}-{decision_id or 'manual'}"
+        # the id names the candidate's version (rollout.version_name), so it must not grow with each generation
+        run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}-" + (
+            f"d{decision_id}" if decision_id else f"manual-{secrets.token_hex(2)}")
         record = RunRecord(run_id, decision_id, adapter, "building", reason or None, None, None, started, None,
                            {"focus_routes": list(focus_routes)})
         self.store.save_run(record)
@@ -75,6 +78,7 @@ class RetrainService:
             return replace(record, status="refused", reason=str(exc),
                            detail={**record.detail, "gates": [g.line() for g in exc.report]})
         dataset = write_dataset(curated, self.datasets_dir, sources=sources, retention_days=cfg.retention_days)
+        self.store.save_dataset(dataset.name, str(dataset), self.clock(), curated.counts)
         output = self.runs_dir / record.id
         record = replace(record, status="training", dataset=str(dataset), output=str(output),
                          detail={**record.detail, "gates": [g.line() for g in curated.report], "counts": curated.counts})

@@ -1,0 +1,426 @@
+"""Rollout: a candidate adapter reaches production only through the gate, and leaves it when live signals say it
+hurts. Flagger's analysis loop, at the level of a LoRA adapter on vLLM.
+
+One rollout at a time, as a row in the registry that moves through phases::
+
+    loading → evaluating → warming → canary (each step) → baking → done
+       ↘ failed   ↘ rejected                  ↘ rolled_back ↙
+
+* **loading** — the candidate is loaded on every vLLM server under its own name (a version name is never reused:
+  vLLM keeps prefix-cache blocks by name, so reloading a name could serve stale blocks);
+* **evaluating** — candidate against the incumbent on vLLM (evaluate/); a failed or errored evaluation rejects it;
+* **warming** — a few requests to the candidate, so the first client request does not pay for cold paths;
+* **canary** — optional: ``production`` sends a share of traffic to the candidate through alias weights, and the
+  bake's checks compare the two adapters' live windows at each step;
+* **baking** — ``production`` points to the candidate, ``previous`` to the adapter it replaced (still loaded). The
+  candidate's live window is compared with the previous adapter's signals taken at the flip; failed checks are
+  counted and roll back at ``rollout.bake.failed_checks``. No data holds, up to ``bake.deadline_s``;
+* **done** — the previous adapter is retired and unloaded; **rolled_back** — ``production`` points back to it.
+
+Every transition is one transaction in the store (alias table, adapter states, the rollout row, the event log), and
+every action is idempotent (loading what is loaded, flipping to where it points, unloading what is gone), so a
+process killed at any point and restarted repeats the step it was in and goes on. Unloading is left to
+:meth:`RolloutController.reconcile`, after ``drain_s``, so requests routed just before a flip still find their
+adapter. A process acts on a rollout only while it holds its lease (a crashed holder's lease runs out).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from driftwatch.config import Bake, Settings
+from driftwatch.errors import AdapterExists, AdapterNotFound, RolloutError, ServingError, VLLMUnavailable
+from driftwatch.gates import Gate
+from driftwatch.metrics import Metrics
+from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
+from driftwatch.store import AdapterRecord, EvaluationRecord, RolloutRecord, StateStore
+
+log = logging.getLogger(__name__)
+
+ACTIVE = ("loading", "evaluating", "warming", "canary", "baking")
+FINISHED = ("done", "rolled_back", "rejected", "failed")
+UNSERVED = ("rejected", "retired", "rolled_back")  # adapter states that should not stay loaded
+WARM_PROMPT = "Hello"
+
+
+def version_name(run_id: str) -> str:
+    return f"ft-{run_id}"
+
+
+# -- bake checks (pure) -------------------------------------------------------------------------------------------------
+def live_signals(a: AdapterSnapshot | None) -> dict:
+    if a is None:
+        return {"events": 0, "feedback_count": 0}
+    return {"events": a.window_events, "feedback_count": a.feedback_count, "error_ratio": a.error_ratio,
+            "negative_feedback_ratio": a.negative_feedback_ratio, "refusal_rate": a.refusal_rate,
+            "distinct_2": a.distinct_2, "latency_mean_ms": a.latency_mean_ms}
+
+
+def bake_checks(new: dict, prev: dict, cfg: Bake) -> list[Gate] | None:
+    """The new adapter's live signals against the previous adapter's. None: no data yet (the new adapter has served
+    fewer than ``min_events`` requests). Otherwise every check both sides can be measured on."""
+    if new.get("events", 0) < cfg.min_events:
+        return None
+    gates = []
+
+    def both(key: str) -> bool:
+        return new.get(key) is not None and prev.get(key) is not None
+
+    for key, bound in (("error_ratio", cfg.error_ratio_max_delta), ("refusal_rate", cfg.refusal_max_delta),
+                       ("negative_feedback_ratio", cfg.negative_feedback_max_delta)):
+        if key == "negative_feedback_ratio" and min(new["feedback_count"], prev.get("feedback_count", 0)) < cfg.min_feedback:
+            continue
+        if both(key):
+            gates.append(Gate(f"{key}_delta", new[key] - prev[key], bound, "<=",
+                              f"new {new[key]:.3g} vs previous {prev[key]:.3g}"))
+    if both("distinct_2") and prev["distinct_2"] > 0:
+        gates.append(Gate("distinct2_ratio", new["distinct_2"] / prev["distinct_2"], cfg.distinct2_min_ratio, ">=",
+                          f"new {new['distinct_2']:.3g} vs previous {prev['distinct_2']:.3g}"))
+    if both("latency_mean_ms"):
+        gates.append(Gate("latency_ratio", new["latency_mean_ms"] / (prev["latency_mean_ms"] + cfg.latency_slack_ms),
+                          cfg.latency_max_ratio, "<=", f"new {new['latency_mean_ms']:.0f} ms vs previous "
+                          f"{prev['latency_mean_ms']:.0f} ms (+{cfg.latency_slack_ms:g} ms slack)"))
+    return gates
+
+
+# -- the controller -----------------------------------------------------------------------------------------------------
+class RolloutController:
+    def __init__(self, settings: Settings, store: StateStore, *, metrics: Metrics | None = None, clients=None,
+                 evaluator=None, clock: Callable[[], float] = time.time, drain_s: float | None = None) -> None:
+        self.settings, self.cfg, self.store, self.metrics, self.clock = settings, settings.rollout, store, metrics, clock
+        self._clients = clients
+        self._evaluator = evaluator
+        self.drain_s = drain_s if drain_s is not None else 2 * settings.gateway.alias_poll_s + 5.0
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self._lock = threading.RLock()
+
+    @property
+    def clients(self) -> list:
+        """One vLLM client per server (made on first use: httpx stays out of the daemon's start)."""
+        if self._clients is None:
+            from driftwatch.serving.vllm import VLLMClient
+
+            self._clients = [VLLMClient(url, timeout_s=self.settings.evaluate.timeout_s)
+                             for url in self.settings.vllm_urls]
+        return self._clients
+
+    def close(self) -> None:
+        for client in self._clients or []:
+            client.close()
+
+    # -- registry -------------------------------------------------------------------------------------------------------
+    def register(self, version: str, path: str | Path, *, run_id: str | None = None,
+                 parent: str | None = None) -> AdapterRecord:
+        if self.store.adapter(version) is not None:
+            raise RolloutError(f"adapter version '{version}' is already registered: a version name is never reused")
+        if not (Path(path) / "adapter_config.json").exists():
+            raise RolloutError(f"{path} is not a LoRA adapter directory (no adapter_config.json)")
+        now = self.clock()
+        record = AdapterRecord(version, str(Path(path).resolve()), run_id, parent, "candidate", now, now)
+        self.store.save_adapter(record)
+        return record
+
+    def production(self) -> str | None:
+        """The version production points to (the heaviest weight during a canary)."""
+        weights = self.store.alias_table()[1].get(self.cfg.alias)
+        return max(weights, key=weights.get) if weights else None
+
+    def active(self) -> RolloutRecord | None:
+        return next((r for r in self.store.rollouts(limit=5) if r.phase in ACTIVE), None)
+
+    # -- starting -------------------------------------------------------------------------------------------------------
+    def start(self, version: str, *, who: str = "driftwatch", why: str = "", force: bool = False) -> RolloutRecord:
+        """Begin a rollout of a registered version. ``force`` skips the evaluation (recorded as such)."""
+        with self._lock:
+            adapter = self.store.adapter(version)
+            if adapter is None:
+                raise RolloutError(f"unknown adapter version '{version}': register it first (driftwatch promote "
+                                   f"{version} --path DIR)")
+            if adapter.state != "candidate":
+                raise RolloutError(f"adapter version '{version}' is {adapter.state}; only a candidate can be rolled out")
+            if (active := self.active()) is not None:
+                raise RolloutError(f"rollout {active.id} of '{active.candidate}' is in progress ({active.phase}); "
+                                   "wait for it or roll it back")
+            now = self.clock()
+            record = RolloutRecord(0, version, self.production(), "loading", now, now, forced=force, who=who, why=why)
+            rid = self.store.commit(now, who, "rollout-started", version, why, rollout=record,
+                                    detail={"previous": record.previous, "forced": force})
+            log.info("rollout %d: %s -> %s started by %s%s", rid, record.previous, version, who,
+                     " (forced: no evaluation)" if force else "")
+            self._export(replace(record, id=rid))
+            return replace(record, id=rid)
+
+    # -- advancing ------------------------------------------------------------------------------------------------------
+    def tick(self, snapshot: MonitorSnapshot | None = None) -> RolloutRecord | None:
+        """Advance the rollout in progress by one step (if this process holds it). Returns it, or None when idle."""
+        with self._lock:
+            r = self.active()
+            if r is None:
+                return None
+            if not self.store.claim_rollout(r.id, self.holder, self.clock(), self.cfg.lease_s):
+                return r
+            try:
+                r = getattr(self, f"_{r.phase}")(r, snapshot)
+            except RolloutError as exc:  # moved by another process (a rollback by hand): read it again
+                log.info("%s", exc)
+                r = next(x for x in self.store.rollouts(limit=5) if x.id == r.id)
+            self._export(r)
+            return r
+
+    def drive(self, snapshot_fn: Callable[[], MonitorSnapshot | None] = lambda: None,
+              until: tuple[str, ...] = ("canary", "baking"), timeout_s: float = 600.0,
+              interval_s: float = 0.2) -> RolloutRecord | None:
+        """Tick until the rollout reaches a phase in ``until`` or finishes (for the CLI and the demo)."""
+        deadline = time.monotonic() + timeout_s
+        r = self.tick(snapshot_fn())
+        while r is not None and r.phase not in until and r.phase not in FINISHED and time.monotonic() < deadline:
+            time.sleep(interval_s)
+            r = self.tick(snapshot_fn()) or self.store.rollouts(1)[0]
+        return r
+
+    def _move(self, r: RolloutRecord, phase: str, kind: str, why: str = "", *, aliases=None, states=None,
+              detail_event: dict | None = None, who: str = "driftwatch", **fields) -> RolloutRecord:
+        """Persist a step (one transaction, only if the row is still where this process saw it) and return it.
+        The phase clock restarts when the phase or the canary step changes."""
+        now = self.clock()
+        restart = phase != r.phase or fields.get("step", r.step) != r.step
+        new = replace(r, phase=phase, phase_since=now if restart else r.phase_since, **fields)
+        self.store.commit(now, who, kind, r.candidate, why, rollout=new, expect_phase=r.phase, aliases=aliases,
+                          states=states, detail=detail_event)
+        log.info("rollout %d (%s): %s -> %s%s", r.id, r.candidate, r.phase, phase, f": {why}" if why else "")
+        if phase in FINISHED and self.metrics is not None:
+            self.metrics.rollouts.labels(outcome=phase).inc()
+        return new
+
+    def _loading(self, r: RolloutRecord, snapshot) -> RolloutRecord:
+        try:
+            self._load_everywhere(r.candidate)
+        except VLLMUnavailable as exc:
+            if self.clock() - r.phase_since < self.cfg.bake.deadline_s:
+                log.warning("rollout %d: cannot load %s yet: %s", r.id, r.candidate, exc)
+                return r
+            return self._move(r, "failed", "load-failed", str(exc), states={r.candidate: "rejected"})
+        except ServingError as exc:  # rejected by vLLM, or the path is gone: production untouched
+            return self._move(r, "failed", "load-failed", str(exc), states={r.candidate: "rejected"})
+        return self._move(r, "warming" if r.forced else "evaluating", "loaded", f"on {len(self.clients)} server(s)")
+
+    def _evaluating(self, r: RolloutRecord, snapshot) -> RolloutRecord:
+        incumbent = r.previous or self.settings.gateway.base_model
+        try:
+            evaluator = self.evaluator()
+        except RolloutError as exc:
+            return self._move(r, "rejected", "gate-failed", str(exc), states={r.candidate: "rejected"})
+        report = evaluator.run(r.candidate, incumbent, eval_id=f"rollout-{r.id}-{r.candidate}",
+                                      context={"rollout": r.id})
+        failed = [g.line() for g in report.gates if not g.passed]
+        self.store.save_evaluation(EvaluationRecord(report.id, report.at, r.candidate, incumbent, report.passed,
+                                                    str(evaluator.reports_dir / f"{report.id}.json"), failed))
+        if self.metrics is not None:
+            self.metrics.evaluations.labels(result="passed" if report.passed else "failed").inc()
+        detail = {"evaluation": report.id, "failed": failed}
+        if not report.passed:
+            return self._move(r, "rejected", "gate-failed", "; ".join(failed) or (report.error or "evaluation failed"),
+                              states={r.candidate: "rejected"}, detail_event=detail)
+        return self._move(r, "warming", "gate-passed", f"evaluation {report.id}: every check passed",
+                          detail_event=detail)
+
+    def _warming(self, r: RolloutRecord, snapshot) -> RolloutRecord:
+        try:
+            for client in self.clients:
+                for _ in range(self.cfg.warm_requests):
+                    client.complete(r.candidate, WARM_PROMPT, max_tokens=4)
+        except VLLMUnavailable as exc:
+            log.warning("rollout %d: warming %s: %s", r.id, r.candidate, exc)
+            return r
+        except ServingError as exc:
+            return self._move(r, "failed", "warm-failed", str(exc), states={r.candidate: "rejected"})
+        if self.cfg.canary_steps:
+            return self._canary_step(r, 0, snapshot)
+        return self._flip(r, snapshot)
+
+    def _canary_step(self, r: RolloutRecord, step: int, snapshot) -> RolloutRecord:
+        share = self.cfg.canary_steps[step]
+        weights = {r.candidate: share, r.previous: 1 - share} if r.previous else {r.candidate: 1.0}
+        return self._move(r, "canary", "canary-step", f"{share:.0%} of {self.cfg.alias} traffic to {r.candidate}",
+                          step=step, aliases={self.cfg.alias: weights}, detail={**r.detail, "measured": None})
+
+    def _flip(self, r: RolloutRecord, snapshot) -> RolloutRecord:
+        previous = snapshot.adapters.get(r.previous) if snapshot is not None and r.previous else None
+        baseline = r.detail.get("baseline") if previous is None else live_signals(previous)
+        states = {r.candidate: "production", **({r.previous: "previous"} if r.previous else {})}
+        return self._move(r, "baking", "promoted", f"{self.cfg.alias} -> {r.candidate}",
+                          aliases={self.cfg.alias: {r.candidate: 1.0}, "previous": {r.previous: 1.0} if r.previous else None},
+                          states=states, detail={**r.detail, "baseline": baseline, "measured": None})
+
+    def _canary(self, r: RolloutRecord, snapshot) -> RolloutRecord:
+        prev = live_signals(snapshot.adapters.get(r.previous)) if snapshot is not None and r.previous else {}
+        r = self._judge(r, snapshot, prev)
+        if r.phase != "canary" or not self._measured_for(r, self.cfg.step_s):
+            return r
+        r = replace(r, detail={**r.detail, "baseline": prev})
+        if r.step + 1 < len(self.cfg.canary_steps):
+            return self._canary_step(r, r.step + 1, snapshot)
+        return self._flip(r, None)
+
+    def _baking(self, r: RolloutRecord, snapshot) -> RolloutRecord:
+        baseline = r.detail.get("baseline") or (  # taken at the flip; else the previous adapter's last window
+            live_signals(snapshot.adapters.get(r.previous)) if snapshot is not None and r.previous else {})
+        r = self._judge(r, snapshot, baseline)
+        if r.phase != "baking":
+            return r
+        return self._finish(r, "bake passed") if self._measured_for(r, self.cfg.bake.duration_s) else r
+
+    def _measured_for(self, r: RolloutRecord, seconds: float) -> bool:
+        """Checks have run on data, with no rollback, for ``seconds`` (the bake window counts from the first data)."""
+        since = r.detail.get("measured")
+        return since is not None and self.clock() - since >= seconds
+
+    def _judge(self, r: RolloutRecord, snapshot, prev: dict) -> RolloutRecord:
+        """One round of the bake's checks: count failures, roll back at the threshold; no data holds to the deadline."""
+        bake = self.cfg.bake
+        new = live_signals(snapshot.adapters.get(r.candidate) if snapshot is not None else None)
+        gates = bake_checks(new, prev, bake)
+        if not gates:  # too few requests yet, or nothing the previous adapter can be compared on
+            if self.clock() - r.phase_since < bake.deadline_s:
+                return r
+            if bake.on_no_data == "rollback":
+                return self._roll_back(r, "no_data", f"no data for {bake.deadline_s:g}s (bake.on_no_data=rollback)")
+            if self.metrics is not None:
+                self.metrics.rollout_inconclusive.set(1)
+            return self._finish(r, f"bake inconclusive: no data for {bake.deadline_s:g}s; kept (bake.on_no_data=keep)",
+                                kind="bake-inconclusive")
+        failed = [g for g in gates if not g.passed]
+        if not failed:
+            if r.detail.get("measured") is not None:
+                return r
+            return self._move(r, r.phase, "bake-measured", "; ".join(g.line() for g in gates),
+                              detail={**r.detail, "measured": self.clock()})
+        r = self._move(r, r.phase, "check-failed", "; ".join(g.line() for g in failed),
+                       failed_checks=r.failed_checks + 1,
+                       detail_event={"gates": [g.to_dict() for g in gates], "new": new, "previous": prev})
+        if r.failed_checks >= bake.failed_checks:
+            return self._roll_back(r, "bake", f"{r.failed_checks} failed checks; last: " +
+                                   "; ".join(g.line() for g in failed))
+        return r
+
+    def _finish(self, r: RolloutRecord, why: str, kind: str = "bake-passed") -> RolloutRecord:
+        return self._move(r, "done", kind, why, aliases={"previous": None},
+                          states={r.previous: "retired"} if r.previous else {})
+
+    def _roll_back(self, r: RolloutRecord, trigger: str, why: str, who: str = "driftwatch") -> RolloutRecord:
+        if r.previous is None:
+            aliases = {self.cfg.alias: None}
+        else:
+            self._load_everywhere(r.previous)
+            aliases = {self.cfg.alias: {r.previous: 1.0}, "previous": None}
+        states = {r.candidate: "rolled_back", **({r.previous: "production"} if r.previous else {})}
+        new = self._move(r, "rolled_back", "rolled-back", why, aliases=aliases, states=states, who=who,
+                         detail_event={"trigger": trigger})
+        log.warning("rollout %d: rolled back %s -> %s (%s): %s", r.id, r.candidate, r.previous, trigger, why)
+        if self.metrics is not None:
+            self.metrics.rollbacks.labels(trigger=trigger).inc()
+        return new
+
+    # -- by hand ------------------------------------------------------------------------------------------------------
+    def rollback(self, *, who: str, why: str = "") -> str:
+        """Production back to the adapter before it: the rollout in progress is rolled back, else the last finished
+        one is undone (its previous adapter is loaded again). Returns the version production points to now."""
+        with self._lock:
+            r = self.active()
+            if r is not None:
+                if r.phase not in ("canary", "baking"):  # nothing was flipped yet
+                    self._move(r, "rejected", "cancelled", why or f"cancelled by {who}", who=who,
+                               states={r.candidate: "rejected"})
+                    return self.production() or ""
+                return self._roll_back(r, "manual", why or f"by {who}", who=who).previous or ""
+            done = next((x for x in self.store.rollouts(limit=50) if x.phase == "done" and x.previous), None)
+            current = self.production()
+            if done is None or done.candidate != current:
+                raise RolloutError(f"nothing to roll back to: production is {current or 'unset'} and no finished "
+                                   "rollout put it there; set the alias by hand (driftwatch alias set)")
+            self._load_everywhere(done.previous)
+            now = self.clock()
+            self.store.commit(now, who, "rolled-back", current, why or f"by {who}",
+                              aliases={self.cfg.alias: {done.previous: 1.0}},
+                              states={current: "rolled_back", done.previous: "production"}, detail={"trigger": "manual"})
+            if self.metrics is not None:
+                self.metrics.rollbacks.labels(trigger="manual").inc()
+            log.warning("rollback by %s: %s -> %s", who, current, done.previous)
+            return done.previous
+
+    # -- serving state --------------------------------------------------------------------------------------------------
+    def _load_everywhere(self, version: str) -> None:
+        adapter = self.store.adapter(version)
+        if adapter is None:
+            return  # not ours (e.g. the base model, or an adapter loaded by vLLM's own flags)
+        for client in self.clients:
+            _load_once(client, version, adapter.path)
+
+    def reconcile(self) -> dict[str, list[str]]:
+        """Make every server serve what the registry says: load what an alias or the rollout needs (after a vLLM
+        restart, say), unload retired, rolled-back and rejected versions once ``drain_s`` has passed since."""
+        now, out = self.clock(), {"loaded": [], "unloaded": []}
+        adapters = {a.version: a for a in self.store.adapters()}
+        if not adapters:
+            return out  # nothing registered: nothing of ours to serve
+        needed = {v for weights in self.store.alias_table()[1].values() for v in weights}
+        r = self.active()
+        if r is not None and r.phase != "loading":
+            needed |= {r.candidate} | ({r.previous} if r.previous else set())
+        for client in self.clients:
+            try:
+                loaded = client.adapters()
+                for v in sorted(needed - set(loaded)):
+                    if v in adapters:
+                        _load_once(client, v, adapters[v].path)
+                        out["loaded"].append(v)
+                for v in sorted(set(loaded) - needed):
+                    a = adapters.get(v)
+                    if a is not None and a.state in UNSERVED and now - a.updated >= self.drain_s:
+                        try:
+                            client.unload_adapter(v)
+                        except AdapterNotFound:
+                            pass
+                        out["unloaded"].append(v)
+            except ServingError as exc:
+                log.warning("reconcile with %s: %s", client.base_url, exc)
+        if out["loaded"] or out["unloaded"]:
+            log.info("reconciled serving state: %s", out)
+        return out
+
+    def evaluator(self):
+        if self._evaluator is None:
+            from driftwatch.evaluate.evaluator import Evaluator, reports_dir
+
+            if self.settings.retrain.golden_set is None:
+                raise RolloutError("retrain.golden_set is not set: a candidate cannot be evaluated without the "
+                                   "golden set (or promote with --force, recorded as such)")
+            self._evaluator = Evaluator(self.settings.evaluate, self.clients[0], self.settings.retrain.golden_set,
+                                        reports_dir(self.settings.evaluate, self.settings.daemon.state_dir))
+        return self._evaluator
+
+    def _export(self, r: RolloutRecord) -> None:
+        if self.metrics is None:
+            return
+        for phase in ACTIVE:
+            self.metrics.rollout_phase.labels(phase=phase).set(1 if r.phase == phase else 0)
+        self.metrics.rollout_failed_checks.set(r.failed_checks if r.phase in ACTIVE else 0)
+        weights = self.store.alias_table()[1].get(self.cfg.alias) or {}
+        self.metrics.production_info.clear()
+        for v, w in weights.items():
+            self.metrics.production_info.labels(version=v).set(w / sum(weights.values()))
+
+
+def _load_once(client, version: str, path: str) -> None:
+    """Load, where loaded already is fine: every version has one path, so a name that is there is this adapter."""
+    try:
+        client.load_adapter(version, path)
+    except AdapterExists:
+        pass

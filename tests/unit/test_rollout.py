@@ -1,0 +1,292 @@
+"""The rollout controller against a scripted vLLM and evaluator: phases, the bake's checks, rollback, restarts."""
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from driftwatch.config import Bake, Settings
+from driftwatch.errors import AdapterExists, AdapterNotFound, AdapterRejected, RolloutError, VLLMUnavailable
+from driftwatch.gates import Gate
+from driftwatch.metrics import Metrics
+from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
+from driftwatch.rollout import RolloutController, bake_checks, live_signals
+from driftwatch.store import SqliteStore
+
+
+class ScriptedVLLM:
+    base_url = "http://scripted"
+
+    def __init__(self):
+        self.loaded: dict[str, str] = {}
+        self.calls: list[tuple] = []
+        self.down = False
+        self.reject: set[str] = set()
+
+    def adapters(self):
+        if self.down:
+            raise VLLMUnavailable("down")
+        return dict(self.loaded)
+
+    def load_adapter(self, name, path):
+        self.calls.append(("load", name))
+        if self.down:
+            raise VLLMUnavailable("down")
+        if name in self.reject:
+            raise AdapterRejected("rank too high", 500)
+        if name in self.loaded:
+            raise AdapterExists("already", 400)
+        self.loaded[name] = path
+
+    def unload_adapter(self, name):
+        self.calls.append(("unload", name))
+        if self.loaded.pop(name, None) is None:
+            raise AdapterNotFound("not loaded", 400)
+
+    def complete(self, model, prompt, max_tokens=4):
+        self.calls.append(("complete", model))
+        if model not in self.loaded:
+            raise AdapterNotFound(model, 404)
+
+    def close(self):
+        pass
+
+
+class ScriptedEvaluator:
+    def __init__(self, tmp):
+        self.reports_dir, self.passing, self.runs = tmp, True, []
+
+    def run(self, candidate, incumbent, eval_id, context=None):
+        self.runs.append((candidate, incumbent))
+        gate = Gate("golden_delta", 0.2 if self.passing else -0.5, 0.0, ">=")
+        return SimpleNamespace(id=eval_id, at=1.0, passed=self.passing, gates=[gate], error=None)
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def snap(**adapters) -> MonitorSnapshot:
+    def one(name, events=200, errors=0.0, negative=0.1, feedback=50, distinct=0.6, latency=100.0):
+        return AdapterSnapshot(name, events, True, errors, 0.0, 0.0, negative, feedback, 0.5, distinct,
+                               latency_mean_ms=latency)
+    return MonitorSnapshot(0.0, None, {name: one(name, **kw) for name, kw in adapters.items()})
+
+
+@pytest.fixture()
+def rig(tmp_path):
+    def make(**rollout):
+        settings = Settings.model_validate({"rollout": {"bake": {"duration_s": 60, "deadline_s": 300, "min_events": 50,
+                                                                 "failed_checks": 2}, **rollout},
+                                            "daemon": {"state_dir": str(tmp_path / "state")}})
+        store = SqliteStore(tmp_path / "state.db")
+        vllm, clock = ScriptedVLLM(), Clock()
+        metrics = Metrics(CollectorRegistry())
+        ctl = RolloutController(settings, store, metrics=metrics, clients=[vllm], evaluator=ScriptedEvaluator(tmp_path),
+                                clock=clock, drain_s=10)
+        for v in ("v1", "v2", "v3"):
+            path = tmp_path / v
+            path.mkdir(exist_ok=True)
+            (path / "adapter_config.json").write_text("{}")
+        ctl.register("v1", tmp_path / "v1")
+        store.commit(clock(), "test", "seed", "v1", aliases={"production": {"v1": 1.0}}, states={"v1": "production"})
+        vllm.loaded["v1"] = str(tmp_path / "v1")
+        return SimpleNamespace(ctl=ctl, store=store, vllm=vllm, clock=clock, metrics=metrics, tmp=tmp_path)
+    return make
+
+
+def events(store):
+    return [e.kind for e in reversed(store.events())]
+
+
+def test_good_candidate_is_loaded_evaluated_warmed_flipped_baked_and_the_previous_retired(rig):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2", run_id="run-1", parent="v1")
+    r.ctl.start("v2", who="alice", why="drift")
+    assert r.ctl.drive(lambda: snap(v1={})).phase == "baking"
+    assert r.store.alias_table()[1] == {"production": {"v2": 1.0}, "previous": {"v1": 1.0}}
+    assert {a.version: a.state for a in r.store.adapters()} == {"v1": "previous", "v2": "production"}
+    assert ("complete", "v2") in r.vllm.calls and r.ctl.evaluator().runs == [("v2", "v1")]
+    assert r.store.evaluations("v2")[0].passed
+    # no traffic yet: holds
+    r.clock.t += 100
+    assert r.ctl.tick(snap()).phase == "baking"
+    r.clock.t += 1
+    assert r.ctl.tick(snap(v2={})).phase == "baking"  # measured, passing; the bake window restarts nothing
+    r.clock.t += 60
+    done = r.ctl.tick(snap(v2={}))
+    assert done.phase == "done"
+    assert r.store.alias_table()[1] == {"production": {"v2": 1.0}}
+    assert r.store.adapter("v1").state == "retired" and "v1" in r.vllm.loaded  # unloaded after drain_s only
+    r.ctl.reconcile()
+    assert "v1" in r.vllm.loaded
+    r.clock.t += 11
+    assert r.ctl.reconcile()["unloaded"] == ["v1"] and "v1" not in r.vllm.loaded
+    assert events(r.store)[-6:] == ["rollout-started", "loaded", "gate-passed", "promoted", "bake-measured", "bake-passed"]
+    assert r.metrics.rollouts.labels(outcome="done")._value.get() == 1
+
+
+def test_failed_gate_rejects_and_production_is_never_touched(rig):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.evaluator().passing = False
+    before = r.store.alias_table()
+    assert r.ctl.start("v2") and r.ctl.drive().phase == "rejected"
+    assert r.store.alias_table() == before and r.store.adapter("v2").state == "rejected"
+    assert "FAIL golden_delta" in r.store.events()[0].why
+    with pytest.raises(RolloutError, match="only a candidate"):
+        r.ctl.start("v2")
+
+
+def test_rejected_by_vllm_fails_without_touching_production(rig):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.vllm.reject.add("v2")
+    r.ctl.start("v2")
+    assert r.ctl.drive().phase == "failed" and r.store.alias_table()[1] == {"production": {"v1": 1.0}}
+
+
+def test_vllm_down_while_loading_holds_and_retries(rig):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.vllm.down = True
+    assert r.ctl.tick().phase == "loading"
+    r.vllm.down = False
+    assert r.ctl.drive().phase == "baking"
+
+
+def test_live_regression_rolls_back_at_the_failed_check_threshold(rig):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.ctl.drive(lambda: snap(v1={"negative": 0.1}))
+    assert r.store.rollouts(1)[0].detail["baseline"]["negative_feedback_ratio"] == 0.1
+    bad = snap(v2={"negative": 0.6})
+    assert r.ctl.tick(bad).failed_checks == 1
+    back = r.ctl.tick(bad)
+    assert back.phase == "rolled_back"
+    assert r.store.alias_table()[1] == {"production": {"v1": 1.0}}
+    assert {a.version: a.state for a in r.store.adapters()} == {"v1": "production", "v2": "rolled_back"}
+    assert r.metrics.rollbacks.labels(trigger="bake")._value.get() == 1
+    assert "negative_feedback_ratio_delta" in r.store.events()[0].why
+
+
+def test_no_data_holds_to_the_deadline_then_keeps_with_an_alert_or_rolls_back(rig):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.ctl.drive()
+    r.clock.t += 299
+    assert r.ctl.tick(snap(v2={"events": 10})).phase == "baking"
+    r.clock.t += 2
+    assert r.ctl.tick(snap()).phase == "done" and r.metrics.rollout_inconclusive._value.get() == 1
+    assert events(r.store)[-1] == "bake-inconclusive"
+
+
+def test_no_data_rollback_when_configured(rig):
+    r = rig(bake={"deadline_s": 5, "on_no_data": "rollback"})
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.ctl.drive()
+    r.clock.t += 6
+    assert r.ctl.tick().phase == "rolled_back" and r.ctl.production() == "v1"
+
+
+def test_canary_steps_shift_weights_and_compare_both_live_windows(rig):
+    r = rig(canary_steps=[0.25, 0.5], step_s=30)
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    assert r.ctl.drive().phase == "canary"
+    assert r.store.alias_table()[1]["production"] == {"v2": 0.25, "v1": 0.75}
+    both = snap(v1={}, v2={})
+    r.ctl.tick(both)
+    r.clock.t += 31
+    assert r.ctl.tick(both).step == 1 and r.store.alias_table()[1]["production"] == {"v2": 0.5, "v1": 0.5}
+    r.clock.t += 1
+    r.ctl.tick(both)
+    r.clock.t += 31
+    assert r.ctl.tick(both).phase == "baking" and r.store.alias_table()[1]["production"] == {"v2": 1.0}
+    collapsed = snap(v1={}, v2={"distinct": 0.1})
+    r.ctl.tick(collapsed)
+    assert r.ctl.tick(collapsed).phase == "rolled_back"
+
+
+def test_manual_rollback_during_bake_and_after_done(rig):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.ctl.drive()
+    assert r.ctl.rollback(who="bob", why="users complain") == "v1"
+    e = r.store.events()[0]
+    assert (e.kind, e.who, e.why) == ("rolled-back", "bob", "users complain")
+    r.ctl.register("v3", r.tmp / "v3")
+    r.ctl.start("v3")
+    r.ctl.drive(lambda: snap(v1={}))
+    r.clock.t += 1
+    r.ctl.tick(snap(v3={}))
+    r.clock.t += 61
+    assert r.ctl.tick(snap(v3={})).phase == "done"
+    r.clock.t += 11
+    r.ctl.reconcile()
+    assert "v1" not in r.vllm.loaded
+    assert r.ctl.rollback(who="bob") == "v1" and "v1" in r.vllm.loaded  # reloaded before the flip
+    assert r.ctl.production() == "v1" and r.store.adapter("v3").state == "rolled_back"
+    with pytest.raises(RolloutError, match="nothing to roll back"):
+        r.ctl.rollback(who="bob")
+
+
+def test_restart_mid_rollout_resumes_from_the_persisted_phase(rig, tmp_path):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.ctl.tick()  # loaded; "crash" before evaluating
+    # a new process: new controller on the same store; the old holder's lease must run out first
+    other = RolloutController(r.ctl.settings, r.store, clients=[r.vllm], evaluator=ScriptedEvaluator(tmp_path),
+                              clock=r.clock)
+    assert other.tick().phase == "evaluating"  # held by the first process
+    r.clock.t += r.ctl.cfg.lease_s + 1
+    assert other.drive().phase == "baking"
+    assert r.vllm.calls.count(("load", "v2")) == 1
+
+
+def test_a_rollout_moved_by_another_process_is_not_overwritten(rig):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.ctl.drive()
+    stale = r.store.rollouts(1)[0]
+    r.ctl.rollback(who="bob")
+    with pytest.raises(RolloutError, match="another process"):
+        r.ctl._move(stale, "baking", "bake-measured", detail={"measured": True})
+    assert r.store.rollouts(1)[0].phase == "rolled_back"
+
+
+def test_reconcile_reloads_what_aliases_need_after_a_vllm_restart(rig):
+    r = rig()
+    r.vllm.loaded.clear()
+    assert r.ctl.reconcile()["loaded"] == ["v1"] and "v1" in r.vllm.loaded
+
+
+def test_bake_checks_measure_only_what_both_sides_have():
+    cfg = Bake(min_events=10, min_feedback=5)
+    assert bake_checks({"events": 5}, {}, cfg) is None
+    new = live_signals(snap(a={"feedback": 3}).adapters["a"])
+    prev = live_signals(snap(b={}).adapters["b"])
+    names = {g.name for g in bake_checks(new, prev, cfg)}
+    assert names == {"error_ratio_delta", "refusal_rate_delta", "distinct2_ratio", "latency_ratio"}  # feedback: too few
+    slow = live_signals(snap(a={"latency": 400.0}).adapters["a"])
+    assert [g.name for g in bake_checks(slow, prev, cfg) if not g.passed] == ["latency_ratio"]
+
+
+def test_register_refuses_reuse_and_non_adapters(rig, tmp_path):
+    r = rig()
+    with pytest.raises(RolloutError, match="never reused"):
+        r.ctl.register("v1", r.tmp / "v1")
+    with pytest.raises(RolloutError, match="adapter_config.json"):
+        r.ctl.register("v9", Path(tmp_path))
