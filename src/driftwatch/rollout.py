@@ -254,10 +254,13 @@ class RolloutController:
     def _flip(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         previous = snapshot.adapters.get(r.previous) if snapshot is not None and r.previous else None
         baseline = r.detail.get("baseline") if previous is None else live_signals(previous)
-        states = {r.candidate: "production", **({r.previous: "previous"} if r.previous else {})}
+        if r.previous is None:  # the first production version: nothing to bake against
+            return self._move(r, "done", "promoted", f"{self.cfg.alias} -> {r.candidate} (first version: no bake)",
+                              aliases={self.cfg.alias: {r.candidate: 1.0}}, states={r.candidate: "production"})
         return self._move(r, "baking", "promoted", f"{self.cfg.alias} -> {r.candidate}",
-                          aliases={self.cfg.alias: {r.candidate: 1.0}, "previous": {r.previous: 1.0} if r.previous else None},
-                          states=states, detail={**r.detail, "baseline": baseline, "measured": None})
+                          aliases={self.cfg.alias: {r.candidate: 1.0}, "previous": {r.previous: 1.0}},
+                          states={r.candidate: "production", r.previous: "previous"},
+                          detail={**r.detail, "baseline": baseline, "measured": None})
 
     def _canary(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         prev = live_signals(snapshot.adapters.get(r.previous)) if snapshot is not None and r.previous else {}
