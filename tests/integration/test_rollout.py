@@ -166,3 +166,60 @@ def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack,
     assert users.answers[-1].startswith("alpha")
     assert [e.kind for e in reversed(store.events("alpha-1"))][:3] == ["registered", "rollout-started", "loaded"]
     assert first.id < good.id < poisoned.id < forced.id
+
+
+def test_kill_9_mid_rollout_then_restart_ends_consistent(tansu, vllm, tmp_path):
+    """The daemon drives rollouts and is killed with SIGKILL at points spread over them; a new daemon takes the
+    rollout over when the lease runs out and finishes it. After each: what `production` points to is loaded on
+    vLLM and marked production in the registry, exactly once; nothing rejected or rolled back is served."""
+    from .conftest import DaemonProcess
+
+    server, adapters = vllm
+    doc = settings_dict(tansu, tmp_path, gateway={"upstreams": [server.url]},
+                        retrain={"golden_set": str(golden_set(tmp_path))}, evaluate={"max_tokens": 12},
+                        rollout={"tick_s": 0.1, "lease_s": 1, "warm_requests": 5,
+                                 "bake": {"duration_s": 1, "deadline_s": 1}})
+    settings = Settings.model_validate(doc)
+    store = SqliteStore(settings.registry_path)
+    ctl = RolloutController(settings, store, drain_s=0)
+    ctl.register("kill-0", adapters["v-a"])
+    ctl.start("kill-0", who="test")
+    ctl.drive()
+    killed_in = []
+    try:
+        for k, (delay, force) in enumerate([(0.4, False), (3.0, False), (0.3, True), (0.8, True)], start=1):
+            version = f"kill-{k}"
+            ctl.register(version, adapters["v-a"])
+            rollout = ctl.start(version, who="test", why=f"kill test {k}", force=force)
+            daemon = DaemonProcess(doc, tmp_path, name=f"daemon-{k}")
+            wait_for(lambda: next(x for x in store.rollouts(5) if x.id == rollout.id).holder is not None, 30,
+                     "the daemon to take the rollout")
+            time.sleep(delay)
+            daemon.proc.kill()  # SIGKILL: no cleanup of any kind
+            daemon.proc.wait()
+            killed_in.append(next(x for x in store.rollouts(5) if x.id == rollout.id).phase)
+            restarted = DaemonProcess(doc, tmp_path, name=f"daemon-{k}-restarted")
+            try:
+                wait_phase(store, rollout.id, ("done", "rolled_back", "rejected", "failed"), 120)
+                with VLLMClient(server.url) as client:
+                    def consistent():
+                        loaded = set(client.adapters())
+                        production = store.alias_table()[1]["production"]
+                        states = {a.version: a.state for a in store.adapters()}
+                        served = {v for v in loaded if v.startswith("kill-")}
+                        return (set(production) <= loaded and all(states[v] == "production" for v in production)
+                                and [v for v, s in states.items() if s == "production"] == list(production)
+                                and not any(states[v] in ("rejected", "rolled_back", "retired") for v in served))
+                    wait_for(consistent, 30, "registry, aliases and vLLM to agree")
+                assert ctl.production() == version, [e.why for e in store.events(version)]
+            finally:
+                restarted.kill()
+    finally:
+        ctl.close()
+        store.close()
+        with VLLMClient(server.url) as client:
+            for name in set(client.adapters()) - {"v-a", "v-b"}:
+                client.unload_adapter(name)
+    # the kills landed inside the rollouts, not after them
+    assert all(phase in ("loading", "evaluating", "warming", "baking") for phase in killed_in), killed_in
+    assert "evaluating" in killed_in, killed_in
