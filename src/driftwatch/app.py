@@ -33,7 +33,7 @@ from driftwatch.report import evidently_report, write_evidence
 from driftwatch.retrain.harvest import Harvester
 from driftwatch.retrain.service import RetrainService, build_runner
 from driftwatch.rollout import RolloutController, version_name
-from driftwatch.store import RunRecord, SqliteStore
+from driftwatch.store import RolloutRecord, RunRecord, SqliteStore
 from driftwatch.recent import DedupWindow
 
 log = logging.getLogger("driftwatch")
@@ -164,6 +164,28 @@ class Daemon:
         except RolloutError as exc:
             log.error("candidate %s from run %s not rolled out: %s", version, run.id, exc)
 
+    def after_promotion(self, r: RolloutRecord) -> None:
+        """A promotion that followed input drift: the promoted adapter's window becomes the reference (a new
+        version, saved and recorded), so the drift that was answered does not trigger again."""
+        store = self.policy.store if self.policy is not None else None
+        adapter = self.rollout.store.adapter(r.candidate)
+        run = store.run(adapter.run_id) if store is not None and adapter and adapter.run_id else None
+        decision = store.decision(run.decision_id) if run is not None and run.decision_id else None
+        rule = next((x for x in self.settings.policy.rules if decision is not None and x.name == decision.rule), None)
+        if rule is None or rule.signal != "input_drift" or self.monitor is None:
+            return
+        profile = self.monitor.rebaseline(r.candidate, source=f"driftwatch: {r.candidate}'s window after rollout {r.id}")
+        path = self.settings.daemon.state_dir / "references" / f"{profile.content_hash[:12]}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile.save(path)
+        self.policy.baselines = profile.baselines
+        self.metrics.reference_info.clear()
+        self.metrics.reference_info.labels(version=profile.content_hash[:12]).set(1)
+        self.rollout.store.commit(time.time(), "driftwatch", "rebaselined", r.candidate,
+                                  f"input drift triggered this promotion (decision #{decision.id}); new reference "
+                                  f"{profile.content_hash[:12]}", detail={"reference": str(path)})
+        log.info("re-baselined the reference on %s: %s", r.candidate, path)
+
     def _rollout_tick(self) -> None:
         try:
             self.rollout.tick(self.last_snapshot)
@@ -261,9 +283,16 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     settings.daemon.state_dir.mkdir(parents=True, exist_ok=True)
     join = DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s)  # request_id -> adapter, for feedback
     signals = AdapterSignals(metrics, join)
-    monitor = build_monitor(settings, join)
     pol, rt = settings.policy, settings.retrain
     store = SqliteStore(settings.state_store_path)
+    adapters = store if settings.registry_path == settings.state_store_path else SqliteStore(settings.registry_path)
+    rebaselined = next(iter(adapters.events(kind="rebaselined", limit=1)), None)
+    if rebaselined is not None and settings.monitor.reference_path is not None:
+        log.info("reference: %s (re-baselined after a promotion; monitor.reference_path %s is older)",
+                 rebaselined.detail["reference"], settings.monitor.reference_path)
+        settings = settings.model_copy(update={"monitor": settings.monitor.model_copy(
+            update={"reference_path": Path(rebaselined.detail["reference"])})})
+    monitor = build_monitor(settings, join)
     harvest = Harvester(store, rt.harvest_max_pending, ing.dedup_max_age_s, metrics) if rt.harvest_max_pending else None
     ingestor = Ingestor(
         source, sink, metrics,
@@ -286,8 +315,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     retrain = None
     if rt.base_model is not None:
         retrain = RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics)
-    adapters = store if settings.registry_path == settings.state_store_path else SqliteStore(settings.registry_path)
-    rollout = RolloutController(settings, adapters, metrics=metrics)
+    rollout = RolloutController(settings, adapters, metrics=metrics, on_done=lambda r: daemon.after_promotion(r))
     daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http, retrain=retrain, rollout=rollout)
     if monitor.reference is not None:
         metrics.reference_info.labels(version=monitor.reference.content_hash[:12]).set(1)

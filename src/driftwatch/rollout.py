@@ -93,7 +93,9 @@ def bake_checks(new: dict, prev: dict, cfg: Bake) -> list[Gate] | None:
 # -- the controller -----------------------------------------------------------------------------------------------------
 class RolloutController:
     def __init__(self, settings: Settings, store: StateStore, *, metrics: Metrics | None = None, clients=None,
-                 evaluator=None, clock: Callable[[], float] = time.time, drain_s: float | None = None) -> None:
+                 evaluator=None, clock: Callable[[], float] = time.time, drain_s: float | None = None,
+                 on_done: Callable[[RolloutRecord], None] | None = None) -> None:
+        self.on_done = on_done  # called once a rollout ends with its candidate in production (the daemon re-baselines)
         self.settings, self.cfg, self.store, self.metrics, self.clock = settings, settings.rollout, store, metrics, clock
         self._clients = clients
         self._evaluator = evaluator
@@ -197,6 +199,11 @@ class RolloutController:
         log.info("rollout %d (%s): %s -> %s%s", r.id, r.candidate, r.phase, phase, f": {why}" if why else "")
         if phase in FINISHED and self.metrics is not None:
             self.metrics.rollouts.labels(outcome=phase).inc()
+        if phase == "done" and self.on_done is not None:
+            try:
+                self.on_done(new)
+            except Exception:  # noqa: BLE001 - the promotion stands; what follows it is logged
+                log.exception("after rollout %d", r.id)
         return new
 
     def _loading(self, r: RolloutRecord, snapshot) -> RolloutRecord:

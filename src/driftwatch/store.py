@@ -184,7 +184,7 @@ class StateStore(Protocol):
     def evaluations(self, candidate: str | None = None) -> list[EvaluationRecord]: ...
     def rollouts(self, limit: int = 20) -> list[RolloutRecord]: ...
     def claim_rollout(self, rollout_id: int, holder: str, now: float, lease_s: float) -> bool: ...
-    def events(self, version: str | None = None, limit: int = 1000) -> list[EventRecord]: ...
+    def events(self, version: str | None = None, limit: int = 1000, kind: str | None = None) -> list[EventRecord]: ...
     def commit(self, at: float, who: str, kind: str, version: str | None, why: str = "", *,
                aliases: dict[str, dict[str, float] | None] | None = None, states: dict[str, str] | None = None,
                rollout: RolloutRecord | None = None, expect_phase: str | None = None, detail: dict | None = None) -> int: ...
@@ -365,10 +365,12 @@ class SqliteStore:
                         "(holder IS NULL OR holder = ? OR held_until < ?)", (holder, now + lease_s, rollout_id, holder, now))
         return cur.rowcount == 1
 
-    def events(self, version: str | None = None, limit: int = 1000) -> list[EventRecord]:
-        sql = "SELECT id, at, who, kind, version, why, detail FROM event"
-        rows = self._run(sql + (" WHERE version = ?" if version else "") + " ORDER BY id DESC LIMIT ?",
-                         ((version,) if version else ()) + (limit,)).fetchall()
+    def events(self, version: str | None = None, limit: int = 1000, kind: str | None = None) -> list[EventRecord]:
+        """Newest first; of one version and/or one kind."""
+        where = [(c, v) for c, v in (("version = ?", version), ("kind = ?", kind)) if v]
+        sql = "SELECT id, at, who, kind, version, why, detail FROM event" + (
+            " WHERE " + " AND ".join(c for c, _ in where) if where else "")
+        rows = self._run(sql + " ORDER BY id DESC LIMIT ?", tuple(v for _, v in where) + (limit,)).fetchall()
         return [EventRecord(*r[:6], json.loads(r[6] or "{}")) for r in rows]
 
     def commit(self, at: float, who: str, kind: str, version: str | None, why: str = "", *,

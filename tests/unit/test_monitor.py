@@ -154,3 +154,18 @@ def test_chat_events_without_a_prompt_field_are_observed(reference):
     m.observe([("inference", chat)])
     (win, _), = m.windows().values()
     assert win.events == 1 and win.rows[0].prompt_chars == len("Be brief.\nWhat is the capital of Peru?")
+
+
+def test_rebaseline_makes_the_answered_drift_the_reference(reference):
+    shifted = dict(seed=7, routes={"qa": 0.05, "summarize": 0.8, "code": 0.05, "chat": 0.05, "extract": 0.05})
+    m = Monitor(reference, MonitorSettings(window_events=2000), clock=Clock())
+    m.observe(stream(2000, **shifted))
+    assert m.snapshot().adapters["support-v1"].drift["route"].drifted
+    before = m.reference.content_hash
+    profile = m.rebaseline("support-v1", source="test")
+    assert m.reference is profile and profile.content_hash != before and m.snapshot().adapters == {}
+    m.observe(stream(2000, **{**shifted, "seed": 8}))  # the same shift, more of it: no longer drift
+    after = m.snapshot().adapters["support-v1"]
+    assert not after.drift["route"].drifted and after.window_events == 2000
+    with pytest.raises(ValueError, match="min_samples"):
+        Monitor(reference, clock=Clock()).rebaseline("support-v1", source="test")

@@ -183,6 +183,23 @@ class Monitor:
                     if adapter != UNKNOWN:
                         self._window(adapter, now).feedback[event.sentiment] += 1
 
+    def rebaseline(self, adapter: str, source: str) -> Profile:
+        """Make the adapter's window (its row sample, responses and prompts) the new reference, and start every
+        window afresh against it (a window's histograms are cut at the reference's edges)."""
+        with self._lock:
+            win = self._closed.get(adapter) or self._current.get(adapter)
+            if win is None or len(win.rows) < self.settings.min_samples:
+                raise ValueError(f"adapter '{adapter}' has {len(win.rows) if win else 0} sampled rows, fewer than "
+                                 f"monitor.min_samples ({self.settings.min_samples}): not enough to be a reference")
+            profile = profile_from_rows(win.rows, win.responses, win.prompts, max_categories=self.settings.max_categories,
+                                        source=source, embed=self.embed)
+            self.reference = profile
+            if self.embed is not None:
+                self._ref_embeddings = np.asarray(profile.semantic["embeddings"], np.float32)
+            self._current.clear()
+            self._closed.clear()
+        return profile
+
     def rows(self, adapter: str) -> list[Features] | None:
         """The row sample of the window a check looks at (the last closed one, else the current one); None for an
         adapter with no window."""
@@ -251,7 +268,18 @@ def build_profile(events: Sequence[InferenceEvent], *, bins: int = 10, max_categ
     if not events:
         raise ValueError("no inference events to build a reference from")
     fx = extractor or FeatureExtractor()
-    rows = [fx(e) for e in events]
+    every = max(1, len(events) // semantic_sample) if embed is not None else 0
+    return profile_from_rows(
+        [fx(e) for e in events], [e.response[:1000] for e in events if e.response][:diversity_sample],  # a window's size
+        [prompt_text(e)[:2000] for e in events[::every][:semantic_sample]] if every else None,
+        bins=bins, max_categories=max_categories, scope=scope, source=source, row_sample=row_sample, embed=embed)
+
+
+def profile_from_rows(rows: Sequence[Features], responses: Sequence[str], prompts: Sequence[str] | None = None, *,
+                      bins: int = 10, max_categories: int = 50, scope: str = "global", source: str = "",
+                      row_sample: int = 2000, embed: Callable[[Sequence[str]], np.ndarray] | None = None) -> Profile:
+    """A reference profile from feature rows (all of them, or a window's uniform sample), responses and, for the
+    semantic check, prompts."""
     step = max(1, len(rows) // row_sample) if row_sample else 0
     profile = Profile(scope=scope, source=source, sample=[list(r) for r in rows[::step][:row_sample]] if step else [])
     for name in NUMERIC:
@@ -261,13 +289,11 @@ def build_profile(events: Sequence[InferenceEvent], *, bins: int = 10, max_categ
         for r in rows:
             cats.add(getattr(r, name))
         profile.categorical[name] = cats
-    if embed is not None:  # evenly spaced prompts, embedded: the semantic check's reference
-        every = max(1, len(events) // semantic_sample)
-        vectors = embed([prompt_text(e)[:2000] for e in events[::every][:semantic_sample]])
+    if embed is not None and prompts:  # the semantic check's reference
+        vectors = embed(list(prompts))
         profile.semantic = {"model": getattr(embed, "model", "all-MiniLM-L6-v2"),
                             "embeddings": np.round(vectors.astype(float), 5).tolist()}
     n = len(rows)
-    responses = [e.response[:1000] for e in events if e.response][:diversity_sample]  # same size as a window's
     profile.baselines.update({
         "events": float(n),
         "error_ratio": sum(r.status != "ok" for r in rows) / n,
