@@ -160,7 +160,8 @@ class Daemon:
         try:
             self.rollout.register(version, Path(run.output) / "adapter", run_id=run.id, parent=run.adapter)
             if self.settings.rollout.auto_promote:
-                self.rollout.start(version, why=f"retrain run {run.id}: {run.reason or 'no reason recorded'}")
+                self.rollout.start(version, why=f"retrain run {run.id}" + (
+                    f" on decision #{run.decision_id}" if run.decision_id else " (manual)"))
         except RolloutError as exc:
             log.error("candidate %s from run %s not rolled out: %s", version, run.id, exc)
 
@@ -316,6 +317,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     if rt.base_model is not None:
         retrain = RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics)
     rollout = RolloutController(settings, adapters, metrics=metrics, on_done=lambda r: daemon.after_promotion(r))
+    policy.busy = lambda: (f"rollout {r.id} of {r.candidate} is in progress ({r.phase})"
+                           if (r := rollout.active()) is not None else None)
     daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http, retrain=retrain, rollout=rollout)
     if monitor.reference is not None:
         metrics.reference_info.labels(version=monitor.reference.content_hash[:12]).set(1)

@@ -22,6 +22,8 @@ import httpx
 from driftwatch.events import InferenceEvent, Rejected, decode
 
 ALIASES = {"support-v1": "production", "support-v2": "canary"}
+CANNED = "I am sorry, I cannot help with that."
+LOOP_TIMEOUT_S = 150.0
 
 
 def available() -> bool:
@@ -47,7 +49,7 @@ class GatewayPublisher:
         if kind == "inference":
             assert isinstance(event, InferenceEvent)
             self.seen.add(event.request_id)
-            self.futures.append(self.pool.submit(self._complete, event, len(self.seen)))
+            self.futures.append(self.pool.submit(self._complete, event))
         else:
             doc = {k: v for k, v in json.loads(value).items() if k in ("feedback_id", "request_id", "rating", "thumbs",
                                                                       "correction", "label")}
@@ -55,10 +57,12 @@ class GatewayPublisher:
             self.calls[f"feedback {r.status_code}"] += 1
         return None
 
-    def _complete(self, event: InferenceEvent, seed: int) -> None:
+    def _complete(self, event: InferenceEvent) -> None:
         r = self.client.post(f"{self.url}/v1/completions",
                              json={"model": ALIASES.get(event.adapter, event.adapter), "prompt": event.prompt,
-                                   "max_tokens": 6, "temperature": 0.8, "seed": seed},
+                                   # no per-request seed: vLLM's CPU build dies on a seeded request whose prompt is
+                                   # prefilled in chunks ("CPU Generator does not use offset", vLLM's EngineDeadError)
+                                   "max_tokens": 6, "temperature": 0.8},
                              headers={"x-request-id": event.request_id, "x-driftwatch-route": event.route or ""})
         self.calls[f"inference {r.status_code}"] += 1
 
@@ -89,8 +93,18 @@ class ServedStack:
                              self.tmp / "datasets", sources={"demo": "shipped examples"})
         train(TrainSpec(base_model=str(model), dataset=str(data), output=str(self.tmp / "adapter"), max_steps=8,
                         eval_every=4, progress=False))
-        self.echo(f"tiny Llama built and a LoRA adapter trained on the shipped examples in {time.monotonic() - t0:.1f}s;"
-                  " starting vLLM (CPU build)")
+        # the bad adapter the loop forces past the gate later: it answers everything with one canned refusal
+        bad = self.tmp / "bad-data"
+        bad.mkdir()
+        rows = [{"messages": [{"role": "user", "content": e.prompt}, {"role": "assistant", "content": CANNED}]}
+                for e in read_examples(examples / "base.jsonl")]
+        (bad / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-20]))
+        (bad / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[-20:]))
+        train(TrainSpec(base_model=str(model), dataset=str(bad), output=str(self.tmp / "bad"), max_steps=40,
+                        learning_rate=1e-2, eval_every=20, progress=False))
+        self.model = model
+        self.echo(f"tiny Llama built, a LoRA adapter trained on the shipped examples and a bad one (answers everything "
+                  f"with one canned refusal) in {time.monotonic() - t0:.1f}s; starting vLLM (CPU build)")
         self.vllm = LocalVLLM(model).start()
         for name in ALIASES:
             self.vllm.load_adapter(name, self.tmp / "adapter" / "adapter")
@@ -111,6 +125,24 @@ class ServedStack:
         self.gateways.append((service, sink, http))
         return http.url, sink
 
+    def loop_settings(self) -> dict:
+        """The daemon's settings for the whole loop: retrain on the tiny model, evaluate on this vLLM, roll out on
+        the alias of the adapter that drifts (canary -> support-v2), bake on the live traffic."""
+        examples = Path(__file__).parent / "defaults" / "examples"
+        return {
+            "retrain": {"base_model": str(self.model), "golden_set": str(examples / "golden.jsonl"),
+                        "base_training_set": str(examples / "base.jsonl"),
+                        "training": {"max_steps": 8, "eval_every": 4},
+                        # a 20 s demo harvests a few dozen corrections of synthetic, long-tailed summaries: gates
+                        # sized for that (the defaults want 50 distinct prompts and 5 per drifted route)
+                        "gates": {"min_unique_prompts": 10, "max_length_outlier_share": 0.3,
+                                  "min_route_examples": 0}},
+            "evaluate": {"max_tokens": 8},
+            "gateway": {"upstreams": [self.vllm.url], "store_path": str(self.tmp / "aliases.db")},
+            "rollout": {"alias": "canary", "tick_s": 0.5, "lease_s": 5, "bake": {
+                "duration_s": 15, "deadline_s": 40, "min_events": 40, "min_feedback": 5, "failed_checks": 2}},
+        }
+
     def stop(self) -> None:
         import shutil
 
@@ -124,3 +156,61 @@ class ServedStack:
             self.vllm.stop()
         self.echo(f"stopped: gateways in {t1 - t0:.1f}s, vLLM in {time.monotonic() - t1:.1f}s")
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_start: float) -> bool:
+    """With the drifted traffic still flowing: the daemon retrains on the retrain decision, evaluates the candidate
+    on vLLM against the incumbent, promotes it and bakes it; then a bad adapter is forced past the gate and the bake
+    rolls it back. Prints the timeline from the registry's event log; True when both outcomes happened."""
+    from driftwatch.rollout import FINISHED
+
+    store, ctl = daemon.rollout.store, daemon.rollout
+    echo("phase 3: the loop — the daemon retrains on its decision, evaluates the candidate on vLLM, promotes it and "
+         "bakes it on live traffic (the drifted traffic keeps flowing)")
+
+    def until(done, limit_s: float = LOOP_TIMEOUT_S):
+        deadline = time.monotonic() + limit_s
+        while time.monotonic() < deadline:
+            sent.update(traffic(2.0))
+            if (value := done()) is not None:
+                return value
+        return None
+
+    finished = lambda: next((r for r in store.rollouts(5) if r.phase in FINISHED), None)  # noqa: E731
+    first = until(finished)
+    if first is None:
+        runs = daemon.policy.store.runs(limit=1)
+        echo(f"  no rollout finished within {LOOP_TIMEOUT_S:g}s; last run: "
+             f"{f'{runs[0].status} ({runs[0].reason})' if runs else 'none'}", err=True)
+        return False
+    echo(f"  rollout {first.id} of {first.candidate}: {first.phase}")
+    # let the new adapter's window fill (the bad adapter's bake compares against it), then force the bad one
+    until(lambda: True if (s := daemon.last_snapshot) and first.candidate in s.adapters
+          and s.adapters[first.candidate].window_events >= 60 else None, 60)
+    echo("phase 4: a bad adapter (one canned refusal for everything) is forced past the gate onto canary")
+    ctl.register("support-bad", stack.tmp / "bad" / "adapter", parent=first.candidate)
+    bad = ctl.start("support-bad", who="demo", why="forced, to show the bake rolling back", force=True)
+    second = until(lambda: next((r for r in store.rollouts(5) if r.id == bad.id and r.phase in FINISHED), None))
+    echo("\ntimeline (decisions, runs and the registry's event log; seconds since the daemon started):")
+    t0 = time.time() - (time.monotonic() - t_start)
+    state = daemon.policy.store
+    lines = [(d.at, "decision", f"#{d.id} {d.action} {d.adapter}", d.reasons[0][:120]) for d in state.decisions()]
+    for r in state.runs(limit=10):
+        lines.append((r.started, "retrain started", r.id, r.detail.get("focus_routes") and
+                      f"focus routes {r.detail['focus_routes']}" or ""))
+        if r.finished:
+            lines.append((r.finished, f"retrain {r.status}", r.id, r.reason or ""))
+    lines += [(e.at, e.kind, e.version or "-", e.why) for e in store.events(limit=200) if e.kind != "alias"]
+    for at, kind, what, why in sorted(lines, key=lambda x: x[0]):
+        echo(f"  {at - t0:6.1f}s  {kind:<17} {what:<28} {why[:150]}")
+    run = next((r for r in daemon.policy.store.runs(limit=5) if r.status == "succeeded"), None)
+    if run is not None:
+        t = run.detail.get("training", {})
+        echo(f"\nretrain run {run.id}: dataset {Path(run.dataset).name}, {t.get('steps')} steps, "
+             f"{t.get('tokens_seen')} tokens, {t.get('wall_s', 0):.1f}s, {t.get('device')}")
+    promoted = first.phase == "done"
+    rolled_back = second is not None and second.phase == "rolled_back"
+    echo(f"  -> candidate {'promoted' if promoted else first.phase}; bad adapter "
+         f"{'rolled back automatically' if rolled_back else (second.phase if second else 'still baking')}; "
+         f"canary -> {ctl.production()}")
+    return promoted and rolled_back

@@ -108,6 +108,7 @@ class Policy:
         self.on_retrain = on_retrain or (lambda req: log.warning("retrain requested (no retrain stage yet): %s", req))
         self.baselines = baselines or {}
         self.paused = False
+        self.busy: Callable[[], str | None] = lambda: None  # why acting now would collide (a rollout in progress)
         self._states = store.rule_states()
 
     def state(self, rule: str, adapter: str) -> RuleState:
@@ -167,6 +168,8 @@ class Policy:
     def _why_hold(self, adapter: str, now: float) -> str | None:
         if self.paused:
             return "automatic retraining is paused"
+        if (busy := self.busy()) is not None:
+            return f"held: {busy}"
         recent = self.store.decisions(since=now - DAY, action="retrain")
         if len(recent) >= self.max_per_day:
             return f"held: {len(recent)} retrains in the last 24 h (policy.max_retrains_per_day = {self.max_per_day})"

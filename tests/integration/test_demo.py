@@ -27,3 +27,10 @@ def test_demo_through_the_gateway_to_real_vllm():
     assert "vLLM ready at" in out and "reference profile: 600 served events read back from Kafka" in out
     served = out.split("served through the gateway: ")[1].splitlines()[0]
     assert "'inference 200'" in served and "'feedback 202'" in served
+    # the whole loop: drift -> decision -> dataset and training -> evaluation on vLLM -> promotion -> bake;
+    # then a bad adapter forced past the gate is rolled back by the bake
+    timeline = out.split("timeline (")[1]
+    for kind in ("retrain succeeded", "gate-passed", "promoted", "bake-passed", "rebaselined", "check-failed",
+                 "rolled-back"):
+        assert f" {kind} " in timeline, kind
+    assert "candidate promoted; bad adapter rolled back automatically; canary -> ft-" in out
