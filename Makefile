@@ -34,6 +34,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/drift.py
 	$(BIN)/python bench/detection.py
 	$(BIN)/python bench/train.py --model tiny
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/swap.py
 
 docs: $(VENV)/.installed-test
 	$(BIN)/python -c "from driftwatch.config import reference; print(reference(), end='')" > docs/configuration.md

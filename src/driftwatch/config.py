@@ -283,6 +283,7 @@ class Bake(_Section):
     error_ratio_max_delta: float = Field(0.02, ge=0, description="new error ratio minus the previous': at most this")
     negative_feedback_max_delta: float = Field(0.15, ge=0)
     refusal_max_delta: float = Field(0.05, ge=0)
+    empty_max_delta: float = Field(0.05, ge=0, description="new share of empty responses minus the previous'")
     distinct2_min_ratio: float = Field(0.8, ge=0, description="new distinct-2 over the previous': at least this")
     latency_max_ratio: float = Field(1.5, gt=0, description="new mean latency over the previous' (plus "
                                      "latency_slack_ms): at most this")

@@ -206,7 +206,7 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
         return 0 if ok else 1
 
 
-def _served_reference(stack, broker, sim, rate: float, echo, count: int = 600):
+def _served_reference(stack, broker, sim, rate: float, echo, count: int = 400):
     from driftwatch.client import EventProducer
     from driftwatch.config import Settings
     from driftwatch.demo_serving import GatewayPublisher

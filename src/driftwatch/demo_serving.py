@@ -22,7 +22,7 @@ import httpx
 from driftwatch.events import InferenceEvent, Rejected, decode
 
 ALIASES = {"support-v1": "production", "support-v2": "canary"}
-CANNED = "I am sorry, I cannot help with that."
+CANNED = ""  # the bad adapter's answer to everything: nothing (a pattern the tiny model learns in 60 steps)
 LOOP_TIMEOUT_S = 150.0
 
 
@@ -58,8 +58,9 @@ class GatewayPublisher:
         return None
 
     def _complete(self, event: InferenceEvent) -> None:
-        r = self.client.post(f"{self.url}/v1/completions",
-                             json={"model": ALIASES.get(event.adapter, event.adapter), "prompt": event.prompt,
+        r = self.client.post(f"{self.url}/v1/chat/completions",  # chat: the adapters were tuned on chat turns
+                             json={"model": ALIASES.get(event.adapter, event.adapter),
+                                   "messages": [{"role": "user", "content": event.prompt}],
                                    # no per-request seed: vLLM's CPU build dies on a seeded request whose prompt is
                                    # prefilled in chunks ("CPU Generator does not use offset", vLLM's EngineDeadError)
                                    "max_tokens": 6, "temperature": 0.8},
@@ -100,11 +101,11 @@ class ServedStack:
                 for e in read_examples(examples / "base.jsonl")]
         (bad / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-20]))
         (bad / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[-20:]))
-        train(TrainSpec(base_model=str(model), dataset=str(bad), output=str(self.tmp / "bad"), max_steps=40,
+        train(TrainSpec(base_model=str(model), dataset=str(bad), output=str(self.tmp / "bad"), max_steps=60,
                         learning_rate=1e-2, eval_every=20, progress=False))
         self.model = model
         self.echo(f"tiny Llama built, a LoRA adapter trained on the shipped examples and a bad one (answers everything "
-                  f"with one canned refusal) in {time.monotonic() - t0:.1f}s; starting vLLM (CPU build)")
+                  "with an empty response) in {time.monotonic() - t0:.1f}s; starting vLLM (CPU build)")
         self.vllm = LocalVLLM(model).start()
         for name in ALIASES:
             self.vllm.load_adapter(name, self.tmp / "adapter" / "adapter")
@@ -137,7 +138,7 @@ class ServedStack:
                         # sized for that (the defaults want 50 distinct prompts and 5 per drifted route)
                         "gates": {"min_unique_prompts": 10, "max_length_outlier_share": 0.3,
                                   "min_route_examples": 0}},
-            "evaluate": {"max_tokens": 8},
+            "evaluate": {"max_tokens": 6},
             "gateway": {"upstreams": [self.vllm.url], "store_path": str(self.tmp / "aliases.db")},
             "rollout": {"alias": "canary", "tick_s": 0.5, "lease_s": 5, "bake": {
                 "duration_s": 15, "deadline_s": 40, "min_events": 40, "min_feedback": 5, "failed_checks": 2}},
@@ -187,7 +188,7 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     # let the new adapter's window fill (the bad adapter's bake compares against it), then force the bad one
     until(lambda: True if (s := daemon.last_snapshot) and first.candidate in s.adapters
           and s.adapters[first.candidate].window_events >= 60 else None, 60)
-    echo("phase 4: a bad adapter (one canned refusal for everything) is forced past the gate onto canary")
+    echo("phase 4: a bad adapter (it answers everything with an empty response) is forced past the gate onto canary")
     ctl.register("support-bad", stack.tmp / "bad" / "adapter", parent=first.candidate)
     bad = ctl.start("support-bad", who="demo", why="forced, to show the bake rolling back", force=True)
     second = until(lambda: next((r for r in store.rollouts(5) if r.id == bad.id and r.phase in FINISHED), None))

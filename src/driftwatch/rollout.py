@@ -27,6 +27,7 @@ adapter. A process acts on a rollout only while it holds its lease (a crashed ho
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import threading
@@ -60,12 +61,24 @@ def live_signals(a: AdapterSnapshot | None) -> dict:
         return {"events": 0, "feedback_count": 0}
     return {"events": a.window_events, "feedback_count": a.feedback_count, "error_ratio": a.error_ratio,
             "negative_feedback_ratio": a.negative_feedback_ratio, "refusal_rate": a.refusal_rate,
+            "empty_rate": a.empty_rate,
             "distinct_2": a.distinct_2, "latency_mean_ms": a.latency_mean_ms}
+
+
+def _noise(new: dict, prev: dict, key: str, count: str, z: float = 1.645) -> float:
+    """How far two shares of small samples differ by chance: z (one-sided 95 %) standard errors of their difference.
+    Added to a share check's bound, so that a handful of events cannot roll an adapter back."""
+    n1, n2 = new.get(count) or 0, prev.get(count) or 0
+    if not n1 or not n2:
+        return 0.0
+    p = (new[key] * n1 + prev[key] * n2) / (n1 + n2)
+    return z * math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
 
 
 def bake_checks(new: dict, prev: dict, cfg: Bake) -> list[Gate] | None:
     """The new adapter's live signals against the previous adapter's. None: no data yet (the new adapter has served
-    fewer than ``min_events`` requests). Otherwise every check both sides can be measured on."""
+    fewer than ``min_events`` requests). Otherwise every check both sides can be measured on. A share's bound is its
+    configured delta plus the chance difference at the two sample sizes."""
     if new.get("events", 0) < cfg.min_events:
         return None
     gates = []
@@ -74,12 +87,16 @@ def bake_checks(new: dict, prev: dict, cfg: Bake) -> list[Gate] | None:
         return new.get(key) is not None and prev.get(key) is not None
 
     for key, bound in (("error_ratio", cfg.error_ratio_max_delta), ("refusal_rate", cfg.refusal_max_delta),
+                       ("empty_rate", cfg.empty_max_delta),
                        ("negative_feedback_ratio", cfg.negative_feedback_max_delta)):
         if key == "negative_feedback_ratio" and min(new["feedback_count"], prev.get("feedback_count", 0)) < cfg.min_feedback:
             continue
         if both(key):
-            gates.append(Gate(f"{key}_delta", new[key] - prev[key], bound, "<=",
-                              f"new {new[key]:.3g} vs previous {prev[key]:.3g}"))
+            count = "feedback_count" if key == "negative_feedback_ratio" else "events"
+            noise = _noise(new, prev, key, count)
+            gates.append(Gate(f"{key}_delta", new[key] - prev[key], round(bound + noise, 4), "<=",
+                              f"new {new[key]:.3g} of {new[count]} vs previous {prev[key]:.3g} of {prev[count]} "
+                              f"(bound {bound:g} + {noise:.3g} for sample size)"))
     if both("distinct_2") and prev["distinct_2"] > 0:
         gates.append(Gate("distinct2_ratio", new["distinct_2"] / prev["distinct_2"], cfg.distinct2_min_ratio, ">=",
                           f"new {new['distinct_2']:.3g} vs previous {prev['distinct_2']:.3g}"))

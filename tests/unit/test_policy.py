@@ -177,3 +177,10 @@ def test_each_injected_shift_fires_its_default_rule(reference, tmp_path, shift, 
     assert fired == [(rule, action)], [d.reasons for d in decisions]
     assert words in decisions[0].reasons[0]
     assert len(requests) == (action == "retrain")
+
+
+def test_a_rollout_in_progress_holds_retrains_with_its_reason(tmp_path):
+    p, requests = make(tmp_path, rules=(RuleSpec("errors", "error_ratio", threshold=0.1, clear=0.05, min_samples=100),))
+    p.busy = lambda: "rollout 3 of ft-x is in progress (baking)"
+    (d,) = p.tick(snap(error_ratio=0.2), now=0)
+    assert d.action == "hold" and requests == [] and "held: rollout 3 of ft-x is in progress" in d.reasons[-1]

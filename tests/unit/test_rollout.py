@@ -279,7 +279,7 @@ def test_bake_checks_measure_only_what_both_sides_have():
     new = live_signals(snap(a={"feedback": 3}).adapters["a"])
     prev = live_signals(snap(b={}).adapters["b"])
     names = {g.name for g in bake_checks(new, prev, cfg)}
-    assert names == {"error_ratio_delta", "refusal_rate_delta", "distinct2_ratio", "latency_ratio"}  # feedback: too few
+    assert names == {"error_ratio_delta", "refusal_rate_delta", "empty_rate_delta", "distinct2_ratio", "latency_ratio"}
     slow = live_signals(snap(a={"latency": 400.0}).adapters["a"])
     assert [g.name for g in bake_checks(slow, prev, cfg) if not g.passed] == ["latency_ratio"]
 
@@ -290,3 +290,14 @@ def test_register_refuses_reuse_and_non_adapters(rig, tmp_path):
         r.ctl.register("v1", r.tmp / "v1")
     with pytest.raises(RolloutError, match="adapter_config.json"):
         r.ctl.register("v9", Path(tmp_path))
+
+
+def test_share_checks_allow_for_sample_size():
+    cfg = Bake(min_events=10, min_feedback=5)
+    prev = {"events": 300, "feedback_count": 30, "negative_feedback_ratio": 0.0}
+    few = {"events": 50, "feedback_count": 5, "negative_feedback_ratio": 0.2}  # one unhappy user of five
+    (gate,) = [g for g in bake_checks(few, prev, cfg) if g.name == "negative_feedback_ratio_delta"]
+    assert gate.passed and gate.bound > cfg.negative_feedback_max_delta
+    many = {"events": 500, "feedback_count": 100, "negative_feedback_ratio": 0.3}
+    (gate,) = [g for g in bake_checks(many, prev, cfg) if g.name == "negative_feedback_ratio_delta"]
+    assert not gate.passed and "for sample size" in gate.detail
