@@ -105,7 +105,7 @@ class ServedStack:
                         learning_rate=1e-2, eval_every=20, progress=False))
         self.model = model
         self.echo(f"tiny Llama built, a LoRA adapter trained on the shipped examples and a bad one (answers everything "
-                  "with an empty response) in {time.monotonic() - t0:.1f}s; starting vLLM (CPU build)")
+                  f"with an empty response) in {time.monotonic() - t0:.1f}s; starting vLLM (CPU build)")
         self.vllm = LocalVLLM(model).start()
         for name in ALIASES:
             self.vllm.load_adapter(name, self.tmp / "adapter" / "adapter")

@@ -119,6 +119,7 @@ class RolloutController:
         self.drain_s = drain_s if drain_s is not None else 2 * settings.gateway.alias_poll_s + 5.0
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._lock = threading.RLock()
+        self._judged: dict[int, float] = {}  # rollout id -> the taken_at of the last snapshot its bake judged
 
     @property
     def clients(self) -> list:
@@ -312,6 +313,10 @@ class RolloutController:
     def _judge(self, r: RolloutRecord, snapshot, prev: dict) -> RolloutRecord:
         """One round of the bake's checks: count failures, roll back at the threshold; no data holds to the deadline."""
         bake = self.cfg.bake
+        if snapshot is not None:
+            if self._judged.get(r.id) == snapshot.taken_at:
+                return r  # this snapshot was judged already: a failed check counts once per observation
+            self._judged[r.id] = snapshot.taken_at
         new = live_signals(snapshot.adapters.get(r.candidate) if snapshot is not None else None)
         gates = bake_checks(new, prev, bake)
         if not gates:  # too few requests yet, or nothing the previous adapter can be compared on

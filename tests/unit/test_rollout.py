@@ -1,5 +1,6 @@
 """The rollout controller against a scripted vLLM and evaluator: phases, the bake's checks, rollback, restarts."""
 
+import itertools
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -71,11 +72,14 @@ class Clock:
         return self.t
 
 
+TAKEN = itertools.count(1.0)  # every snapshot a new observation
+
+
 def snap(**adapters) -> MonitorSnapshot:
     def one(name, events=200, errors=0.0, negative=0.1, feedback=50, distinct=0.6, latency=100.0):
         return AdapterSnapshot(name, events, True, errors, 0.0, 0.0, negative, feedback, 0.5, distinct,
                                latency_mean_ms=latency)
-    return MonitorSnapshot(0.0, None, {name: one(name, **kw) for name, kw in adapters.items()})
+    return MonitorSnapshot(next(TAKEN), None, {name: one(name, **kw) for name, kw in adapters.items()})
 
 
 @pytest.fixture()
@@ -169,7 +173,8 @@ def test_live_regression_rolls_back_at_the_failed_check_threshold(rig):
     assert r.store.rollouts(1)[0].detail["baseline"]["negative_feedback_ratio"] == 0.1
     bad = snap(v2={"negative": 0.6})
     assert r.ctl.tick(bad).failed_checks == 1
-    back = r.ctl.tick(bad)
+    assert r.ctl.tick(bad).failed_checks == 1  # the same observation counts once
+    back = r.ctl.tick(snap(v2={"negative": 0.6}))
     assert back.phase == "rolled_back"
     assert r.store.alias_table()[1] == {"production": {"v1": 1.0}}
     assert {a.version: a.state for a in r.store.adapters()} == {"v1": "production", "v2": "rolled_back"}
@@ -204,17 +209,17 @@ def test_canary_steps_shift_weights_and_compare_both_live_windows(rig):
     r.ctl.start("v2")
     assert r.ctl.drive().phase == "canary"
     assert r.store.alias_table()[1]["production"] == {"v2": 0.25, "v1": 0.75}
-    both = snap(v1={}, v2={})
-    r.ctl.tick(both)
+    def both():
+        return snap(v1={}, v2={})
+    r.ctl.tick(both())
     r.clock.t += 31
-    assert r.ctl.tick(both).step == 1 and r.store.alias_table()[1]["production"] == {"v2": 0.5, "v1": 0.5}
+    assert r.ctl.tick(both()).step == 1 and r.store.alias_table()[1]["production"] == {"v2": 0.5, "v1": 0.5}
     r.clock.t += 1
-    r.ctl.tick(both)
+    r.ctl.tick(both())
     r.clock.t += 31
-    assert r.ctl.tick(both).phase == "baking" and r.store.alias_table()[1]["production"] == {"v2": 1.0}
-    collapsed = snap(v1={}, v2={"distinct": 0.1})
-    r.ctl.tick(collapsed)
-    assert r.ctl.tick(collapsed).phase == "rolled_back"
+    assert r.ctl.tick(both()).phase == "baking" and r.store.alias_table()[1]["production"] == {"v2": 1.0}
+    r.ctl.tick(snap(v1={}, v2={"distinct": 0.1}))
+    assert r.ctl.tick(snap(v1={}, v2={"distinct": 0.1})).phase == "rolled_back"
 
 
 def test_manual_rollback_during_bake_and_after_done(rig):
