@@ -41,11 +41,11 @@ from driftwatch.errors import AdapterExists, AdapterNotFound, RolloutError, Serv
 from driftwatch.gates import Gate
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
-from driftwatch.store import AdapterRecord, EvaluationRecord, RolloutRecord, StateStore
+from driftwatch.store import ROLLOUT_ACTIVE, AdapterRecord, EvaluationRecord, RolloutRecord, StateStore
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("loading", "evaluating", "warming", "canary", "baking")
+ACTIVE = ROLLOUT_ACTIVE
 FINISHED = ("done", "rolled_back", "rejected", "failed")
 UNSERVED = ("rejected", "retired", "rolled_back")  # adapter states that should not stay loaded
 WARM_PROMPT = "Hello"

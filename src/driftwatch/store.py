@@ -60,6 +60,7 @@ CREATE INDEX IF NOT EXISTS event_version ON event (version);
 """
 
 
+ROLLOUT_ACTIVE = ("loading", "evaluating", "warming", "canary", "baking")  # a rollout in one of these is in progress
 _ROLLOUT_COLUMNS = ("id, candidate, previous, phase, started, phase_since, step, failed_checks, forced, who, why, "
                     "holder, held_until, detail")
 
@@ -399,6 +400,11 @@ class SqliteStore:
                         raise RolloutError(f"rollout {rollout.id} is no longer {expect_phase}: another process moved it")
                     rollout_id = rollout.id
                 else:
+                    busy = self._db.execute("SELECT id, candidate, phase FROM rollout WHERE phase IN "
+                                            f"({', '.join('?' * len(ROLLOUT_ACTIVE))})", ROLLOUT_ACTIVE).fetchone()
+                    if busy is not None:  # one rollout at a time, checked in the transaction that starts one
+                        raise RolloutError(f"rollout {busy[0]} of '{busy[1]}' is in progress ({busy[2]}); wait for it "
+                                           "or roll it back")
                     rollout_id = int(self._db.execute(
                         f"INSERT INTO rollout ({columns}) VALUES ({', '.join('?' * len(values))})", values).lastrowid)
             self._event(at, who, kind, version, why, {**(detail or {}), **({"rollout": rollout_id} if rollout_id else {}),

@@ -306,3 +306,16 @@ def test_share_checks_allow_for_sample_size():
     many = {"events": 500, "feedback_count": 100, "negative_feedback_ratio": 0.3}
     (gate,) = [g for g in bake_checks(many, prev, cfg) if g.name == "negative_feedback_ratio_delta"]
     assert not gate.passed and "for sample size" in gate.detail
+
+
+def test_one_rollout_at_a_time_even_between_processes(rig, tmp_path):
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.register("v3", r.tmp / "v3")
+    other = RolloutController(r.ctl.settings, r.store, clients=[r.vllm], evaluator=ScriptedEvaluator(tmp_path),
+                              clock=r.clock)
+    other.active = lambda: None  # as if it read the table just before the first process started its rollout
+    r.ctl.start("v2")
+    with pytest.raises(RolloutError, match="in progress"):
+        other.start("v3")
+    assert [x.candidate for x in r.store.rollouts()] == ["v2"]
