@@ -83,8 +83,10 @@ def stack(tansu, vllm, tmp_path):
         retrain={"golden_set": str(golden_set(tmp_path))},
         evaluate={"max_tokens": 12},
         rollout={"tick_s": 0.3, "lease_s": 2, "warm_requests": 2,
+                 # latency: an evaluation of 138 requests beside the live traffic swings means on 2 cores; this test
+                 # is about feedback and output, so the latency check gets a wide slack
                  "bake": {"duration_s": 30, "deadline_s": 60, "min_events": 20, "min_feedback": 10,
-                          "failed_checks": 2}},
+                          "failed_checks": 2, "latency_slack_ms": 500}},
     )
     settings = Settings.model_validate(doc)
     ensure_topics(settings.kafka)
@@ -117,7 +119,7 @@ def wait_phase(store, rollout_id, phases, timeout_s):
 def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack, vllm):
     settings, url, daemon, ctl, store, adapters = stack
     ctl.register("alpha-1", adapters["v-a"])
-    first = ctl.start("alpha-1", who="test", why="first production version")
+    first = ctl.start("alpha-1", who="test", why="first production version", force=True)  # vs the base: not a gate
     assert ctl.drive().phase == "done" and ctl.production() == "alpha-1"  # no previous: no bake
     users = Users(url)
     users.start()
@@ -183,8 +185,8 @@ def test_kill_9_mid_rollout_then_restart_ends_consistent(tansu, vllm, tmp_path):
     store = SqliteStore(settings.registry_path)
     ctl = RolloutController(settings, store, drain_s=0)
     ctl.register("kill-0", adapters["v-a"])
-    ctl.start("kill-0", who="test")
-    ctl.drive()
+    ctl.start("kill-0", who="test", force=True)  # the first version: nothing to evaluate it against but the base
+    assert ctl.drive().phase == "done" and ctl.production() == "kill-0"
     killed_in = []
     try:
         for k, (delay, force) in enumerate([(0.4, False), (3.0, False), (0.3, True), (0.8, True)], start=1):
@@ -204,10 +206,10 @@ def test_kill_9_mid_rollout_then_restart_ends_consistent(tansu, vllm, tmp_path):
                 with VLLMClient(server.url) as client:
                     def consistent():
                         loaded = set(client.adapters())
-                        production = store.alias_table()[1]["production"]
+                        production = store.alias_table()[1].get("production", {})
                         states = {a.version: a.state for a in store.adapters()}
                         served = {v for v in loaded if v.startswith("kill-")}
-                        return (set(production) <= loaded and all(states[v] == "production" for v in production)
+                        return (production and set(production) <= loaded and all(states[v] == "production" for v in production)
                                 and [v for v, s in states.items() if s == "production"] == list(production)
                                 and not any(states[v] in ("rejected", "rolled_back", "retired") for v in served))
                     wait_for(consistent, 30, "registry, aliases and vLLM to agree")
