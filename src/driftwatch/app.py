@@ -65,6 +65,7 @@ class Daemon:
     retrain: RetrainService | None = None
     rollout: RolloutController | None = None
     worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="driftwatch-work"))
+    _rollout_busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- probes -------------------------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict]:
@@ -188,11 +189,17 @@ class Daemon:
         log.info("re-baselined the reference on %s: %s", r.candidate, path)
 
     def _rollout_tick(self) -> None:
+        # a step (an evaluation) can outlast many ticks: the scheduler may start a second instance, which returns
+        # at once instead of the scheduler logging a skipped run every tick
+        if not self._rollout_busy.acquire(blocking=False):
+            return
         try:
             self.rollout.tick(self.last_snapshot)
             self.rollout.reconcile()
         except Exception:  # noqa: BLE001 - the next tick tries again; the rollout's state is in the store
             log.exception("rollout tick failed")
+        finally:
+            self._rollout_busy.release()
 
     def _start_checks(self):
         if self.monitor is None:
@@ -204,7 +211,7 @@ class Daemon:
                           id="monitor-check", max_instances=1, coalesce=True)
         if self.rollout is not None:
             scheduler.add_job(self._rollout_tick, "interval", seconds=self.settings.rollout.tick_s, id="rollout-tick",
-                              max_instances=1, coalesce=True, next_run_time=datetime.now())
+                              max_instances=2, coalesce=True, next_run_time=datetime.now())
         scheduler.start()
         return scheduler
 
