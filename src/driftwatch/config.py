@@ -61,7 +61,7 @@ class Consumer(_Section):
     max_partition_fetch_bytes: int = Field(4_194_304, ge=1024)
     handover_grace_ms: int = Field(
         1_500, ge=0, le=60_000,
-        description="newly assigned partitions wait this long, then start from the freshest committed offset",
+        description="assigned partitions wait this long after a rebalance, then start from the freshest committed offset",
     )
 
 

@@ -117,7 +117,6 @@ class _Listener(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
-        self.source._owned_before = set(revoked)
         for tp in revoked:
             self.source._handover.pop(tp, None)
 
@@ -128,11 +127,13 @@ class _Listener(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
         for tp in set(assigned) & set(src._pending):
             src._consumer.seek(tp, src._pending[tp])  # kept, and already processed up to there: do not re-read
-        arrived = set(assigned) - src._owned_before
-        if arrived and src._handover_s > 0:
-            # Hold partitions that come from another owner briefly: if that owner's last commit was refused
-            # mid-rebalance, it commits again right after rejoining, and we start from that offset instead of
-            # re-reading its last batch.
+        # Every other partition starts from its committed offset, read after a short hold. Not from the position
+        # the client may still hold: a member whose sync failed misses a generation, another member reads and
+        # commits meanwhile, and the client keeps the stale position of a partition it "still" has (seen on
+        # Tansu: everything the other member read was read again). The hold is for a previous owner whose
+        # commit was refused mid-rebalance: it commits again right after rejoining.
+        arrived = set(assigned) - set(src._pending)
+        if arrived:
             src._consumer.pause(*arrived)
             due = time.monotonic() + src._handover_s
             src._handover.update({tp: due for tp in arrived})
@@ -144,7 +145,7 @@ class KafkaSource:
     Exact counts across graceful rebalances: offsets are committed after every batch. If a broker refuses that
     commit because a rebalance started (noida-db does; Apache Kafka and Tansu accept it), the offsets are kept,
     partitions this consumer keeps resume from them, and they are committed again as soon as it has rejoined;
-    the new owner of a moved partition waits ``handover_grace_ms`` before reading its committed offset.
+    every other assigned partition waits ``handover_grace_ms``, then starts from its committed offset.
     """
 
     def __init__(self, cfg: Kafka) -> None:
@@ -154,7 +155,6 @@ class KafkaSource:
         self._rejoined = False
         self._pending: dict[TopicPartition, int] = {}
         self._handover: dict[TopicPartition, float] = {}
-        self._owned_before: set[TopicPartition] = set()
         self._handover_s = c.handover_grace_ms / 1000
         self._poll_timeout_ms = c.poll_timeout_ms
         self._max_records = c.max_poll_records
