@@ -446,9 +446,8 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
         sys.exit(2)
     if incumbent is None:
         store = SqliteStore(settings.registry_path)
-        production = store.alias_table()[1].get("production") or {settings.gateway.base_model: 1.0}
+        incumbent = _controller(settings, store).production() or settings.gateway.base_model
         store.close()
-        incumbent = max(production, key=production.get)
     with VLLMClient(vllm_url or settings.gateway.upstreams[0], timeout_s=settings.evaluate.timeout_s) as client:
         evaluator = Evaluator(settings.evaluate, client, settings.retrain.golden_set,
                               reports_dir(settings.evaluate, settings.daemon.state_dir))
@@ -594,6 +593,8 @@ def adapters_show(version: str, config: str | None) -> None:
     click.echo("events:")
     _echo_events(reversed(store.events(version)))
     store.close()
+    if state is not store:
+        state.close()
 
 
 @main.command()

@@ -65,6 +65,11 @@ def live_signals(a: AdapterSnapshot | None) -> dict:
             "distinct_2": a.distinct_2, "latency_mean_ms": a.latency_mean_ms}
 
 
+def _signals(snapshot: MonitorSnapshot | None, version: str | None) -> dict:
+    """A version's live signals in the snapshot; {} with no snapshot or no version."""
+    return live_signals(snapshot.adapters.get(version)) if snapshot is not None and version else {}
+
+
 def _noise(new: dict, prev: dict, key: str, count: str, z: float = 1.645) -> float:
     """How far two shares of small samples differ by chance: z (one-sided 95 %) standard errors of their difference.
     Added to a share check's bound, so that a handful of events cannot roll an adapter back."""
@@ -288,7 +293,7 @@ class RolloutController:
                           detail={**r.detail, "baseline": baseline, "measured": None})
 
     def _canary(self, r: RolloutRecord, snapshot) -> RolloutRecord:
-        prev = live_signals(snapshot.adapters.get(r.previous)) if snapshot is not None and r.previous else {}
+        prev = _signals(snapshot, r.previous)
         r = self._judge(r, snapshot, prev)
         if r.phase != "canary" or not self._measured_for(r, self.cfg.step_s):
             return r
@@ -298,8 +303,8 @@ class RolloutController:
         return self._flip(r, None)
 
     def _baking(self, r: RolloutRecord, snapshot) -> RolloutRecord:
-        baseline = r.detail.get("baseline") or (  # taken at the flip; else the previous adapter's last window
-            live_signals(snapshot.adapters.get(r.previous)) if snapshot is not None and r.previous else {})
+        # taken at the flip; else the previous adapter's last window
+        baseline = r.detail.get("baseline") or _signals(snapshot, r.previous)
         r = self._judge(r, snapshot, baseline)
         if r.phase != "baking":
             return r
