@@ -20,7 +20,8 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 
 from driftwatch import __version__
 from driftwatch.config import Settings
-from driftwatch.errors import ConfigError, ConfigProblem, DeadLetterError, ReportError, RolloutError
+from driftwatch.errors import ConfigError, ConfigProblem, ControlError, DeadLetterError, ReportError, RolloutError
+from driftwatch.control import control_routes
 from driftwatch.http import HttpServer, build_app
 from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source
 from driftwatch.metrics import Metrics
@@ -28,12 +29,12 @@ from driftwatch.monitor.features import FeatureExtractor
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, MonitorSnapshot, export
 from driftwatch.monitor.signals import AdapterSignals
 from driftwatch.monitor.sketch import Profile
-from driftwatch.policy import Decision, Policy, RetrainRequest, RuleSpec
+from driftwatch.policy import PAUSE_EVENT, Decision, Policy, RetrainRequest, RuleSpec
 from driftwatch.report import evidently_report, write_evidence
 from driftwatch.retrain.harvest import Harvester
 from driftwatch.retrain.service import RetrainService, build_runner
-from driftwatch.rollout import RolloutController, version_name
-from driftwatch.store import RolloutRecord, RunRecord, SqliteStore
+from driftwatch.rollout import RolloutController, live_signals, version_name
+from driftwatch.store import ROLLOUT_ACTIVE, RolloutRecord, RunRecord, SqliteStore, StateStore
 from driftwatch.recent import DedupWindow
 
 log = logging.getLogger("driftwatch")
@@ -126,14 +127,67 @@ class Daemon:
                                  title=f"driftwatch: adapter {adapter} vs reference {self.monitor.reference.content_hash[:12]}")
         return files.html, files.json
 
-    def on_retrain(self, request: RetrainRequest) -> None:
-        """A rule asked for a retrain (called on the policy's tick). The window's rows are taken now; the evidence
-        (driftwatch's verdicts and Evidently's report on them) is written on the worker, so the tick goes on."""
+    def on_retrain(self, request: RetrainRequest) -> str | None:
+        """A retrain was decided (a rule on the policy's tick, an alert, a person). The window's rows are taken now;
+        the evidence (driftwatch's verdicts and Evidently's report on them) and the run follow on the worker. Returns
+        the id the run will have (recorded as queued), None when no retrain stage is configured."""
         view = self.last_snapshot.adapters.get(request.adapter) if self.last_snapshot else None
         rows = (self.monitor.rows(request.adapter) if self.monitor else None) or []
-        self.worker.submit(self._after_retrain_decision, request, view, rows)
+        run_id = None if self.retrain is None else self.retrain.queue(
+            request.adapter, decision_id=request.decision_id, focus_routes=request.routes,
+            reason=" | ".join(request.reasons))
+        self.worker.submit(self._after_retrain_decision, request, view, rows, run_id)
+        return run_id
 
-    def _after_retrain_decision(self, request: RetrainRequest, view, rows) -> None:
+    # -- control API (control.py): what a person or Alertmanager may ask ----------------------------------------------
+    def status(self) -> dict:
+        registry = self.rollout.store if self.rollout is not None else self.policy.store
+        return status_document(self.settings, self.policy.store, registry, self.last_snapshot)
+
+    def request_retrain(self, adapter: str, reason: str, who: str, routes: tuple[str, ...] = ()) -> dict:
+        if self.retrain is None:
+            raise ControlError("no retrain stage: set retrain.base_model and retrain.golden_set")
+        if running := self.retrain.active():
+            raise ControlError(f"retrain run {running[0].id} is {running[0].status}; wait for it to finish")
+        d = self.policy.request_retrain(adapter, "manual", (f"manual, by {who}: {reason}",), time.time(), routes=routes,
+                                        manual=True)
+        if d.action != "retrain":
+            raise ControlError(d.reasons[-1])
+        return {"decision_id": d.id, "run_id": d.run_id}
+
+    def rollback(self, reason: str, who: str) -> str:
+        if self.rollout is None:
+            raise ControlError("no rollout stage configured")
+        return self.rollout.rollback(who=who, why=reason)
+
+    def set_paused(self, paused: bool, reason: str, who: str) -> bool:
+        self.policy.pause(paused, who, reason, time.time())
+        return paused
+
+    def alertmanager(self, payload: dict) -> dict:
+        """Firing alerts named in control.retrain_alerts, with an ``adapter`` label, become retrain requests through
+        the policy (pause, cooldown and daily cap apply), once per occurrence: fingerprint + startsAt."""
+        wanted, now = set(self.settings.control.retrain_alerts), time.time()
+        out: dict = {"retrain": [], "held": [], "duplicate": 0, "ignored": 0}
+        for alert in payload["alerts"]:
+            labels = alert.get("labels") or {}
+            name, adapter = labels.get("alertname"), labels.get("adapter")
+            if alert.get("status") != "firing" or name not in wanted or not adapter:
+                outcome = "ignored"
+            elif not self.policy.store.claim_occurrence(str(alert.get("fingerprint")), str(alert.get("startsAt")), now):
+                outcome = "duplicate"
+            else:
+                why = (alert.get("annotations") or {}).get("summary") or name
+                d = self.policy.request_retrain(adapter, f"alert:{name}", (f"Alertmanager: {why}",), now)
+                outcome = "retrain" if d.action == "retrain" else "held"
+                out[outcome].append({"alert": name, "adapter": adapter, "decision_id": d.id, "run_id": d.run_id,
+                                     **({"reason": d.reasons[-1]} if outcome == "held" else {})})
+            if outcome in ("duplicate", "ignored"):
+                out[outcome] += 1
+            self.metrics.webhook_alerts.labels(outcome=outcome).inc()
+        return out
+
+    def _after_retrain_decision(self, request: RetrainRequest, view, rows, run_id: str | None = None) -> None:
         evidence = None
         if view is not None and self.monitor is not None:
             try:
@@ -149,7 +203,7 @@ class Daemon:
                         request.decision_id, evidence)
             return
         run = self.retrain.run(request.adapter, decision_id=request.decision_id, focus_routes=request.routes,
-                               reason=" | ".join(request.reasons))
+                               reason=" | ".join(request.reasons), run_id=run_id)
         self.after_run(run)
 
     def after_run(self, run: RunRecord) -> None:
@@ -278,7 +332,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     if serve_http:
         http = HttpServer(build_app(registry, lambda: daemon.health() if daemon else (True, {"state": "starting"}),
                                     lambda: daemon.readiness() if daemon else (False, {"state": "starting"}),
-                                    lambda adapter, scratch: daemon.report(adapter, scratch)),
+                                    lambda adapter, scratch: daemon.report(adapter, scratch),
+                                    control_routes(lambda: daemon, settings.control.secret())),
                           settings.http.host, settings.http.port).start()
     try:
         ensure_topics(k)
@@ -323,6 +378,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     retrain = None
     if rt.base_model is not None:
         retrain = RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics)
+        retrain.recover()
     rollout = RolloutController(settings, adapters, metrics=metrics, on_done=lambda r: daemon.after_promotion(r))
     policy.busy = lambda: (f"rollout {r.id} of {r.candidate} is in progress ({r.phase})"
                            if (r := rollout.active()) is not None else None)
@@ -330,6 +386,36 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     if monitor.reference is not None:
         metrics.reference_info.labels(version=monitor.reference.content_hash[:12]).set(1)
     return daemon
+
+
+def status_document(settings: Settings, store: StateStore, registry: StateStore,
+                    snapshot: MonitorSnapshot | None = None) -> dict:
+    """What `GET /v1/status` answers (and `driftwatch status --local` prints): from the stores, plus the daemon's
+    last snapshot of the windows when there is one."""
+    table_version, aliases = registry.alias_table()
+    weights = aliases.get(settings.rollout.alias) or {}
+    active = next((r for r in registry.rollouts(limit=5) if r.phase in ROLLOUT_ACTIVE), None)
+    paused = next(iter(store.events(kind=PAUSE_EVENT, limit=1)), None)
+    specs = {r.name: r for r in settings.policy.rules}
+    return {
+        "paused": bool(paused is not None and paused.detail.get("paused")),
+        "production": max(weights, key=weights.get) if weights else None,
+        "aliases": aliases, "alias_table_version": table_version,
+        "rollout": None if active is None else {"id": active.id, "candidate": active.candidate,
+                                                "previous": active.previous, "phase": active.phase,
+                                                "since": active.phase_since, "failed_checks": active.failed_checks},
+        "rules": [{"rule": name, "adapter": adapter, "state": st.state, "since": st.since, "value": st.value,
+                   "signal": specs[name].signal, "op": specs[name].op, "threshold": specs[name].threshold,
+                   "for_s": specs[name].for_s, "action": specs[name].action}
+                  for (name, adapter), st in sorted(store.rule_states().items()) if name in specs],
+        "windows": {} if snapshot is None else {
+            a: {**live_signals(view), "drifted": view.drifted_features, "closed": view.window_closed}
+            for a, view in sorted(snapshot.adapters.items())},
+        "runs": [{"id": r.id, "adapter": r.adapter, "status": r.status, "decision_id": r.decision_id,
+                  "started": r.started, "finished": r.finished, "reason": r.reason} for r in store.runs(limit=10)],
+        "decisions": [{"id": d.id, "at": d.at, "adapter": d.adapter, "action": d.action, "rule": d.rule,
+                       "reasons": d.reasons, "evidence": d.evidence} for d in store.decisions(limit=10)],
+    }
 
 
 def build_monitor(settings: Settings, join: DedupWindow | None = None) -> Monitor:

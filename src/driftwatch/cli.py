@@ -319,43 +319,106 @@ def report(adapter, out, url, config, events_path, reference) -> None:
         click.echo(str(path))
 
 
-@main.command()
-@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (for the state store's path).")
-@click.option("--decisions", "limit", default=10, show_default=True, help="How many recent decisions to show.")
-def status(config: str | None, limit: int) -> None:
-    """Show each policy rule's state per adapter and the latest decisions, from the state store."""
+_URL = click.option("--url", help="The daemon's HTTP address; default: http://<http.host>:<http.port>. The token is "
+                    "control.token (DRIFTWATCH__CONTROL__TOKEN) or control.token_file.")
+_LOCAL = click.option("--local", is_flag=True, help="Act on the state store directly, without a running daemon.")
+
+
+def _api(settings, url: str | None, method: str, path: str, body: dict | None = None) -> dict:
+    """One control API call; exits 2 when the daemon cannot be asked, 1 when it refuses (with its reason)."""
+    import getpass
+
+    import httpx
+
+    from driftwatch.control import WHO_HEADER
+
+    token = settings.control.secret()
+    if token is None:
+        click.echo("error: no control token: set DRIFTWATCH__CONTROL__TOKEN (or control.token_file), or use --local",
+                   err=True)
+        sys.exit(2)
+    base = (url or f"http://{settings.http.host}:{settings.http.port}").rstrip("/")
+    try:
+        r = httpx.request(method, base + path, json=body, timeout=60,
+                          headers={"Authorization": f"Bearer {token}", WHO_HEADER: getpass.getuser()})
+    except httpx.HTTPError as exc:
+        click.echo(f"error: cannot reach the daemon at {base}: {exc} (--local acts without it)", err=True)
+        sys.exit(2)
+    if r.status_code >= 400:
+        try:
+            reason = r.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            reason = r.text
+        click.echo(f"error: the daemon answered {r.status_code}: {reason}", err=True)
+        sys.exit(1)
+    return r.json()
+
+
+def _print_status(doc: dict, limit: int) -> None:
     import time as _time
 
-    from driftwatch.store import SqliteStore
+    stamp = lambda t: _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t)) if t else "-"  # noqa: E731
+    click.echo(f"automatic retraining: {'PAUSED' if doc['paused'] else 'on'}")
+    click.echo(f"production: {doc['production'] or '(base model)'}   aliases: "
+               + (", ".join(f"{a} -> {w}" for a, w in sorted(doc["aliases"].items())) or "none"))
+    if doc["rollout"]:
+        r = doc["rollout"]
+        click.echo(f"rollout {r['id']}: {r['candidate']} (previous {r['previous'] or '-'}) {r['phase']} since "
+                   f"{stamp(r['since'])}, {r['failed_checks']} failed checks")
+    click.echo("\nrules:")
+    for st in doc["rules"]:
+        value = "-" if st["value"] is None else f"{st['value']:.4g}"
+        click.echo(f"  {st['rule']:<20} {st['adapter']:<16} {st['state']:<9} since {stamp(st['since'])}  value {value}   "
+                   f"{st['signal']} {st['op']} {st['threshold']:g} for {st['for_s']:g}s -> {st['action']}")
+    if not doc["rules"]:
+        click.echo("  (no data yet)")
+    if doc["windows"]:
+        click.echo("\nwindows:")
+        for adapter, w in doc["windows"].items():
+            shown = {k: v for k, v in w.items() if k not in ("drifted", "closed") and v is not None}
+            click.echo(f"  {adapter:<16} " + "  ".join(f"{k} {v:.4g}" for k, v in shown.items())
+                       + (f"  drifted: {', '.join(w['drifted'])}" if w["drifted"] else ""))
+    if doc["runs"]:
+        click.echo("\nretrain runs:")
+        for r in doc["runs"][:limit]:
+            click.echo(f"  {r['id']:<40} {r['status']:<10} {stamp(r['started'])}  {r['reason'] or ''}")
+    click.echo("\nlatest decisions:")
+    for d in doc["decisions"][:limit]:
+        click.echo(f"  #{d['id']} {stamp(d['at'])} {d['action']:<8} {d['adapter']:<16} {d['rule'] or '-'}: "
+                   f"{' | '.join(d['reasons'])}")
+        if d.get("evidence"):
+            click.echo(f"      evidence: {d['evidence']}")
+
+
+@main.command()
+@_URL
+@_LOCAL
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (the daemon's address, the stores).")
+@click.option("--decisions", "limit", default=10, show_default=True, help="How many recent decisions to show.")
+@click.option("--json", "as_json", is_flag=True, help="Print the status document as JSON.")
+def status(url: str | None, local: bool, config: str | None, limit: int, as_json: bool) -> None:
+    """Rules per adapter, windows, aliases, the rollout, retrain runs and the latest decisions (from the daemon)."""
+    import json
 
     settings = _load(config)
-    path = settings.state_store_path
-    if not path.exists():
-        click.echo(f"no state store at {path} yet (the daemon creates it on its first run)")
-        return
-    store = SqliteStore(path)
-    states = store.rule_states()
-    stamp = lambda t: _time.strftime("%Y-%m-%d %H:%M:%S", _time.localtime(t)) if t else "-"  # noqa: E731
-    click.echo(f"state store: {path}\n\nrules:")
-    for rule in settings.policy.rules:
-        rows = [st for (name, _), st in sorted(states.items()) if name == rule.name]
-        where = f"{rule.signal} {rule.op} {rule.threshold:g} for {rule.for_s:g}s -> {rule.action}"
-        if not rows:
-            click.echo(f"  {rule.name:<20} inactive (no data yet)   {where}")
-        for st in rows:
-            value = "-" if st.value is None else f"{st.value:.4g}"
-            click.echo(f"  {rule.name:<20} {st.adapter:<16} {st.state:<9} since {stamp(st.since)}  value {value}   {where}")
-    runs = store.runs(limit=limit)
-    if runs:
-        click.echo("\nretrain runs:")
-        for r in runs:
-            click.echo(f"  {r.id:<40} {r.status:<10} {stamp(r.started)}  {r.reason or ''}")
-    click.echo("\nlatest decisions:")
-    for d in store.decisions(limit=limit):
-        click.echo(f"  #{d.id} {stamp(d.at)} {d.action:<8} {d.adapter:<16} {d.rule or '-'}: {' | '.join(d.reasons)}")
-        if d.evidence:
-            click.echo(f"      evidence: {d.evidence}")
-    store.close()
+    if local:
+        from driftwatch.app import status_document
+        from driftwatch.store import SqliteStore
+
+        if not settings.state_store_path.exists():
+            click.echo(f"no state store at {settings.state_store_path} yet (the daemon creates it on its first run)")
+            return
+        store = SqliteStore(settings.state_store_path)
+        registry = store if settings.registry_path == settings.state_store_path else SqliteStore(settings.registry_path)
+        doc = status_document(settings, store, registry)
+        for s_ in {id(store): store, id(registry): registry}.values():
+            s_.close()
+    else:
+        doc = _api(settings, url, "GET", "/v1/status")
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+    else:
+        _print_status(doc, limit)
 
 
 @main.command()
@@ -389,23 +452,38 @@ def train(base_model, dataset, out, config, max_steps, epochs, learning_rate) ->
 
 @main.command()
 @click.option("--adapter", required=True, help="The adapter to retrain (the examples harvested for it, and replay).")
+@click.option("--reason", default="", help="Why (the event log keeps it); required by the daemon.")
 @click.option("--routes", help="Routes the training set must cover, e.g. summarize,qa.")
+@_URL
+@click.option("--local", is_flag=True, help="Run it here in the foreground, without the daemon (needs the train extra).")
 @click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (retrain.*, the state store).")
-def retrain(adapter: str, routes: str | None, config: str | None) -> None:
+def retrain(adapter: str, reason: str, routes: str | None, url: str | None, local: bool, config: str | None) -> None:
+    """Ask the daemon to retrain ADAPTER now; prints the decision and the run id. With --local, run it here."""
+    focus = tuple(r.strip() for r in routes.split(",") if r.strip()) if routes else ()
+    settings = _load(config)
+    if not local:
+        if not reason.strip():
+            raise click.UsageError("--reason is required: say why, the event log keeps it")
+        out = _api(settings, url, "POST", "/v1/retrain", {"adapter": adapter, "reason": reason, "routes": list(focus)})
+        click.echo(f"decision #{out['decision_id']}: retrain run {out['run_id']} queued (driftwatch status shows it)")
+        return
+    _retrain_here(settings, adapter, focus, reason)
+
+
+def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -> None:
     """Run a retrain now, in the foreground: dataset -> gates -> training -> candidate; recorded in the state store."""
     from driftwatch.retrain.service import RetrainService, build_runner
     from driftwatch.store import SqliteStore
 
-    settings = _load(config)
     rt, state_dir = settings.retrain, settings.daemon.state_dir
     if rt.base_model is None:
         click.echo("error: retrain.base_model is not set (and retrain.golden_set with it)", err=True)
         sys.exit(2)
     store = SqliteStore(settings.state_store_path)
     service = RetrainService(rt, state_dir, store, build_runner(rt, state_dir))
-    focus = tuple(r.strip() for r in routes.split(",") if r.strip()) if routes else ()
     try:
-        run = service.run(adapter, focus_routes=focus, reason="manual (driftwatch retrain)")
+        run = service.run(adapter, focus_routes=focus, reason="manual (driftwatch retrain --local)" + (
+            f": {reason}" if reason else ""))
     except KeyboardInterrupt:
         service.cancel.set()
         raise
@@ -510,16 +588,24 @@ def promote(version: str, path: str | None, force: bool, why: str, wait: bool, c
 
 
 @main.command()
-@click.option("--why", default="", help="Reason, kept in the event log.")
+@click.option("--why", default="", help="Reason, kept in the event log (required by the daemon).")
+@_URL
+@_LOCAL
 @click.option("--config", "-c", type=click.Path(dir_okay=False))
-def rollback(why: str, config: str | None) -> None:
-    """Production back to the adapter it replaced (the rollout in progress, else the last one)."""
+def rollback(why: str, url: str | None, local: bool, config: str | None) -> None:
+    """Production back to the adapter it replaced (the rollout in progress, else the last one), through the daemon."""
     import getpass
 
     from driftwatch.errors import RolloutError
     from driftwatch.store import SqliteStore
 
     settings = _load(config)
+    if not local:
+        if not why.strip():
+            raise click.UsageError("--why is required: say why, the event log keeps it")
+        version = _api(settings, url, "POST", "/v1/rollback", {"reason": why})["production"]
+        click.echo(f"{settings.rollout.alias} -> {version}")
+        return
     store = SqliteStore(settings.registry_path)
     ctl = _controller(settings, store)
     try:
@@ -531,6 +617,26 @@ def rollback(why: str, config: str | None) -> None:
         ctl.close()
         store.close()
     click.echo(f"{settings.rollout.alias} -> {version}")
+
+
+@main.command()
+@click.option("--why", required=True, help="Reason, kept in the event log.")
+@_URL
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+def pause(why: str, url: str | None, config: str | None) -> None:
+    """Pause automatic retraining (rules and alerts still decide, as 'hold'); survives restarts."""
+    _api(_load(config), url, "POST", "/v1/pause", {"reason": why})
+    click.echo("automatic retraining paused")
+
+
+@main.command()
+@click.option("--why", required=True, help="Reason, kept in the event log.")
+@_URL
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+def resume(why: str, url: str | None, config: str | None) -> None:
+    """Resume automatic retraining."""
+    _api(_load(config), url, "POST", "/v1/resume", {"reason": why})
+    click.echo("automatic retraining resumed")
 
 
 @main.group("adapters")

@@ -338,6 +338,26 @@ class Http(_Section):
     port: int = Field(9108, ge=0, le=65_535)
 
 
+class Control(_Section):
+    token: SecretStr | None = Field(
+        None, description="bearer token of the control API (DRIFTWATCH__CONTROL__TOKEN, from a Secret); unset: the API "
+                          "refuses every call")
+    token_file: Path | None = Field(None, description="read the token from this file instead (a mounted Secret)")
+    retrain_alerts: list[str] = Field(
+        default_factory=lambda: ["DriftwatchInputDrift", "DriftwatchOutputQualityDrop", "DriftwatchNegativeFeedbackSpike"],
+        description="Alertmanager alerts (by alertname, with an adapter label) that the webhook turns into retrain requests")
+
+    _split = field_validator("retrain_alerts", mode="before")(_split_csv)
+
+    def secret(self) -> str | None:
+        """The token: control.token, else the contents of control.token_file (whitespace stripped)."""
+        if self.token is not None:
+            return self.token.get_secret_value() or None
+        if self.token_file is not None:
+            return self.token_file.read_text().strip() or None
+        return None
+
+
 class Daemon(_Section):
     shutdown_grace_s: float = Field(20.0, gt=0)
     state_dir: Path = Path(".driftwatch")
@@ -359,6 +379,7 @@ class Settings(_Section):
     rollout: Rollout = Rollout()
     gateway: Gateway = Gateway()
     http: Http = Http()
+    control: Control = Control()
     daemon: Daemon = Daemon()
     logging: Logging = Logging()
 
@@ -565,6 +586,16 @@ def _cross_checks(s: Settings) -> list[ConfigProblem]:
         if value is not None and not value.is_file():
             out.append(ConfigProblem(f"retrain.{name}", f"file {value} does not exist",
                                      "point it at a JSONL file (format: docs/training-data.md)"))
+    ctl = s.control
+    if ctl.token is not None and ctl.token_file is not None:
+        out.append(ConfigProblem("control.token_file", "set together with control.token", "keep one of the two"))
+    elif ctl.token_file is not None and not ctl.token_file.is_file():
+        out.append(ConfigProblem("control.token_file", f"file {ctl.token_file} does not exist",
+                                 "point it at the mounted Secret's key, or remove the field"))
+    elif (ctl.token is not None or ctl.token_file is not None) and len(ctl.secret() or "") < 16:
+        out.append(ConfigProblem("control.token" if ctl.token is not None else "control.token_file",
+                                 "the control token is shorter than 16 characters",
+                                 "use a random one, e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"))
     if r.runner == "kubernetes":
         for name in ("image", "pvc"):
             if getattr(r.kubernetes, name) is None:

@@ -18,7 +18,8 @@ with ``raise ... from exc``, so callers only ever catch these::
      │    ├── AdapterNotFound    no adapter of that name is loaded, or its path does not exist (404)
      │    └── AdapterRejected    vLLM cannot load it: rank above --max-lora-rank, another base model (500)
      ├── EvaluationError         an evaluation could not be run to its end (it never promotes)
-     └── RolloutError            a promotion or rollback that cannot start (unknown version, one in progress)
+     ├── RolloutError            a promotion or rollback that cannot start (unknown version, one in progress)
+     └── ControlError            a control API call that cannot be done as asked (bad body 400, conflict 409)
 """
 
 from __future__ import annotations
@@ -107,3 +108,11 @@ class EvaluationError(DriftwatchError):
 
 class RolloutError(DriftwatchError):
     pass
+
+
+class ControlError(DriftwatchError):
+    """A control API call that cannot be done as asked; ``status`` is the HTTP status it answers with."""
+
+    def __init__(self, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.status = status

@@ -1,4 +1,4 @@
-"""The one HTTP server: /metrics, /healthz, /readyz, /report (the control API mounts here later).
+"""The one HTTP server: /metrics, /healthz, /readyz, /report and the control API (/v1/..., control.py).
 
 A Starlette app served by uvicorn in a background thread, so the ingest loop keeps the main thread (and the
 signals). Port 0 picks a free port; :attr:`HttpServer.port` is the one bound.
@@ -25,7 +25,8 @@ Probe = Callable[[], tuple[bool, dict]]
 Reporter = Callable[[str, Path], tuple[Path, Path]]  # (adapter, scratch dir) -> (html, json) files
 
 
-def build_app(registry: CollectorRegistry, health: Probe, ready: Probe, report: Reporter | None = None) -> Starlette:
+def build_app(registry: CollectorRegistry, health: Probe, ready: Probe, report: Reporter | None = None,
+              control: list[Route] = ()) -> Starlette:
     def metrics(request: Request) -> Response:
         encoder, content_type = choose_encoder(request.headers.get("accept", ""))
         return Response(encoder(registry), media_type=content_type)
@@ -56,6 +57,7 @@ def build_app(registry: CollectorRegistry, health: Probe, ready: Probe, report: 
         Route("/healthz", probe(health)),
         Route("/readyz", probe(ready)),
         Route("/report", drift_report),
+        *control,
     ])
 
 

@@ -16,6 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from driftwatch.store import ROLLOUT_ACTIVE
+
 OTHER = "other"
 UNKNOWN = "unknown"
 
@@ -170,7 +172,15 @@ class Metrics:
             "driftwatch_decisions", "Policy decisions, by action (retrain, alert, hold, resolved)", ["action"], registry=r
         )
         self.retrain_requests = Counter(
-            "driftwatch_retrain_requests", "Retrain requests emitted by the policy, by rule", ["rule"], registry=r
+            "driftwatch_retrain_requests", "Retrain requests emitted by the policy, by rule (manual, alert:<name>)",
+            ["rule"], registry=r
+        )
+        self.retrain_paused = Gauge(
+            "driftwatch_retrain_paused", "1 while automatic retraining is paused (control API)", registry=r
+        )
+        self.webhook_alerts = Counter(
+            "driftwatch_webhook_alerts", "Alerts received on the Alertmanager webhook, by outcome (retrain, held, "
+            "duplicate, ignored)", ["outcome"], registry=r
         )
         # retrain
         self.training_examples = Counter(
@@ -220,6 +230,19 @@ class Metrics:
         )
         self.adapter_cap = LabelCap(max_adapters, self.label_capped, "adapter")
         self.route_cap = LabelCap(max_routes, self.label_capped, "route")
+        # known label values exist from the start at 0: dashboards show them, and increase() sees the first event
+        for metric, label, values in (
+            (self.decisions, "action", ("retrain", "alert", "hold", "resolved")),
+            (self.retrain_runs, "status", ("succeeded", "failed", "timed_out", "cancelled", "refused")),
+            (self.webhook_alerts, "outcome", ("retrain", "held", "duplicate", "ignored")),
+            (self.evaluations, "result", ("passed", "failed")),
+            (self.rollouts, "outcome", ("done", "rolled_back", "rejected", "failed")),
+            (self.rollbacks, "trigger", ("bake", "no_data", "manual")),
+            (self.rollout_phase, "phase", ROLLOUT_ACTIVE),
+            (self.commits, "outcome", ("ok", "failed")),
+        ):
+            for value in values:
+                metric.labels(**{label: value})
 
     def set_lag(self, snapshot: Mapping[tuple[str, int], int]) -> None:
         """Replace the lag snapshot (an atomic reference swap; the scrape thread reads the old or the new one)."""

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from driftwatch.metrics import Metrics
@@ -59,6 +60,10 @@ class Decision:
     rule: str
     reasons: tuple[str, ...]
     id: int
+    run_id: str | None = None  # the retrain run a "retrain" decision started
+
+
+PAUSE_EVENT = "automatic-retraining"  # event kind; detail {"paused": bool}: the latest one says
 
 
 def signal_value(spec: RuleSpec, a: AdapterSnapshot, baselines: dict[str, float]) -> tuple[float | None, int]:
@@ -97,7 +102,7 @@ class Policy:
         *,
         cooldown_s: float = 6 * 3600,
         max_retrains_per_day: int = 3,
-        on_retrain: Callable[[RetrainRequest], None] | None = None,
+        on_retrain: Callable[[RetrainRequest], str | None] | None = None,
         baselines: dict[str, float] | None = None,
     ) -> None:
         self.rules = list(rules)
@@ -107,20 +112,25 @@ class Policy:
         self.max_per_day = max_retrains_per_day
         self.on_retrain = on_retrain or (lambda req: log.warning("retrain requested (no retrain stage yet): %s", req))
         self.baselines = baselines or {}
-        self.paused = False
+        last = next(iter(store.events(kind=PAUSE_EVENT, limit=1)), None)
+        self.paused = bool(last is not None and last.detail.get("paused"))
+        if metrics is not None:
+            metrics.retrain_paused.set(int(self.paused))
         self.busy: Callable[[], str | None] = lambda: None  # why acting now would collide (a rollout in progress)
         self._states = store.rule_states()
+        self._lock = threading.RLock()  # the scheduler's ticks and the control API's requests decide one at a time
 
     def state(self, rule: str, adapter: str) -> RuleState:
         return self._states.get((rule, adapter)) or RuleState(rule, adapter, "inactive", 0.0, None)
 
     def tick(self, snapshot: MonitorSnapshot, now: float) -> list[Decision]:
         decisions: list[Decision] = []
-        for adapter, a in sorted(snapshot.adapters.items()):
-            for spec in self.rules:
-                decision = self._step(spec, a, now)
-                if decision is not None:
-                    decisions.append(decision)
+        with self._lock:
+            for adapter, a in sorted(snapshot.adapters.items()):
+                for spec in self.rules:
+                    decision = self._step(spec, a, now)
+                    if decision is not None:
+                        decisions.append(decision)
         return decisions
 
     def _step(self, spec: RuleSpec, a: AdapterSnapshot, now: float) -> Decision | None:
@@ -156,20 +166,37 @@ class Policy:
         reasons = (_describe(spec, a, value),)
         if spec.action != "retrain":
             return self._record(a.adapter, spec.action, spec.name, reasons, now)
-        hold = self._why_hold(a.adapter, now)
-        if hold:
-            return self._record(a.adapter, "hold", spec.name, reasons + (hold,), now)
-        decision = self._record(a.adapter, "retrain", spec.name, reasons, now)
-        if self.metrics is not None:
-            self.metrics.retrain_requests.labels(rule=spec.name).inc()
-        self.on_retrain(RetrainRequest(a.adapter, spec.name, reasons, decision.id, now, a.grown_routes))
-        return decision
+        return self.request_retrain(a.adapter, spec.name, reasons, now, routes=a.grown_routes)
 
-    def _why_hold(self, adapter: str, now: float) -> str | None:
-        if self.paused:
-            return "automatic retraining is paused"
+    def request_retrain(self, adapter: str, rule: str, reasons: tuple[str, ...], now: float, *,
+                        routes: tuple[str, ...] = (), manual: bool = False) -> Decision:
+        """A retrain asked for by a rule, an alert or a person: recorded as ``retrain`` and handed on, or as ``hold``
+        with the reason. A manual request skips the pause, the cooldown and the daily cap; never a rollout in progress."""
+        with self._lock:
+            hold = self._why_hold(adapter, now, manual)
+            if hold:
+                return self._record(adapter, "hold", rule, reasons + (hold,), now)
+            decision = self._record(adapter, "retrain", rule, reasons, now)
+            if self.metrics is not None:
+                self.metrics.retrain_requests.labels(rule=rule).inc()
+            run_id = self.on_retrain(RetrainRequest(adapter, rule, reasons, decision.id, now, routes))
+            return replace(decision, run_id=run_id)
+
+    def pause(self, paused: bool, who: str, why: str, now: float) -> None:
+        """Pause or resume automatic retraining; persisted (a restart keeps it) and logged as an event."""
+        self.store.commit(now, who, PAUSE_EVENT, None, why, detail={"paused": paused})
+        self.paused = paused
+        if self.metrics is not None:
+            self.metrics.retrain_paused.set(int(paused))
+        log.warning("automatic retraining %s by %s: %s", "paused" if paused else "resumed", who, why)
+
+    def _why_hold(self, adapter: str, now: float, manual: bool = False) -> str | None:
         if (busy := self.busy()) is not None:
             return f"held: {busy}"
+        if manual:
+            return None
+        if self.paused:
+            return "automatic retraining is paused"
         recent = self.store.decisions(since=now - DAY, action="retrain")
         if len(recent) >= self.max_per_day:
             return f"held: {len(recent)} retrains in the last 24 h (policy.max_retrains_per_day = {self.max_per_day})"

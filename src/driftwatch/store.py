@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS event (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, who TEXT NOT NULL, kind TEXT NOT NULL, version TEXT,
     why TEXT, detail TEXT);
 CREATE INDEX IF NOT EXISTS event_version ON event (version);
+CREATE TABLE IF NOT EXISTS alert_occurrence (
+    fingerprint TEXT NOT NULL, starts_at TEXT NOT NULL, received REAL NOT NULL, PRIMARY KEY (fingerprint, starts_at));
 """
 
 
@@ -101,7 +103,7 @@ class RunRecord:
     id: str
     decision_id: int | None
     adapter: str
-    status: str  # building | training | succeeded | failed | timed_out | cancelled | refused
+    status: str  # queued | building | training | succeeded | failed | timed_out | cancelled | refused
     reason: str | None
     dataset: str | None  # dataset directory
     output: str | None  # run directory (adapter/ and manifest.json when succeeded)
@@ -189,6 +191,7 @@ class StateStore(Protocol):
     def commit(self, at: float, who: str, kind: str, version: str | None, why: str = "", *,
                aliases: dict[str, dict[str, float] | None] | None = None, states: dict[str, str] | None = None,
                rollout: RolloutRecord | None = None, expect_phase: str | None = None, detail: dict | None = None) -> int: ...
+    def claim_occurrence(self, fingerprint: str, starts_at: str, now: float) -> bool: ...
     def close(self) -> None: ...
 
 
@@ -411,6 +414,12 @@ class SqliteStore:
                                                      **({"aliases": aliases} if aliases else {}),
                                                      **({"states": states} if states else {})})
         return rollout_id
+
+    def claim_occurrence(self, fingerprint: str, starts_at: str, now: float) -> bool:
+        """True the first time an alert occurrence (Alertmanager's fingerprint + startsAt) is seen, False after."""
+        cur = self._run("INSERT OR IGNORE INTO alert_occurrence (fingerprint, starts_at, received) VALUES (?, ?, ?)",
+                        (fingerprint, starts_at, now))
+        return cur.rowcount == 1
 
     def close(self) -> None:
         with self._lock:

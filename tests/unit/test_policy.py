@@ -119,7 +119,7 @@ def test_status_shows_rule_states_and_decisions(tmp_path):
     p.tick(snap("support-v7", error_ratio=0.5), now=1_795_514_400)
     store.close()
     env = {"DRIFTWATCH__DAEMON__STATE_DIR": str(tmp_path)}
-    out = CliRunner().invoke(main, ["status"], env=env).output
+    out = CliRunner().invoke(main, ["status", "--local"], env=env).output
     assert "support-v7" in out and "firing" in out and "retrain" in out and "error_ratio = 0.5" in out
 
 

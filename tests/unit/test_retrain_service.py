@@ -99,7 +99,7 @@ def test_cli_train_and_retrain(tiny_model, tmp_path, monkeypatch):
     env = {"DRIFTWATCH__RETRAIN__BASE_MODEL": str(tiny_model), "DRIFTWATCH__RETRAIN__GOLDEN_SET": str(EXAMPLES / "golden.jsonl"),
            "DRIFTWATCH__RETRAIN__BASE_TRAINING_SET": str(EXAMPLES / "base.jsonl"),
            "DRIFTWATCH__RETRAIN__TRAINING__MAX_STEPS": "4", "DRIFTWATCH__DAEMON__STATE_DIR": str(tmp_path / "state")}
-    result = CliRunner().invoke(main, ["retrain", "--adapter", "support-v2", "--routes", "summarize"], env=env)
+    result = CliRunner().invoke(main, ["retrain", "--local", "--adapter", "support-v2", "--routes", "summarize"], env=env)
     assert result.exit_code == 0, result.output
     assert "succeeded" in result.output and "pass duplicate_share" in result.output and "candidate adapter ft-" in result.output
     version = result.output.split("candidate adapter ")[1].split(":")[0]
@@ -109,13 +109,13 @@ def test_cli_train_and_retrain(tiny_model, tmp_path, monkeypatch):
     run_id = version.removeprefix("ft-")
     assert f"run      {run_id} (succeeded)" in shown.output and "/manifest.json" in shown.output, shown.output
     assert "decision none: a manual retrain" in shown.output and "registered" in shown.output
-    status = CliRunner().invoke(main, ["status"], env=env)
+    status = CliRunner().invoke(main, ["status", "--local"], env=env)
     assert "retrain runs:" in status.output and "succeeded" in status.output
     dataset = next((tmp_path / "state" / "datasets").iterdir())
     trained = CliRunner().invoke(main, ["train", "--dataset", str(dataset), "--out", str(tmp_path / "t"), "--max-steps", "2"],
                                  env=env)
     assert trained.exit_code == 0, trained.output
     assert "steps 2" in trained.output and (tmp_path / "t" / "adapter").is_dir()
-    refused = CliRunner().invoke(main, ["retrain", "--adapter", "support-v2", "--routes", "extract,code"],
+    refused = CliRunner().invoke(main, ["retrain", "--local", "--adapter", "support-v2", "--routes", "extract,code"],
                                  env={**env, "DRIFTWATCH__RETRAIN__GATES__MIN_ROUTE_EXAMPLES": "500"})
     assert refused.exit_code == 1 and "refused" in refused.output and "FAIL route_coverage" in refused.output

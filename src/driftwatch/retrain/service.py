@@ -1,8 +1,8 @@
 """A retrain request, end to end: harvested examples + replay → gates → versioned dataset → training run →
 candidate adapter. Every step is recorded in the state store; promotion belongs to the rollout stage.
 
-The run is recorded as ``building`` → ``training`` → ``succeeded`` | ``failed`` | ``timed_out`` | ``cancelled``,
-or ``refused`` when the data failed a gate (nothing was trained; the gate report says why).
+The run is recorded as ``queued`` (waiting for the worker) → ``building`` → ``training`` → ``succeeded`` |
+``failed`` | ``timed_out`` | ``cancelled``, or ``refused`` when the data failed a gate (nothing was trained; the gate report says why).
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ from driftwatch.store import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 
+ACTIVE = ("queued", "building", "training")  # run states that will still change
+
 
 class RetrainService:
     def __init__(self, cfg: Retrain, state_dir: Path, store: StateStore, runner: Runner,
@@ -37,12 +39,29 @@ class RetrainService:
         self.runs_dir = runs_dir(cfg, state_dir)
         self.cancel = threading.Event()
 
+    def queue(self, adapter: str, *, decision_id: int | None = None, focus_routes: tuple[str, ...] = (),
+              reason: str = "") -> str:
+        """Record a run that will start when the worker reaches it (``queued``); returns its id for :meth:`run`."""
+        at = self.clock()
+        run_id = new_run_id(at, decision_id)
+        self.store.save_run(RunRecord(run_id, decision_id, adapter, "queued", reason or None, None, None, at, None,
+                                      {"focus_routes": list(focus_routes)}))
+        return run_id
+
+    def active(self) -> list[RunRecord]:
+        return [r for r in self.store.runs(limit=20) if r.status in ACTIVE]
+
+    def recover(self) -> None:
+        """Runs a stopped daemon left queued or in progress are marked failed: nothing will finish them."""
+        for r in self.active():
+            self.store.save_run(replace(r, status="failed", finished=self.clock(),
+                                        reason="interrupted: the daemon stopped before the run finished"))
+            log.warning("retrain run %s was %s when the daemon stopped: marked failed", r.id, r.status)
+
     def run(self, adapter: str, *, decision_id: int | None = None, focus_routes: tuple[str, ...] = (),
-            reason: str = "") -> RunRecord:
+            reason: str = "", run_id: str | None = None) -> RunRecord:
         started = self.clock()
-        # the id names the candidate's version (rollout.version_name), so it must not grow with each generation
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}-" + (
-            f"d{decision_id}" if decision_id else f"manual-{secrets.token_hex(2)}")
+        run_id = run_id or new_run_id(started, decision_id)
         record = RunRecord(run_id, decision_id, adapter, "building", reason or None, None, None, started, None,
                            {"focus_routes": list(focus_routes)})
         self.store.save_run(record)
@@ -98,6 +117,12 @@ class RetrainService:
                 self.metrics.training_tokens.inc(m["tokens_seen"])
                 self.metrics.training_cost.inc(m["cost"])
         return replace(record, status=result.status.value, reason=result.reason or None, detail=detail)
+
+
+def new_run_id(at: float, decision_id: int | None) -> str:
+    # the id names the candidate's version (rollout.version_name), so it must not grow with each generation
+    return f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime(at))}-" + (
+        f"d{decision_id}" if decision_id else f"manual-{secrets.token_hex(2)}")
 
 
 def runs_dir(cfg: Retrain, state_dir: Path) -> Path:

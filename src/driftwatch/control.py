@@ -1,0 +1,183 @@
+"""The control API: what a human (or Alertmanager) may ask the running daemon to do, over HTTP.
+
+    GET  /v1/status          rules, windows, aliases, rollout, retrain runs, latest decisions, paused or not
+    POST /v1/retrain         {"adapter", "reason", "routes"?}      -> 202 {"decision_id", "run_id"}
+    POST /v1/rollback        {"reason"}                            -> 200 {"production"}
+    POST /v1/pause|resume    {"reason"}                            -> 200 {"paused"}
+    POST /v1/alertmanager    Alertmanager's webhook (version 4)    -> 200 what each alert became
+    GET  /v1/openapi.json    this description, machine-readable (no token needed)
+
+Every call but the description needs ``Authorization: Bearer <control.token>``, compared in constant time; with no
+token configured the API refuses everything (503) rather than run open. The routes only parse, authenticate and
+translate errors: what each call does is the :class:`Control` implementation's (the daemon's, in app.py).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from typing import Any, Callable, Protocol
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from driftwatch.errors import ControlError, RolloutError
+
+WHO_HEADER = "x-driftwatch-user"  # who is acting, for the event log (the CLI sends the login name)
+
+
+class Control(Protocol):
+    def status(self) -> dict: ...
+    def request_retrain(self, adapter: str, reason: str, who: str, routes: tuple[str, ...]) -> dict: ...
+    def rollback(self, reason: str, who: str) -> str: ...
+    def set_paused(self, paused: bool, reason: str, who: str) -> bool: ...
+    def alertmanager(self, payload: dict) -> dict: ...
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+async def _body(request: Request) -> dict:
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError as exc:
+        raise ControlError(f"the body is not JSON: {exc}", status=400) from exc
+    if not isinstance(body, dict):
+        raise ControlError("the body must be a JSON object", status=400)
+    return body
+
+
+def _reason(body: dict) -> str:
+    reason = body.get("reason")
+    if not isinstance(reason, str) or not reason.strip():
+        raise ControlError("'reason' is required: say why, it goes to the event log", status=400)
+    return reason.strip()
+
+
+def control_routes(control: Callable[[], Control | None], token: str | None) -> list[Route]:
+    """The API's routes. ``control`` returns the implementation (None while the daemon starts: 503)."""
+    expected = token.encode() if token else None
+
+    def guarded(handler: Callable[[Control, Request, dict], Any], method: str) -> Callable:
+        async def endpoint(request: Request) -> Response:
+            if expected is None:
+                return _error(503, "the control API is off: no token configured (set control.token, e.g. "
+                                   "DRIFTWATCH__CONTROL__TOKEN from a Secret, or control.token_file)")
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+                return JSONResponse({"error": "unauthorized: send Authorization: Bearer <control token>"},
+                                    status_code=401, headers={"WWW-Authenticate": 'Bearer realm="driftwatch"'})
+            impl = control()
+            if impl is None:
+                return _error(503, "the daemon is starting")
+            try:  # the calls block (the store, vLLM): they run off the event loop
+                body = await _body(request) if method == "POST" else {}
+                status, result = await run_in_threadpool(handler, impl, request, body)
+            except ControlError as exc:
+                return _error(exc.status, str(exc))
+            except RolloutError as exc:
+                return _error(409, str(exc))
+            return JSONResponse(result, status_code=status)
+        return endpoint
+
+    who = lambda request: request.headers.get(WHO_HEADER) or "control-api"  # noqa: E731
+
+    def status(c: Control, request: Request, body: dict):
+        return 200, c.status()
+
+    def retrain(c: Control, request: Request, body: dict):
+        adapter, routes = body.get("adapter"), body.get("routes", [])
+        if not isinstance(adapter, str) or not adapter:
+            raise ControlError("'adapter' is required: the adapter whose traffic the retrain answers", status=400)
+        if not isinstance(routes, list) or not all(isinstance(r, str) for r in routes):
+            raise ControlError("'routes' must be a list of route names", status=400)
+        return 202, c.request_retrain(adapter, _reason(body), who(request), tuple(routes))
+
+    def rollback(c: Control, request: Request, body: dict):
+        return 200, {"production": c.rollback(_reason(body), who(request))}
+
+    def pause(paused: bool):
+        return lambda c, request, body: (200, {"paused": c.set_paused(paused, _reason(body), who(request))})
+
+    def alertmanager(c: Control, request: Request, body: dict):
+        if not isinstance(body.get("alerts"), list):
+            raise ControlError("not an Alertmanager webhook payload: no 'alerts' list", status=400)
+        return 200, c.alertmanager(body)
+
+    def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    return [
+        Route("/v1/status", guarded(status, "GET"), methods=["GET"]),
+        Route("/v1/retrain", guarded(retrain, "POST"), methods=["POST"]),
+        Route("/v1/rollback", guarded(rollback, "POST"), methods=["POST"]),
+        Route("/v1/pause", guarded(pause(True), "POST"), methods=["POST"]),
+        Route("/v1/resume", guarded(pause(False), "POST"), methods=["POST"]),
+        Route("/v1/alertmanager", guarded(alertmanager, "POST"), methods=["POST"]),
+        Route("/v1/openapi.json", openapi, methods=["GET"]),
+    ]
+
+
+# -- the description ----------------------------------------------------------------------------------------------------
+def _json(schema: dict) -> dict:
+    return {"content": {"application/json": {"schema": schema}}}
+
+
+_ERR = {"description": "error", **_json({"$ref": "#/components/schemas/Error"})}
+_REASON = {"type": "object", "required": ["reason"], "properties": {"reason": {"type": "string", "minLength": 1}}}
+_AUTH = {"401": {"description": "no or wrong token", **_json({"$ref": "#/components/schemas/Error"})},
+         "503": {"description": "no token configured, or the daemon is starting", **_json({"$ref": "#/components/schemas/Error"})}}
+
+
+def _op(summary: str, ok: str, response: dict, body: dict | None = None, **errors: str) -> dict:
+    op = {"summary": summary, "security": [{"bearer": []}],
+          "responses": {ok: {"description": "done", **_json(response)}, **_AUTH,
+                        **{code[1:]: {**_ERR, "description": text} for code, text in errors.items()}}}
+    if body is not None:
+        op["requestBody"] = {"required": True, **_json(body)}
+    return op
+
+
+OPENAPI: dict = {
+    "openapi": "3.1.0",
+    "info": {"title": "driftwatch control API", "version": "1"},
+    "components": {
+        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {"error": {"type": "string"}}}},
+    },
+    "paths": {
+        "/v1/status": {"get": _op("Rules, windows, aliases, the rollout, retrain runs and the latest decisions", "200",
+                                  {"type": "object", "required": ["paused", "aliases", "rules", "windows", "runs"]})},
+        "/v1/retrain": {"post": _op(
+            "Request a retrain now (manual: no cooldown or daily cap; refused while a rollout or retrain is in progress)",
+            "202", {"type": "object", "required": ["decision_id", "run_id"],
+                    "properties": {"decision_id": {"type": "integer"}, "run_id": {"type": "string"}}},
+            {"type": "object", "required": ["adapter", "reason"],
+             "properties": {"adapter": {"type": "string"}, "reason": {"type": "string", "minLength": 1},
+                            "routes": {"type": "array", "items": {"type": "string"}}}},
+            _400="bad body", _409="no retrain stage configured, or a retrain or rollout is in progress")},
+        "/v1/rollback": {"post": _op("Production back to the adapter it replaced", "200",
+                                     {"type": "object", "properties": {"production": {"type": "string"}}}, _REASON,
+                                     _400="bad body", _409="nothing to roll back to")},
+        "/v1/pause": {"post": _op("Pause automatic retraining (rules and alerts still decide: 'hold')", "200",
+                                  {"type": "object", "properties": {"paused": {"type": "boolean"}}}, _REASON,
+                                  _400="bad body")},
+        "/v1/resume": {"post": _op("Resume automatic retraining", "200",
+                                   {"type": "object", "properties": {"paused": {"type": "boolean"}}}, _REASON,
+                                   _400="bad body")},
+        "/v1/alertmanager": {"post": _op(
+            "Alertmanager webhook: firing alerts named in control.retrain_alerts with an adapter label become retrain "
+            "requests, once per occurrence (fingerprint + startsAt)", "200",
+            {"type": "object", "properties": {
+                "retrain": {"type": "array", "items": {"type": "object"}},
+                "held": {"type": "array", "items": {"type": "object"}},
+                "duplicate": {"type": "integer"}, "ignored": {"type": "integer"}}},
+            {"type": "object", "required": ["alerts"], "properties": {"alerts": {"type": "array", "items": {
+                "type": "object", "required": ["status", "labels", "startsAt", "fingerprint"]}}}},
+            _400="not a webhook payload")},
+        "/v1/openapi.json": {"get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+    },
+}
