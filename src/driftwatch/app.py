@@ -379,6 +379,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     if rt.base_model is not None:
         retrain = RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics)
         retrain.recover()
+    for name in settings.control.retrain_alerts:
+        metrics.retrain_requests.labels(rule=f"alert:{name}")
     rollout = RolloutController(settings, adapters, metrics=metrics, on_done=lambda r: daemon.after_promotion(r))
     policy.busy = lambda: (f"rollout {r.id} of {r.candidate} is in progress ({r.phase})"
                            if (r := rollout.active()) is not None else None)

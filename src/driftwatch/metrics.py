@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from driftwatch.events import Reason
 from driftwatch.store import ROLLOUT_ACTIVE
 
 OTHER = "other"
@@ -240,6 +241,8 @@ class Metrics:
             (self.rollbacks, "trigger", ("bake", "no_data", "manual")),
             (self.rollout_phase, "phase", ROLLOUT_ACTIVE),
             (self.commits, "outcome", ("ok", "failed")),
+            (self.dead_letters, "reason", tuple(r.value for r in Reason)),
+            (self.retrain_requests, "rule", ("manual",)),
         ):
             for value in values:
                 metric.labels(**{label: value})

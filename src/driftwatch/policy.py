@@ -116,6 +116,9 @@ class Policy:
         self.paused = bool(last is not None and last.detail.get("paused"))
         if metrics is not None:
             metrics.retrain_paused.set(int(self.paused))
+            for spec in self.rules:
+                if spec.action == "retrain":
+                    metrics.retrain_requests.labels(rule=spec.name)
         self.busy: Callable[[], str | None] = lambda: None  # why acting now would collide (a rollout in progress)
         self._states = store.rule_states()
         self._lock = threading.RLock()  # the scheduler's ticks and the control API's requests decide one at a time

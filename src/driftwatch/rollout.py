@@ -124,6 +124,7 @@ class RolloutController:
         self.drain_s = drain_s if drain_s is not None else 2 * settings.gateway.alias_poll_s + 5.0
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._lock = threading.RLock()
+        self._exported: set[str] = set()  # versions production_info has a series for
         self._judged: dict[int, float] = {}  # rollout id -> the taken_at of the last snapshot its bake judged
 
     @property
@@ -188,6 +189,7 @@ class RolloutController:
         with self._lock:
             r = self.active()
             if r is None:
+                self._export_production()  # after a restart too, not only when a rollout moves
                 return None
             if not self.store.claim_rollout(r.id, self.holder, self.clock(), self.cfg.lease_s):
                 return r
@@ -449,8 +451,15 @@ class RolloutController:
         for phase in ACTIVE:
             self.metrics.rollout_phase.labels(phase=phase).set(1 if r.phase == phase else 0)
         self.metrics.rollout_failed_checks.set(r.failed_checks if r.phase in ACTIVE else 0)
+        self._export_production()
+
+    def _export_production(self) -> None:
+        if self.metrics is None:
+            return
         weights = self.store.alias_table()[1].get(self.cfg.alias) or {}
-        self.metrics.production_info.clear()
+        for gone in self._exported - weights.keys():  # removed one by one: a scrape never sees none in between
+            self.metrics.production_info.remove(gone)
+        self._exported = set(weights)
         for v, w in weights.items():
             self.metrics.production_info.labels(version=v).set(w / sum(weights.values()))
 

@@ -54,3 +54,28 @@ def test_every_metric_the_rules_read_is_one_driftwatch_exports():
                      family.name + "_count"}
     used = {name for rule in alerts() for name in re.findall(r"\bdriftwatch_\w+", rule["expr"])}
     assert used and used <= exported, sorted(used - exported)
+
+
+AMTOOL = shutil.which("amtool")
+
+
+@pytest.mark.skipif(AMTOOL is None, reason="amtool comes from Debian's prometheus-alertmanager (.ci/run installs it)")
+def test_alertmanager_routes_the_retrain_alerts_to_the_daemon_and_everything_to_on_call(tmp_path):
+    from driftwatch.config import Control
+
+    config = tmp_path / "alertmanager.yaml"  # the token file must exist for check-config
+    (tmp_path / "token").write_text("x" * 32)
+    config.write_text((ROOT / "deploy/prometheus/alertmanager.yaml").read_text().replace(
+        "/etc/alertmanager/secrets/driftwatch-control/token", str(tmp_path / "token")))
+    check = subprocess.run([AMTOOL, "check-config", str(config)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+    def receivers(*labels: str) -> set[str]:
+        out = subprocess.run([AMTOOL, "config", "routes", "test", f"--config.file={config}", *labels],
+                             capture_output=True, text=True, timeout=60)
+        return set(out.stdout.strip().split(","))
+
+    retrain = set(Control().retrain_alerts)  # the daemon's default: the route must send exactly these
+    for rule in alerts():
+        expected = {"driftwatch", "on-call"} if rule["alert"] in retrain else {"on-call"}
+        assert receivers(f"alertname={rule['alert']}", "adapter=a") == expected, rule["alert"]
