@@ -116,7 +116,7 @@ class LocalRunner:
 
 
 class KubernetesJobRunner:
-    """Training as a Kubernetes Job on a GPU node. ``runs_dir`` is the shared volume as the daemon sees it;
+    """Training as a Kubernetes Job on a GPU node. ``runs_dir`` is where the daemon writes runs, on the shared volume;
     ``mount_path`` is where the Job's pod mounts the same volume (claim ``pvc``)."""
 
     def __init__(self, runs_dir: Path, *, namespace: str, image: str, pvc: str, mount_path: str = "/driftwatch",
@@ -150,7 +150,7 @@ class KubernetesJobRunner:
 
     def manifest(self, spec: TrainSpec, run_id: str) -> dict:
         """The Job: one pod, no retries, the run's deadline, GPUs requested, the shared volume mounted."""
-        pod_spec_path = f"{self.mount_path}/{Path(spec.output).relative_to(self.runs_dir)}/spec.json"
+        pod_spec_path = f"{self._pod_path(spec.output)}/spec.json"
         resources = {"cpu": self.cpu, "memory": self.memory}
         if self.gpus:
             resources[self.gpu_resource] = str(self.gpus)
@@ -180,13 +180,18 @@ class KubernetesJobRunner:
                      "template": {"metadata": {"labels": labels}, "spec": pod}},
         }
 
+    def _pod_path(self, path: str) -> str:
+        """A path as the pod sees it. A daemon that mounts the volume where the Job does (deploy/: /data) needs no
+        rewriting; otherwise paths under ``runs_dir`` (the volume's root, as the daemon sees it) move to the mount."""
+        p = Path(path)
+        if p.is_relative_to(self.mount_path) or not p.is_relative_to(self.runs_dir):
+            return path
+        return f"{self.mount_path}/{p.relative_to(self.runs_dir)}"
+
     def _to_pod_path(self, spec: TrainSpec) -> TrainSpec:
-        """The spec as the pod sees it: paths under the shared volume rewritten to its mount path."""
-        def pod(path: str) -> str:
-            p = Path(path)
-            return f"{self.mount_path}/{p.relative_to(self.runs_dir)}" if p.is_relative_to(self.runs_dir) else path
-        return TrainSpec(**{**asdict(spec), "base_model": pod(spec.base_model), "dataset": pod(spec.dataset),
-                            "output": pod(spec.output), "progress": False})
+        return TrainSpec(**{**asdict(spec), "base_model": self._pod_path(spec.base_model),
+                            "dataset": self._pod_path(spec.dataset), "output": self._pod_path(spec.output),
+                            "progress": False})
 
     def run(self, spec: TrainSpec, run_id: str, cancel: threading.Event) -> RunResult:
         out = Path(spec.output)
