@@ -619,24 +619,19 @@ def rollback(why: str, url: str | None, local: bool, config: str | None) -> None
     click.echo(f"{settings.rollout.alias} -> {version}")
 
 
-@main.command()
-@click.option("--why", required=True, help="Reason, kept in the event log.")
-@_URL
-@click.option("--config", "-c", type=click.Path(dir_okay=False))
-def pause(why: str, url: str | None, config: str | None) -> None:
-    """Pause automatic retraining (rules and alerts still decide, as 'hold'); survives restarts."""
-    _api(_load(config), url, "POST", "/v1/pause", {"reason": why})
-    click.echo("automatic retraining paused")
+def _switch(verb: str, doc: str):
+    @main.command(verb, help=doc)
+    @click.option("--why", required=True, help="Reason, kept in the event log.")
+    @_URL
+    @click.option("--config", "-c", type=click.Path(dir_okay=False))
+    def command(why: str, url: str | None, config: str | None) -> None:
+        _api(_load(config), url, "POST", f"/v1/{verb}", {"reason": why})
+        click.echo(f"automatic retraining {verb}d")
+    return command
 
 
-@main.command()
-@click.option("--why", required=True, help="Reason, kept in the event log.")
-@_URL
-@click.option("--config", "-c", type=click.Path(dir_okay=False))
-def resume(why: str, url: str | None, config: str | None) -> None:
-    """Resume automatic retraining."""
-    _api(_load(config), url, "POST", "/v1/resume", {"reason": why})
-    click.echo("automatic retraining resumed")
+pause = _switch("pause", "Pause automatic retraining (rules and alerts still decide, as 'hold'); survives restarts.")
+resume = _switch("resume", "Resume automatic retraining.")
 
 
 @main.group("adapters")

@@ -39,7 +39,9 @@ def rig(tmp_path, token=TOKEN, **settings):
                     policy=policy, retrain=RetrainService(cfg.retrain, tmp_path, store, runner=None), rollout=RolloutController(cfg, store, metrics=metrics))
     daemon.worker.submit = lambda *a, **k: None  # the evidence and the run are not the API's business
     app = build_app(metrics.registry, lambda: (True, {}), lambda: (True, {}), control=control_routes(lambda: daemon, token))
-    return TestClient(app), daemon
+    client = TestClient(app)
+    client.app_ = app
+    return client, daemon
 
 
 def alert(name="DriftwatchInputDrift", adapter="support-v2", fingerprint="f1", starts="2026-11-24T10:00:00Z",
@@ -165,3 +167,33 @@ def test_the_control_token_setting_is_checked(tmp_path):
     (tmp_path / "token").write_text(TOKEN + "\n")
     assert load_settings(env={"DRIFTWATCH__CONTROL__TOKEN_FILE": str(tmp_path / "token")}).control.secret() == TOKEN
     assert "s3cret" not in str(load_settings(env={"DRIFTWATCH__CONTROL__TOKEN": TOKEN}).redacted())
+
+
+def test_the_cli_acts_through_the_api(tmp_path):
+    from click.testing import CliRunner
+
+    from driftwatch.cli import main
+    from driftwatch.http import HttpServer
+
+    client, daemon = rig(tmp_path)
+    server = HttpServer(client.app_, "127.0.0.1", 0).start()
+    url = server.url
+    try:
+        run = lambda *args, token=TOKEN: CliRunner().invoke(  # noqa: E731
+            main, [*args, "--url", url], env={"DRIFTWATCH__CONTROL__TOKEN": token})
+        assert run("pause", "--why", "maintenance").output == "automatic retraining paused\n"
+        assert daemon.policy.paused
+        out = run("retrain", "--adapter", "support-v2", "--reason", "new docs", "--routes", "qa")
+        (r,) = daemon.policy.store.runs()
+        assert out.exit_code == 0 and f"retrain run {r.id} queued" in out.output and r.detail["focus_routes"] == ["qa"]
+        status = run("status")
+        assert status.exit_code == 0 and "automatic retraining: PAUSED" in status.output and r.id in status.output
+        refused = run("rollback", "--why", "test")
+        assert refused.exit_code == 1 and "answered 409" in refused.output
+        wrong = run("status", token="not-the-token-0123456789")
+        assert wrong.exit_code == 1 and "answered 401" in wrong.output
+        assert run("resume", "--why", "done").exit_code == 0 and not daemon.policy.paused
+    finally:
+        server.stop()
+    down = CliRunner().invoke(main, ["status", "--url", url], env={"DRIFTWATCH__CONTROL__TOKEN": TOKEN})
+    assert down.exit_code == 2 and "cannot reach the daemon" in down.output
