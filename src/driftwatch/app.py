@@ -29,12 +29,12 @@ from driftwatch.monitor.features import FeatureExtractor
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, MonitorSnapshot, export
 from driftwatch.monitor.signals import AdapterSignals
 from driftwatch.monitor.sketch import Profile
-from driftwatch.policy import PAUSE_EVENT, Decision, Policy, RetrainRequest, RuleSpec
+from driftwatch.policy import Decision, Policy, RetrainRequest, RuleSpec, paused_in
 from driftwatch.report import evidently_report, write_evidence
 from driftwatch.retrain.harvest import Harvester
 from driftwatch.retrain.service import RetrainService, build_runner
 from driftwatch.rollout import RolloutController, live_signals, version_name
-from driftwatch.store import ROLLOUT_ACTIVE, RolloutRecord, RunRecord, SqliteStore, StateStore
+from driftwatch.store import RolloutRecord, RunRecord, StateStore, open_stores
 from driftwatch.recent import DedupWindow
 
 log = logging.getLogger("driftwatch")
@@ -141,8 +141,7 @@ class Daemon:
 
     # -- control API (control.py): what a person or Alertmanager may ask ----------------------------------------------
     def status(self) -> dict:
-        registry = self.rollout.store if self.rollout is not None else self.policy.store
-        return status_document(self.settings, self.policy.store, registry, self.last_snapshot)
+        return status_document(self.settings, self.policy.store, self.rollout, self.last_snapshot)
 
     def request_retrain(self, adapter: str, reason: str, who: str, routes: tuple[str, ...] = ()) -> dict:
         if self.retrain is None:
@@ -347,8 +346,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     join = DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s)  # request_id -> adapter, for feedback
     signals = AdapterSignals(metrics, join)
     pol, rt = settings.policy, settings.retrain
-    store = SqliteStore(settings.state_store_path)
-    adapters = store if settings.registry_path == settings.state_store_path else SqliteStore(settings.registry_path)
+    store, adapters = open_stores(settings.state_store_path, settings.registry_path)
     rebaselined = next(iter(adapters.events(kind="rebaselined", limit=1)), None)
     if rebaselined is not None and settings.monitor.reference_path is not None:
         log.info("reference: %s (re-baselined after a promotion; monitor.reference_path %s is older)",
@@ -390,18 +388,16 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     return daemon
 
 
-def status_document(settings: Settings, store: StateStore, registry: StateStore,
+def status_document(settings: Settings, store: StateStore, rollout: RolloutController,
                     snapshot: MonitorSnapshot | None = None) -> dict:
-    """What `GET /v1/status` answers (and `driftwatch status --local` prints): from the stores, plus the daemon's
-    last snapshot of the windows when there is one."""
-    table_version, aliases = registry.alias_table()
-    weights = aliases.get(settings.rollout.alias) or {}
-    active = next((r for r in registry.rollouts(limit=5) if r.phase in ROLLOUT_ACTIVE), None)
-    paused = next(iter(store.events(kind=PAUSE_EVENT, limit=1)), None)
+    """What `GET /v1/status` answers (and `driftwatch status --local` prints): from the state store and the
+    registry (the rollout controller's), plus the daemon's last snapshot of the windows when there is one."""
+    table_version, aliases = rollout.store.alias_table()
+    active = rollout.active()
     specs = {r.name: r for r in settings.policy.rules}
     return {
-        "paused": bool(paused is not None and paused.detail.get("paused")),
-        "production": max(weights, key=weights.get) if weights else None,
+        "paused": paused_in(store),
+        "production": rollout.production(),
         "aliases": aliases, "alias_table_version": table_version,
         "rollout": None if active is None else {"id": active.id, "candidate": active.candidate,
                                                 "previous": active.previous, "phase": active.phase,

@@ -403,16 +403,15 @@ def status(url: str | None, local: bool, config: str | None, limit: int, as_json
     settings = _load(config)
     if local:
         from driftwatch.app import status_document
-        from driftwatch.store import SqliteStore
+        from driftwatch.store import open_stores
 
         if not settings.state_store_path.exists():
             click.echo(f"no state store at {settings.state_store_path} yet (the daemon creates it on its first run)")
             return
-        store = SqliteStore(settings.state_store_path)
-        registry = store if settings.registry_path == settings.state_store_path else SqliteStore(settings.registry_path)
-        doc = status_document(settings, store, registry)
-        for s_ in {id(store): store, id(registry): registry}.values():
-            s_.close()
+        store, registry = open_stores(settings.state_store_path, settings.registry_path)
+        doc = status_document(settings, store, _controller(settings, registry))
+        store.close()
+        registry.close()
     else:
         doc = _api(settings, url, "GET", "/v1/status")
     if as_json:
@@ -659,11 +658,10 @@ def adapters_list(config: str | None) -> None:
 @click.option("--config", "-c", type=click.Path(dir_okay=False))
 def adapters_show(version: str, config: str | None) -> None:
     """VERSION's lineage (run → dataset manifest → the decision and its evidence), evaluations and events."""
-    from driftwatch.store import SqliteStore
+    from driftwatch.store import open_stores
 
     settings = _load(config)
-    store = SqliteStore(settings.registry_path)
-    state = store if settings.registry_path == settings.state_store_path else SqliteStore(settings.state_store_path)
+    state, store = open_stores(settings.state_store_path, settings.registry_path)
     a = store.adapter(version)
     if a is None:
         click.echo(f"error: no adapter version '{version}' in the registry ({settings.registry_path})", err=True)
@@ -694,8 +692,7 @@ def adapters_show(version: str, config: str | None) -> None:
     click.echo("events:")
     _echo_events(reversed(store.events(version)))
     store.close()
-    if state is not store:
-        state.close()
+    state.close()
 
 
 @main.command()

@@ -61,7 +61,7 @@ def control_routes(control: Callable[[], Control | None], token: str | None) -> 
     """The API's routes. ``control`` returns the implementation (None while the daemon starts: 503)."""
     expected = token.encode() if token else None
 
-    def guarded(handler: Callable[[Control, Request, dict], Any], method: str) -> Callable:
+    def guarded(handler: Callable[[Control, Request, dict], Any]) -> Callable:
         async def endpoint(request: Request) -> Response:
             if expected is None:
                 return _error(503, "the control API is off: no token configured (set control.token, e.g. "
@@ -74,7 +74,7 @@ def control_routes(control: Callable[[], Control | None], token: str | None) -> 
             if impl is None:
                 return _error(503, "the daemon is starting")
             try:  # the calls block (the store, vLLM): they run off the event loop
-                body = await _body(request) if method == "POST" else {}
+                body = await _body(request) if request.method == "POST" else {}
                 status, result = await run_in_threadpool(handler, impl, request, body)
             except ControlError as exc:
                 return _error(exc.status, str(exc))
@@ -111,12 +111,12 @@ def control_routes(control: Callable[[], Control | None], token: str | None) -> 
         return JSONResponse(OPENAPI)
 
     return [
-        Route("/v1/status", guarded(status, "GET"), methods=["GET"]),
-        Route("/v1/retrain", guarded(retrain, "POST"), methods=["POST"]),
-        Route("/v1/rollback", guarded(rollback, "POST"), methods=["POST"]),
-        Route("/v1/pause", guarded(pause(True), "POST"), methods=["POST"]),
-        Route("/v1/resume", guarded(pause(False), "POST"), methods=["POST"]),
-        Route("/v1/alertmanager", guarded(alertmanager, "POST"), methods=["POST"]),
+        Route("/v1/status", guarded(status), methods=["GET"]),
+        Route("/v1/retrain", guarded(retrain), methods=["POST"]),
+        Route("/v1/rollback", guarded(rollback), methods=["POST"]),
+        Route("/v1/pause", guarded(pause(True)), methods=["POST"]),
+        Route("/v1/resume", guarded(pause(False)), methods=["POST"]),
+        Route("/v1/alertmanager", guarded(alertmanager), methods=["POST"]),
         Route("/v1/openapi.json", openapi, methods=["GET"]),
     ]
 

@@ -170,6 +170,7 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     retrain decision, evaluates the candidate on vLLM against the incumbent, promotes it and bakes it; then a bad
     adapter is forced past the gate and the bake rolls it back. Prints the timeline from the registry's event log;
     True when both outcomes happened."""
+    from driftwatch.retrain.service import ACTIVE as RUN_ACTIVE
     from driftwatch.rollout import FINISHED
 
     store, ctl = daemon.rollout.store, daemon.rollout
@@ -180,7 +181,7 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
         """Training or evaluating: on a small machine the traffic would take the CPU they need."""
         runs = daemon.policy.store.runs(limit=1)
         active = ctl.active()
-        return bool(runs and runs[0].status in ("building", "training")) or (active is not None and active.phase in WORK)
+        return bool(runs and runs[0].status in RUN_ACTIVE) or (active is not None and active.phase in WORK)
 
     def until(done, limit_s: float = LOOP_TIMEOUT_S):
         deadline = time.monotonic() + limit_s

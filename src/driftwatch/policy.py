@@ -66,6 +66,12 @@ class Decision:
 PAUSE_EVENT = "automatic-retraining"  # event kind; detail {"paused": bool}: the latest one says
 
 
+def paused_in(store: StateStore) -> bool:
+    """Whether automatic retraining is paused, as the store's latest pause/resume event says."""
+    last = next(iter(store.events(kind=PAUSE_EVENT, limit=1)), None)
+    return bool(last is not None and last.detail.get("paused"))
+
+
 def signal_value(spec: RuleSpec, a: AdapterSnapshot, baselines: dict[str, float]) -> tuple[float | None, int]:
     """The signal's value for this adapter's window and the sample size it rests on (None: no data)."""
     if spec.signal == "negative_feedback_ratio":
@@ -112,8 +118,7 @@ class Policy:
         self.max_per_day = max_retrains_per_day
         self.on_retrain = on_retrain or (lambda req: log.warning("retrain requested (no retrain stage yet): %s", req))
         self.baselines = baselines or {}
-        last = next(iter(store.events(kind=PAUSE_EVENT, limit=1)), None)
-        self.paused = bool(last is not None and last.detail.get("paused"))
+        self.paused = paused_in(store)
         if metrics is not None:
             metrics.retrain_paused.set(int(self.paused))
             for spec in self.rules:

@@ -195,6 +195,12 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
+def open_stores(state_path: Path | str, registry_path: Path | str) -> tuple[SqliteStore, SqliteStore]:
+    """The state store and the registry: one database, unless the registry has a path of its own."""
+    state = SqliteStore(state_path)
+    return state, state if Path(registry_path) == Path(state_path) else SqliteStore(registry_path)
+
+
 class SqliteStore:
     def __init__(self, path: Path | str) -> None:
         if str(path) != ":memory:":
