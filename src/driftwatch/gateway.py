@@ -80,6 +80,10 @@ class EventSink:
         self._cond = threading.Condition()
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="driftwatch-gateway-events", daemon=True)
+        p = kafka.producer
+        # every send resolves, acknowledged or failed, within this; a flush that waited less would re-send records
+        # that were still on their way, and each would reach Kafka twice
+        self.delivery_timeout_ms = max(p.delivery_timeout_ms, kafka.request_timeout_ms + p.linger_ms + 1000)
 
     def _producer(self):
         from kafka import KafkaProducer
@@ -91,8 +95,7 @@ class EventSink:
         return KafkaProducer(**client_kwargs(self.kafka), acks=p.acks if p.acks == "all" else int(p.acks),
                              linger_ms=p.linger_ms, max_request_size=p.max_request_size,
                              enable_idempotence=False, retries=5, max_block_ms=5000,
-                             delivery_timeout_ms=max(p.delivery_timeout_ms,
-                                                     self.kafka.request_timeout_ms + p.linger_ms + 1000))
+                             delivery_timeout_ms=self.delivery_timeout_ms)
 
     def start(self) -> EventSink:
         self._thread.start()
@@ -123,27 +126,28 @@ class EventSink:
             time.sleep(self.linger_s)  # let a burst gather: one wake-up, one batch (and the GIL left to requests)
             with self._cond:
                 batch = list(itertools.islice(self._items, 0, 1000))
+            futures = []
             try:
                 producer = producer or self._factory()
-                futures = []
                 for topic, key, value in batch:
                     futures.append(producer.send(topic, value=value, key=key))
-                producer.flush(timeout=10)
-                delivered = 0
-                for f in futures:  # in order: stop at the first not acknowledged, keep it and what follows
-                    if not (f.is_done and f.succeeded()):
-                        break
-                    delivered += 1
+                producer.flush(timeout=self.delivery_timeout_ms / 1000 + 5)
             except Exception as exc:  # noqa: BLE001 - Kafka down or refusing: keep the events, retry later
-                delivered = 0
                 log.warning("cannot deliver %d event(s) to Kafka yet (%s: %s); retrying in %.0fs",
                             len(batch), type(exc).__name__, exc, self.retry_s)
+            delivered = 0
+            for f in futures:  # in order: stop at the first not acknowledged, keep it and what follows
+                if not (f.is_done and f.succeeded()):
+                    break
+                delivered += 1
             with self._cond:
                 for _ in range(delivered):
                     topic, _, _ = self._items.popleft()
                     self.metrics.events_delivered.labels(topic=topic).inc()
                 self.metrics.events_buffered.set(len(self._items))
                 if delivered < len(batch) and not self._stop:
+                    for topic, _, _ in batch[delivered:]:  # unconfirmed, so sent again: Kafka may hold them twice
+                        self.metrics.events_resent.labels(topic=topic).inc()
                     self._cond.wait(self.retry_s)
                 elif delivered < len(batch) and self._stop:
                     break

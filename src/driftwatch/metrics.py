@@ -274,6 +274,10 @@ class GatewayMetrics:
         self.events_delivered = Counter(
             "driftwatch_gateway_events_delivered", "Events acknowledged by Kafka, by topic", ["topic"], registry=r
         )
+        self.events_resent = Counter(
+            "driftwatch_gateway_events_resent", "Events sent to Kafka again because their delivery was not confirmed "
+            "(at-least-once: the daemon drops the copies by request id)", ["topic"], registry=r
+        )
         self.events_dropped = Counter(
             "driftwatch_gateway_events_dropped", "Events dropped because the buffer was full", ["topic"], registry=r
         )

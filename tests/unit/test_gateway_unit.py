@@ -71,3 +71,50 @@ def test_the_buffer_is_bounded_counts_what_it_drops_and_delivers_the_rest_later(
         time.sleep(0.02)
     assert producer.sent == [f"e{i}".encode() for i in range(5)] and sink.close() == 0
     assert metrics.registry.get_sample_value("driftwatch_gateway_events_delivered_total", {"topic": "t"}) == 5
+
+
+class SlowAckProducer(FakeProducer):
+    """Every send lands, but the first flush gives up before the acknowledgements come back."""
+
+    def __init__(self):
+        super().__init__()
+        self.up, self.flushes, self.futures = True, 0, []
+
+    def send(self, topic, value, key):
+        super().send(topic, value, key)
+        self.futures.append(FakeFuture(True))
+        self.futures[-1].is_done = False
+        return self.futures[-1]
+
+    def flush(self, timeout=None):
+        self.flushes += 1
+        for f in self.futures:
+            f.is_done = True  # acknowledged, but for the first flush too late
+        if self.flushes == 1:
+            raise TimeoutError("Timeout waiting for future")
+
+
+def test_a_flush_that_times_out_resends_only_what_was_not_acknowledged():
+    producer, metrics = SlowAckProducer(), GatewayMetrics()
+    sink = EventSink(Kafka(), 10, metrics, producer_factory=lambda: producer, retry_s=0.05).start()
+    for i in range(3):
+        sink.offer("t", b"k", f"e{i}".encode())
+    deadline = time.monotonic() + 5
+    while sink.pending and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink.close() == 0
+    assert producer.sent == [b"e0", b"e1", b"e2"]  # each once: the late acknowledgements were counted
+    assert metrics.registry.get_sample_value("driftwatch_gateway_events_resent_total", {"topic": "t"}) is None
+
+
+def test_unacknowledged_events_are_resent_and_counted():
+    producer, metrics = FakeProducer(), GatewayMetrics()
+    sink = EventSink(Kafka(), 10, metrics, producer_factory=lambda: producer, retry_s=0.05).start()
+    sink.offer("t", b"k", b"e0")
+    time.sleep(0.2)  # Kafka down: retried a few times
+    producer.up = True
+    deadline = time.monotonic() + 5
+    while sink.pending and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert sink.close() == 0 and producer.sent == [b"e0"]
+    assert metrics.registry.get_sample_value("driftwatch_gateway_events_resent_total", {"topic": "t"}) >= 2
