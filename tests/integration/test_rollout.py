@@ -152,7 +152,9 @@ def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack,
         forced = ctl.start("bravo-2", who="test", why="forced, to test the bake", force=True)
         flipped = wait_phase(store, forced.id, ("baking",), 60).phase_since
         r = wait_phase(store, forced.id, ("done", "rolled_back"), 60)
-        assert r.phase == "rolled_back" and r.failed_checks == 2, [(e.kind, e.why) for e in store.events("bravo-2", limit=20)]
+        assert r.phase == "rolled_back" and r.failed_checks == 2, (
+            [(e.kind, e.why, e.detail) for e in store.events("bravo-2", limit=20)],
+            daemon.value("driftwatch_feedback_total", adapter="unknown"))
         assert r.phase_since - flipped < settings.rollout.bake.duration_s  # within the bake window
         assert ctl.production() == "alpha-2" and store.adapter("bravo-2").state == "rolled_back"
         assert daemon.value("driftwatch_requests_total", adapter="bravo-2") > 0  # it did serve, and hurt

@@ -143,3 +143,13 @@ def test_feedback_is_attributed_to_the_adapter_that_served_the_request():
     assert sample(m, "driftwatch_tokens_total", adapter="v7", direction="out") == 3
     assert sample(m, "driftwatch_feedback_total", adapter="v7", sentiment="negative") == 1
     assert sample(m, "driftwatch_feedback_total", adapter="unknown", sentiment="negative") == 1
+
+
+def test_a_polls_feedback_is_handed_on_after_its_inference_events():
+    """kafka-python returns a poll partition by partition, the feedback topic's possibly first: the feedback for a
+    request whose inference event is in the same poll must still find the adapter that served it."""
+    fb = json.dumps({**FEEDBACK, "request_id": "r-9"}).encode()
+    ing, _, _, _, seen = make([[Rec("fb", 0, 1, fb), Rec("inf", 0, 7, ev("r-8")), Rec("inf", 1, 4, ev("r-9"))]])
+    step(ing)
+    assert [(kind, e.request_id) for kind, e in seen] == [("inference", "r-8"), ("inference", "r-9"),
+                                                          ("feedback", "r-9")]

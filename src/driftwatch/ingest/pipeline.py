@@ -161,6 +161,7 @@ class Ingestor:
         counts: dict[tuple[str, str], int] = {}
         dups: dict[tuple[str, str], int] = {}
         kinds, dedup, journal, max_bytes = self.kinds, self.dedup, self.journal, self.max_record_bytes
+        feedback: list[tuple[Kind, Event]] = []  # handed on after the batch's inference events (see below)
         for rec in records:
             topic, partition, offset = rec.topic, rec.partition, rec.offset
             tp = (topic, partition)
@@ -184,12 +185,15 @@ class Ingestor:
                     outcome, dup_kind = "duplicate", "redelivery" if redelivery else "key"
                 else:
                     outcome, dup_kind = "accepted", ""
-                    batch.events.append((kind, result))
+                    (batch.events if kind == "inference" else feedback).append((kind, result))
             key = (topic, outcome)
             counts[key] = counts.get(key, 0) + 1
             if dup_kind:
                 dk = (topic, dup_kind)
                 dups[dk] = dups.get(dk, 0) + 1
+        # a poll returns records partition by partition, feedback topic first or not: feedback is joined to the
+        # adapter that served its request, so a request's inference event must come first when both are in one poll
+        batch.events.extend(feedback)
         for key, n in counts.items():
             self._outcome_children[key].inc(n)
         for (topic, dup_kind), n in dups.items():
