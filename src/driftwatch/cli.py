@@ -403,9 +403,11 @@ def status(url: str | None, local: bool, config: str | None, limit: int, as_json
     settings = _load(config)
     if local:
         from driftwatch.app import status_document
-        from driftwatch.store import open_stores
+        from pathlib import Path
 
-        if not settings.state_store_path.exists():
+        from driftwatch.store import is_url, open_stores
+
+        if not is_url(settings.state_store_path) and not Path(settings.state_store_path).exists():
             click.echo(f"no state store at {settings.state_store_path} yet (the daemon creates it on its first run)")
             return
         store, registry = open_stores(settings.state_store_path, settings.registry_path)
@@ -472,13 +474,13 @@ def retrain(adapter: str, reason: str, routes: str | None, url: str | None, loca
 def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -> None:
     """Run a retrain now, in the foreground: dataset -> gates -> training -> candidate; recorded in the state store."""
     from driftwatch.retrain.service import RetrainService, build_runner
-    from driftwatch.store import SqliteStore
+    from driftwatch.store import open_store
 
     rt, state_dir = settings.retrain, settings.daemon.state_dir
     if rt.base_model is None:
         click.echo("error: retrain.base_model is not set (and retrain.golden_set with it)", err=True)
         sys.exit(2)
-    store = SqliteStore(settings.state_store_path)
+    store = open_store(settings.state_store_path)
     service = RetrainService(rt, state_dir, store, build_runner(rt, state_dir))
     try:
         run = service.run(adapter, focus_routes=focus, reason="manual (driftwatch retrain --local)" + (
@@ -494,7 +496,7 @@ def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -
     if run.status == "succeeded":
         from driftwatch.rollout import RolloutController, version_name
 
-        registry = SqliteStore(settings.registry_path)
+        registry = open_store(settings.registry_path)
         version = version_name(run.id)
         RolloutController(settings, registry).register(version, f"{run.output}/adapter", run_id=run.id, parent=adapter)
         registry.close()
@@ -515,14 +517,14 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
     Exit 0 when every gate passes, 1 when one fails or the evaluation could not run."""
     from driftwatch.evaluate.evaluator import Evaluator, reports_dir
     from driftwatch.serving.vllm import VLLMClient
-    from driftwatch.store import SqliteStore
+    from driftwatch.store import open_store
 
     settings = _load(config)
     if settings.retrain.golden_set is None:
         click.echo("error: retrain.golden_set is not set: the evaluation needs the held-out golden set", err=True)
         sys.exit(2)
     if incumbent is None:
-        store = SqliteStore(settings.registry_path)
+        store = open_store(settings.registry_path)
         incumbent = _controller(settings, store).production() or settings.gateway.base_model
         store.close()
     with VLLMClient(vllm_url or settings.gateway.upstreams[0], timeout_s=settings.evaluate.timeout_s) as client:
@@ -564,10 +566,10 @@ def promote(version: str, path: str | None, force: bool, why: str, wait: bool, c
     import getpass
 
     from driftwatch.errors import RolloutError
-    from driftwatch.store import SqliteStore
+    from driftwatch.store import open_store
 
     settings = _load(config)
-    store = SqliteStore(settings.registry_path)
+    store = open_store(settings.registry_path)
     ctl = _controller(settings, store)
     try:
         if path is not None:
@@ -596,7 +598,7 @@ def rollback(why: str, url: str | None, local: bool, config: str | None) -> None
     import getpass
 
     from driftwatch.errors import RolloutError
-    from driftwatch.store import SqliteStore
+    from driftwatch.store import open_store
 
     settings = _load(config)
     if not local:
@@ -605,7 +607,7 @@ def rollback(why: str, url: str | None, local: bool, config: str | None) -> None
         version = _api(settings, url, "POST", "/v1/rollback", {"reason": why})["production"]
         click.echo(f"{settings.rollout.alias} -> {version}")
         return
-    store = SqliteStore(settings.registry_path)
+    store = open_store(settings.registry_path)
     ctl = _controller(settings, store)
     try:
         version = ctl.rollback(who=getpass.getuser(), why=why)
@@ -643,9 +645,9 @@ def adapters_group() -> None:
 def adapters_list(config: str | None) -> None:
     import time as _time
 
-    from driftwatch.store import SqliteStore
+    from driftwatch.store import open_store
 
-    store = SqliteStore(_load(config).registry_path)
+    store = open_store(_load(config).registry_path)
     click.echo(f"{'version':<32} {'state':<12} {'registered':<19}  run")
     for a in store.adapters():
         click.echo(f"{a.version:<32} {a.state:<12} {_time.strftime('%Y-%m-%d %H:%M:%S', _time.localtime(a.created))}"
@@ -714,9 +716,9 @@ def alias_group() -> None:
 
 
 def _alias_store(config):
-    from driftwatch.store import SqliteStore
+    from driftwatch.store import open_store
 
-    return SqliteStore(_load(config).registry_path)
+    return open_store(_load(config).registry_path)
 
 
 @alias_group.command("list")

@@ -451,11 +451,11 @@ class GatewayService:
 
 def build(settings, *, seed: int | None = None, producer_factory=None) -> tuple[GatewayService, EventSink]:
     """Wire the gateway from settings (its composition: store, metrics, event sink, service)."""
-    from driftwatch.store import SqliteStore
+    from driftwatch.store import open_store
 
     metrics = GatewayMetrics(max_adapters=settings.metrics.max_adapters)
     sink = EventSink(settings.kafka, settings.gateway.buffer_max_events, metrics, producer_factory).start()
-    service = GatewayService(settings.gateway, SqliteStore(settings.registry_path), sink, settings.kafka.topics, metrics,
+    service = GatewayService(settings.gateway, open_store(settings.registry_path), sink, settings.kafka.topics, metrics,
                              seed=seed).start()
     return service, sink
 

@@ -2,18 +2,21 @@
 harvested from feedback, retrain runs) and the registry (datasets, adapter versions, evaluations, rollouts, the
 alias table, and an append-only event log of who did what, when and why).
 
-A small interface with SQLite as the single-process default. A shared backend (PostgreSQL, for several
-replicas behind a leader) implements the same methods.
+A small interface on SQL that SQLite and PostgreSQL both speak (``?`` parameters, ``ON CONFLICT``, ``RETURNING``):
+SQLite is the single-process default; PostgreSQL (``store.url``) is the backend several replicas share, with the
+leader (leader.py) the only one that decides and acts. Replicas also publish their monitor windows here
+(:meth:`SqlStore.publish_window`), so the leader's verdict covers every partition.
 
 Lineage: adapter → run (``adapter.run_id``) → dataset (``run.dataset``, its manifest) → decision (``run.decision_id``,
 its evidence). A rollout step changes the alias table, adapter states, the rollout row and the event log in one
-transaction (:meth:`SqliteStore.commit`), so a crash leaves either the step or nothing.
+transaction (:meth:`SqlStore.commit`), so a crash leaves either the step or nothing.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 import sqlite3
 import threading
 from dataclasses import astuple, dataclass, field
@@ -59,6 +62,11 @@ CREATE TABLE IF NOT EXISTS event (
 CREATE INDEX IF NOT EXISTS event_version ON event (version);
 CREATE TABLE IF NOT EXISTS alert_occurrence (
     fingerprint TEXT NOT NULL, starts_at TEXT NOT NULL, received REAL NOT NULL, PRIMARY KEY (fingerprint, starts_at));
+CREATE TABLE IF NOT EXISTS replica_window (
+    replica TEXT NOT NULL, adapter TEXT NOT NULL, doc BLOB NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (replica, adapter));
+CREATE TABLE IF NOT EXISTS leader (
+    name TEXT PRIMARY KEY, holder TEXT NOT NULL, url TEXT, since REAL NOT NULL, renewed REAL NOT NULL);
 """
 
 
@@ -195,24 +203,41 @@ class StateStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_stores(state_path: Path | str, registry_path: Path | str) -> tuple[SqliteStore, SqliteStore]:
-    """The state store and the registry: one database, unless the registry has a path of its own."""
-    state = SqliteStore(state_path)
-    return state, state if Path(registry_path) == Path(state_path) else SqliteStore(registry_path)
+def is_url(location: Path | str) -> bool:
+    return str(location).startswith(("postgresql://", "postgres://"))
 
 
-class SqliteStore:
-    def __init__(self, path: Path | str) -> None:
-        if str(path) != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(SCHEMA)
+def open_store(location: Path | str) -> SqlStore:
+    """A PostgreSQL URL (the store several replicas share) or a SQLite file (one process)."""
+    return PostgresStore(str(location)) if is_url(location) else SqliteStore(location)
+
+
+def open_stores(state_location: Path | str, registry_location: Path | str) -> tuple[SqlStore, SqlStore]:
+    """The state store and the registry: one database, unless the registry has a location of its own."""
+    state = open_store(state_location)
+    same = str(state_location) == str(registry_location) or (
+        not is_url(state_location) and not is_url(registry_location) and Path(state_location) == Path(registry_location))
+    return state, state if same else open_store(registry_location)
+
+
+class SqlStore:
+    """The store's queries, on one connection guarded by a lock. Subclasses connect and say how a statement runs
+    and how a write transaction begins (serialised: one writer at a time, as SQLite's BEGIN IMMEDIATE)."""
+
+    _db: Any
+
+    def __init__(self) -> None:
         self._lock = threading.Lock()
 
-    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _execute(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
+        return self._db.execute(sql, args)
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._db.executemany(sql, rows)
+
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
         with self._lock:
-            return self._db.execute(sql, args)
+            return self._execute(sql, args)
 
     def rule_states(self) -> dict[tuple[str, str], RuleState]:
         rows = self._run("SELECT rule, adapter, state, since, value FROM rule_state").fetchall()
@@ -227,9 +252,9 @@ class SqliteStore:
         )
 
     def record_decision(self, at: float, adapter: str, action: str, rule: str | None, reasons: list[str]) -> int:
-        cur = self._run("INSERT INTO decision (at, adapter, action, rule, reasons) VALUES (?, ?, ?, ?, ?)",
+        cur = self._run("INSERT INTO decision (at, adapter, action, rule, reasons) VALUES (?, ?, ?, ?, ?) RETURNING id",
                         (at, adapter, action, rule, json.dumps(reasons)))
-        return int(cur.lastrowid)
+        return int(cur.fetchone()[0])
 
     def decisions(self, since: float = 0.0, action: str | None = None, limit: int = 1000) -> list[DecisionRecord]:
         sql = ("SELECT id, at, adapter, action, rule, reasons, path FROM decision "
@@ -247,17 +272,17 @@ class SqliteStore:
         return None if r is None else DecisionRecord(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), r[6])
 
     def attach_evidence(self, decision_id: int, path: str) -> None:
-        self._run("INSERT OR REPLACE INTO evidence (decision_id, path) VALUES (?, ?)", (decision_id, path))
+        self._run("INSERT INTO evidence (decision_id, path) VALUES (?, ?) "
+                  "ON CONFLICT (decision_id) DO UPDATE SET path = excluded.path", (decision_id, path))
 
     def add_examples(self, examples: list[HarvestedExample]) -> None:
         """Insert in one transaction (the ingest loop calls this once per batch); the same request and source once."""
-        with self._lock:
-            self._db.execute("BEGIN")
-            self._db.executemany(
-                "INSERT OR REPLACE INTO example (request_id, source, at, adapter, route, prompt, target) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        with self._transaction():
+            self._executemany(
+                "INSERT INTO example (request_id, source, at, adapter, route, prompt, target) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, source) DO UPDATE SET at = excluded.at, "
+                "adapter = excluded.adapter, route = excluded.route, prompt = excluded.prompt, target = excluded.target",
                 [(e.request_id, e.source, e.at, e.adapter, e.route, e.prompt, e.target) for e in examples])
-            self._db.execute("COMMIT")
 
     def examples(self, since: float = 0.0) -> list[HarvestedExample]:
         rows = self._run("SELECT request_id, source, at, adapter, route, prompt, target FROM example WHERE at >= ? "
@@ -265,8 +290,11 @@ class SqliteStore:
         return [HarvestedExample(*r) for r in rows]
 
     def save_run(self, run: RunRecord) -> None:
-        self._run("INSERT OR REPLACE INTO run (id, decision_id, adapter, status, reason, dataset, output, started, "
-                  "finished, detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        self._run("INSERT INTO run (id, decision_id, adapter, status, reason, dataset, output, started, finished, "
+                  "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                  "decision_id = excluded.decision_id, adapter = excluded.adapter, status = excluded.status, "
+                  "reason = excluded.reason, dataset = excluded.dataset, output = excluded.output, "
+                  "started = excluded.started, finished = excluded.finished, detail = excluded.detail",
                   (run.id, run.decision_id, run.adapter, run.status, run.reason, run.dataset, run.output, run.started,
                    run.finished, json.dumps(run.detail)))
 
@@ -296,30 +324,33 @@ class SqliteStore:
         for alias, weights in changes.items():
             if weights is not None and (not weights or any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0):
                 raise ValueError(f"alias '{alias}': weights must be non-negative with a positive sum, got {weights}")
-        row = self._db.execute("SELECT doc FROM alias_table ORDER BY version DESC LIMIT 1").fetchone()
+        row = self._execute("SELECT doc FROM alias_table ORDER BY version DESC LIMIT 1").fetchone()
         table = json.loads(row[0]) if row else {}
         for alias, weights in changes.items():
             if weights is None:
                 table.pop(alias, None)
             else:
                 table[alias] = {v: float(w) for v, w in weights.items()}
-        cur = self._db.execute("INSERT INTO alias_table (at, doc, who, why) VALUES (?, ?, ?, ?)",
-                               (at, json.dumps(table, sort_keys=True), who, why))
-        return int(cur.lastrowid)
+        cur = self._execute("INSERT INTO alias_table (at, doc, who, why) VALUES (?, ?, ?, ?) RETURNING version",
+                            (at, json.dumps(table, sort_keys=True), who, why))
+        return int(cur.fetchone()[0])
 
     @contextlib.contextmanager
     def _transaction(self):
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._begin()
             try:
                 yield
-                self._db.execute("COMMIT")
+                self._execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._execute("ROLLBACK")
                 raise
 
+    def _begin(self) -> None:
+        raise NotImplementedError
+
     def _event(self, at: float, who: str, kind: str, version: str | None, why: str, detail: dict | None) -> None:
-        self._db.execute("INSERT INTO event (at, who, kind, version, why, detail) VALUES (?, ?, ?, ?, ?, ?)",
+        self._execute("INSERT INTO event (at, who, kind, version, why, detail) VALUES (?, ?, ?, ?, ?, ?)",
                          (at, who or "driftwatch", kind, version, why, json.dumps(detail or {}, default=str)))
 
     # -- registry -----------------------------------------------------------------------------------------------------
@@ -329,7 +360,7 @@ class SqliteStore:
         return None if r is None else RunRecord(*r[:9], json.loads(r[9] or "{}"))
 
     def save_dataset(self, version: str, path: str, created: float, counts: dict) -> None:
-        self._run("INSERT OR IGNORE INTO dataset (version, path, created, counts) VALUES (?, ?, ?, ?)",
+        self._run("INSERT INTO dataset (version, path, created, counts) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
                   (version, path, created, json.dumps(counts)))
 
     def dataset(self, version: str) -> tuple[str, float, dict] | None:
@@ -339,7 +370,7 @@ class SqliteStore:
     def save_adapter(self, record: AdapterRecord) -> None:
         """Register a version (a new one only: a version name is never reused, see rollout.py)."""
         with self._transaction():
-            self._db.execute("INSERT INTO adapter (version, path, run_id, parent, state, created, updated) "
+            self._execute("INSERT INTO adapter (version, path, run_id, parent, state, created, updated) "
                              "VALUES (?, ?, ?, ?, ?, ?, ?)", astuple(record))
             self._event(record.created, "driftwatch", "registered", record.version, "",
                         {"path": record.path, "run_id": record.run_id, "parent": record.parent})
@@ -355,8 +386,10 @@ class SqliteStore:
         return None if r is None else AdapterRecord(*r)
 
     def save_evaluation(self, record: EvaluationRecord) -> None:
-        self._run("INSERT OR REPLACE INTO evaluation (id, at, candidate, incumbent, passed, report, failed) "
-                  "VALUES (?, ?, ?, ?, ?, ?, ?)", (record.id, record.at, record.candidate, record.incumbent,
+        self._run("INSERT INTO evaluation (id, at, candidate, incumbent, passed, report, failed) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET at = excluded.at, "
+                  "candidate = excluded.candidate, incumbent = excluded.incumbent, passed = excluded.passed, "
+                  "report = excluded.report, failed = excluded.failed", (record.id, record.at, record.candidate, record.incumbent,
                                                    int(record.passed), record.report, json.dumps(record.failed)))
 
     def evaluations(self, candidate: str | None = None) -> list[EvaluationRecord]:
@@ -394,7 +427,7 @@ class SqliteStore:
             if aliases:
                 self._apply_aliases(aliases, at, who, why)
             for v, state in (states or {}).items():
-                self._db.execute("UPDATE adapter SET state = ?, updated = ? WHERE version = ?", (state, at, v))
+                self._execute("UPDATE adapter SET state = ?, updated = ? WHERE version = ?", (state, at, v))
             if rollout is not None:
                 # the lease (holder, held_until) is claim_rollout's alone
                 values = (rollout.candidate, rollout.previous, rollout.phase, rollout.started, rollout.phase_since,
@@ -402,20 +435,20 @@ class SqliteStore:
                           json.dumps(rollout.detail, default=str))
                 columns = "candidate, previous, phase, started, phase_since, step, failed_checks, forced, who, why, detail"
                 if rollout.id:
-                    cur = self._db.execute(f"UPDATE rollout SET ({columns}) = ({', '.join('?' * len(values))}) "
+                    cur = self._execute(f"UPDATE rollout SET ({columns}) = ({', '.join('?' * len(values))}) "
                                            "WHERE id = ? AND phase = coalesce(?, phase)",
                                            values + (rollout.id, expect_phase))
                     if cur.rowcount != 1:
                         raise RolloutError(f"rollout {rollout.id} is no longer {expect_phase}: another process moved it")
                     rollout_id = rollout.id
                 else:
-                    busy = self._db.execute("SELECT id, candidate, phase FROM rollout WHERE phase IN "
+                    busy = self._execute("SELECT id, candidate, phase FROM rollout WHERE phase IN "
                                             f"({', '.join('?' * len(ROLLOUT_ACTIVE))})", ROLLOUT_ACTIVE).fetchone()
                     if busy is not None:  # one rollout at a time, checked in the transaction that starts one
                         raise RolloutError(f"rollout {busy[0]} of '{busy[1]}' is in progress ({busy[2]}); wait for it "
                                            "or roll it back")
-                    rollout_id = int(self._db.execute(
-                        f"INSERT INTO rollout ({columns}) VALUES ({', '.join('?' * len(values))})", values).lastrowid)
+                    rollout_id = int(self._execute(f"INSERT INTO rollout ({columns}) VALUES "
+                                                   f"({', '.join('?' * len(values))}) RETURNING id", values).fetchone()[0])
             self._event(at, who, kind, version, why, {**(detail or {}), **({"rollout": rollout_id} if rollout_id else {}),
                                                      **({"aliases": aliases} if aliases else {}),
                                                      **({"states": states} if states else {})})
@@ -423,10 +456,95 @@ class SqliteStore:
 
     def claim_occurrence(self, fingerprint: str, starts_at: str, now: float) -> bool:
         """True the first time an alert occurrence (Alertmanager's fingerprint + startsAt) is seen, False after."""
-        cur = self._run("INSERT OR IGNORE INTO alert_occurrence (fingerprint, starts_at, received) VALUES (?, ?, ?)",
-                        (fingerprint, starts_at, now))
+        cur = self._run("INSERT INTO alert_occurrence (fingerprint, starts_at, received) VALUES (?, ?, ?) "
+                        "ON CONFLICT DO NOTHING", (fingerprint, starts_at, now))
         return cur.rowcount == 1
+
+    # -- replicas: the followers' monitor windows, and who leads ----------------------------------------------------
+    def publish_windows(self, replica: str, docs: dict[str, bytes], now: float) -> None:
+        """This replica's windows (adapter -> serialised window), in place of what it published before."""
+        with self._transaction():
+            self._execute("DELETE FROM replica_window WHERE replica = ?", (replica,))
+            if docs:
+                self._executemany("INSERT INTO replica_window (replica, adapter, doc, updated) VALUES (?, ?, ?, ?)",
+                                  [(replica, adapter, doc, now) for adapter, doc in docs.items()])
+
+    def published_windows(self, since: float, exclude: str = "") -> list[tuple[str, str, bytes]]:
+        """(replica, adapter, doc) of every other replica's windows published at or after ``since``."""
+        rows = self._run("SELECT replica, adapter, doc FROM replica_window WHERE updated >= ? AND replica <> ? "
+                         "ORDER BY replica, adapter", (since, exclude)).fetchall()
+        return [(r[0], r[1], bytes(r[2])) for r in rows]
+
+    def set_leader(self, name: str, holder: str, url: str | None, now: float) -> None:
+        """Record (or renew) who leads and where its control API answers; ``since`` changes with the holder only."""
+        self._run("INSERT INTO leader (name, holder, url, since, renewed) VALUES (?, ?, ?, ?, ?) "
+                  "ON CONFLICT (name) DO UPDATE SET url = excluded.url, renewed = excluded.renewed, "
+                  "since = CASE WHEN leader.holder = excluded.holder THEN leader.since ELSE excluded.since END, "
+                  "holder = excluded.holder", (name, holder, url, now, now))
+
+    def leader(self, name: str) -> tuple[str, str | None, float, float] | None:
+        """(holder, url, since, renewed) as the leader last recorded it."""
+        r = self._run("SELECT holder, url, since, renewed FROM leader WHERE name = ?", (name,)).fetchone()
+        return None if r is None else (r[0], r[1], r[2], r[3])
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+class SqliteStore(SqlStore):
+    def __init__(self, path: Path | str) -> None:
+        super().__init__()
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA busy_timeout=10000")  # several local processes on one file (replicas, the CLI)
+        self._db.executescript(SCHEMA)
+
+    def _begin(self) -> None:
+        self._execute("BEGIN IMMEDIATE")
+
+
+_PG_TYPES = (("INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+             (" REAL", " DOUBLE PRECISION"), (" INTEGER", " BIGINT"), (" BLOB", " BYTEA"))
+_WRITE_LOCK = 0x64726966  # the advisory lock that serialises PostgresStore's write transactions
+
+
+class PostgresStore(SqlStore):
+    """The same tables and queries on PostgreSQL (psycopg 3, the ``postgres`` extra). The password comes from the
+    URL, PGPASSWORD or ~/.pgpass (libpq's own rules). A connection lost between calls is opened again once."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__()
+        self.url = url
+        self._db = self._connect()
+        schema = SCHEMA
+        for sqlite_type, pg_type in _PG_TYPES:
+            schema = schema.replace(sqlite_type, pg_type)
+        with self._transaction():  # two replicas starting together create the tables once
+            for statement in filter(str.strip, schema.split(";")):
+                self._execute(statement)
+
+    def _connect(self):
+        try:
+            import psycopg
+        except ImportError as exc:
+            raise ImportError("store.url is a PostgreSQL URL: pip install 'driftwatch[postgres]'") from exc
+        return psycopg.connect(self.url, autocommit=True, connect_timeout=10)
+
+    def _execute(self, sql: str, args: tuple[Any, ...] | list[Any] = ()) -> Any:
+        if self._db.closed or self._db.broken:  # the server went away: the call that saw it failed; this one reconnects
+            self._db = self._connect()
+        return self._db.execute(_pg_params(sql), args)
+
+    def _executemany(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        self._db.cursor().executemany(_pg_params(sql), rows)
+
+    def _begin(self) -> None:
+        self._execute("BEGIN")
+        self._execute("SELECT pg_advisory_xact_lock(?)", (_WRITE_LOCK,))
+
+
+def _pg_params(sql: str) -> str:
+    return re.sub(r"\?", "%s", sql.replace("%", "%%"))

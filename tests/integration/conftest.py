@@ -55,6 +55,18 @@ def noida(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def postgres(tmp_path_factory):
+    """A real PostgreSQL server (Debian's package, installed by .ci/run); tests take a fresh database each."""
+    from .postgres import Postgres, bindir
+
+    if bindir() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    server = Postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def tansu(tmp_path_factory):
     b = _start("tansu", tmp_path_factory)
     yield b
