@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 import threading
 import time
 from datetime import datetime
@@ -18,15 +19,16 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from driftwatch import __version__
+from driftwatch import __version__, leader
 from driftwatch.config import Settings
 from driftwatch.errors import ConfigError, ConfigProblem, ControlError, DeadLetterError, ReportError, RolloutError
 from driftwatch.control import control_routes
 from driftwatch.http import HttpServer, build_app
+from driftwatch.leader import Always, Leadership
 from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.features import FeatureExtractor
-from driftwatch.monitor.monitor import Monitor, MonitorSettings, MonitorSnapshot, export
+from driftwatch.monitor.monitor import Monitor, MonitorSettings, MonitorSnapshot, export, merge_views
 from driftwatch.monitor.signals import AdapterSignals
 from driftwatch.monitor.sketch import Profile
 from driftwatch.policy import Decision, Policy, RetrainRequest, RuleSpec, paused_in
@@ -66,6 +68,10 @@ class Daemon:
     retrain: RetrainService | None = None
     rollout: RolloutController | None = None
     worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="driftwatch-work"))
+    leadership: Leadership = field(default_factory=Always)
+    identity: str = "driftwatch"
+    is_leader: bool = True  # build() asks the election before the first check
+    _acting: bool = field(default=False, repr=False)
     _rollout_busy: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     # -- probes -------------------------------------------------------------------------------------------------------
@@ -108,12 +114,81 @@ class Daemon:
         return code
 
     def check(self) -> list[Decision]:
-        """One monitor check: snapshot the windows, export the gauges, run the policy. Runs on the scheduler."""
+        """One monitor check, on the scheduler. A follower publishes its windows for the leader; the leader merges
+        the followers' fresh windows into its own, snapshots, exports the gauges and runs the policy."""
         if self.monitor is None:
             return []
-        snapshot = self.last_snapshot = self.monitor.snapshot()
+        self._follow_reference()
+        views = self.monitor.windows()
+        if not self.is_leader:
+            self.registry.publish_windows(self.identity, {a: w.to_bytes(closed) for a, (w, closed) in views.items()},
+                                          time.time())
+            return []
+        others = [] if isinstance(self.leadership, Always) else self.registry.published_windows(
+            time.time() - self.settings.leader.window_stale_s, exclude=self.identity)
+        self.metrics.monitor_replicas.set(1 + len({replica for replica, _, _ in others}))
+        snapshot = self.last_snapshot = self.monitor.snapshot(merge_views(views, [(a, d) for _, a, d in others]))
         export(snapshot, self.metrics)
         return self.policy.tick(snapshot, time.time()) if self.policy is not None else []
+
+    @property
+    def registry(self):
+        return self.rollout.store if self.rollout is not None else self.policy.store
+
+    def _follow_reference(self) -> None:
+        """Take up a reference another replica re-baselined on (the leader, after a promotion), so that every
+        replica's windows are cut at the same edges."""
+        if self.monitor.reference is None:
+            return
+        latest = next(iter(self.registry.events(kind="rebaselined", limit=1)), None)
+        if latest is None or Path(latest.detail["reference"]).stem == self.monitor.reference.content_hash[:12]:
+            return
+        profile = Profile.load(latest.detail["reference"])
+        self.monitor.use_reference(profile)
+        if self.policy is not None:
+            self.policy.baselines = profile.baselines
+        self.metrics.reference_info.clear()
+        self.metrics.reference_info.labels(version=profile.content_hash[:12]).set(1)
+        log.info("reference: %s, re-baselined by %s", latest.detail["reference"], latest.who)
+
+    def leader_tick(self) -> bool:
+        """Take or keep leadership (every leader.renew_s); on taking it, go on from what the store says."""
+        try:
+            held = self.leadership.try_acquire()
+        except Exception:  # noqa: BLE001 - cannot tell: do not act
+            log.exception("leader election failed")
+            held = False
+        if held and not self._acting:  # taking leadership, or starting as the leader
+            log.info("%s is the leader now: deciding and acting", self.identity)
+            if self.policy is not None:
+                self.policy.reload()
+            if self.retrain is not None:
+                self.retrain.recover()  # runs the previous leader left queued or training will not finish
+        elif self._acting and not held:
+            log.warning("%s is no longer the leader: ingesting and publishing its windows only", self.identity)
+        self.is_leader = self._acting = held
+        self.metrics.leader.set(int(held))
+        if held and not isinstance(self.leadership, Always):
+            self.registry.set_leader("driftwatch", self.identity, self.advertise_url, time.time())
+        return held
+
+    @property
+    def advertise_url(self) -> str | None:
+        cfg, http = self.settings.leader, self.http
+        if cfg.advertise_url:
+            return cfg.advertise_url
+        if http is None:
+            return None
+        return f"http://{os.environ['POD_IP']}:{http.port}" if os.environ.get("POD_IP") else http.url
+
+    def forward_to(self) -> str | None:
+        """None on the leader (it acts); else the leader's control API, where a follower sends the call."""
+        if self.is_leader:
+            return None
+        record = self.registry.leader("driftwatch")
+        if record is None or not record[1]:
+            raise ControlError("no leader yet: the replicas are electing one; try again in a few seconds", status=503)
+        return record[1]
 
     def report(self, adapter: str, out_dir: Path) -> tuple[Path, Path]:
         """Evidently's report for an adapter's window (the one checks look at) against the reference."""
@@ -244,7 +319,7 @@ class Daemon:
     def _rollout_tick(self) -> None:
         # a step (an evaluation) can outlast many ticks: the scheduler may start a second instance, which returns
         # at once instead of the scheduler logging a skipped run every tick
-        if not self._rollout_busy.acquire(blocking=False):
+        if not self.is_leader or not self._rollout_busy.acquire(blocking=False):
             return
         try:
             self.rollout.tick(self.last_snapshot)
@@ -260,6 +335,9 @@ class Daemon:
         from apscheduler.schedulers.background import BackgroundScheduler
 
         scheduler = BackgroundScheduler(daemon=True)
+        if not isinstance(self.leadership, Always):
+            scheduler.add_job(self.leader_tick, "interval", seconds=self.settings.leader.renew_s, id="leader",
+                              max_instances=1, coalesce=True)
         scheduler.add_job(self._check_logged, "interval", seconds=self.settings.monitor.check_interval_s,
                           id="monitor-check", max_instances=1, coalesce=True)
         if self.rollout is not None:
@@ -309,6 +387,7 @@ class Daemon:
                 self.rollout.store.close()
         if self.policy is not None:
             self.policy.store.close()
+        self.leadership.release()
         if self.http is not None:
             self.http.stop()
 
@@ -376,13 +455,15 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     retrain = None
     if rt.base_model is not None:
         retrain = RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics)
-        retrain.recover()
     for name in settings.control.retrain_alerts:
         metrics.retrain_requests.labels(rule=f"alert:{name}")
     rollout = RolloutController(settings, adapters, metrics=metrics, on_done=lambda r: daemon.after_promotion(r))
     policy.busy = lambda: (f"rollout {r.id} of {r.candidate} is in progress ({r.phase})"
                            if (r := rollout.active()) is not None else None)
-    daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http, retrain=retrain, rollout=rollout)
+    holder = leader.identity()
+    daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, policy, http, retrain=retrain, rollout=rollout,
+                    leadership=leader.build(settings.leader, settings.daemon.state_dir, holder), identity=holder)
+    daemon.leader_tick()  # before the first check: a replica that can lead at once does
     if monitor.reference is not None:
         metrics.reference_info.labels(version=monitor.reference.content_hash[:12]).set(1)
     return daemon
@@ -397,6 +478,8 @@ def status_document(settings: Settings, store: StateStore, rollout: RolloutContr
     specs = {r.name: r for r in settings.policy.rules}
     return {
         "paused": paused_in(store),
+        "leader": None if (lead := rollout.store.leader("driftwatch")) is None else {
+            "holder": lead[0], "url": lead[1], "since": lead[2], "renewed": lead[3]},
         "production": rollout.production(),
         "aliases": aliases, "alias_table_version": table_version,
         "rollout": None if active is None else {"id": active.id, "candidate": active.candidate,

@@ -363,6 +363,35 @@ class Daemon(_Section):
     state_dir: Path = Path(".driftwatch")
 
 
+class Store(_Section):
+    url: str | None = Field(
+        None, description="PostgreSQL URL (postgresql://user@host:5432/db; the password from PGPASSWORD or ~/.pgpass) "
+                          "of the state store and registry that several replicas share; unset: SQLite files in "
+                          "daemon.state_dir (policy.store_path, gateway.store_path)")
+
+    @field_validator("url")
+    @classmethod
+    def _postgres(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (SQLite needs no URL: leave it unset)")
+        return v
+
+
+class Leader(_Section):
+    backend: Literal["none", "file", "kubernetes"] = Field(
+        "file", description="how replicas elect the one that decides and acts: file (a lock beside the state: one "
+                            "machine), kubernetes (a coordination.k8s.io Lease), none (one replica, always the leader)")
+    lock_path: Path | None = Field(None, description="the file lock; default: <daemon.state_dir>/leader.lock")
+    lease_name: str = "driftwatch-leader"
+    namespace: str | None = Field(None, description="the Lease's namespace; default: the pod's own")
+    lease_s: float = Field(15.0, gt=0, description="a leader not renewed for this long is replaced")
+    renew_s: float = Field(2.0, gt=0, description="how often a replica renews or tries to take leadership")
+    advertise_url: str | None = Field(
+        None, description="where other replicas reach this one's control API; default: http://$POD_IP:<http.port>, "
+                          "else the address the daemon listens on")
+    window_stale_s: float = Field(30.0, gt=0, description="the leader ignores a follower's windows older than this")
+
+
 class Logging(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -381,21 +410,24 @@ class Settings(_Section):
     http: Http = Http()
     control: Control = Control()
     daemon: Daemon = Daemon()
+    store: Store = Store()
+    leader: Leader = Leader()
     logging: Logging = Logging()
 
     @property
-    def registry_path(self) -> Path:
-        """The store holding the alias table and the adapter registry: gateway.store_path, else the state store."""
-        return self.gateway.store_path or self.state_store_path
+    def registry_path(self) -> Path | str:
+        """The store holding the alias table and the adapter registry: store.url, else gateway.store_path, else the
+        state store."""
+        return self.store.url or self.gateway.store_path or self.state_store_path
 
     @property
     def vllm_urls(self) -> list[str]:
         return self.rollout.vllm_urls or self.gateway.upstreams
 
     @property
-    def state_store_path(self) -> Path:
-        """The SQLite state store: policy.store_path, else <daemon.state_dir>/state.db."""
-        return self.policy.store_path or self.daemon.state_dir / "state.db"
+    def state_store_path(self) -> Path | str:
+        """The state store: store.url, else the SQLite file policy.store_path, else <daemon.state_dir>/state.db."""
+        return self.store.url or self.policy.store_path or self.daemon.state_dir / "state.db"
 
     def redacted(self) -> dict[str, Any]:
         """The resolved settings as plain data, secrets masked: safe to print and log."""
@@ -538,6 +570,10 @@ def _cross_checks(s: Settings) -> list[ConfigProblem]:
         host, sep, port = server.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 < int(port) < 65_536:
             out.append(ConfigProblem("kafka.bootstrap_servers", f"'{server}' is not host:port", "write each server as host:port, e.g. kafka-0:9092"))
+    if s.leader.renew_s * 2 > s.leader.lease_s:
+        out.append(ConfigProblem("leader.renew_s", f"{s.leader.renew_s:g}s is above half of leader.lease_s "
+                                 f"({s.leader.lease_s:g}s): a leader could lose its lease between renewals",
+                                 f"set it to at most {s.leader.lease_s / 2:g}, or raise leader.lease_s"))
     t = s.kafka.topics
     names = [t.inference, t.feedback, t.dead_letter]
     if len(set(names)) != 3:

@@ -10,6 +10,7 @@
 Every call but the description needs ``Authorization: Bearer <control.token>``, compared in constant time; with no
 token configured the API refuses everything (503) rather than run open. The routes only parse, authenticate and
 translate errors: what each call does is the :class:`Control` implementation's (the daemon's, in app.py).
+On a follower (several replicas) every call is forwarded to the leader, which alone acts.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from starlette.routing import Route
 from driftwatch.errors import ControlError, RolloutError
 
 WHO_HEADER = "x-driftwatch-user"  # who is acting, for the event log (the CLI sends the login name)
+FORWARDED_HEADER = "x-driftwatch-forwarded"  # set on a call a follower passed on to the leader
 
 
 class Control(Protocol):
+    def forward_to(self) -> str | None: ...
     def status(self) -> dict: ...
     def request_retrain(self, adapter: str, reason: str, who: str, routes: tuple[str, ...]) -> dict: ...
     def rollback(self, reason: str, who: str) -> str: ...
@@ -57,6 +60,24 @@ def _reason(body: dict) -> str:
     return reason.strip()
 
 
+async def _forward(request: Request, leader: str) -> Response:
+    """A follower passes the call on to the leader, token and all, and returns its answer as it is. Once only: a
+    call that was forwarded already is refused (leadership moved while it travelled)."""
+    import httpx
+
+    if request.headers.get(FORWARDED_HEADER):
+        return _error(503, "leadership is moving between replicas; try again in a few seconds")
+    headers = {k: v for k, v in request.headers.items() if k.lower() in ("authorization", "content-type", WHO_HEADER)}
+    try:
+        async with httpx.AsyncClient(timeout=60) as client:
+            r = await client.request(request.method, leader.rstrip("/") + request.url.path, content=await request.body(),
+                                     headers={**headers, FORWARDED_HEADER: "1"})
+    except httpx.HTTPError as exc:
+        return _error(503, f"the leader at {leader} did not answer ({exc}); try again in a few seconds")
+    return Response(r.content, status_code=r.status_code, media_type=r.headers.get("content-type"),
+                    headers={FORWARDED_HEADER: leader})
+
+
 def control_routes(control: Callable[[], Control | None], token: str | None) -> list[Route]:
     """The API's routes. ``control`` returns the implementation (None while the daemon starts: 503)."""
     expected = token.encode() if token else None
@@ -73,6 +94,12 @@ def control_routes(control: Callable[[], Control | None], token: str | None) -> 
             impl = control()
             if impl is None:
                 return _error(503, "the daemon is starting")
+            try:
+                leader = await run_in_threadpool(impl.forward_to)
+            except ControlError as exc:
+                return _error(exc.status, str(exc))
+            if leader is not None:
+                return await _forward(request, leader)
             try:  # the calls block (the store, vLLM): they run off the event loop
                 body = await _body(request) if request.method == "POST" else {}
                 status, result = await run_in_threadpool(handler, impl, request, body)

@@ -176,6 +176,13 @@ class Metrics:
             "driftwatch_retrain_requests", "Retrain requests emitted by the policy, by rule (manual, alert:<name>)",
             ["rule"], registry=r
         )
+        self.leader = Gauge(
+            "driftwatch_leader", "1 on the replica that decides and acts (leader election), 0 on the others", registry=r
+        )
+        self.monitor_replicas = Gauge(
+            "driftwatch_monitor_replicas", "Replicas whose windows the leader's last check merged (itself included)",
+            registry=r
+        )
         self.retrain_paused = Gauge(
             "driftwatch_retrain_paused", "1 while automatic retraining is paused (control API)", registry=r
         )

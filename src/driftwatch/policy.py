@@ -128,6 +128,15 @@ class Policy:
         self._states = store.rule_states()
         self._lock = threading.RLock()  # the scheduler's ticks and the control API's requests decide one at a time
 
+    def reload(self) -> None:
+        """Read rule states and the pause from the store again: a replica that just became the leader goes on from
+        what the previous leader recorded (a rule it saw firing stays firing: no second trigger for one shift)."""
+        with self._lock:
+            self._states = self.store.rule_states()
+            self.paused = paused_in(self.store)
+            if self.metrics is not None:
+                self.metrics.retrain_paused.set(int(self.paused))
+
     def state(self, rule: str, adapter: str) -> RuleState:
         return self._states.get((rule, adapter)) or RuleState(rule, adapter, "inactive", 0.0, None)
 

@@ -8,9 +8,11 @@ diversity (distinct-n) measure. :meth:`Monitor.snapshot` returns a plain :class:
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -22,6 +24,19 @@ from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, 
 from driftwatch.monitor.sketch import Categories, Histogram, Profile
 from driftwatch.monitor.stats import Verdict, semantic_verdict, verdict
 from driftwatch.recent import DedupWindow
+
+
+def merge_views(views: dict[str, tuple[Window, bool]], others: Sequence[tuple[str, bytes]]
+                ) -> dict[str, tuple[Window, bool]]:
+    """The leader's view of every partition: its own windows (:meth:`Monitor.windows`) with each follower's
+    published window of the same adapter merged in (``others``: (adapter, :meth:`Window.to_bytes`)). A merged window
+    counts as closed only when every part is."""
+    out = dict(views)
+    for adapter, data in others:
+        theirs, closed = Window.from_bytes(data)
+        mine = out.get(adapter)
+        out[adapter] = (theirs, closed) if mine is None else (mine[0].merged(theirs), mine[1] and closed)
+    return out
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,31 @@ class Window:
         _reservoir(self.rows, self.rows_cap, features, self.events, self.rng)
         if prompt is not None:
             _reservoir(self.prompts, self.prompts_cap, prompt[:2000], self.events, self.rng)
+
+    def to_bytes(self, closed: bool) -> bytes:
+        """The window as a follower publishes it for the leader (compressed JSON; no reservoir state, no verdict)."""
+        return zlib.compress(json.dumps({
+            "closed": closed,
+            "numeric": {k: h.counts for k, h in self.numeric.items()},
+            "edges": {k: h.edges for k, h in self.numeric.items()},
+            "categorical": {k: c.to_dict() for k, c in self.categorical.items()},
+            "counters": [self.events, self.errors, self.refusals, self.empties, self.latency_ms_sum],
+            "feedback": self.feedback, "started": self.started,
+            "caps": [self.diversity_cap, self.rows_cap, self.prompts_cap],
+            "responses": self.responses, "rows": [list(r) for r in self.rows], "prompts": self.prompts,
+        }, separators=(",", ":")).encode(), 1)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> tuple[Window, bool]:
+        """(the window, whether it was closed) from :meth:`to_bytes`."""
+        doc = json.loads(zlib.decompress(data))
+        win = cls(None, 2, doc["caps"][0], doc["started"], doc["caps"][1], doc["caps"][2])
+        win.numeric = {k: Histogram(doc["edges"][k], counts) for k, counts in doc["numeric"].items()}
+        win.categorical = {k: Categories(c["max_values"], c["counts"]) for k, c in doc["categorical"].items()}
+        win.events, win.errors, win.refusals, win.empties, win.latency_ms_sum = doc["counters"]
+        win.feedback, win.responses, win.prompts = doc["feedback"], doc["responses"], doc["prompts"]
+        win.rows = [Features(*r) for r in doc["rows"]]
+        return win, doc["closed"]
 
     def merged(self, other: Window) -> Window:
         """One window of both (e.g. two replicas' windows of one adapter): sketches and counters add exactly; the
@@ -155,7 +195,7 @@ class Monitor:
         self._rng = random.Random(0)  # the windows' reservoirs: seeded, so the same stream keeps the same sample
         self._current: dict[str, Window] = {}
         self._closed: dict[str, Window] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
 
     def _window(self, adapter: str, now: float) -> Window:
         win = self._current.get(adapter)
@@ -193,12 +233,18 @@ class Monitor:
                                  f"monitor.min_samples ({self.settings.min_samples}): not enough to be a reference")
             profile = profile_from_rows(win.rows, win.responses, win.prompts, max_categories=self.settings.max_categories,
                                         source=source, embed=self.embed)
+            self.use_reference(profile)
+        return profile
+
+    def use_reference(self, profile: Profile) -> None:
+        """Check against ``profile`` from now on, every window started afresh (a follower takes up the reference
+        the leader re-baselined on)."""
+        with self._lock:
             self.reference = profile
             if self.embed is not None:
                 self._ref_embeddings = np.asarray(profile.semantic["embeddings"], np.float32)
             self._current.clear()
             self._closed.clear()
-        return profile
 
     def rows(self, adapter: str) -> list[Features] | None:
         """The row sample of the window a check looks at (the last closed one, else the current one); None for an
