@@ -118,12 +118,13 @@ class Daemon:
         the followers' fresh windows into its own, snapshots, exports the gauges and runs the policy."""
         if self.monitor is None:
             return []
-        self._follow_reference()
-        views = self.monitor.windows()
         if not self.is_leader:
+            self._follow_reference()
+            views = self.monitor.windows()
             self.registry.publish_windows(self.identity, {a: w.to_bytes(closed) for a, (w, closed) in views.items()},
                                           time.time())
             return []
+        views = self.monitor.windows()
         others = [] if isinstance(self.leadership, Always) else self.registry.published_windows(
             time.time() - self.settings.leader.window_stale_s, exclude=self.identity)
         self.metrics.monitor_replicas.set(1 + len({replica for replica, _, _ in others}))
@@ -136,7 +137,7 @@ class Daemon:
         return self.rollout.store if self.rollout is not None else self.policy.store
 
     def _follow_reference(self) -> None:
-        """Take up a reference another replica re-baselined on (the leader, after a promotion), so that every
+        """A follower takes up the reference the leader re-baselined on (after a promotion), so that every
         replica's windows are cut at the same edges."""
         if self.monitor.reference is None:
             return

@@ -9,6 +9,7 @@ diversity (distinct-n) measure. :meth:`Monitor.snapshot` returns a plain :class:
 from __future__ import annotations
 
 import json
+import logging
 import random
 import threading
 import time
@@ -25,6 +26,8 @@ from driftwatch.monitor.sketch import Categories, Histogram, Profile
 from driftwatch.monitor.stats import Verdict, semantic_verdict, verdict
 from driftwatch.recent import DedupWindow
 
+log = logging.getLogger(__name__)
+
 
 def merge_views(views: dict[str, tuple[Window, bool]], others: Sequence[tuple[str, bytes]]
                 ) -> dict[str, tuple[Window, bool]]:
@@ -35,7 +38,10 @@ def merge_views(views: dict[str, tuple[Window, bool]], others: Sequence[tuple[st
     for adapter, data in others:
         theirs, closed = Window.from_bytes(data)
         mine = out.get(adapter)
-        out[adapter] = (theirs, closed) if mine is None else (mine[0].merged(theirs), mine[1] and closed)
+        try:
+            out[adapter] = (theirs, closed) if mine is None else (mine[0].merged(theirs), mine[1] and closed)
+        except ValueError:  # cut at another reference's edges: a follower that has not taken up a re-baseline yet
+            log.info("a follower's window of %s is on another reference; left out of this check", adapter)
     return out
 
 
