@@ -249,11 +249,17 @@ class Daemon:
             name, adapter = labels.get("alertname"), labels.get("adapter")
             if alert.get("status") != "firing" or name not in wanted or not adapter:
                 outcome = "ignored"
-            elif not self.policy.store.claim_occurrence(str(alert.get("fingerprint")), str(alert.get("startsAt")), now):
+            elif not self.policy.store.claim_occurrence(fp := str(alert.get("fingerprint")),
+                                                         starts := str(alert.get("startsAt")), now):
                 outcome = "duplicate"
             else:
                 why = (alert.get("annotations") or {}).get("summary") or name
-                d = self.policy.request_retrain(adapter, f"alert:{name}", (f"Alertmanager: {why}",), now)
+                try:
+                    d = self.policy.request_retrain(adapter, f"alert:{name}", (f"Alertmanager: {why}",), now)
+                except Exception:
+                    # nothing decided: give the occurrence back, so Alertmanager's retry of this call is not a duplicate
+                    self.policy.store.release_occurrence(fp, starts)
+                    raise
                 outcome = "retrain" if d.action == "retrain" else "held"
                 out[outcome].append({"alert": name, "adapter": adapter, "decision_id": d.id, "run_id": d.run_id,
                                      **({"reason": d.reasons[-1]} if outcome == "held" else {})})

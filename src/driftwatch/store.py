@@ -200,6 +200,7 @@ class StateStore(Protocol):
                aliases: dict[str, dict[str, float] | None] | None = None, states: dict[str, str] | None = None,
                rollout: RolloutRecord | None = None, expect_phase: str | None = None, detail: dict | None = None) -> int: ...
     def claim_occurrence(self, fingerprint: str, starts_at: str, now: float) -> bool: ...
+    def release_occurrence(self, fingerprint: str, starts_at: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -459,6 +460,10 @@ class SqlStore:
         cur = self._run("INSERT INTO alert_occurrence (fingerprint, starts_at, received) VALUES (?, ?, ?) "
                         "ON CONFLICT DO NOTHING", (fingerprint, starts_at, now))
         return cur.rowcount == 1
+
+    def release_occurrence(self, fingerprint: str, starts_at: str) -> None:
+        """Forget an occurrence whose handling failed, so that its next delivery is handled."""
+        self._run("DELETE FROM alert_occurrence WHERE fingerprint = ? AND starts_at = ?", (fingerprint, starts_at))
 
     # -- replicas: the followers' monitor windows, and who leads ----------------------------------------------------
     def publish_windows(self, replica: str, docs: dict[str, bytes], now: float) -> None:

@@ -82,6 +82,8 @@ def test_the_contract(location):
     assert s.claim_occurrence("fp", "2026-01-01T00:00:00Z", 1.0)
     assert not s.claim_occurrence("fp", "2026-01-01T00:00:00Z", 2.0)
     assert s.claim_occurrence("fp", "2026-01-01T01:00:00Z", 3.0)  # a re-fire is a new occurrence
+    s.release_occurrence("fp", "2026-01-01T01:00:00Z")  # its handling failed: the next delivery is handled
+    assert s.claim_occurrence("fp", "2026-01-01T01:00:00Z", 4.0)
 
     s.publish_windows("r1", {"a": b"\x00\x01", "b": b"zz"}, now=100.0)
     s.publish_windows("r2", {"a": b"r2"}, now=90.0)

@@ -197,3 +197,19 @@ def test_the_cli_acts_through_the_api(tmp_path):
         server.stop()
     down = CliRunner().invoke(main, ["status", "--url", url], env={"DRIFTWATCH__CONTROL__TOKEN": TOKEN})
     assert down.exit_code == 2 and "cannot reach the daemon" in down.output
+
+
+def test_an_occurrence_whose_handling_failed_is_handled_when_alertmanager_retries(tmp_path):
+    client, daemon = rig(tmp_path)
+    decide = daemon.policy.request_retrain
+
+    def store_down(*args, **kwargs):
+        daemon.policy.request_retrain = decide  # down for this call only
+        raise OSError("disk I/O error")
+
+    daemon.policy.request_retrain = store_down
+    with pytest.raises(OSError):
+        client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert()]})
+    assert daemon.policy.store.decisions() == []
+    out = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert()]}).json()  # Alertmanager retries
+    assert out["duplicate"] == 0 and len(out["retrain"]) == 1
