@@ -446,7 +446,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
         kinds={k.topics.inference: "inference", k.topics.feedback: "feedback"},
         max_record_bytes=ing.max_record_bytes,
         dedup=DedupWindow(ing.dedup_max_entries, ing.dedup_max_age_s),
-        journal=OffsetJournal(settings.daemon.state_dir / f"offsets-{k.consumer.group_id}.json"),
+        # one journal per pod: replicas may share daemon.state_dir (one volume), never this file
+        journal=OffsetJournal(settings.daemon.state_dir / "".join(
+            ("offsets-", k.consumer.group_id, f"-{os.environ['POD_NAME']}" if os.environ.get("POD_NAME") else "", ".json"))),
         downstream=lambda events: (signals(events), monitor.observe(events), harvest and harvest(events)),
         group_id=k.consumer.group_id,
         dead_letter_head_bytes=ing.dead_letter_head_bytes,
