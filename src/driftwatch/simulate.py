@@ -171,7 +171,9 @@ class Simulator:
     # -- bad records --------------------------------------------------------------------------------------------------
     def bad(self, kind: str, now_ms: int) -> Outgoing:
         if kind == "duplicate":  # the previous inference record, sent again as it was
-            last = self._last_inference or self.inference(now_ms)
+            if self._last_inference is None:  # nothing to repeat yet: this record is a first, and counted as one
+                return self.inference(now_ms)
+            last = self._last_inference
             return Outgoing("inference", last.key, last.value, "duplicate")
         good = self._event(now_ms)  # a valid event to break
         key = good["request_id"].encode()

@@ -65,3 +65,15 @@ def test_unknown_names_are_refused():
         SimConfig(routes={"poetry": 1.0})
     with pytest.raises(ValueError, match="unknown bad record kind"):
         SimConfig(bad={"garbage": 1})
+
+
+def test_a_duplicate_with_nothing_before_it_is_counted_as_the_first_record_it_is():
+    """At a low rate the first injected record can be a duplicate: with no record to repeat yet, the record sent is
+    new, and is labelled so (the demo compares what was sent with what the daemon counted, exactly)."""
+    from driftwatch.simulate import SimConfig, Simulator
+
+    sim = Simulator(SimConfig(seed=1, feedback_rate=0, bad={"duplicate": 1}))
+    first = sim.bad("duplicate", 1_700_000_000_000)
+    assert first.label == "inference"
+    again = sim.bad("duplicate", 1_700_000_000_001)
+    assert again.label == "duplicate" and again.value == first.value
