@@ -166,7 +166,8 @@ def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack,
     finally:
         users.stop.set()
         users.join(30)
-    assert users.failed() == 0, f"{users.failed()} of {len(users.statuses)} client requests failed"
+    assert users.failed() == 0, (f"{users.failed()} of {len(users.statuses)} client requests failed: "
+                                 f"{[(i, s) for i, s in enumerate(users.statuses) if s != 200]} (-1: no answer)")
     assert users.answers[-1].startswith("alpha")
     assert [e.kind for e in reversed(store.events("alpha-1"))][:3] == ["registered", "rollout-started", "loaded"]
     assert first.id < good.id < poisoned.id < forced.id
