@@ -146,11 +146,15 @@ class Daemon:
             return
         profile = Profile.load(latest.detail["reference"])
         self.monitor.use_reference(profile)
+        self._checked_against(profile)
+        log.info("reference: %s, re-baselined by %s", latest.detail["reference"], latest.who)
+
+    def _checked_against(self, profile: Profile) -> None:
+        """The policy's baselines and reference_info follow the monitor's new reference."""
         if self.policy is not None:
             self.policy.baselines = profile.baselines
         self.metrics.reference_info.clear()
         self.metrics.reference_info.labels(version=profile.content_hash[:12]).set(1)
-        log.info("reference: %s, re-baselined by %s", latest.detail["reference"], latest.who)
 
     def leader_tick(self) -> bool:
         """Take or keep leadership (every leader.renew_s); on taking it, go on from what the store says."""
@@ -315,9 +319,7 @@ class Daemon:
         path = self.settings.daemon.state_dir / "references" / f"{profile.content_hash[:12]}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         profile.save(path)
-        self.policy.baselines = profile.baselines
-        self.metrics.reference_info.clear()
-        self.metrics.reference_info.labels(version=profile.content_hash[:12]).set(1)
+        self._checked_against(profile)
         self.rollout.store.commit(time.time(), "driftwatch", "rebaselined", r.candidate,
                                   f"input drift triggered this promotion (decision #{decision.id}); new reference "
                                   f"{profile.content_hash[:12]}", detail={"reference": str(path)})
