@@ -40,6 +40,7 @@ class Users(threading.Thread):
         self.url, self.threads, self.stop = url, threads, threading.Event()
         self.statuses: list[int] = []
         self.answers: list[str] = []
+        self.failures: list[tuple] = []  # (time, status, what came back), for the assertion's message
 
     def run(self):
         workers = [threading.Thread(target=self._user, args=(k,), daemon=True) for k in range(self.threads)]
@@ -58,10 +59,13 @@ class Users(threading.Thread):
                     r = client.post(f"{self.url}/v1/chat/completions", headers={"x-request-id": rid}, json={
                         "model": "production", "max_tokens": 6, "temperature": 0,
                         "messages": [{"role": "user", "content": f"Say something {1000 + k * 100000 + i}"}]})
-                except httpx.HTTPError:
+                except httpx.HTTPError as exc:
                     self.statuses.append(-1)
+                    self.failures.append((time.time(), -1, repr(exc)))
                     continue
                 self.statuses.append(r.status_code)
+                if r.status_code != 200:
+                    self.failures.append((time.time(), r.status_code, r.text[:300]))
                 if r.status_code == 200:
                     text = r.json()["choices"][0]["message"]["content"]
                     self.answers.append(text)
@@ -166,8 +170,9 @@ def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack,
     finally:
         users.stop.set()
         users.join(30)
-    assert users.failed() == 0, (f"{users.failed()} of {len(users.statuses)} client requests failed: "
-                                 f"{[(i, s) for i, s in enumerate(users.statuses) if s != 200]} (-1: no answer)")
+    assert users.failed() == 0, (f"{users.failed()} of {len(users.statuses)} client requests failed (-1: no answer): "
+                                 f"{users.failures}; events: {[(e.at, e.kind, e.version) for e in store.events(limit=40)]}; vLLM: "
+                                 f"{[ln for ln in vllm[0].log_tail(400).splitlines() if 'ERROR' in ln or 'WARN' in ln]}")
     assert users.answers[-1].startswith("alpha")
     assert [e.kind for e in reversed(store.events("alpha-1"))][:3] == ["registered", "rollout-started", "loaded"]
     assert first.id < good.id < poisoned.id < forced.id
