@@ -95,6 +95,8 @@ class Ingest(_Section):
     dedup_max_age_s: float = Field(3_600.0, gt=0)
     dead_letter_head_bytes: int = Field(65_536, ge=0, description="bytes of an oversize record kept in its dead letter")
     dead_letter_retry_s: float = Field(2.0, gt=0, le=300)
+    feedback_hold_s: float = Field(60.0, ge=0, description="feedback read before its request waits this long for it "
+                                   "(the two topics are not read in lockstep), then counts under adapter 'unknown'")
 
 
 class Metrics(_Section):

@@ -109,6 +109,11 @@ class Metrics:
         self.dedup_entries = Gauge(
             "driftwatch_dedup_window_entries", "Keys held in the duplicate window (bounded by count and age)", registry=r
         )
+        self.feedback_held = Gauge(
+            "driftwatch_feedback_held",
+            "Feedback read before its request's inference event, waiting for it (at most ingest.feedback_hold_s)",
+            registry=r,
+        )
         self._lag = _LagCollector()
         r.register(self._lag)
 

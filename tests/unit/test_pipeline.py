@@ -16,12 +16,12 @@ def ev(rid, **kw):
     return json.dumps({**GOOD, "request_id": rid, **kw}).encode()
 
 
-def make(batches, journal=None, max_bytes=10_000, dl_max=1_000_000, head=16):
+def make(batches, journal=None, max_bytes=10_000, dl_max=1_000_000, head=16, **kw):
     source, sink, metrics = FakeSource(batches), FakeSink(), Metrics()
     seen = []
     ing = Ingestor(source, sink, metrics, kinds={"inf": "inference", "fb": "feedback"}, max_record_bytes=max_bytes,
                    dedup=DedupWindow(1000, 3600), journal=journal, downstream=seen.extend, group_id="g",
-                   dead_letter_head_bytes=head, dead_letter_max_bytes=dl_max)
+                   dead_letter_head_bytes=head, dead_letter_max_bytes=dl_max, **kw)
     return ing, source, sink, metrics, seen
 
 
@@ -37,7 +37,7 @@ def step(ing):
 
 def test_every_record_gets_exactly_one_outcome_and_offsets_commit_after_processing():
     batch = [Rec("inf", 0, 10, ev("a")), Rec("inf", 0, 11, b"{oops"), Rec("inf", 1, 5, ev("a")),
-             Rec("fb", 0, 3, json.dumps(FEEDBACK).encode()), Rec("inf", 1, 6, None)]
+             Rec("fb", 0, 3, json.dumps({**FEEDBACK, "request_id": "a"}).encode()), Rec("inf", 1, 6, None)]
     ing, source, sink, m, seen = make([batch])
     step(ing)
     assert [kind for kind, _ in seen] == ["inference", "feedback"]
@@ -153,3 +153,36 @@ def test_a_polls_feedback_is_handed_on_after_its_inference_events():
     step(ing)
     assert [(kind, e.request_id) for kind, e in seen] == [("inference", "r-8"), ("inference", "r-9"),
                                                           ("feedback", "r-9")]
+
+
+def test_feedback_read_before_its_request_waits_for_it_then_is_handed_on_alone():
+    """One topic can lag the other by whole polls: feedback read first waits (feedback_hold_s) for its request's
+    inference event and follows it; feedback whose request never comes is handed on when its time is up."""
+    clock = [0.0]
+
+    def fb(rid, fid):
+        return json.dumps({**FEEDBACK, "request_id": rid, "feedback_id": fid}).encode()
+
+    ing, source, _, m, seen = make([[Rec("fb", 0, 1, fb("r-9", "f-1")), Rec("fb", 0, 2, fb("r-7", "f-2"))],
+                                    [Rec("inf", 0, 7, ev("r-8")), Rec("inf", 0, 8, ev("r-9"))], [], []],
+                                   feedback_hold_s=10, clock=lambda: clock[0])
+    step(ing)
+    assert seen == [] and sample(m, "driftwatch_feedback_held") == 2
+    assert source.commits == [{("fb", 0): 3}]  # held in memory, committed: a crash loses it from the signals only
+    step(ing)
+    assert [(kind, e.request_id) for kind, e in seen] == [("inference", "r-8"), ("inference", "r-9"),
+                                                          ("feedback", "r-9")]
+    assert sample(m, "driftwatch_feedback_held") == 1
+    clock[0] = 9.9
+    assert ing.poll() is None and len(seen) == 3
+    clock[0] = 10.0
+    assert ing.poll() is None and [(kind, e.request_id) for kind, e in seen[3:]] == [("feedback", "r-7")]
+    assert sample(m, "driftwatch_feedback_held") == 0
+
+
+def test_held_feedback_is_bounded():
+    batch = [Rec("fb", 0, i, json.dumps({**FEEDBACK, "request_id": f"r-{i}", "feedback_id": f"f-{i}"}).encode())
+             for i in range(5)]
+    ing, _, _, m, seen = make([batch], max_held=3)
+    step(ing)
+    assert [e.request_id for _, e in seen] == ["r-0", "r-1"] and sample(m, "driftwatch_feedback_held") == 3

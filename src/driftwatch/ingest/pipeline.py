@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Protocol, Sequence
@@ -131,6 +132,9 @@ class Ingestor:
         group_id: str = "",
         dead_letter_head_bytes: int = 65_536,
         dead_letter_max_bytes: int = 1_000_000,
+        feedback_hold_s: float = 60.0,
+        max_held: int = 50_000,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.sink = dead_letters
@@ -143,6 +147,10 @@ class Ingestor:
         self.group_id = group_id
         self.head_bytes = dead_letter_head_bytes
         self.dl_max_bytes = dead_letter_max_bytes
+        self.feedback_hold_s, self.max_held, self.clock = feedback_hold_s, max_held, clock
+        # request_id -> (read at, feedback read before the request's inference event); oldest first
+        self._held: OrderedDict[str, tuple[float, list[Event]]] = OrderedDict()
+        self._n_held = 0
         self._outcome_children = {
             (topic, outcome): metrics.records.labels(topic=topic, outcome=outcome)
             for topic in self.kinds for outcome in ("accepted", "rejected", "duplicate")
@@ -152,6 +160,8 @@ class Ingestor:
         records = self.source.poll()
         self.metrics.set_lag(self.source.lag())
         if not records:
+            if self._held and (late := self._release(self.clock())):
+                self.downstream(late)
             return None
         return self.process(records)
 
@@ -161,7 +171,7 @@ class Ingestor:
         counts: dict[tuple[str, str], int] = {}
         dups: dict[tuple[str, str], int] = {}
         kinds, dedup, journal, max_bytes = self.kinds, self.dedup, self.journal, self.max_record_bytes
-        feedback: list[tuple[Kind, Event]] = []  # handed on after the batch's inference events (see below)
+        feedback: list[tuple[Kind, Event]] = []  # handed on after the batch's inference events (see _hold)
         for rec in records:
             topic, partition, offset = rec.topic, rec.partition, rec.offset
             tp = (topic, partition)
@@ -185,15 +195,22 @@ class Ingestor:
                     outcome, dup_kind = "duplicate", "redelivery" if redelivery else "key"
                 else:
                     outcome, dup_kind = "accepted", ""
-                    (batch.events if kind == "inference" else feedback).append((kind, result))
+                    if kind == "inference":
+                        batch.events.append((kind, result))
+                        if self._held and (held := self._held.pop(result.request_id, None)):
+                            self._n_held -= len(held[1])
+                            feedback.extend(("feedback", e) for e in held[1])
+                    elif dedup.get(("inference", result.request_id)) is not None:
+                        feedback.append((kind, result))
+                    else:
+                        self._hold(result)
             key = (topic, outcome)
             counts[key] = counts.get(key, 0) + 1
             if dup_kind:
                 dk = (topic, dup_kind)
                 dups[dk] = dups.get(dk, 0) + 1
-        # a poll returns records partition by partition, feedback topic first or not: feedback is joined to the
-        # adapter that served its request, so a request's inference event must come first when both are in one poll
         batch.events.extend(feedback)
+        batch.events.extend(self._release(self.clock()))
         for key, n in counts.items():
             self._outcome_children[key].inc(n)
         for (topic, dup_kind), n in dups.items():
@@ -204,6 +221,33 @@ class Ingestor:
         if batch.events:
             self.downstream(batch.events)
         return batch
+
+    def _hold(self, event: Event) -> None:
+        """Feedback is joined to the adapter that served its request, so it is handed on after the request's
+        inference event. The two topics are not read in lockstep (a poll returns partition by partition, and one
+        topic can lag the other): feedback read first waits here for its request, up to ``feedback_hold_s``. Held
+        feedback is in memory only, like the monitor's windows: a crash loses it from the signals, not from Kafka."""
+        entry = self._held.get(event.request_id)
+        if entry is None:
+            self._held[event.request_id] = (self.clock(), [event])
+        else:
+            entry[1].append(event)
+        self._n_held += 1
+        self.metrics.feedback_held.set(self._n_held)
+
+    def _release(self, now: float) -> list[tuple[Kind, Event]]:
+        """Feedback that waited its time (or past ``max_held``, the oldest): handed on without its request."""
+        out: list[tuple[Kind, Event]] = []
+        held = self._held
+        while held:
+            request_id, (since, events) = next(iter(held.items()))
+            if since > now - self.feedback_hold_s and self._n_held <= self.max_held:
+                break
+            del held[request_id]
+            self._n_held -= len(events)
+            out.extend(("feedback", e) for e in events)
+        self.metrics.feedback_held.set(self._n_held)
+        return out
 
     def finish(self, batch: Batch) -> None:
         """Dead letters acknowledged, then journal, then commit. Raises DeadLetterError with nothing committed."""

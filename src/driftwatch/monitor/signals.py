@@ -1,7 +1,8 @@
 """Per-adapter live signals from accepted events: requests by status, latency, tokens, feedback sentiment.
 
 Feedback carries only a request_id; it is attributed to the adapter that served that request through a
-bounded join window (feedback that arrives after the window, or before its request, counts as "unknown").
+bounded join window (the ingestor hands feedback on after its request; feedback whose request is older than the
+window, or never came within ``ingest.feedback_hold_s``, counts as "unknown").
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Training examples born from feedback: a correction (the answer a user says was right) or a positive rating of
-the response. Recent requests wait in a bounded window for their feedback, and feedback read before its request
-(two topics are not read in lockstep) waits for the request; matches go to the state store."""
+the response. Recent requests wait in a bounded window for their feedback (the ingestor hands feedback on after
+its request); matches go to the state store."""
 
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ class Harvester:
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.metrics, self.clock = store, metrics, clock
         self.pending = DedupWindow(max_pending, max_age_s)  # request_id -> (prompt, response, route, adapter)
-        self.early = DedupWindow(max(1, max_pending // 4), max_age_s)  # request_id -> feedback that came first
 
     def __call__(self, events: Sequence[tuple[Kind, Event]]) -> None:
         found: list[HarvestedExample] = []
@@ -29,15 +28,10 @@ class Harvester:
                 if event.status == "ok" and event.response:
                     request = (prompt_text(event), event.response, event.route, event.adapter)
                     self.pending.add(event.request_id, request)
-                    feedback = self.early.get(event.request_id)
-                    if feedback is not None:
-                        self._match(feedback, request, found)
                 continue
             assert isinstance(event, FeedbackEvent)
             request = self.pending.get(event.request_id)
-            if request is None:
-                self.early.add(event.request_id, event)
-            else:
+            if request is not None:
                 self._match(event, request, found)
         if found:
             self.store.add_examples(found)
