@@ -125,6 +125,10 @@ def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack,
     ctl.register("alpha-1", adapters["v-a"])
     first = ctl.start("alpha-1", who="test", why="first production version", force=True)  # vs the base: not a gate
     assert ctl.drive().phase == "done" and ctl.production() == "alpha-1"  # no previous: no bake
+    # the gateway learns of the new alias within gateway.alias_poll_s; the clients start once it has (a client of an
+    # alias nobody has defined yet gets 404: that is not a swap)
+    wait_for(lambda: httpx.get(f"{url}/healthz").json()["alias_table_version"] == store.alias_table_version(), 10,
+             "the gateway to read the alias table that defines production")
     users = Users(url)
     users.start()
     try:
