@@ -96,6 +96,7 @@ class Simulator:
         self._pending: list[tuple[float, int, str]] = []  # (due, seq, request_id): feedback to send
         self._seq = 0
         self._last_inference: Outgoing | None = None
+        self._before_last: Outgoing | None = None
         self._bad_left: list[str] = []
         self._now_ms = 0
 
@@ -144,9 +145,17 @@ class Simulator:
         if event["status"] == "ok" and self.rng.random() < self.cfg.feedback_rate:
             due = now_ms / 1000 + self.rng.expovariate(1 / self.cfg.feedback_delay_s)
             heapq.heappush(self._pending, (due, self._seq, event["request_id"]))
-        self._last_inference = Outgoing("inference", event["request_id"].encode(),
-                                        _dumps(event), "inference")
+        self._before_last, self._last_inference = self._last_inference, Outgoing(
+            "inference", event["request_id"].encode(), _dumps(event), "inference")
         return self._last_inference
+
+    def withdraw(self, out: Outgoing) -> None:
+        """The caller did not send ``out``, the inference record just made (it stopped there): no duplicate repeats
+        it and no feedback comes for it, so every record is what its label says."""
+        if out is self._last_inference:
+            self._last_inference = self._before_last
+            self._pending = [p for p in self._pending if p[2].encode() != out.key]
+            heapq.heapify(self._pending)
 
     def _feedback(self, request_id: str, seq: int, now_ms: int) -> Outgoing:
         rng = self.rng
@@ -245,6 +254,7 @@ def run(producer, topics: Mapping[str, str], sim: Simulator, *, rate: float, dur
             if wait > 0:
                 time.sleep(wait)
             if time.monotonic() > deadline or (stop is not None and stop.is_set()):
+                sim.withdraw(out)
                 break
         producer.send_raw(topics[out.topic], out.value, key=out.key)
         sent[out.label] += 1

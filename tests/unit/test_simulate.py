@@ -77,3 +77,33 @@ def test_a_duplicate_with_nothing_before_it_is_counted_as_the_first_record_it_is
     assert first.label == "inference"
     again = sim.bad("duplicate", 1_700_000_000_001)
     assert again.label == "duplicate" and again.value == first.value
+
+
+def test_a_run_stopped_on_its_deadline_labels_every_record_as_what_it_is():
+    """The record the runner stops on was made but not sent: a duplicate injected in the tail must repeat a record
+    that was sent (else it reaches the ingestor as a first and the demo's exact counts miss by one), and no
+    feedback may come for it."""
+    from driftwatch.simulate import run
+
+    class Producer:
+        def __init__(self):
+            self.records = []
+
+        def send_raw(self, topic, value, key=None):
+            self.records.append((topic, value, key))
+
+        def flush(self):
+            pass
+
+    producer = Producer()
+    sim = Simulator(SimConfig(seed=7, feedback_rate=1.0, feedback_delay_s=60, bad={"duplicate": 3}))
+    sent = run(producer, {"inference": "inf", "feedback": "fb"}, sim, rate=200, duration_s=0.05, count=1000)
+    assert 0 < sent["inference"] < 1000 and sent["duplicate"] == 3  # stopped by the deadline, duplicates in the tail
+    first, repeats = set(), 0
+    for topic, value, key in producer.records:
+        if topic == "inf":
+            repeats += key in first
+            first.add(key)
+    assert repeats == sent["duplicate"] and len(first) == sent["inference"]
+    assert {key for topic, _, key in producer.records if topic == "fb"} <= first
+    assert sent["feedback"] == sent["inference"]  # every request sent, and only those, gets its feedback
