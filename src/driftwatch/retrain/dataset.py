@@ -366,10 +366,14 @@ def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_ro
     if any(not g.passed for g in report):
         raise GateFailure(report)
 
-    train, validation = [], []
-    for c, e in final:  # by cluster: a cluster's hash decides its side, so it is never on both
-        side = int(hashlib.sha256(f"{s.seed}:{normalize(e.prompt)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-        (validation if side < s.validation_fraction else train).append(e)
+    # by cluster: a cluster's hash decides its side, so it is never on both; a small set (19 examples: 13 % of
+    # the time at 0.1) can draw no validation example at all, and early stopping needs one: the lowest hash goes
+    sided = sorted(((int(hashlib.sha256(f"{s.seed}:{normalize(e.prompt)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF, i)
+                    for i, (_, e) in enumerate(final)))
+    n_val = min(max(1, sum(side < s.validation_fraction for side, _ in sided)), len(final) - 1)
+    val_idx = {i for _, i in sided[:n_val]}
+    train = [e for i, (_, e) in enumerate(final) if i not in val_idx]
+    validation = [e for i, (_, e) in enumerate(final) if i in val_idx]
     counts.update(train=len(train), validation=len(validation))
     return Curated(train, validation, report, counts)
 
