@@ -203,11 +203,16 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
                 return value
         return None
 
-    finished = lambda: next((r for r in store.rollouts(5) if r.phase in FINISHED), None)  # noqa: E731
-    first = until(finished)
-    if first is None:
+    def first_outcome():
+        """The first rollout once finished; False as soon as the retrain run ended without a candidate."""
+        rollout = next((r for r in store.rollouts(5) if r.phase in FINISHED), None)
         runs = daemon.policy.store.runs(limit=1)
-        echo(f"  no rollout finished within {stack.scale.loop_timeout_s:g}s; last run: "
+        return rollout or (False if runs and runs[0].status not in (*RUN_ACTIVE, "succeeded") else None)
+
+    first = until(first_outcome)
+    if not first:
+        runs = daemon.policy.store.runs(limit=1)
+        echo(f"  no rollout finished{f' within {stack.scale.loop_timeout_s:g}s' if first is None else ''}; last run: "
              f"{f'{runs[0].status} ({runs[0].reason})' if runs else 'none'}", err=True)
         return False
     echo(f"  rollout {first.id} of {first.candidate}: {first.phase}")
