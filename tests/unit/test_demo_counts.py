@@ -18,7 +18,10 @@ def test_each_models_scale_leaves_its_checks_enough_data():
     (the promoted adapter re-baselines on it), and the bake lasts long enough for that at the model's rate."""
     from driftwatch.demo import SCALES
 
+    # the share of the offered rate the promoted adapter served during the bake, measured on 2 cores: SmolLM2's
+    # drifted, long prompts got 0.11 requests/s in one run (11 rows in 100 s: the bake ran out, inconclusive)
+    served = {"tiny": 0.35, "smollm2": 0.11}
     for name, s in SCALES.items():
         assert s.min_samples <= s.rule_min_samples <= s.window_events <= s.reference, name
         assert s.bake_min_events <= s.new_window <= s.window_events, name
-        assert s.bake_s * s.rate * 0.35 >= s.min_samples, name  # SmolLM2 serves 25-65 % of the offered rate
+        assert s.bake_s * s.rate * served[name] >= s.min_samples, name
