@@ -232,8 +232,7 @@ class Ingestor:
             self._held[event.request_id] = (self.clock(), [event])
         else:
             entry[1].append(event)
-        self._n_held += 1
-        self.metrics.feedback_held.set(self._n_held)
+        self._n_held += 1  # the gauge is set once per batch, by _release
 
     def _release(self, now: float) -> list[tuple[Kind, Event]]:
         """Feedback that waited its time (or past ``max_held``, the oldest): handed on without its request."""
