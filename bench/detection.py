@@ -20,9 +20,9 @@ from driftwatch.metrics import Metrics
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
 from driftwatch.monitor.stats import psi
-from driftwatch.policy import DEFAULT_RULES, Policy
-from driftwatch.simulate import SimConfig, Simulator
-from driftwatch.store import SqliteStore
+from driftwatch.control.policy import DEFAULT_RULES, Policy
+from driftwatch.dev.simulate import SimConfig, Simulator
+from driftwatch.state.store import SqliteStore
 
 WINDOW = 2000
 CHECK_EVERY_S = 15.0

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from driftwatch.localbroker import LocalBroker, free_port
+from driftwatch.dev.localbroker import LocalBroker, free_port
 
 CANNED = json.dumps({"id": "cmpl-1", "object": "text_completion", "model": "x", "choices": [
     {"index": 0, "text": " hi", "finish_reason": "length"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1,
@@ -170,8 +170,8 @@ def main() -> None:
             try:
                 import vllm as _  # noqa: F401
 
-                from driftwatch.localvllm import LocalVLLM
-                from driftwatch.retrain.models import build_tiny_llama
+                from driftwatch.dev.localvllm import LocalVLLM
+                from driftwatch.dev.models import build_tiny_llama
 
                 vllm = LocalVLLM(build_tiny_llama(tmp / "tiny")).start()
                 upstream, label = vllm.url, "vLLM CPU, tiny Llama, 1 token"

@@ -26,11 +26,11 @@ from driftwatch.app import build_monitor
 from driftwatch.config import Settings
 from driftwatch.ingest.kafka import KafkaDeadLetterSink, KafkaSource
 from driftwatch.ingest.pipeline import Ingestor, OffsetJournal
-from driftwatch.localbroker import LocalBroker
+from driftwatch.dev.localbroker import LocalBroker
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.signals import AdapterSignals
-from driftwatch.recent import DedupWindow
-from driftwatch.simulate import SimConfig, Simulator
+from driftwatch.ingest.recent import DedupWindow
+from driftwatch.dev.simulate import SimConfig, Simulator
 
 CONSUMER = {"max_poll_records": 500, "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
             "fetch_max_bytes": 52_428_800, "max_partition_fetch_bytes": 4_194_304}

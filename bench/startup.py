@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from driftwatch.localbroker import LocalBroker, free_port
+from driftwatch.dev.localbroker import LocalBroker, free_port
 
 
 def timed(cmd: list[str]) -> float:

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from gateway import percentile, start_gateway  # noqa: E402
 
 from driftwatch.config import Settings  # noqa: E402
-from driftwatch.localbroker import LocalBroker  # noqa: E402
+from driftwatch.dev.localbroker import LocalBroker  # noqa: E402
 
 
 class Load:
@@ -82,11 +82,11 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=4)
     args = ap.parse_args()
 
-    from driftwatch.localvllm import LocalVLLM
-    from driftwatch.retrain.models import build_tiny_llama
+    from driftwatch.dev.localvllm import LocalVLLM
+    from driftwatch.dev.models import build_tiny_llama
     from driftwatch.retrain.trainer import TrainSpec, train
-    from driftwatch.rollout import RolloutController
-    from driftwatch.store import SqliteStore
+    from driftwatch.control.rollout import RolloutController
+    from driftwatch.state.store import SqliteStore
 
     with tempfile.TemporaryDirectory() as tmp_dir, LocalBroker("tansu") as broker:
         tmp = Path(tmp_dir)

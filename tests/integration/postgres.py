@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from driftwatch.localbroker import free_port
+from driftwatch.dev.localbroker import free_port
 
 
 def bindir() -> Path | None:

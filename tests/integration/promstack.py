@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from driftwatch.localbroker import free_port
+from driftwatch.dev.localbroker import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")

@@ -7,11 +7,11 @@ import time
 import httpx
 import pytest
 
-from driftwatch import gateway as gw
+from driftwatch.serving import gateway as gw
 from driftwatch.config import Settings
 from driftwatch.events import decode
 from driftwatch.http import HttpServer
-from driftwatch.localbroker import free_port
+from driftwatch.dev.localbroker import free_port
 
 from .conftest import read_topic, settings_dict, wait_for
 

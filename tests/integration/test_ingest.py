@@ -16,7 +16,7 @@ from kafka.admin import NewTopic
 from driftwatch import app
 from driftwatch.client import EventProducer
 from driftwatch.errors import ContractError, TopicLayoutError
-from driftwatch.simulate import BAD_KINDS, SimConfig, Simulator
+from driftwatch.dev.simulate import BAD_KINDS, SimConfig, Simulator
 
 from .conftest import (DaemonProcess, InProcessDaemon, committed_offsets, make_settings, read_topic, settings_dict,
                        wait_for)

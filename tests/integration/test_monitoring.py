@@ -11,7 +11,7 @@ from driftwatch.client import EventProducer
 from driftwatch.events import decode
 from driftwatch.monitor.monitor import build_profile
 from driftwatch.monitor.sketch import Profile
-from driftwatch.simulate import SimConfig, Simulator
+from driftwatch.dev.simulate import SimConfig, Simulator
 
 from .conftest import InProcessDaemon, make_settings, wait_for
 from .test_ingest import send_stream

@@ -19,8 +19,8 @@ from driftwatch.client import EventProducer
 from driftwatch.events import decode
 from driftwatch.monitor.monitor import build_profile
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC
-from driftwatch.simulate import SimConfig, Simulator
-from driftwatch.store import SqliteStore
+from driftwatch.dev.simulate import SimConfig, Simulator
+from driftwatch.state.store import SqliteStore
 
 from . import promstack
 from .conftest import InProcessDaemon, make_settings, wait_for

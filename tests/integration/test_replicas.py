@@ -18,8 +18,8 @@ from driftwatch.client import EventProducer
 from driftwatch.config import Settings
 from driftwatch.events import decode
 from driftwatch.monitor.monitor import build_profile
-from driftwatch.simulate import SimConfig, Simulator
-from driftwatch.store import open_store
+from driftwatch.dev.simulate import SimConfig, Simulator
+from driftwatch.state.store import open_store
 
 from .conftest import DaemonProcess, settings_dict, wait_for
 from .test_ingest import send_stream

@@ -12,13 +12,13 @@ import uuid
 import httpx
 import pytest
 
-from driftwatch import gateway as gw
+from driftwatch.serving import gateway as gw
 from driftwatch.config import Settings
 from driftwatch.http import HttpServer
 from driftwatch.ingest.kafka import ensure_topics
-from driftwatch.rollout import RolloutController
+from driftwatch.control.rollout import RolloutController
 from driftwatch.serving.vllm import VLLMClient
-from driftwatch.store import SqliteStore
+from driftwatch.state.store import SqliteStore
 
 from .conftest import InProcessDaemon, settings_dict, wait_for
 

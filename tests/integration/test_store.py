@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from driftwatch.errors import RolloutError
-from driftwatch.store import (AdapterRecord, EvaluationRecord, HarvestedExample, PostgresStore, RolloutRecord, RuleState,
+from driftwatch.state.store import (AdapterRecord, EvaluationRecord, HarvestedExample, PostgresStore, RolloutRecord, RuleState,
                               RunRecord, SqliteStore, open_store, open_stores)
 
 

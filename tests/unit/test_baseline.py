@@ -5,7 +5,7 @@ from driftwatch.app import build_monitor
 from driftwatch.cli import main
 from driftwatch.config import load_settings
 from driftwatch.monitor.sketch import Profile
-from driftwatch.simulate import SimConfig, Simulator
+from driftwatch.dev.simulate import SimConfig, Simulator
 
 
 def write_events(path, n=1500, bad_lines=2):

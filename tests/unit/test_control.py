@@ -7,15 +7,15 @@ from starlette.testclient import TestClient
 
 from driftwatch.app import Daemon
 from driftwatch.config import Settings
-from driftwatch.control import OPENAPI, control_routes
+from driftwatch.control.api import OPENAPI, control_routes
 from driftwatch.http import build_app
 from driftwatch.ingest.pipeline import Ingestor
 from driftwatch.metrics import Metrics
-from driftwatch.policy import Policy, RuleSpec
-from driftwatch.recent import DedupWindow
+from driftwatch.control.policy import Policy, RuleSpec
+from driftwatch.ingest.recent import DedupWindow
 from driftwatch.retrain.service import RetrainService
-from driftwatch.rollout import RolloutController
-from driftwatch.store import SqliteStore
+from driftwatch.control.rollout import RolloutController
+from driftwatch.state.store import SqliteStore
 
 from .fakes import FakeSink, FakeSource
 from .test_policy import snap

@@ -7,7 +7,7 @@ from driftwatch.config import Settings
 from driftwatch.errors import DeadLetterError
 from driftwatch.ingest.pipeline import Ingestor
 from driftwatch.metrics import Metrics
-from driftwatch.recent import DedupWindow
+from driftwatch.ingest.recent import DedupWindow
 
 from .fakes import FakeSink, FakeSource, Rec
 from .test_events import GOOD

@@ -1,6 +1,6 @@
 """The demo's read-back: exact counts, with room only for the gateway's at-least-once re-sends among duplicates."""
 
-from driftwatch.demo import counts_match
+from driftwatch.dev.demo import counts_match
 
 
 def test_counts_must_match_exactly_except_duplicates_within_the_resends():
@@ -16,7 +16,7 @@ def test_counts_must_match_exactly_except_duplicates_within_the_resends():
 def test_each_models_scale_leaves_its_checks_enough_data():
     """The served demo's sizes, per model: a rule can see a window, the bake's window is at least a verdict's
     (the promoted adapter re-baselines on it), and the bake lasts long enough for that at the model's rate."""
-    from driftwatch.demo import SCALES
+    from driftwatch.dev.demo import SCALES
 
     # the share of the offered rate the promoted adapter served during the bake, measured on 2 cores: SmolLM2's
     # drifted, long prompts got 0.11 requests/s in one run (11 rows in 100 s: the bake ran out, inconclusive)

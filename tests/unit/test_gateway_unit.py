@@ -6,9 +6,9 @@ import time
 import pytest
 
 from driftwatch.config import Kafka
-from driftwatch.gateway import AliasTable, EventSink
+from driftwatch.serving.gateway import AliasTable, EventSink
 from driftwatch.metrics import GatewayMetrics
-from driftwatch.store import SqliteStore
+from driftwatch.state.store import SqliteStore
 
 
 def test_alias_resolution():

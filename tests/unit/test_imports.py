@@ -8,7 +8,7 @@ HEAVY = ["torch", "transformers", "peft", "evidently", "pandas", "vllm"]
 
 def test_cli_and_daemon_import_no_heavy_library():
     code = (
-        "import sys, driftwatch.cli, driftwatch.app, driftwatch.ingest.kafka, driftwatch.demo; "
+        "import sys, driftwatch.cli, driftwatch.app, driftwatch.ingest.kafka, driftwatch.dev.demo; "
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()

@@ -13,12 +13,12 @@ from datetime import timedelta
 
 import pytest
 
-from driftwatch.leader import FileLock, KubernetesLease
+from driftwatch.control.leader import FileLock, KubernetesLease
 
 
 def test_the_file_lock_is_held_by_one_process_and_freed_when_it_dies(tmp_path):
     path = tmp_path / "leader.lock"
-    holder = subprocess.Popen([sys.executable, "-c", f"from driftwatch.leader import FileLock; import time; "
+    holder = subprocess.Popen([sys.executable, "-c", f"from driftwatch.control.leader import FileLock; import time; "
                                f"assert FileLock(__import__('pathlib').Path({str(path)!r})).try_acquire(); "
                                f"print('held', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
     try:
@@ -126,7 +126,7 @@ def test_a_window_travels_between_replicas_and_merges_exactly():
     from driftwatch.monitor.monitor import Window, merge_views
     from driftwatch.monitor.monitor import build_profile
     from driftwatch.events import decode
-    from driftwatch.simulate import SimConfig, Simulator
+    from driftwatch.dev.simulate import SimConfig, Simulator
 
     events = [decode("inference", o.value, 10**6) for o in Simulator(SimConfig(seed=3, feedback_rate=0)).stream(400)]
     ref = build_profile(events[:200])

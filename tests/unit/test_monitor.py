@@ -3,7 +3,7 @@ import pytest
 
 from driftwatch.events import FeedbackEvent, InferenceEvent, decode
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
-from driftwatch.simulate import SimConfig, Simulator
+from driftwatch.dev.simulate import SimConfig, Simulator
 
 
 class Clock:

@@ -6,7 +6,7 @@ import pytest
 from driftwatch.errors import DeadLetterError
 from driftwatch.ingest.pipeline import Ingestor, OffsetJournal
 from driftwatch.metrics import Metrics
-from driftwatch.recent import DedupWindow
+from driftwatch.ingest.recent import DedupWindow
 
 from .fakes import FakeSink, FakeSource, Rec
 from .test_events import FEEDBACK, GOOD

@@ -3,8 +3,8 @@ import pytest
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.monitor import AdapterSnapshot, Monitor, MonitorSettings, MonitorSnapshot, build_profile
 from driftwatch.monitor.stats import Verdict
-from driftwatch.policy import DEFAULT_RULES, Policy, RuleSpec
-from driftwatch.store import SqliteStore
+from driftwatch.control.policy import DEFAULT_RULES, Policy, RuleSpec
+from driftwatch.state.store import SqliteStore
 
 from .test_monitor import Clock, inference, stream
 

@@ -1,4 +1,4 @@
-from driftwatch.recent import DedupWindow
+from driftwatch.ingest.recent import DedupWindow
 
 
 class Clock:

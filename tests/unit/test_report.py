@@ -6,7 +6,7 @@ from driftwatch.errors import ReportError
 from driftwatch.monitor.features import COLUMNS, Features
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
 from driftwatch.monitor.sketch import Profile
-from driftwatch.report import evidently_report, write_evidence
+from driftwatch.monitor.report import evidently_report, write_evidence
 
 from .test_monitor import Clock, inference, stream
 

@@ -10,7 +10,7 @@ from driftwatch.metrics import Metrics
 from driftwatch.retrain.harvest import Harvester
 from driftwatch.retrain.runner import LocalRunner, RunStatus
 from driftwatch.retrain.service import RetrainService
-from driftwatch.store import SqliteStore
+from driftwatch.state.store import SqliteStore
 
 EXAMPLES = Path(driftwatch.__file__).parent / "defaults" / "examples"
 

@@ -9,11 +9,11 @@ from prometheus_client import CollectorRegistry
 
 from driftwatch.config import Bake, Settings
 from driftwatch.errors import AdapterExists, AdapterNotFound, AdapterRejected, RolloutError, VLLMUnavailable
-from driftwatch.gates import Gate
+from driftwatch.evaluate.gates import Gate
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
-from driftwatch.rollout import RolloutController, bake_checks, live_signals
-from driftwatch.store import SqliteStore
+from driftwatch.control.rollout import RolloutController, bake_checks, live_signals
+from driftwatch.state.store import SqliteStore
 
 
 class ScriptedVLLM:

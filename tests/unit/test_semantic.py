@@ -11,7 +11,7 @@ from driftwatch.errors import ConfigError
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
 from driftwatch.monitor.semantic import Embedder, model_dir
 from driftwatch.monitor.sketch import Profile
-from driftwatch.simulate import SimConfig, Simulator
+from driftwatch.dev.simulate import SimConfig, Simulator
 
 from .test_monitor import Clock, inference, stream
 

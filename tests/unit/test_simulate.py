@@ -3,7 +3,7 @@ from collections import Counter
 import pytest
 
 from driftwatch.events import FeedbackEvent, InferenceEvent, Rejected, decode
-from driftwatch.simulate import BAD_KINDS, SimConfig, Simulator
+from driftwatch.dev.simulate import BAD_KINDS, SimConfig, Simulator
 
 
 def collect(cfg, count=300):
@@ -70,7 +70,7 @@ def test_unknown_names_are_refused():
 def test_a_duplicate_with_nothing_before_it_is_counted_as_the_first_record_it_is():
     """At a low rate the first injected record can be a duplicate: with no record to repeat yet, the record sent is
     new, and is labelled so (the demo compares what was sent with what the daemon counted, exactly)."""
-    from driftwatch.simulate import SimConfig, Simulator
+    from driftwatch.dev.simulate import SimConfig, Simulator
 
     sim = Simulator(SimConfig(seed=1, feedback_rate=0, bad={"duplicate": 1}))
     first = sim.bad("duplicate", 1_700_000_000_000)
@@ -83,7 +83,7 @@ def test_a_run_stopped_on_its_deadline_labels_every_record_as_what_it_is():
     """The record the runner stops on was made but not sent: a duplicate injected in the tail must repeat a record
     that was sent (else it reaches the ingestor as a first and the demo's exact counts miss by one), and no
     feedback may come for it."""
-    from driftwatch.simulate import run
+    from driftwatch.dev.simulate import run
 
     class Producer:
         def __init__(self):

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from driftwatch.retrain.models import build_smollm2, smollm2_gguf
+from driftwatch.dev.models import build_smollm2, smollm2_gguf
 from driftwatch.retrain.trainer import TrainSpec, train
 
 pytestmark = [pytest.mark.slow,

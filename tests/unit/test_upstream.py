@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from driftwatch.upstream import Upstream, UpstreamError
+from driftwatch.serving.upstream import Upstream, UpstreamError
 
 
 async def serve(answers: list[bytes | None], requests: list[bytes]):

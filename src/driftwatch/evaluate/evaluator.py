@@ -9,7 +9,7 @@ Suites (the same prompts for both adapters, greedy, requests interleaved so that
 * **diversity** — distinct-2 and mean pairwise similarity over all of an adapter's outputs: modal collapse;
 * **latency** — p50/p95 of the requests.
 
-The promotion gate is a list of :class:`~driftwatch.gates.Gate`, every one with value, bound, verdict and reason;
+The promotion gate is a list of :class:`~driftwatch.evaluate.gates.Gate`, every one with value, bound, verdict and reason;
 all must pass. An evaluation that cannot finish (vLLM gone, an adapter missing) fails its gates — it never promotes.
 The report is written as JSON and as a table (``<reports_dir>/<id>.json`` / ``.txt``).
 """
@@ -29,7 +29,7 @@ from typing import Any, Callable
 from driftwatch.config import Evaluate
 from driftwatch.errors import ServingError
 from driftwatch.evaluate import scoring
-from driftwatch.gates import Gate, all_pass
+from driftwatch.evaluate.gates import Gate, all_pass
 from driftwatch.retrain.dataset import GoldenItem, read_golden
 from driftwatch.serving.vllm import VLLMClient
 

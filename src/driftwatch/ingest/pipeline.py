@@ -21,7 +21,7 @@ from typing import Callable, Iterable, Mapping, Protocol, Sequence
 from driftwatch.errors import CommitError
 from driftwatch.events import Event, Kind, Rejected, decode, now_ms
 from driftwatch.metrics import Metrics
-from driftwatch.recent import DedupWindow
+from driftwatch.ingest.recent import DedupWindow
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from driftwatch.metrics import UNKNOWN, LabelCap, Metrics
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, Features, distinct_n, prompt_text
 from driftwatch.monitor.sketch import Categories, Histogram, Profile
 from driftwatch.monitor.stats import Verdict, semantic_verdict, verdict
-from driftwatch.recent import DedupWindow
+from driftwatch.ingest.recent import DedupWindow
 
 log = logging.getLogger(__name__)
 

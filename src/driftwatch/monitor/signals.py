@@ -11,7 +11,7 @@ from typing import Sequence
 
 from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
 from driftwatch.metrics import UNKNOWN, Metrics
-from driftwatch.recent import DedupWindow
+from driftwatch.ingest.recent import DedupWindow
 
 
 class AdapterSignals:

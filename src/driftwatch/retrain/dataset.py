@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from driftwatch.gates import Gate
+from driftwatch.evaluate.gates import Gate
 
 TRUST = {"correction": 3, "positive": 2, "replay": 1}
 SCORINGS = ("exact", "normalized", "contains", "rouge_l")  # how a golden item's answer is scored

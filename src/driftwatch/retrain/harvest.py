@@ -10,8 +10,8 @@ from typing import Callable, Sequence
 from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.features import prompt_text
-from driftwatch.recent import DedupWindow
-from driftwatch.store import HarvestedExample, StateStore
+from driftwatch.ingest.recent import DedupWindow
+from driftwatch.state.store import HarvestedExample, StateStore
 
 
 class Harvester:

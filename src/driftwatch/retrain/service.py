@@ -22,7 +22,7 @@ from driftwatch.retrain.dataset import (
 )
 from driftwatch.retrain.runner import Runner, RunStatus
 from driftwatch.retrain.trainer import TrainSpec
-from driftwatch.store import RunRecord, StateStore
+from driftwatch.state.store import RunRecord, StateStore
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ from starlette.routing import Route
 from driftwatch.config import Gateway, Kafka
 from driftwatch.events import SCHEMA_VERSION, FeedbackEvent, InferenceEvent, encode, now_ms
 from driftwatch.metrics import GatewayMetrics
-from driftwatch.store import StateStore
-from driftwatch.upstream import Response as UpstreamResponse
-from driftwatch.upstream import Upstream, UpstreamError
+from driftwatch.state.store import StateStore
+from driftwatch.serving.upstream import Response as UpstreamResponse
+from driftwatch.serving.upstream import Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +451,7 @@ class GatewayService:
 
 def build(settings, *, seed: int | None = None, producer_factory=None) -> tuple[GatewayService, EventSink]:
     """Wire the gateway from settings (its composition: store, metrics, event sink, service)."""
-    from driftwatch.store import open_store
+    from driftwatch.state.store import open_store
 
     metrics = GatewayMetrics(max_adapters=settings.metrics.max_adapters)
     sink = EventSink(settings.kafka, settings.gateway.buffer_max_events, metrics, producer_factory).start()

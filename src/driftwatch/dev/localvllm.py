@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 from driftwatch.errors import VLLMUnavailable
-from driftwatch.localbroker import free_port
+from driftwatch.dev.localbroker import free_port
 from driftwatch.procs import stop_group
 from driftwatch.serving.vllm import VLLMClient
 

