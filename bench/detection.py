@@ -20,7 +20,8 @@ from driftwatch.metrics import Metrics
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
 from driftwatch.monitor.stats import psi
-from driftwatch.control.policy import DEFAULT_RULES, Policy
+from driftwatch.config import DEFAULT_RULES
+from driftwatch.control.policy import Policy
 from driftwatch.dev.simulate import SimConfig, Simulator
 from driftwatch.state.store import SqliteStore
 

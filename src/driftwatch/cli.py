@@ -357,7 +357,12 @@ def _api(settings, url: str | None, method: str, path: str, body: dict | None = 
             reason = r.text
         click.echo(f"error: the daemon answered {r.status_code}: {reason}", err=True)
         sys.exit(1)
-    return r.json()
+    out = r.json()
+    if r.status_code == 202 and out.get("status") == "pending":
+        click.echo(f"request {out['request_id']} is queued: the control loop has not acted on it yet "
+                   "(driftwatch status shows its outcome)")
+        sys.exit(0)
+    return out
 
 
 def _print_status(doc: dict, limit: int) -> None:
@@ -408,9 +413,9 @@ def status(url: str | None, local: bool, config: str | None, limit: int, as_json
 
     settings = _load(config)
     if local:
-        from driftwatch.app import status_document
         from pathlib import Path
 
+        from driftwatch.control.reconciler import status_document
         from driftwatch.state.store import is_url, open_stores
 
         if not is_url(settings.state_store_path) and not Path(settings.state_store_path).exists():
@@ -479,20 +484,22 @@ def retrain(adapter: str, reason: str, routes: str | None, url: str | None, loca
 
 def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -> None:
     """Run a retrain now, in the foreground: dataset -> gates -> training -> candidate; recorded in the state store."""
-    from driftwatch.retrain.service import RetrainService, build_runner
+    import threading
+
+    from driftwatch import app
     from driftwatch.state.store import open_store
 
-    rt, state_dir = settings.retrain, settings.daemon.state_dir
-    if rt.base_model is None:
+    store = open_store(settings.state_store_path)
+    service = app.retrain_service(settings, store)
+    if service is None:
         click.echo("error: retrain.base_model is not set (and retrain.golden_set with it)", err=True)
         sys.exit(2)
-    store = open_store(settings.state_store_path)
-    service = RetrainService(rt, state_dir, store, build_runner(rt, state_dir))
+    cancel = threading.Event()
     try:
         run = service.run(adapter, focus_routes=focus, reason="manual (driftwatch retrain --local)" + (
-            f": {reason}" if reason else ""))
+            f": {reason}" if reason else ""), cancel=cancel)
     except KeyboardInterrupt:
-        service.cancel.set()
+        cancel.set()
         raise
     finally:
         store.close()
@@ -500,11 +507,12 @@ def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -
     for line in run.detail.get("gates", []):
         click.echo(f"  {line}")
     if run.status == "succeeded":
-        from driftwatch.control.rollout import RolloutController, version_name
+        from driftwatch.control.rollout import version_name
 
         registry = open_store(settings.registry_path)
         version = version_name(run.id)
-        RolloutController(settings, registry).register(version, f"{run.output}/adapter", run_id=run.id, parent=adapter)
+        app.rollout_controller(settings, registry).register(version, f"{run.output}/adapter", run_id=run.id,
+                                                            parent=adapter)
         registry.close()
         click.echo(f"candidate adapter {version}: {run.output}/adapter (dataset {run.dataset}); roll it out with "
                    f"`driftwatch promote {version}`")
@@ -521,7 +529,7 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
     """Evaluate CANDIDATE (an adapter loaded on vLLM) against the incumbent and apply the promotion gate.
 
     Exit 0 when every gate passes, 1 when one fails or the evaluation could not run."""
-    from driftwatch.evaluate.evaluator import Evaluator, reports_dir
+    from driftwatch import app
     from driftwatch.serving.vllm import VLLMClient
     from driftwatch.state.store import open_store
 
@@ -534,8 +542,7 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
         incumbent = _controller(settings, store).production() or settings.gateway.base_model
         store.close()
     with VLLMClient(vllm_url or settings.gateway.upstreams[0], timeout_s=settings.evaluate.timeout_s) as client:
-        evaluator = Evaluator(settings.evaluate, client, settings.retrain.golden_set,
-                              reports_dir(settings.evaluate, settings.daemon.state_dir))
+        evaluator = app.evaluator(settings, client)
         report = evaluator.run(candidate, incumbent)
     click.echo(report.table(), nl=False)
     click.echo(f"report: {evaluator.reports_dir / report.id}.json")
@@ -543,9 +550,9 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
 
 
 def _controller(settings, store):
-    from driftwatch.control.rollout import RolloutController
+    from driftwatch import app
 
-    return RolloutController(settings, store)
+    return app.rollout_controller(settings, store)
 
 
 def _echo_events(events) -> None:

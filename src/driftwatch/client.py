@@ -14,6 +14,7 @@ in when missing. Sending is asynchronous; ``flush()`` waits for the broker.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Mapping, Sequence
 
 from pydantic import ValidationError
@@ -32,17 +33,14 @@ class EventProducer:
         kafka: Kafka | None = None,
         **producer_config: Any,
     ) -> None:
-        from kafka import KafkaProducer
-
-        from driftwatch.ingest.kafka import client_kwargs
+        from driftwatch.ingest.kafka import producer
 
         if kafka is None:
             servers = [bootstrap_servers] if isinstance(bootstrap_servers, str) else list(bootstrap_servers or ["127.0.0.1:9092"])
             kafka = Kafka(bootstrap_servers=servers)
         self.topics = topics or kafka.topics
-        config: dict[str, Any] = {**client_kwargs(kafka), "acks": "all", "linger_ms": 5, "batch_size": 65_536}
-        config.update(producer_config)
-        self._producer = KafkaProducer(**config)
+        self._kafka = kafka
+        self._producer = producer(kafka, **{"acks": "all", "linger_ms": 5, "batch_size": 65_536, **producer_config})
 
     @classmethod
     def from_settings(cls, settings: Settings, **producer_config: Any) -> EventProducer:
@@ -58,10 +56,21 @@ class EventProducer:
 
     def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None, headers: list | None = None):
         """Send bytes as they are (no validation): for tools and tests that need records outside the contract."""
-        return self._producer.send(topic, value=value, key=key, headers=headers)
+        with self._translated(f"sending to {topic}"):
+            return self._producer.send(topic, value=value, key=key, headers=headers)
 
     def flush(self, timeout_s: float | None = None) -> None:
-        self._producer.flush(timeout=timeout_s)
+        with self._translated("flushing"):
+            self._producer.flush(timeout=timeout_s)
+
+    @contextlib.contextmanager
+    def _translated(self, doing: str):
+        from driftwatch.ingest.kafka import KafkaError, translate
+
+        try:
+            yield
+        except KafkaError as exc:
+            raise translate(exc, self._kafka, doing) from exc
 
     def close(self, timeout_s: float = 10.0) -> None:
         self._producer.close(timeout=timeout_s)

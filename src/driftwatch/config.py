@@ -101,7 +101,6 @@ class Ingest(_Section):
 
 class Metrics(_Section):
     max_adapters: int = Field(100, ge=1, description="distinct adapter label values; the rest are 'other'")
-    max_routes: int = Field(50, ge=1)
     latency_buckets_s: list[float] = Field(
         default_factory=lambda: [0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0], min_length=1
     )
@@ -139,6 +138,15 @@ class Monitor(_Section):
         return value
 
 
+# The vocabulary a rule may name: the monitor's features (monitor/features.py computes them, in this order) and the
+# policy's signals (control/policy.py reads them off a window's snapshot).
+NUMERIC_FEATURES = ("prompt_chars", "prompt_tokens", "response_chars", "response_tokens", "latency_ms",
+                    "repeated_ngram_ratio")
+CATEGORICAL_FEATURES = ("status", "route", "language", "refusal", "empty_response")
+SIGNALS = ("input_drift", "output_drift", "error_ratio", "refusal_rate", "empty_rate", "negative_feedback_ratio",
+           "distinct_2", "distinct_2_ratio")
+
+
 class Rule(_Section):
     name: str = Field(min_length=1, max_length=64)
     signal: str = Field(description="input_drift, output_drift, error_ratio, refusal_rate, empty_rate, "
@@ -151,10 +159,20 @@ class Rule(_Section):
     action: Literal["retrain", "alert"] = "retrain"
 
 
-def _default_rules() -> list[Rule]:
-    from driftwatch.control.policy import DEFAULT_RULES
+DEFAULT_RULES = (
+    Rule(name="input-drift", signal="input_drift", threshold=1, clear=0.5, for_s=0, min_samples=1000),
+    Rule(name="output-collapse", signal="distinct_2_ratio", op="<=", threshold=0.85, clear=0.92, for_s=60,
+         min_samples=500),
+    Rule(name="refusals", signal="refusal_rate", threshold=0.1, clear=0.05, for_s=60, min_samples=500),
+    Rule(name="negative-feedback", signal="negative_feedback_ratio", threshold=0.35, clear=0.25, for_s=120,
+         min_samples=50),
+    Rule(name="error-ratio", signal="error_ratio", threshold=0.05, clear=0.02, for_s=120, min_samples=500,
+         action="alert"),
+)
 
-    return [Rule(**vars(spec)) for spec in DEFAULT_RULES]
+
+def _default_rules() -> list[Rule]:
+    return list(DEFAULT_RULES)
 
 
 class Policy(_Section):
@@ -241,7 +259,9 @@ class Retrain(_Section):
 
 
 class PromotionGates(_Section):
-    golden_min_delta: float = Field(0.0, description="candidate golden-set score minus the incumbent's: at least this")
+    golden_min_delta: float = Field(0.0, description="candidate golden-set score minus the incumbent's: more than "
+                                    "this (default: strictly better; a candidate no better than the incumbent is "
+                                    "refused)")
     golden_min: float = Field(0.0, ge=0, le=1, description="candidate golden-set score: at least this")
     forgetting_max_drop: float = Field(0.05, ge=0, le=1, description="general-knowledge battery: the incumbent's score "
                                        "minus the candidate's, at most this")
@@ -302,9 +322,13 @@ class Rollout(_Section):
     canary_steps: list[float] = Field(default_factory=list, description="traffic shares for a stepped canary "
                                       "through alias weights (e.g. 0.1,0.5), each baked for step_s; empty: one flip")
     step_s: float = Field(120.0, gt=0)
-    tick_s: float = Field(5.0, gt=0, description="how often the daemon advances a rollout")
+    tick_s: float = Field(5.0, gt=0, description="how often the control loop ticks (advances a rollout, starts and "
+                          "collects jobs, acts on control requests; at once when a request arrives)")
     lease_s: float = Field(30.0, gt=0, description="a process acting on a rollout holds it this long; a crashed "
                            "holder's rollout is taken over after it")
+    rebaseline_deadline_s: float = Field(
+        900.0, gt=0, description="after a bake that answered input drift, how long the re-baseline waits for the "
+        "candidate's window to hold monitor.min_samples rows; then it is skipped (recorded) and the reference stays")
     bake: Bake = Bake()
 
     _csv = field_validator("vllm_urls", "canary_steps", mode="before")(_split_csv)
@@ -348,6 +372,9 @@ class Control(_Section):
     retrain_alerts: list[str] = Field(
         default_factory=lambda: ["DriftwatchInputDrift", "DriftwatchOutputQualityDrop", "DriftwatchNegativeFeedbackSpike"],
         description="Alertmanager alerts (by alertname, with an adapter label) that the webhook turns into retrain requests")
+
+    request_wait_s: float = Field(30.0, ge=0, description="a control call waits this long for the control loop to act "
+                                  "on its request, then answers 202 with the request's id")
 
     _split = field_validator("retrain_alerts", mode="before")(_split_csv)
 
@@ -640,16 +667,14 @@ def _cross_checks(s: Settings) -> list[ConfigProblem]:
                 out.append(ConfigProblem(f"retrain.kubernetes.{name}", "required with retrain.runner: kubernetes",
                                          "set the trainer image" if name == "image" else
                                          "name the PersistentVolumeClaim the daemon and the Job share"))
-    from driftwatch.monitor.features import CATEGORICAL, NUMERIC
-    from driftwatch.control.policy import SIGNALS
-
+    features = NUMERIC_FEATURES + CATEGORICAL_FEATURES
     names = [r.name for r in s.policy.rules]
     for i, rule in enumerate(s.policy.rules):
         where = f"policy.rules.{i}"
         feature = rule.signal[6:] if rule.signal.startswith("drift:") else None
-        if rule.signal not in SIGNALS and feature not in NUMERIC + CATEGORICAL:
+        if rule.signal not in SIGNALS and feature not in features:
             out.append(ConfigProblem(f"{where}.signal", f"unknown signal '{rule.signal}'",
-                                     f"use one of {', '.join(SIGNALS)}, or drift:<one of {', '.join(NUMERIC + CATEGORICAL)}>"))
+                                     f"use one of {', '.join(SIGNALS)}, or drift:<one of {', '.join(features)}>"))
         if names.count(rule.name) > 1:
             out.append(ConfigProblem(f"{where}.name", f"rule name '{rule.name}' is used twice", "give each rule its own name"))
         if rule.clear is not None and (rule.clear > rule.threshold if rule.op == ">=" else rule.clear < rule.threshold):

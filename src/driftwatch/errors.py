@@ -1,22 +1,27 @@
-"""One exception tree for driftwatch.
+"""One exception tree for driftwatch: every error that crosses a module is in it.
 
-Third-party errors (kafka-python, pydantic, httpx) are translated at the edge that meets them,
-with ``raise ... from exc``, so callers only ever catch these::
+Third-party errors are translated at the one edge that meets them, with ``raise ... from exc`` (kafka-python's in
+``ingest/kafka.py``, pydantic's in ``config.py`` and ``events.py``, httpx's in ``serving/vllm.py``), as httpx maps
+httpcore's, so a caller catches these and nothing else::
 
     DriftwatchError
      ├── ConfigError            bad settings: every problem with its field path and the fix
      ├── ContractError          an event the producer helper refuses to publish (breaks contract v1)
      ├── ReportError            an Evidently report cannot be made (extra missing, no row sample, empty window)
-     └── IngestError
-          ├── BrokerUnavailable  no Kafka broker answered within the configured time
-          ├── TopicLayoutError   topics missing, or inference/feedback not co-partitioned
-          ├── DeadLetterError    the dead-letter topic cannot be written; offsets stay uncommitted
-          └── CommitError        an offset commit failed (e.g. the group rebalanced); records are redelivered
+     ├── StoreError             the state store or registry cannot be read or written (SQLite, PostgreSQL)
+     ├── IngestError
+     │    ├── BrokerUnavailable  no Kafka broker answered, or the connection to it broke (retried with backoff)
+     │    ├── TopicLayoutError   topics missing, or inference/feedback not co-partitioned
+     │    ├── DeadLetterError    the dead-letter topic cannot be written; offsets stay uncommitted
+     │    └── CommitError        an offset commit failed (e.g. the group rebalanced); records are redelivered
      ├── ServingError            vLLM said no, or could not be asked
      │    ├── VLLMUnavailable    not reachable, not healthy, or answered 5xx for a reason it did not name
      │    ├── AdapterExists      an adapter of that name is already loaded (vLLM's 400)
      │    ├── AdapterNotFound    no adapter of that name is loaded, or its path does not exist (404)
-     │    └── AdapterRejected    vLLM cannot load it: rank above --max-lora-rank, another base model (500)
+     │    ├── AdapterRejected    vLLM cannot load it: rank above --max-lora-rank, another base model (500)
+     │    └── UpstreamError      the gateway got no usable answer (cannot connect, hung up, broken HTTP/1.1)
+     ├── DataError               a data file that does not follow its format (file, line and field named)
+     │    └── GateFailure        a training set refused by the data gates (``report``: every gate)
      ├── EvaluationError         an evaluation could not be run to its end (it never promotes)
      ├── RolloutError            a promotion or rollback that cannot start (unknown version, one in progress)
      └── ControlError            a control API call that cannot be done as asked (bad body 400, conflict 409)
@@ -56,6 +61,10 @@ class ContractError(DriftwatchError):
 
 class ReportError(DriftwatchError):
     """An Evidently report cannot be made: the extra is not installed, or there are no rows to compare."""
+
+
+class StoreError(DriftwatchError):
+    """The state store or the registry cannot be read or written (locked, the server gone); nothing was changed."""
 
 
 class IngestError(DriftwatchError):
@@ -102,6 +111,24 @@ class AdapterRejected(ServingError):
     pass
 
 
+class UpstreamError(ServingError):
+    """No usable answer: the upstream cannot be reached, hung up, or broke HTTP/1.1."""
+
+
+class DataError(DriftwatchError, ValueError):
+    """A data file that does not follow its documented format (file, line and field named)."""
+
+
+class GateFailure(DataError):
+    """The data failed at least one gate: nothing is trained. ``report`` holds every gate (evaluate.gates.Gate)."""
+
+    def __init__(self, report: Sequence) -> None:
+        self.report = list(report)
+        failed = [g for g in self.report if not g.passed]
+        super().__init__("training data refused: " + "; ".join(f"{g.name} {g.value:.4g} (bound {g.op} {g.bound:g}) "
+                                                               f"{g.detail}".rstrip() for g in failed))
+
+
 class EvaluationError(DriftwatchError):
     pass
 
@@ -113,6 +140,7 @@ class RolloutError(DriftwatchError):
 class ControlError(DriftwatchError):
     """A control API call that cannot be done as asked; ``status`` is the HTTP status it answers with."""
 
-    def __init__(self, message: str, status: int = 409) -> None:
+    def __init__(self, message: str, status: int = 409, body: dict | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.body = body  # the answer's JSON, when it is more than {"error": message} (202: the request's id)

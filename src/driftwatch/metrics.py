@@ -2,8 +2,9 @@
 
 The registry is injected: the daemon passes one registry, tests pass a fresh ``CollectorRegistry()`` and read
 values back with ``registry.get_sample_value``. Names are ``driftwatch_*``, in base units, counters end in
-``_total``. Label values that come from data (adapter, route) go through a :class:`LabelCap`, so 10k adapter
-names cannot make 10k series: past the cap they become ``"other"``.
+``_total``. Label values that come from data (adapter) go through a :class:`LabelCap`, so 10k adapter names cannot make
+10k series: past the cap they become ``"other"``. Values computed at a moment (consumer lag, the monitor's window
+gauges) are served by collectors that read the latest snapshot at scrape time.
 
 Stages record into these objects; nothing here does I/O.
 """
@@ -17,7 +18,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from driftwatch.events import Reason
-from driftwatch.state.store import ROLLOUT_ACTIVE
 
 OTHER = "other"
 UNKNOWN = "unknown"
@@ -65,13 +65,47 @@ class _LagCollector(Collector):
         yield family
 
 
+class _WindowCollector(Collector):
+    """The monitor's window gauges, served from the last check's samples at scrape time (``Metrics.set_windows``):
+    replaced by one reference swap, never cleared and refilled, so a scrape never sees a gap (which would reset a
+    pending ``for:`` in an alert rule)."""
+
+    FAMILIES = {  # name -> (metric, help, labels)
+        "drift_score": ("driftwatch_drift_score", "Effect size of the last drift check: PSI (numeric) or Cramér's V "
+                        "(categorical)", ("adapter", "feature")),
+        "drift_p_value": ("driftwatch_drift_p_value", "p-value of the last drift check (binned KS or two-sample "
+                          "chi-square)", ("adapter", "feature")),
+        "drift_detected": ("driftwatch_drift_detected", "1 if the feature drifted (significant and above the effect "
+                           "floor)", ("adapter", "feature")),
+        "window_events": ("driftwatch_window_events", "Events in the window last checked, per adapter", ("adapter",)),
+        "output_quality": ("driftwatch_output_quality", "Output quality of the window: refusal_rate, empty_rate, "
+                           "distinct_1, distinct_2", ("adapter", "signal")),
+        "error_ratio": ("driftwatch_error_ratio", "Share of requests with status error or timeout in the window",
+                        ("adapter",)),
+        "negative_feedback_ratio": ("driftwatch_negative_feedback_ratio", "Share of negative feedback in the window",
+                                    ("adapter",)),
+        "reference_info": ("driftwatch_reference_info", "The reference profile in use (content hash)", ("version",)),
+        "last_check": ("driftwatch_last_check_timestamp_seconds", "Unix time of the last monitor check", ()),
+    }
+
+    def __init__(self) -> None:
+        self.samples: Mapping[str, list] = {}
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        samples = self.samples  # one read: the old set or the new one
+        for key, (name, text, labels) in self.FAMILIES.items():
+            family = GaugeMetricFamily(name, text, labels=list(labels))
+            for values, value in samples.get(key, ()):
+                family.add_metric(list(values), value)
+            yield family
+
+
 class Metrics:
     def __init__(
         self,
         registry: CollectorRegistry | None = None,
         *,
         max_adapters: int = 100,
-        max_routes: int = 50,
         latency_buckets_s: Iterable[float] = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0),
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
@@ -101,7 +135,11 @@ class Metrics:
         )
         self.dead_letter_blocked = Gauge(
             "driftwatch_dead_letter_blocked",
-            "1 while the dead-letter topic cannot be written; offsets are not committed meanwhile", registry=r,
+            "1 while a batch cannot be finished (the dead-letter topic or the state store cannot be written); offsets "
+            "are not committed meanwhile", registry=r,
+        )
+        self.poll_failures = Counter(
+            "driftwatch_poll_failures", "Polls that failed (the broker away); the loop retries with backoff", registry=r
         )
         self.consumer_joined = Gauge(
             "driftwatch_consumer_joined", "1 once the consumer has joined its group and received an assignment", registry=r
@@ -137,38 +175,9 @@ class Metrics:
             "driftwatch_feedback", "User feedback, by the adapter that served the request and sentiment", ["adapter", "sentiment"],
             registry=r,
         )
-        # monitor: windows against the reference (set at each check; adapters bounded by the monitor's cap)
-        self.drift_score = Gauge(
-            "driftwatch_drift_score", "Effect size of the last drift check: PSI (numeric) or Cramér's V (categorical)",
-            ["adapter", "feature"], registry=r,
-        )
-        self.drift_p_value = Gauge(
-            "driftwatch_drift_p_value", "p-value of the last drift check (binned KS or two-sample chi-square)",
-            ["adapter", "feature"], registry=r,
-        )
-        self.drift_detected = Gauge(
-            "driftwatch_drift_detected", "1 if the feature drifted (significant and above the effect floor)",
-            ["adapter", "feature"], registry=r,
-        )
-        self.window_events = Gauge(
-            "driftwatch_window_events", "Events in the window last checked, per adapter", ["adapter"], registry=r
-        )
-        self.output_quality = Gauge(
-            "driftwatch_output_quality", "Output quality of the window: refusal_rate, empty_rate, distinct_1, distinct_2",
-            ["adapter", "signal"], registry=r,
-        )
-        self.error_ratio = Gauge(
-            "driftwatch_error_ratio", "Share of requests with status error or timeout in the window", ["adapter"], registry=r
-        )
-        self.negative_feedback_ratio = Gauge(
-            "driftwatch_negative_feedback_ratio", "Share of negative feedback in the window", ["adapter"], registry=r
-        )
-        self.last_check = Gauge(
-            "driftwatch_last_check_timestamp_seconds", "Unix time of the last monitor check", registry=r
-        )
-        self.reference_info = Gauge(
-            "driftwatch_reference_info", "The reference profile in use (content hash)", ["version"], registry=r
-        )
+        # monitor: windows against the reference, from the last check (set_windows; adapters bounded by adapter_cap)
+        self._windows = _WindowCollector()
+        r.register(self._windows)
         # policy
         self.rule_state = Gauge(
             "driftwatch_rule_state", "Policy rule state per adapter: 0 inactive, 1 pending, 2 firing", ["rule", "adapter"],
@@ -202,7 +211,7 @@ class Metrics:
         )
         self.retrain_runs = Counter(
             "driftwatch_retrain_runs", "Retrain runs finished, by status (succeeded, failed, timed_out, cancelled, "
-            "refused by the data gates)", ["status"], registry=r,
+            "refused by the data gates, unimproved: no checkpoint beat the untrained adapter)", ["status"], registry=r,
         )
         self.training_gpu_seconds = Counter(
             "driftwatch_training_gpu_seconds", "GPU-seconds spent by finished training runs", registry=r
@@ -242,22 +251,24 @@ class Metrics:
             ["version"], registry=r,
         )
         self.adapter_cap = LabelCap(max_adapters, self.label_capped, "adapter")
-        self.route_cap = LabelCap(max_routes, self.label_capped, "route")
         # known label values exist from the start at 0: dashboards show them, and increase() sees the first event
         for metric, label, values in (
             (self.decisions, "action", ("retrain", "alert", "hold", "resolved")),
-            (self.retrain_runs, "status", ("succeeded", "failed", "timed_out", "cancelled", "refused")),
+            (self.retrain_runs, "status", ("succeeded", "failed", "timed_out", "cancelled", "refused", "unimproved")),
             (self.webhook_alerts, "outcome", ("retrain", "held", "duplicate", "ignored")),
             (self.evaluations, "result", ("passed", "failed")),
             (self.rollouts, "outcome", ("done", "rolled_back", "rejected", "failed")),
             (self.rollbacks, "trigger", ("bake", "no_data", "manual")),
-            (self.rollout_phase, "phase", ROLLOUT_ACTIVE),
             (self.commits, "outcome", ("ok", "failed")),
             (self.dead_letters, "reason", tuple(r.value for r in Reason)),
             (self.retrain_requests, "rule", ("manual",)),
         ):
             for value in values:
                 metric.labels(**{label: value})
+
+    def set_windows(self, samples: Mapping[str, list]) -> None:
+        """Replace the window gauges' samples (``monitor.monitor.window_samples``): one reference swap."""
+        self._windows.samples = samples
 
     def set_lag(self, snapshot: Mapping[tuple[str, int], int]) -> None:
         """Replace the lag snapshot (an atomic reference swap; the scrape thread reads the old or the new one)."""

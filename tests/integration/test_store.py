@@ -10,8 +10,9 @@ import uuid
 import pytest
 
 from driftwatch.errors import RolloutError
-from driftwatch.state.store import (AdapterRecord, EvaluationRecord, HarvestedExample, PostgresStore, RolloutRecord, RuleState,
-                              RunRecord, SqliteStore, open_store, open_stores)
+from driftwatch.state.registry import AdapterRecord, EvaluationRecord, RolloutRecord
+from driftwatch.state.store import (HarvestedExample, PostgresStore, RuleState, RunRecord, SqliteStore, open_store,
+                                    open_stores)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

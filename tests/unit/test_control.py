@@ -1,47 +1,52 @@
-"""The control API on the real Starlette app, with the daemon's real policy, retrain service and store. The worker
-that would build and train the queued run is not started: runs are tested in test_retrain_service and the
-integration tests."""
+"""The control API on the real Starlette app, with the real control loop ticking on its own thread (the policy,
+the retrain service, the store). Jobs are held (ManualJobs): the run a retrain queues is not built or trained here;
+runs are tested in test_retrain_service, test_reconciler and the integration tests."""
 
 import pytest
 from starlette.testclient import TestClient
 
-from driftwatch.app import Daemon
 from driftwatch.config import Settings
-from driftwatch.control.api import OPENAPI, control_routes
-from driftwatch.http import build_app
-from driftwatch.ingest.pipeline import Ingestor
-from driftwatch.metrics import Metrics
-from driftwatch.control.policy import Policy, RuleSpec
-from driftwatch.ingest.recent import DedupWindow
-from driftwatch.retrain.service import RetrainService
+from driftwatch.control.api import OPENAPI, control_routes, daemon_app
+from driftwatch.control.policy import Policy
+from driftwatch.control.reconciler import Reconciler
 from driftwatch.control.rollout import RolloutController
+from driftwatch.metrics import Metrics
+from driftwatch.monitor.monitor import Monitor
+from driftwatch.retrain.service import RetrainService
 from driftwatch.state.store import SqliteStore
 
-from .fakes import FakeSink, FakeSource
+from .fakes import ManualJobs
 from .test_policy import snap
 
 TOKEN = "s3cret-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}", "X-Driftwatch-User": "ana"}
 
 
-def rig(tmp_path, token=TOKEN, **settings):
-    cfg = Settings.model_validate({"daemon": {"state_dir": str(tmp_path)}, "retrain": {
-        "base_model": str(tmp_path), "golden_set": str(tmp_path / "golden.jsonl")},
-        "policy": {"rules": [{"name": "errors", "signal": "error_ratio", "threshold": 0.1}]}, **settings})
-    store = SqliteStore(tmp_path / "state.db")
-    metrics = Metrics()
-    source, sink = FakeSource([]), FakeSink()
-    daemon = None
-    policy = Policy([RuleSpec(**r.model_dump()) for r in cfg.policy.rules], store, metrics,
-                    on_retrain=lambda r: daemon.on_retrain(r), cooldown_s=3600)
-    daemon = Daemon(cfg, metrics, source, sink, Ingestor(source, sink, metrics, kinds={}, max_record_bytes=1000,
-                                                            dedup=DedupWindow(10, 60)),
-                    policy=policy, retrain=RetrainService(cfg.retrain, tmp_path, store, runner=None), rollout=RolloutController(cfg, store, metrics=metrics))
-    daemon.worker.submit = lambda *a, **k: None  # the evidence and the run are not the API's business
-    app = build_app(metrics.registry, lambda: (True, {}), lambda: (True, {}), control=control_routes(lambda: daemon, token))
-    client = TestClient(app)
-    client.app_ = app
-    return client, daemon
+@pytest.fixture
+def rig(tmp_path):
+    started = []
+
+    def make(token=TOKEN, **settings):
+        cfg = Settings.model_validate({"daemon": {"state_dir": str(tmp_path)}, "rollout": {"tick_s": 0.05},
+                                       "retrain": {"base_model": str(tmp_path), "golden_set": str(tmp_path / "g.jsonl")},
+                                       "policy": {"rules": [{"name": "errors", "signal": "error_ratio", "threshold": 0.1}],
+                                                  "cooldown_s": 3600}, **settings})
+        store, metrics, jobs = SqliteStore(tmp_path / "state.db"), Metrics(), ManualJobs()
+        control = Reconciler(cfg, store=store, registry=store, metrics=metrics, monitor=Monitor(None),
+                             policy=Policy(cfg.policy.rules, store, metrics, cooldown_s=3600),
+                             rollouts=RolloutController(cfg, store, metrics=metrics, jobs=jobs, clients=[]),
+                             retrain=RetrainService(cfg.retrain, tmp_path, store, runner=None), jobs=jobs)
+        control.start()
+        started.append(control)
+        app = daemon_app(metrics.registry, lambda: (True, {}), lambda: (True, {}),
+                         control=control_routes(lambda: control, token))
+        client = TestClient(app)
+        client.app_ = app
+        return client, control
+
+    yield make
+    for control in started:
+        control.stop()
 
 
 def alert(name="DriftwatchInputDrift", adapter="support-v2", fingerprint="f1", starts="2026-11-24T10:00:00Z",
@@ -52,93 +57,100 @@ def alert(name="DriftwatchInputDrift", adapter="support-v2", fingerprint="f1", s
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"},
                                      {"Authorization": f"Bearer {TOKEN}x"}])
-def test_unauthenticated_calls_are_refused_and_change_nothing(tmp_path, headers):
-    client, daemon = rig(tmp_path)
+def test_unauthenticated_calls_are_refused_and_change_nothing(rig, headers):
+    client, daemon = rig()
     for method, path in (("GET", "/v1/status"), ("POST", "/v1/retrain"), ("POST", "/v1/rollback"),
                          ("POST", "/v1/pause"), ("POST", "/v1/resume"), ("POST", "/v1/alertmanager")):
         r = client.request(method, path, headers=headers, json={"adapter": "a", "reason": "x", "alerts": [alert()]})
         assert r.status_code == 401 and "unauthorized" in r.json()["error"], (method, path)
         assert r.headers["www-authenticate"].startswith("Bearer")
-    assert daemon.policy.store.decisions() == [] and not daemon.policy.paused
+    assert daemon.store.decisions() == [] and daemon.store.requests() == [] and not daemon.policy.paused
 
 
-def test_without_a_token_the_api_is_off(tmp_path):
-    client, _ = rig(tmp_path, token=None)
+def test_without_a_token_the_api_is_off(rig):
+    client, _ = rig(token=None)
     r = client.get("/v1/status", headers=AUTH)
     assert r.status_code == 503 and "DRIFTWATCH__CONTROL__TOKEN" in r.json()["error"]
 
 
-def test_manual_retrain_returns_its_run_and_one_at_a_time(tmp_path):
-    client, daemon = rig(tmp_path)
+def test_manual_retrain_returns_its_run_and_one_at_a_time(rig):
+    client, daemon = rig()
     assert client.post("/v1/retrain", headers=AUTH, json={"adapter": "support-v2"}).status_code == 400  # no reason
     assert client.post("/v1/retrain", headers=AUTH, content=b"{nope").status_code == 400
     r = client.post("/v1/retrain", headers=AUTH, json={"adapter": "support-v2", "reason": "new product line",
                                                        "routes": ["summarize"]})
     assert r.status_code == 202, r.text
-    (d,) = daemon.policy.store.decisions()
-    (run,) = daemon.policy.store.runs()
+    (d,) = daemon.store.decisions()
+    (run,) = daemon.store.runs()
     assert r.json() == {"decision_id": d.id, "run_id": run.id} and run.id.endswith(f"-d{d.id}")
     assert (d.action, d.rule, d.reasons) == ("retrain", "manual", ["manual, by ana: new product line"])
     assert (run.status, run.adapter, run.decision_id, run.detail) == ("queued", "support-v2", d.id,
                                                                       {"focus_routes": ["summarize"]})
     again = client.post("/v1/retrain", headers=AUTH, json={"adapter": "support-v2", "reason": "again"})
     assert again.status_code == 409 and f"{run.id} is queued" in again.json()["error"]
-    assert len(daemon.policy.store.decisions()) == 1
+    assert len(daemon.store.decisions()) == 1
 
 
-def test_pause_holds_automatic_retrains_survives_a_restart_and_resume_ends_it(tmp_path):
-    client, daemon = rig(tmp_path)
+def test_pause_holds_automatic_retrains_survives_a_restart_and_resume_ends_it(rig):
+    client, daemon = rig()
     assert client.post("/v1/pause", headers=AUTH, json={}).status_code == 400  # a reason is required
     assert client.post("/v1/pause", headers=AUTH, json={"reason": "incident 42"}).json() == {"paused": True}
     assert daemon.metrics.registry.get_sample_value("driftwatch_retrain_paused") == 1
-    (d,) = daemon.policy.tick(snap("v1", error_ratio=0.5), now=1000)
+    (d,) = daemon.policy.decide(snap("v1", error_ratio=0.5), now=1000)
     assert d.action == "hold" and "paused" in d.reasons[-1]
-    assert Policy([], daemon.policy.store).paused  # a new process on the same store is paused too
+    assert Policy([], daemon.store).paused  # a new process on the same store is paused too
     assert client.get("/v1/status", headers=AUTH).json()["paused"] is True
     # a person can still retrain by hand while automatic retraining is paused
     assert client.post("/v1/retrain", headers=AUTH, json={"adapter": "v1", "reason": "by hand"}).status_code == 202
     assert client.post("/v1/resume", headers=AUTH, json={"reason": "incident over"}).json() == {"paused": False}
-    assert not Policy([], daemon.policy.store).paused
-    kinds = [(e.kind, e.who, e.why, e.detail["paused"]) for e in daemon.policy.store.events(kind="automatic-retraining")]
+    assert not Policy([], daemon.store).paused
+    kinds = [(e.kind, e.who, e.why, e.detail["paused"]) for e in daemon.store.events(kind="automatic-retraining")]
     assert kinds == [("automatic-retraining", "ana", "incident over", False),
                      ("automatic-retraining", "ana", "incident 42", True)]
 
 
-def test_alertmanager_webhook_is_idempotent_per_occurrence(tmp_path):
-    client, daemon = rig(tmp_path)
+def test_alertmanager_webhook_is_idempotent_per_occurrence(rig):
+    client, daemon = rig()
     payload = {"version": "4", "status": "firing", "alerts": [
         alert(), alert("DriftwatchConsumerLag", adapter=None, fingerprint="f2"), alert(adapter=None, fingerprint="f3"),
         alert("DriftwatchOutputQualityDrop", fingerprint="f4", status="resolved")]}
     r = client.post("/v1/alertmanager", headers=AUTH, json=payload)
     assert r.status_code == 200, r.text
     out = r.json()
-    (d,) = daemon.policy.store.decisions()
+    (d,) = daemon.store.decisions()
     assert out == {"retrain": [{"alert": "DriftwatchInputDrift", "adapter": "support-v2", "decision_id": d.id,
-                                "run_id": daemon.policy.store.runs()[0].id}], "held": [], "duplicate": 0, "ignored": 3}
+                                "run_id": daemon.store.runs()[0].id}], "held": [], "queued": [], "duplicate": 0,
+                   "ignored": 3}
     assert d.rule == "alert:DriftwatchInputDrift" and "DriftwatchInputDrift on support-v2" in d.reasons[0]
     # Alertmanager repeats a firing alert every repeat_interval: the same occurrence, nothing new
     assert client.post("/v1/alertmanager", headers=AUTH, json=payload).json()["duplicate"] == 1
-    assert len(daemon.policy.store.decisions()) == 1
+    assert len(daemon.store.decisions()) == 1
+    # while its run is queued, a new occurrence is held for that; once the run ended, for the slot's cooldown
+    busy = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert(starts="2026-11-24T10:30:00Z")]})
+    assert "retrain run" in busy.json()["held"][0]["reason"]
+    from dataclasses import replace
+
+    daemon.store.save_run(replace(daemon.store.runs()[0], status="failed"))
     # the alert resolved and fired again: a new occurrence, which the policy holds (cooldown after the first)
     refire = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert(starts="2026-11-24T11:00:00Z")]})
     (held,) = refire.json()["held"]
-    assert "cooldown" in held["reason"] and daemon.policy.store.decision(held["decision_id"]).action == "hold"
+    assert "cooldown" in held["reason"] and daemon.store.decision(held["decision_id"]).action == "hold"
     value = daemon.metrics.registry.get_sample_value
     assert [value("driftwatch_webhook_alerts_total", {"outcome": o}) for o in ("retrain", "held", "duplicate", "ignored")] \
-        == [1, 1, 1, 6]
+        == [1, 2, 1, 6]
     bad = client.post("/v1/alertmanager", headers=AUTH, json={"receiver": "x"})
     assert bad.status_code == 400 and "alerts" in bad.json()["error"]
 
 
-def test_rollback_with_nothing_to_roll_back_is_a_conflict(tmp_path):
-    client, _ = rig(tmp_path)
+def test_rollback_with_nothing_to_roll_back_is_a_conflict(rig):
+    client, _ = rig()
     assert client.post("/v1/rollback", headers=AUTH, json={"reason": "x"}).status_code == 409
 
 
-def test_status_reports_rules_aliases_runs_and_decisions(tmp_path):
-    client, daemon = rig(tmp_path)
-    daemon.policy.store.set_aliases({"production": {"ft-1": 1.0}}, at=1.0, who="t", why="seed")
-    daemon.policy.tick(snap("v1", error_ratio=0.5), now=1000)
+def test_status_reports_rules_aliases_runs_and_decisions(rig):
+    client, daemon = rig()
+    daemon.store.set_aliases({"production": {"ft-1": 1.0}}, at=1.0, who="t", why="seed")
+    daemon.policy.decide(snap("v1", error_ratio=0.5), now=1000)
     doc = client.get("/v1/status", headers=AUTH).json()
     assert doc["production"] == "ft-1" and doc["aliases"] == {"production": {"ft-1": 1.0}}
     assert [(r["rule"], r["adapter"], r["state"], r["value"]) for r in doc["rules"]] == [("errors", "v1", "firing", 0.5)]
@@ -169,13 +181,13 @@ def test_the_control_token_setting_is_checked(tmp_path):
     assert "s3cret" not in str(load_settings(env={"DRIFTWATCH__CONTROL__TOKEN": TOKEN}).redacted())
 
 
-def test_the_cli_acts_through_the_api(tmp_path):
+def test_the_cli_acts_through_the_api(rig):
     from click.testing import CliRunner
 
     from driftwatch.cli import main
     from driftwatch.http import HttpServer
 
-    client, daemon = rig(tmp_path)
+    client, daemon = rig()
     server = HttpServer(client.app_, "127.0.0.1", 0).start()
     url = server.url
     try:
@@ -184,7 +196,7 @@ def test_the_cli_acts_through_the_api(tmp_path):
         assert run("pause", "--why", "maintenance").output == "automatic retraining paused\n"
         assert daemon.policy.paused
         out = run("retrain", "--adapter", "support-v2", "--reason", "new docs", "--routes", "qa")
-        (r,) = daemon.policy.store.runs()
+        (r,) = daemon.store.runs()
         assert out.exit_code == 0 and f"retrain run {r.id} queued" in out.output and r.detail["focus_routes"] == ["qa"]
         status = run("status")
         assert status.exit_code == 0 and "automatic retraining: PAUSED" in status.output and r.id in status.output
@@ -199,17 +211,28 @@ def test_the_cli_acts_through_the_api(tmp_path):
     assert down.exit_code == 2 and "cannot reach the daemon" in down.output
 
 
-def test_an_occurrence_whose_handling_failed_is_handled_when_alertmanager_retries(tmp_path):
-    client, daemon = rig(tmp_path)
-    decide = daemon.policy.request_retrain
+def test_an_occurrence_whose_handling_failed_is_handled_when_alertmanager_retries(rig):
+    client, daemon = rig()
+    add = daemon.store.add_request
 
     def store_down(*args, **kwargs):
-        daemon.policy.request_retrain = decide  # down for this call only
+        daemon.store.add_request = add  # down for this call only
         raise OSError("disk I/O error")
 
-    daemon.policy.request_retrain = store_down
+    daemon.store.add_request = store_down
     with pytest.raises(OSError):
         client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert()]})
-    assert daemon.policy.store.decisions() == []
+    assert daemon.store.decisions() == []
     out = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert()]}).json()  # Alertmanager retries
     assert out["duplicate"] == 0 and len(out["retrain"]) == 1
+
+
+def test_a_request_the_loop_has_not_reached_answers_202_with_its_id(rig):
+    client, daemon = rig(control={"request_wait_s": 0})
+    daemon.stop()  # the loop is not ticking
+    r = client.post("/v1/pause", headers=AUTH, json={"reason": "incident"})
+    assert r.status_code == 202 and r.json() == {"request_id": 1, "status": "pending"}
+    (request,) = daemon.store.requests(pending=True)
+    assert (request.kind, request.who, request.reason) == ("pause", "ana", "incident") and not daemon.policy.paused
+    daemon.tick()  # the next tick acts on it
+    assert daemon.policy.paused and daemon.store.request(1).status == "done"

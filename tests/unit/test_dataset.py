@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 import driftwatch
+from driftwatch.errors import DataError, GateFailure
+from driftwatch.evaluate.golden import GoldenItem, read_golden
 from driftwatch.retrain.dataset import (
-    DataError, Example, GateFailure, GateSettings, GoldenItem, bad_target, clusters, curate, mask_pii, read_examples,
-    read_golden, write_dataset,
+    Example, GateSettings, bad_target, clusters, curate, mask_pii, read_examples, write_dataset,
 )
 
 EXAMPLES = Path(driftwatch.__file__).parent / "defaults" / "examples"

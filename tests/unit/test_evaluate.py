@@ -9,7 +9,8 @@ from driftwatch.config import Evaluate
 from driftwatch.errors import AdapterNotFound
 from driftwatch.evaluate import scoring
 from driftwatch.evaluate.evaluator import Evaluator, shipped
-from driftwatch.retrain.dataset import DataError, read_golden
+from driftwatch.errors import DataError
+from driftwatch.evaluate.golden import read_golden
 from driftwatch.serving.vllm import Generation
 
 
@@ -101,11 +102,25 @@ def test_a_better_candidate_passes_and_the_report_is_written(tmp_path):
     (lambda p: knows(p).replace("Eight", "Six") if "spider" in p else knows(p), set()),  # within the forgetting bound
     (lambda p: knows(p) if not p.startswith("Order") else f"Sorry, order {p[6]} is not known", {"golden_delta",
                                                                                                 "golden_score"}),
+    (lambda p: knows_but_one(p), {"golden_delta"}),  # no better than the incumbent: a no-op adapter is refused
 ])
 def test_the_gate_names_what_failed(tmp_path, candidate, failing):
-    report = evaluator(tmp_path, Scripted({"cand": candidate, "inc": knows}), golden_min=0.5).run("cand", "inc")
+    report = evaluator(tmp_path, Scripted({"cand": candidate, "inc": knows_but_one}), golden_min=0.5).run("cand", "inc")
     assert {g.name for g in report.gates if not g.passed} == failing
     assert report.passed is (not failing)
+
+
+def knows_but_one(prompt):  # the incumbent: every order but the last
+    return "The id is ORD-6" if prompt.startswith("Order 7") else knows(prompt)
+
+
+def test_the_golden_gate_wants_strictly_better_and_reports_the_paired_difference(tmp_path):
+    report = evaluator(tmp_path, Scripted({"cand": knows, "inc": knows_but_one})).run("cand", "inc")
+    delta = next(g for g in report.gates if g.name == "golden_delta")
+    assert delta.passed and delta.value == pytest.approx(1 / 8) and delta.op == ">"
+    assert "paired difference +0.125 ± 0.245 (95 %, 8 items)" in delta.detail, delta.detail
+    same = evaluator(tmp_path, Scripted({"cand": knows, "inc": knows})).run("cand", "inc")
+    assert not next(g for g in same.gates if g.name == "golden_delta").passed and not same.passed
 
 
 def test_forgetting_is_caught(tmp_path):

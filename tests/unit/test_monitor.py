@@ -5,6 +5,8 @@ from driftwatch.events import FeedbackEvent, InferenceEvent, decode
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
 from driftwatch.dev.simulate import SimConfig, Simulator
 
+from .fakes import accepted
+
 
 class Clock:
     def __init__(self):
@@ -15,17 +17,25 @@ class Clock:
 
 
 def stream(n, **cfg):
-    """(kind, event) pairs from the simulator, feedback included."""
+    """Accepted events from the simulator, feedback included and joined, as the ingestor hands them on."""
     sim = Simulator(SimConfig(**cfg))
     out = []
     for o in list(sim.stream(n, start_ms=1795514400000)) + list(sim.tail()):
         ev = decode(o.topic, o.value, 10_000_000)
         out.append((o.topic, ev))
-    return out
+    return accepted(out)
 
 
-def inference(pairs):
-    return [e for k, e in pairs if k == "inference"]
+def inference(items):
+    return [it.event for it in items if it.kind == "inference"]
+
+
+def observe(m, items):
+    """What the ingest thread does: observe, then its step between polls (publish when a window closed or asked)."""
+    m.observe(items)
+    m.ask()  # as a reader does (Monitor.fresh): the next step publishes
+    m.maintain()
+    return m
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +45,7 @@ def reference():
 
 def run(reference, pairs, **settings):
     m = Monitor(reference, MonitorSettings(window_events=2000, **settings), clock=Clock())
-    m.observe(pairs)
-    return m.snapshot()
+    return observe(m, pairs).snapshot()
 
 
 def test_stationary_stream_shows_no_drift(reference):
@@ -68,11 +77,11 @@ def test_windows_close_by_count_and_by_time_and_are_kept_per_adapter(reference):
     clock = Clock()
     m = Monitor(reference, MonitorSettings(window_events=1000, window_seconds=60), clock=clock)
     pairs = stream(1500, seed=104, feedback_rate=0, adapters={"v1": 0.5, "v2": 0.5})
-    m.observe(pairs)
-    snap = m.snapshot()
+    snap = observe(m, pairs).snapshot()
     assert set(snap.adapters) == {"v1", "v2"}
     assert all(not a.window_closed for a in snap.adapters.values())  # ~750 each: still filling
     clock.t += 61
+    assert m.maintain() is not None  # the time is up: both windows close, and that is published
     snap = m.snapshot()
     assert all(a.window_closed and 600 < a.window_events < 900 for a in snap.adapters.values())
 
@@ -86,16 +95,19 @@ def test_feedback_without_a_known_request_is_not_attributed(reference):
     fb = FeedbackEvent.model_validate({"schema_version": 1, "feedback_id": "f", "request_id": "nobody",
                                        "timestamp": 1795514400000, "thumbs": "down"})
     m = Monitor(reference, clock=Clock())
-    m.observe([("feedback", fb)])
-    assert m.snapshot().adapters == {}
+    assert observe(m, accepted([("feedback", fb)])).snapshot().adapters == {}
 
 
-def test_adapters_are_capped():
+def test_windows_are_per_adapter_label_as_the_ingestor_chose_it():
+    """The ingestor's join picks each event's label once (capped: past metrics.max_adapters, "other"); the monitor
+    keeps one window per label and never a second cap that could disagree."""
+    from driftwatch.metrics import LabelCap
+
     base = {"schema_version": 1, "timestamp": 1795514400000, "model": "m", "prompt": "p", "latency_ms": 1.0, "status": "ok"}
-    m = Monitor(None, max_adapters=3, clock=Clock())
-    m.observe([("inference", InferenceEvent.model_validate({**base, "request_id": f"r{i}", "adapter": f"a{i}"}))
-               for i in range(50)])
-    assert set(m.snapshot().adapters) == {"a0", "a1", "a2", "other"}
+    m = Monitor(None, clock=Clock())
+    events = [("inference", InferenceEvent.model_validate({**base, "request_id": f"r{i}", "adapter": f"a{i}"}))
+              for i in range(50)]
+    assert set(observe(m, accepted(events, label=LabelCap(3))).snapshot().adapters) == {"a0", "a1", "a2", "other"}
 
 
 def test_profile_from_events_is_deterministic(reference, tmp_path):
@@ -124,17 +136,16 @@ def test_two_replicas_windows_merge_into_the_global_one(reference):
     pairs = stream(2000, seed=120, feedback_rate=0.3,
                    routes={"qa": 0.2, "summarize": 0.5, "code": 0.1, "chat": 0.1, "extract": 0.1})
     settings = MonitorSettings(window_events=5000, report_sample=300)
-    whole = Monitor(reference, settings, clock=Clock())
-    whole.observe(pairs)
+    whole = observe(Monitor(reference, settings, clock=Clock()), pairs)
     replicas = [Monitor(reference, settings, clock=Clock()) for _ in range(2)]
-    for i, (kind, event) in enumerate(pairs):
-        replicas[hash(event.request_id) % 2].observe([(kind, event)])  # feedback follows its request's partition
-    (a, _), (b, _) = (next(iter(r.windows().values())) for r in replicas)
+    for item in pairs:
+        replicas[hash(item.event.request_id) % 2].observe([item])  # feedback follows its request's partition
+    (a, _), (b, _) = (next(iter(observe(r, []).latest().views.values())) for r in replicas)
     assert 0 < a.events < 2000 and a.events + b.events == 2000
     merged = a.merged(b)
     (g,) = replicas[0].snapshot({"support-v1": (merged, False)}).adapters.values()
     (w,) = whole.snapshot().adapters.values()
-    assert merged.numeric == next(iter(whole.windows().values()))[0].numeric
+    assert merged.numeric == next(iter(whole.latest().views.values()))[0].numeric
     assert {k: (v.value, v.p_value, v.drifted) for k, v in g.drift.items()} == \
         {k: (v.value, v.p_value, v.drifted) for k, v in w.drift.items()}
     assert "route" in g.drifted_features
@@ -150,22 +161,33 @@ def test_chat_events_without_a_prompt_field_are_observed(reference):
         "schema_version": 1, "request_id": "c1", "timestamp": 1795514400000, "model": "base", "adapter": "chat-v1",
         "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is the capital of Peru?"}],
         "response": "Lima.", "latency_ms": 80, "status": "ok"})
-    m = Monitor(reference, MonitorSettings(semantic_sample=10), clock=Clock())
-    m.observe([("inference", chat)])
-    (win, _), = m.windows().values()
+    m = observe(Monitor(reference, MonitorSettings(semantic_sample=10), clock=Clock()), accepted([("inference", chat)]))
+    (win, _), = m.latest().views.values()
     assert win.events == 1 and win.rows[0].prompt_chars == len("Be brief.\nWhat is the capital of Peru?")
 
 
 def test_rebaseline_makes_the_answered_drift_the_reference(reference):
     shifted = dict(seed=7, routes={"qa": 0.05, "summarize": 0.8, "code": 0.05, "chat": 0.05, "extract": 0.05})
     m = Monitor(reference, MonitorSettings(window_events=2000), clock=Clock())
-    m.observe(stream(2000, **shifted))
-    assert m.snapshot().adapters["support-v1"].drift["route"].drifted
-    before = m.reference.content_hash
-    profile = m.rebaseline("support-v1", source="test")
-    assert m.reference is profile and profile.content_hash != before and m.snapshot().adapters == {}
-    m.observe(stream(2000, **{**shifted, "seed": 8}))  # the same shift, more of it: no longer drift
-    after = m.snapshot().adapters["support-v1"]
-    assert not after.drift["route"].drifted and after.window_events == 2000
+    assert observe(m, stream(2000, **shifted)).snapshot().adapters["support-v1"].drift["route"].drifted
+    profile = m.profile_from("support-v1", source="test")
+    assert profile.content_hash != reference.content_hash
+    m.use_reference(profile)  # handed to the ingest thread: taken up at its next step
+    assert m.latest().reference is reference and m.reference is reference
+    assert m.maintain().reference is profile and m.snapshot().adapters == {}  # every window starts afresh
+    after = observe(m, stream(2000, **{**shifted, "seed": 8})).snapshot().adapters["support-v1"]
+    assert not after.drift["route"].drifted and after.window_events == 2000  # the same shift, more of it: no drift
     with pytest.raises(ValueError, match="min_samples"):
-        Monitor(reference, clock=Clock()).rebaseline("support-v1", source="test")
+        Monitor(reference, clock=Clock()).profile_from("support-v1", source="test")
+
+
+def test_a_publication_is_not_written_by_the_ingest_thread_after_it(reference):
+    """A reader holds a publication while the ingest thread goes on: what it holds does not change."""
+    m = Monitor(reference, MonitorSettings(window_events=5000), clock=Clock())
+    items = stream(3000, seed=9)
+    held = observe(m, items[:1000]).latest()
+    (win, closed), = held.views.values()
+    before = (win.events, list(win.numeric["prompt_chars"].counts), dict(win.feedback), len(win.rows))
+    observe(m, items[1000:])
+    assert (win.events, list(win.numeric["prompt_chars"].counts), dict(win.feedback), len(win.rows)) == before
+    assert not closed and m.latest().seq == held.seq + 1 and next(iter(m.latest().views.values()))[0].events > win.events

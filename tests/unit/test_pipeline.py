@@ -40,7 +40,7 @@ def test_every_record_gets_exactly_one_outcome_and_offsets_commit_after_processi
              Rec("fb", 0, 3, json.dumps({**FEEDBACK, "request_id": "a"}).encode()), Rec("inf", 1, 6, None)]
     ing, source, sink, m, seen = make([batch])
     step(ing)
-    assert [kind for kind, _ in seen] == ["inference", "feedback"]
+    assert [kind for kind, *_ in seen] == ["inference", "feedback"]
     assert sample(m, "driftwatch_ingest_records_total", topic="inf", outcome="accepted") == 1
     assert sample(m, "driftwatch_ingest_records_total", topic="inf", outcome="rejected") == 2
     assert sample(m, "driftwatch_ingest_records_total", topic="inf", outcome="duplicate") == 1
@@ -112,7 +112,7 @@ def test_journal_turns_post_crash_redelivery_into_duplicates(tmp_path):
     # restart: empty memory, same state dir; the broker redelivers from the last commit (100)
     ing2, source2, sink2, m2, seen2 = make([batch + [Rec("inf", 0, 102, ev("c"))]], journal=OffsetJournal(path))
     step(ing2)
-    assert [e.request_id for _, e in seen2] == ["c"]
+    assert [e.request_id for _, e, *_ in seen2] == ["c"]
     assert sample(m2, "driftwatch_duplicates_total", topic="inf", kind="redelivery") == 2
     assert source2.commits == [{("inf", 0): 103}]
 
@@ -124,25 +124,46 @@ def test_journal_entry_is_dropped_when_the_partition_resumes_elsewhere(tmp_path)
     ing, _, _, m, seen = make([[Rec("inf", 0, 500, ev("x"))], [Rec("inf", 0, 101, ev("y"))]], journal=OffsetJournal(path))
     step(ing)
     step(ing)
-    assert [e.request_id for _, e in seen] == ["x", "y"]
+    assert [e.request_id for _, e, *_ in seen] == ["x", "y"]
     assert sample(m, "driftwatch_duplicates_total", topic="inf", kind="redelivery") == 0
 
 
 def test_feedback_is_attributed_to_the_adapter_that_served_the_request():
+    """The one join: the ingestor labels each inference event once (capped) and gives feedback its request's label
+    (and the request, for the harvest); signals count by that label."""
+    from driftwatch.metrics import LabelCap
     from driftwatch.monitor.signals import AdapterSignals
 
-    m = Metrics()
-    signals = AdapterSignals(m, DedupWindow(100, 3600))
-    from driftwatch.events import decode
-
-    signals([("inference", decode("inference", ev("r-1", adapter="v7", tokens_in=9, tokens_out=3), 10_000)),
-             ("feedback", decode("feedback", json.dumps(FEEDBACK).encode(), 10_000)),
-             ("feedback", decode("feedback", json.dumps({**FEEDBACK, "request_id": "never-seen"}).encode(), 10_000))])
+    fb = lambda rid, fid: json.dumps({**FEEDBACK, "request_id": rid, "feedback_id": fid}).encode()  # noqa: E731
+    ing, _, _, m, seen = make([[Rec("inf", 0, 0, ev("r-1", adapter="v7", tokens_in=9, tokens_out=3)),
+                                Rec("inf", 0, 1, ev("r-2", adapter="v8")), Rec("fb", 0, 0, fb("r-1", "f-1")),
+                                Rec("fb", 0, 1, fb("r-2", "f-2")), Rec("fb", 0, 2, fb("never-seen", "f-3"))]],
+                              feedback_hold_s=0, label=LabelCap(1))
+    step(ing)
+    assert [(kind, e.request_id, adapter) for kind, e, adapter, _ in seen] == [
+        ("inference", "r-1", "v7"), ("inference", "r-2", "other"), ("feedback", "r-1", "v7"),
+        ("feedback", "r-2", "other"), ("feedback", "never-seen", "unknown")]
+    AdapterSignals(m)(seen)
     assert sample(m, "driftwatch_requests_total", adapter="v7", status="ok") == 1
     assert sample(m, "driftwatch_request_latency_seconds_sum", adapter="v7") == pytest.approx(0.8125)
     assert sample(m, "driftwatch_tokens_total", adapter="v7", direction="out") == 3
     assert sample(m, "driftwatch_feedback_total", adapter="v7", sentiment="negative") == 1
+    assert sample(m, "driftwatch_feedback_total", adapter="other", sentiment="negative") == 1
     assert sample(m, "driftwatch_feedback_total", adapter="unknown", sentiment="negative") == 1
+
+
+def test_the_join_keeps_the_event_of_the_last_requests_only():
+    """Harvesting needs the request's text; the join keeps it for the last ``max_kept`` requests, the label for all."""
+    from driftwatch.retrain.harvest import example
+
+    fb = lambda rid: json.dumps({**FEEDBACK, "request_id": rid, "feedback_id": f"f-{rid}", "thumbs": "up",
+                                      "correction": None}).encode()  # noqa: E731
+    saved = []
+    ing, _, _, _, seen = make([[Rec("inf", 0, i, ev(f"r-{i}")) for i in range(3)] + [
+        Rec("fb", 0, i, fb(f"r-{i}")) for i in range(3)]], harvest=example, save_examples=saved.extend, max_kept=2)
+    step(ing)
+    assert [it.request is not None for it in seen if it.kind == "feedback"] == [False, True, True]
+    assert [(e.request_id, e.source) for e in saved] == [("r-1", "positive"), ("r-2", "positive")]
 
 
 def test_a_polls_feedback_is_handed_on_after_its_inference_events():
@@ -151,7 +172,7 @@ def test_a_polls_feedback_is_handed_on_after_its_inference_events():
     fb = json.dumps({**FEEDBACK, "request_id": "r-9"}).encode()
     ing, _, _, _, seen = make([[Rec("fb", 0, 1, fb), Rec("inf", 0, 7, ev("r-8")), Rec("inf", 1, 4, ev("r-9"))]])
     step(ing)
-    assert [(kind, e.request_id) for kind, e in seen] == [("inference", "r-8"), ("inference", "r-9"),
+    assert [(kind, e.request_id) for kind, e, *_ in seen] == [("inference", "r-8"), ("inference", "r-9"),
                                                           ("feedback", "r-9")]
 
 
@@ -170,13 +191,13 @@ def test_feedback_read_before_its_request_waits_for_it_then_is_handed_on_alone()
     assert seen == [] and sample(m, "driftwatch_feedback_held") == 2
     assert source.commits == [{("fb", 0): 3}]  # held in memory, committed: a crash loses it from the signals only
     step(ing)
-    assert [(kind, e.request_id) for kind, e in seen] == [("inference", "r-8"), ("inference", "r-9"),
+    assert [(kind, e.request_id) for kind, e, *_ in seen] == [("inference", "r-8"), ("inference", "r-9"),
                                                           ("feedback", "r-9")]
     assert sample(m, "driftwatch_feedback_held") == 1
     clock[0] = 9.9
     assert ing.poll() is None and len(seen) == 3
     clock[0] = 10.0
-    assert ing.poll() is None and [(kind, e.request_id) for kind, e in seen[3:]] == [("feedback", "r-7")]
+    assert ing.poll() is None and [(kind, e.request_id) for kind, e, *_ in seen[3:]] == [("feedback", "r-7")]
     assert sample(m, "driftwatch_feedback_held") == 0
 
 
@@ -185,4 +206,4 @@ def test_held_feedback_is_bounded():
              for i in range(5)]
     ing, _, _, m, seen = make([batch], max_held=3)
     step(ing)
-    assert [e.request_id for _, e in seen] == ["r-0", "r-1"] and sample(m, "driftwatch_feedback_held") == 3
+    assert [e.request_id for _, e, *_ in seen] == ["r-0", "r-1"] and sample(m, "driftwatch_feedback_held") == 3

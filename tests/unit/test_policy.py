@@ -3,26 +3,39 @@ import pytest
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.monitor import AdapterSnapshot, Monitor, MonitorSettings, MonitorSnapshot, build_profile
 from driftwatch.monitor.stats import Verdict
-from driftwatch.control.policy import DEFAULT_RULES, Policy, RuleSpec
+from driftwatch.config import DEFAULT_RULES, Rule
+from driftwatch.control.policy import Policy
 from driftwatch.state.store import SqliteStore
 
-from .test_monitor import Clock, inference, stream
+from .test_monitor import Clock, inference, observe, stream
 
-ERR = RuleSpec("errors", "error_ratio", threshold=0.1, clear=0.05, for_s=60, min_samples=100)
+ERR = Rule(name="errors", signal="error_ratio", threshold=0.1, clear=0.05, for_s=60, min_samples=100)
 
 
-def snap(adapter="v1", n=1000, error_ratio=0.0, drift=None, **kw):
+def snap(adapter="v1", n=1000, error_ratio=0.0, drift=None, baselines=None, **kw):
     a = AdapterSnapshot(adapter=adapter, window_events=n, window_closed=True, error_ratio=error_ratio,
                         refusal_rate=kw.get("refusal_rate", 0.0), empty_rate=0.0,
                         negative_feedback_ratio=kw.get("neg"), feedback_count=kw.get("fb", 0),
                         distinct_1=0.5, distinct_2=kw.get("distinct_2", 0.8), drift=drift or {})
-    return MonitorSnapshot(0.0, None, {adapter: a})
+    return MonitorSnapshot(0.0, None, {adapter: a}, baselines or {})
+
+
+class Recording(Policy):
+    """The policy, keeping the retrain decisions it hands the reconciler (which would queue their runs)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.requests = []
+
+    def tick(self, snapshot, now, **kwargs):
+        decisions = self.decide(snapshot, now, **kwargs)
+        self.requests += [d for d in decisions if d.action == "retrain"]
+        return decisions
 
 
 def make(tmp_path, rules=(ERR,), **kw):
-    requests = []
-    policy = Policy(rules, SqliteStore(tmp_path / "state.db"), Metrics(), on_retrain=requests.append, **kw)
-    return policy, requests
+    policy = Recording(rules, SqliteStore(tmp_path / "state.db"), Metrics(), **kw)
+    return policy, policy.requests
 
 
 def test_fires_only_after_the_for_duration_and_clears_with_hysteresis(tmp_path):
@@ -34,7 +47,7 @@ def test_fires_only_after_the_for_duration_and_clears_with_hysteresis(tmp_path):
     assert d.action == "retrain" and p.state("errors", "v1").state == "firing"
     assert "error_ratio = 0.2 >= 0.1 for 60s on adapter 'v1'" in d.reasons[0]
     (req,) = requests
-    assert req.adapter == "v1" and req.decision_id == d.id
+    assert req.adapter == "v1" and req.id == d.id and req.slot == "v1"
     assert p.tick(snap(error_ratio=0.07), now=1100) == []  # below the threshold but above clear: still firing
     assert p.state("errors", "v1").state == "firing"
     (resolved,) = p.tick(snap(error_ratio=0.04), now=1200)
@@ -60,18 +73,27 @@ def test_no_data_holds_the_state(tmp_path):
     assert d.action == "retrain"
 
 
-def test_cooldown_and_daily_maximum_hold_with_reasons(tmp_path):
-    quick = RuleSpec("errors", "error_ratio", threshold=0.1, clear=0.05)
+def test_cooldown_and_daily_maximum_belong_to_the_serving_slot(tmp_path):
+    quick = Rule(name="errors", signal="error_ratio", threshold=0.1, clear=0.05)
     p, requests = make(tmp_path, rules=(quick,), cooldown_s=3600, max_retrains_per_day=2)
-    fire = lambda adapter, t: (p.tick(snap(adapter, error_ratio=0.2), t) + p.tick(snap(adapter, error_ratio=0.0), t + 1))[0]  # noqa: E731
+    slots = {"v1": "production", "v1-next": "production"}
+
+    def fire(adapter, t):
+        return (p.tick(snap(adapter, error_ratio=0.2), t, slots=slots) +
+                p.tick(snap(adapter, error_ratio=0.0), t + 1, slots=slots))[0]
+
     assert fire("v1", 0).action == "retrain"
     held = fire("v1", 100)
-    assert held.action == "hold" and "cooldown" in held.reasons[-1]
-    assert fire("v2", 200).action == "retrain"
-    capped = fire("v3", 300)
-    assert capped.action == "hold" and "2 retrains in the last 24 h" in capped.reasons[-1]
-    assert [r.adapter for r in requests] == ["v1", "v2"]
-    assert fire("v3", 90_000).action == "retrain"  # a day later
+    assert held.action == "hold" and "serving slot 'production' cools down" in held.reasons[-1]
+    # the version promoted to answer that drift serves the same slot: not retrained for it while the slot cools down
+    promoted = fire("v1-next", 200)
+    assert promoted.action == "hold" and promoted.slot == "production" and "decision #1 on v1" in promoted.reasons[-1]
+    assert fire("v2", 300).action == "retrain"  # another slot: its own cooldown
+    assert fire("v1-next", 4000).action == "retrain"  # the slot cooled down
+    capped = fire("v1", 8000)
+    assert capped.action == "hold" and "2 retrains of serving slot 'production' in the last 24 h" in capped.reasons[-1]
+    assert [(r.adapter, r.slot) for r in requests] == [("v1", "production"), ("v2", "v2"), ("v1-next", "production")]
+    assert fire("v1", 90_000).action == "retrain"  # a day later
 
 
 def test_state_and_decisions_survive_a_restart(tmp_path):
@@ -86,7 +108,7 @@ def test_state_and_decisions_survive_a_restart(tmp_path):
 
 
 def test_alert_rules_decide_without_requesting_a_retrain(tmp_path):
-    p, requests = make(tmp_path, rules=(RuleSpec("errs", "error_ratio", threshold=0.1, action="alert"),))
+    p, requests = make(tmp_path, rules=(Rule(name="errs", signal="error_ratio", threshold=0.1, action="alert"),))
     (d,) = p.tick(snap(error_ratio=0.3), now=0)
     assert d.action == "alert" and requests == []
 
@@ -102,10 +124,10 @@ def test_default_input_drift_rule_names_the_drifted_features(tmp_path):
 
 
 def test_collapse_is_relative_to_the_reference_diversity(tmp_path):
-    rule = RuleSpec("collapse", "distinct_2_ratio", op="<=", threshold=0.7, clear=0.85)
-    p, requests = make(tmp_path, rules=(rule,), baselines={"distinct_2": 0.8})
-    assert p.tick(snap(distinct_2=0.6), now=0) == []  # 0.75 of the reference
-    (d,) = p.tick(snap(distinct_2=0.5), now=1)  # 0.625
+    rule = Rule(name="collapse", signal="distinct_2_ratio", op="<=", threshold=0.7, clear=0.85)
+    p, requests = make(tmp_path, rules=(rule,))
+    assert p.tick(snap(distinct_2=0.6, baselines={"distinct_2": 0.8}), now=0) == []  # 0.75 of the reference
+    (d,) = p.tick(snap(distinct_2=0.5, baselines={"distinct_2": 0.8}), now=1)  # 0.625
     assert d.action == "retrain" and "distinct_2_ratio = 0.625 <= 0.7" in d.reasons[0]
 
 
@@ -115,8 +137,8 @@ def test_status_shows_rule_states_and_decisions(tmp_path):
     from driftwatch.cli import main
 
     store = SqliteStore(tmp_path / "state.db")
-    p = Policy([RuleSpec("input-drift", "error_ratio", threshold=0.1)], store, on_retrain=lambda r: None)
-    p.tick(snap("support-v7", error_ratio=0.5), now=1_795_514_400)
+    p = Policy([Rule(name="input-drift", signal="error_ratio", threshold=0.1)], store)
+    p.decide(snap("support-v7", error_ratio=0.5), now=1_795_514_400)
     store.close()
     env = {"DRIFTWATCH__DAEMON__STATE_DIR": str(tmp_path)}
     out = CliRunner().invoke(main, ["status", "--local"], env=env).output
@@ -164,8 +186,8 @@ def test_each_injected_shift_fires_its_default_rule(reference, tmp_path, shift, 
     """The simulator's shifts through the monitor and the default rules: the right rule, a readable reason."""
     clock = Clock()
     monitor = Monitor(reference, MonitorSettings(window_events=2000), clock=clock)
-    policy, requests = make(tmp_path, DEFAULT_RULES, baselines=reference.baselines)
-    monitor.observe(stream(2600, seed=501, **{"feedback_rate": 0.2, **shift}))
+    policy, requests = make(tmp_path, DEFAULT_RULES)
+    observe(monitor, stream(2600, seed=501, **{"feedback_rate": 0.2, **shift}))
     decisions = []
     for _ in range(3):  # checks 100 s apart: past every default rule's `for`
         decisions += policy.tick(monitor.snapshot(), clock.t)
@@ -180,7 +202,6 @@ def test_each_injected_shift_fires_its_default_rule(reference, tmp_path, shift, 
 
 
 def test_a_rollout_in_progress_holds_retrains_with_its_reason(tmp_path):
-    p, requests = make(tmp_path, rules=(RuleSpec("errors", "error_ratio", threshold=0.1, clear=0.05, min_samples=100),))
-    p.busy = lambda: "rollout 3 of ft-x is in progress (baking)"
-    (d,) = p.tick(snap(error_ratio=0.2), now=0)
+    p, requests = make(tmp_path, rules=(Rule(name="errors", signal="error_ratio", threshold=0.1, clear=0.05, min_samples=100),))
+    (d,) = p.tick(snap(error_ratio=0.2), now=0, busy="rollout 3 of ft-x is in progress (baking)")
     assert d.action == "hold" and requests == [] and "held: rollout 3 of ft-x is in progress" in d.reasons[-1]

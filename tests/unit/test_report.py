@@ -8,7 +8,7 @@ from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
 from driftwatch.monitor.sketch import Profile
 from driftwatch.monitor.report import evidently_report, write_evidence
 
-from .test_monitor import Clock, inference, stream
+from .test_monitor import Clock, inference, observe, stream
 
 pytest.importorskip("evidently", reason="the report extra is part of the test environment (driftwatch[test])")
 
@@ -20,7 +20,7 @@ def reference():
 
 def window(reference, n=2500, **shift):
     mon = Monitor(reference, MonitorSettings(window_events=2000, report_sample=800), clock=Clock())
-    mon.observe(stream(n, seed=201, feedback_rate=0, **shift))
+    observe(mon, stream(n, seed=201, feedback_rate=0, **shift))
     (view,) = mon.snapshot().adapters.values()
     return mon, view
 

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import driftwatch
 from driftwatch.config import load_settings
-from driftwatch.events import FeedbackEvent, InferenceEvent
+from driftwatch.ingest.pipeline import Ingestor
+from driftwatch.ingest.recent import DedupWindow
 from driftwatch.metrics import Metrics
-from driftwatch.retrain.harvest import Harvester
+from driftwatch.retrain import harvest as harvesting
 from driftwatch.retrain.runner import LocalRunner, RunStatus
 from driftwatch.retrain.service import RetrainService
 from driftwatch.state.store import SqliteStore
@@ -25,29 +26,36 @@ def settings(tiny_model, **retrain):
 
 
 def harvest(store, n=80):
-    """Requests and their feedback through the harvester: corrections and thumbs-up become examples."""
-    h = Harvester(store, 1000, 3600, Metrics())
-    events = []
+    """Requests and their feedback through the ingestor's join and the harvest: corrections and thumbs-up become
+    examples, saved when the batch finishes."""
+    from .fakes import FakeSink, FakeSource, Rec
+
+    records = []
     for i in range(n):
         rid = f"req-{i}"
-        events.append(("inference", InferenceEvent.model_validate({
+        records.append(Rec("inf", 0, i, json.dumps({
             "schema_version": 1, "request_id": rid, "timestamp": 1795514400000, "model": "base", "adapter": "support-v2",
             "prompt": f"Summarize ticket {i}: the {['printer', 'router', 'laptop'][i % 3]} number {i} is broken.",
-            "response": f"Device {i} is broken.", "latency_ms": 5, "status": "ok", "route": "summarize"})))
+            "response": f"Device {i} is broken.", "latency_ms": 5, "status": "ok", "route": "summarize"}).encode()))
         verdict = {"correction": f"Ticket {i}: the device is broken and needs a replacement."} if i % 2 else {"thumbs": "up"}
-        events.append(("feedback", FeedbackEvent.model_validate({
-            "schema_version": 1, "feedback_id": f"fb-{i}", "request_id": rid, "timestamp": 1795514401000, **verdict})))
-    events.append(("feedback", FeedbackEvent.model_validate({  # feedback for a request never seen: nothing
-        "schema_version": 1, "feedback_id": "fb-x", "request_id": "unknown", "timestamp": 1795514401000, "thumbs": "up"})))
-    h(events)
-    return h
+        records.append(Rec("fb", 0, i, json.dumps({
+            "schema_version": 1, "feedback_id": f"fb-{i}", "request_id": rid, "timestamp": 1795514401000,
+            **verdict}).encode()))
+    records.append(Rec("fb", 0, n, json.dumps({  # feedback for a request never seen: nothing
+        "schema_version": 1, "feedback_id": "fb-x", "request_id": "unknown", "timestamp": 1795514401000,
+        "thumbs": "up"}).encode()))
+    source, sink = FakeSource([records]), FakeSink()
+    ing = Ingestor(source, sink, Metrics(), kinds={"inf": "inference", "fb": "feedback"}, max_record_bytes=100_000,
+                   dedup=DedupWindow(10_000, 3600), harvest=harvesting.example, save_examples=store.add_examples,
+                   max_kept=1000, feedback_hold_s=0)
+    ing.finish(ing.poll())
 
 
 def test_a_request_builds_a_dataset_and_trains_a_candidate(tiny_model, tmp_path):
     store = SqliteStore(tmp_path / "state.db")
-    h = harvest(store)
+    harvest(store)
     assert {e.source for e in store.examples()} == {"correction", "positive"} and len(store.examples()) == 80
-    assert h.metrics.registry.get_sample_value("driftwatch_training_examples_total", {"source": "correction"}) == 40
+    assert sum(e.source == "correction" for e in store.examples()) == 40
     metrics = Metrics()
     service = RetrainService(settings(tiny_model), tmp_path, store, LocalRunner(tmp_path / "runs"), metrics)
     run = service.run("support-v2", decision_id=12, focus_routes=("summarize",), reason="input-drift")
@@ -85,6 +93,17 @@ def test_a_failed_run_is_recorded_and_leaves_no_candidate(tiny_model, tmp_path):
     run = service.run("support-v2", focus_routes=("summarize",))
     assert run.status == RunStatus.FAILED.value and "exited 1" in run.reason
     assert not (Path(run.output) / "adapter").exists() and store.runs()[0].status == "failed"
+
+
+def test_a_run_whose_best_checkpoint_is_step_0_is_not_a_candidate(tiny_model, tmp_path):
+    """Training that never beats the untrained adapter on the validation split (here: a learning rate too small to
+    move a weight) leaves no candidate: a no-op adapter must not reach the gate."""
+    store = SqliteStore(tmp_path / "state.db")
+    harvest(store)
+    cfg = settings(tiny_model, training__learning_rate="1e-30")
+    run = RetrainService(cfg, tmp_path, store, LocalRunner(tmp_path / "runs"), Metrics()).run("support-v2")
+    assert run.status == "unimproved" and "best step 0 of 6" in run.reason, run.reason
+    assert run.detail["training"]["best_step"] == 0 and store.runs()[0].status == "unimproved"
 
 
 def test_cli_train_and_retrain(tiny_model, tmp_path, monkeypatch):

@@ -58,7 +58,7 @@ class ScriptedEvaluator:
     def __init__(self, tmp):
         self.reports_dir, self.passing, self.runs = tmp, True, []
 
-    def run(self, candidate, incumbent, eval_id, context=None):
+    def run(self, candidate, incumbent, eval_id, context=None, cancel=None):
         self.runs.append((candidate, incumbent))
         gate = Gate("golden_delta", 0.2 if self.passing else -0.5, 0.0, ">=")
         return SimpleNamespace(id=eval_id, at=1.0, passed=self.passing, gates=[gate], error=None)
@@ -119,19 +119,21 @@ def test_good_candidate_is_loaded_evaluated_warmed_flipped_baked_and_the_previou
     assert r.store.evaluations("v2")[0].passed
     # no traffic yet: holds
     r.clock.t += 100
-    assert r.ctl.tick(snap()).phase == "baking"
+    assert r.ctl.step(snap()).phase == "baking"
     r.clock.t += 1
-    assert r.ctl.tick(snap(v2={})).phase == "baking"  # measured, passing; the bake window restarts nothing
+    assert r.ctl.step(snap(v2={})).phase == "baking"  # measured, passing; the bake window restarts nothing
     r.clock.t += 60
-    done = r.ctl.tick(snap(v2={}))
-    assert done.phase == "done"
-    assert r.store.alias_table()[1] == {"production": {"v2": 1.0}}
+    passed = r.ctl.step(snap(v2={}))
+    assert passed.phase == "rebaselining" and r.store.alias_table()[1] == {"production": {"v2": 1.0}}
+    done = r.ctl.step(snap(v2={}))  # this promotion answered no input drift: nothing to re-baseline
+    assert done.phase == "done" and "did not answer input drift" in r.store.events()[0].why
     assert r.store.adapter("v1").state == "retired" and "v1" in r.vllm.loaded  # unloaded after drain_s only
     r.ctl.reconcile()
     assert "v1" in r.vllm.loaded
     r.clock.t += 11
     assert r.ctl.reconcile()["unloaded"] == ["v1"] and "v1" not in r.vllm.loaded
-    assert events(r.store)[-6:] == ["rollout-started", "loaded", "gate-passed", "promoted", "bake-measured", "bake-passed"]
+    assert events(r.store)[-7:] == ["rollout-started", "loaded", "gate-passed", "promoted", "bake-measured", "bake-passed",
+                                    "rollout-done"]
     assert r.metrics.rollouts.labels(outcome="done")._value.get() == 1
 
 
@@ -160,7 +162,7 @@ def test_vllm_down_while_loading_holds_and_retries(rig):
     r.ctl.register("v2", r.tmp / "v2")
     r.ctl.start("v2")
     r.vllm.down = True
-    assert r.ctl.tick().phase == "loading"
+    assert r.ctl.step().phase == "loading"
     r.vllm.down = False
     assert r.ctl.drive().phase == "baking"
 
@@ -172,9 +174,9 @@ def test_live_regression_rolls_back_at_the_failed_check_threshold(rig):
     r.ctl.drive(lambda: snap(v1={"negative": 0.1}))
     assert r.store.rollouts(1)[0].detail["baseline"]["negative_feedback_ratio"] == 0.1
     bad = snap(v2={"negative": 0.6})
-    assert r.ctl.tick(bad).failed_checks == 1
-    assert r.ctl.tick(bad).failed_checks == 1  # the same observation counts once
-    back = r.ctl.tick(snap(v2={"negative": 0.6}))
+    assert r.ctl.step(bad).failed_checks == 1
+    assert r.ctl.step(bad).failed_checks == 1  # the same observation counts once
+    back = r.ctl.step(snap(v2={"negative": 0.6}))
     assert back.phase == "rolled_back"
     assert r.store.alias_table()[1] == {"production": {"v1": 1.0}}
     assert {a.version: a.state for a in r.store.adapters()} == {"v1": "production", "v2": "rolled_back"}
@@ -188,10 +190,10 @@ def test_no_data_holds_to_the_deadline_then_keeps_with_an_alert_or_rolls_back(ri
     r.ctl.start("v2")
     r.ctl.drive()
     r.clock.t += 299
-    assert r.ctl.tick(snap(v2={"events": 10})).phase == "baking"
+    assert r.ctl.step(snap(v2={"events": 10})).phase == "baking"
     r.clock.t += 2
-    assert r.ctl.tick(snap()).phase == "done" and r.metrics.rollout_inconclusive._value.get() == 1
-    assert events(r.store)[-1] == "bake-inconclusive"
+    assert r.ctl.step(snap()).phase == "rebaselining" and r.metrics.rollout_inconclusive._value.get() == 1
+    assert events(r.store)[-1] == "bake-inconclusive" and r.ctl.step().phase == "done"
 
 
 def test_no_data_rollback_when_configured(rig):
@@ -200,7 +202,7 @@ def test_no_data_rollback_when_configured(rig):
     r.ctl.start("v2")
     r.ctl.drive()
     r.clock.t += 6
-    assert r.ctl.tick().phase == "rolled_back" and r.ctl.production() == "v1"
+    assert r.ctl.step().phase == "rolled_back" and r.ctl.production() == "v1"
 
 
 def test_canary_steps_shift_weights_and_compare_both_live_windows(rig):
@@ -211,15 +213,15 @@ def test_canary_steps_shift_weights_and_compare_both_live_windows(rig):
     assert r.store.alias_table()[1]["production"] == {"v2": 0.25, "v1": 0.75}
     def both():
         return snap(v1={}, v2={})
-    r.ctl.tick(both())
+    r.ctl.step(both())
     r.clock.t += 31
-    assert r.ctl.tick(both()).step == 1 and r.store.alias_table()[1]["production"] == {"v2": 0.5, "v1": 0.5}
+    assert r.ctl.step(both()).step == 1 and r.store.alias_table()[1]["production"] == {"v2": 0.5, "v1": 0.5}
     r.clock.t += 1
-    r.ctl.tick(both())
+    r.ctl.step(both())
     r.clock.t += 31
-    assert r.ctl.tick(both()).phase == "baking" and r.store.alias_table()[1]["production"] == {"v2": 1.0}
-    r.ctl.tick(snap(v1={}, v2={"distinct": 0.1}))
-    assert r.ctl.tick(snap(v1={}, v2={"distinct": 0.1})).phase == "rolled_back"
+    assert r.ctl.step(both()).phase == "baking" and r.store.alias_table()[1]["production"] == {"v2": 1.0}
+    r.ctl.step(snap(v1={}, v2={"distinct": 0.1}))
+    assert r.ctl.step(snap(v1={}, v2={"distinct": 0.1})).phase == "rolled_back"
 
 
 def test_manual_rollback_during_bake_and_after_done(rig):
@@ -234,9 +236,9 @@ def test_manual_rollback_during_bake_and_after_done(rig):
     r.ctl.start("v3")
     r.ctl.drive(lambda: snap(v1={}))
     r.clock.t += 1
-    r.ctl.tick(snap(v3={}))
+    r.ctl.step(snap(v3={}))
     r.clock.t += 61
-    assert r.ctl.tick(snap(v3={})).phase == "done"
+    assert r.ctl.step(snap(v3={})).phase == "rebaselining" and r.ctl.step().phase == "done"
     r.clock.t += 11
     r.ctl.reconcile()
     assert "v1" not in r.vllm.loaded
@@ -250,11 +252,11 @@ def test_restart_mid_rollout_resumes_from_the_persisted_phase(rig, tmp_path):
     r = rig()
     r.ctl.register("v2", r.tmp / "v2")
     r.ctl.start("v2")
-    r.ctl.tick()  # loaded; "crash" before evaluating
+    r.ctl.step()  # loaded; "crash" before evaluating
     # a new process: new controller on the same store; the old holder's lease must run out first
     other = RolloutController(r.ctl.settings, r.store, clients=[r.vllm], evaluator=ScriptedEvaluator(tmp_path),
                               clock=r.clock)
-    assert other.tick().phase == "evaluating"  # held by the first process
+    assert other.step().phase == "evaluating"  # held by the first process
     r.clock.t += r.ctl.cfg.lease_s + 1
     assert other.drive().phase == "baking"
     assert r.vllm.calls.count(("load", "v2")) == 1

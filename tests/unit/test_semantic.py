@@ -13,7 +13,7 @@ from driftwatch.monitor.semantic import Embedder, model_dir
 from driftwatch.monitor.sketch import Profile
 from driftwatch.dev.simulate import SimConfig, Simulator
 
-from .test_monitor import Clock, inference, stream
+from .test_monitor import Clock, inference, observe, stream
 
 pytestmark = pytest.mark.skipif(model_dir() is None, reason="needs driftwatch[semantic] (installed by make test)")
 
@@ -36,7 +36,7 @@ def test_embeddings_are_unit_vectors_and_mean_something(embed):
 
 def window(reference, embed, **shift):
     mon = Monitor(reference, MonitorSettings(window_events=1500, semantic_sample=120), clock=Clock(), embed=embed)
-    mon.observe(stream(1600, feedback_rate=0, **shift))
+    observe(mon, stream(1600, feedback_rate=0, **shift))
     (view,) = mon.snapshot().adapters.values()
     return view
 

@@ -4,7 +4,8 @@ import asyncio
 
 import pytest
 
-from driftwatch.serving.upstream import Upstream, UpstreamError
+from driftwatch.errors import UpstreamError
+from driftwatch.serving.upstream import Upstream
 
 
 async def serve(answers: list[bytes | None], requests: list[bytes]):

@@ -1,6 +1,7 @@
-"""The control API: what a human (or Alertmanager) may ask the running daemon to do, over HTTP.
+"""The daemon's HTTP app: /metrics, /healthz, /readyz, /report, and the control API — what a human (or
+Alertmanager) may ask the running daemon to do:
 
-    GET  /v1/status          rules, windows, aliases, rollout, retrain runs, latest decisions, paused or not
+    GET  /v1/status          rules, windows, aliases, rollout, retrain runs, decisions, requests, paused or not
     POST /v1/retrain         {"adapter", "reason", "routes"?}      -> 202 {"decision_id", "run_id"}
     POST /v1/rollback        {"reason"}                            -> 200 {"production"}
     POST /v1/pause|resume    {"reason"}                            -> 200 {"paused"}
@@ -9,25 +10,36 @@
 
 Every call but the description needs ``Authorization: Bearer <control.token>``, compared in constant time; with no
 token configured the API refuses everything (503) rather than run open. The routes only parse, authenticate and
-translate errors: what each call does is the :class:`Control` implementation's (the daemon's, in app.py).
-On a follower (several replicas) every call is forwarded to the leader, which alone acts.
+translate errors. What a call does is the :class:`Control` implementation's (control/reconciler.py): it writes a
+request to the state store, wakes the control loop and answers with what the loop did (202 with the request's id
+when the loop has not reached it within ``control.request_wait_s``). On a follower (several replicas) every call is
+forwarded to the leader, which alone acts.
 """
 
 from __future__ import annotations
 
 import hmac
 import json
+import tempfile
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from driftwatch.errors import ControlError, RolloutError
+from driftwatch.errors import ControlError, ReportError, RolloutError
 
 WHO_HEADER = "x-driftwatch-user"  # who is acting, for the event log (the CLI sends the login name)
 FORWARDED_HEADER = "x-driftwatch-forwarded"  # set on a call a follower passed on to the leader
+
+
+Probe = Callable[[], tuple[bool, dict]]
+Reporter = Callable[[str, Path], tuple[Path, Path]]  # (adapter, scratch dir) -> (html, json) files
 
 
 class Control(Protocol):
@@ -41,6 +53,10 @@ class Control(Protocol):
 
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
+
+
+def _refused(exc: ControlError) -> JSONResponse:
+    return JSONResponse(exc.body or {"error": str(exc)}, status_code=exc.status)
 
 
 async def _body(request: Request) -> dict:
@@ -97,14 +113,14 @@ def control_routes(control: Callable[[], Control | None], token: str | None) -> 
             try:
                 leader = await run_in_threadpool(impl.forward_to)
             except ControlError as exc:
-                return _error(exc.status, str(exc))
+                return _refused(exc)
             if leader is not None:
                 return await _forward(request, leader)
             try:  # the calls block (the store, vLLM): they run off the event loop
                 body = await _body(request) if request.method == "POST" else {}
                 status, result = await run_in_threadpool(handler, impl, request, body)
             except ControlError as exc:
-                return _error(exc.status, str(exc))
+                return _refused(exc)
             except RolloutError as exc:
                 return _error(409, str(exc))
             return JSONResponse(result, status_code=status)
@@ -146,6 +162,42 @@ def control_routes(control: Callable[[], Control | None], token: str | None) -> 
         Route("/v1/alertmanager", guarded(alertmanager), methods=["POST"]),
         Route("/v1/openapi.json", openapi, methods=["GET"]),
     ]
+
+
+def daemon_app(registry: CollectorRegistry, health: Probe, ready: Probe, report: Reporter | None = None,
+              control: list[Route] = ()) -> Starlette:
+    def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(registry), media_type=content_type)
+
+    def probe(check: Probe) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            ok, detail = check()
+            return JSONResponse({"status": "ok" if ok else "unavailable", **detail}, status_code=200 if ok else 503)
+        return endpoint
+
+    def drift_report(request: Request) -> Response:
+        """Evidently's report for an adapter's current window: ?adapter=NAME[&format=html|json]."""
+        adapter, fmt = request.query_params.get("adapter"), request.query_params.get("format", "html")
+        if not adapter or fmt not in ("html", "json") or report is None:
+            return JSONResponse({"error": "use /report?adapter=NAME&format=html|json"}, status_code=400)
+        with tempfile.TemporaryDirectory(prefix="driftwatch-report-") as scratch:
+            try:
+                html, js = report(adapter, Path(scratch))
+            except LookupError as exc:
+                return JSONResponse({"error": str(exc.args[0])}, status_code=404)
+            except ReportError as exc:
+                return JSONResponse({"error": str(exc)}, status_code=409)
+            path, media = (html, "text/html") if fmt == "html" else (js, "application/json")
+            return Response(path.read_bytes(), media_type=media)
+
+    return Starlette(routes=[
+        Route("/metrics", metrics),
+        Route("/healthz", probe(health)),
+        Route("/readyz", probe(ready)),
+        Route("/report", drift_report),
+        *control,
+    ])
 
 
 # -- the description ----------------------------------------------------------------------------------------------------

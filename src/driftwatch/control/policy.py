@@ -1,10 +1,15 @@
-"""Rules over monitor snapshots → decisions (retrain | alert | hold | resolved), with state that survives restarts.
+"""Rules over a check's snapshot → decisions (retrain | alert | hold | resolved), with state that survives restarts.
 
 Each rule watches one signal of each adapter's window. Its state per adapter goes inactive → pending (the
 condition holds) → firing (it held for ``for_s``) → inactive again only when the signal crosses the *clear*
-level (hysteresis). A rule that starts firing with action ``retrain`` emits a :class:`RetrainRequest` — unless a
-cooldown or the daily maximum says hold, which is recorded with its reason too. No data (a window too small)
-changes nothing. Every transition and decision is written to the state store.
+level (hysteresis). A rule that starts firing with action ``retrain`` decides a retrain — unless something holds
+it, which is recorded as a ``hold`` with its reason: a rollout or a retrain run in progress, the pause, the cooldown
+or the daily maximum. No data (a window too small) changes nothing. Every transition and decision is written to the
+state store; the reconciler (control/reconciler.py) acts on the decisions.
+
+**Serving slots.** The cooldown and the daily maximum belong to the slot an adapter serves — the alias that points
+to it (``production``), else the adapter itself — not to a version name. A version promoted to answer a drift
+serves the slot whose retrain decided it, so it is not retrained for that drift again while the slot cools down.
 """
 
 from __future__ import annotations
@@ -12,45 +17,20 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from dataclasses import dataclass, replace
-from typing import Callable, Iterable
+from dataclasses import dataclass
+from typing import Iterable, Mapping
 
+from driftwatch.config import Rule
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
-from driftwatch.state.store import RuleState, StateStore
+from driftwatch.state.store import RuleState, SqlStore
 
 log = logging.getLogger(__name__)
 
 INPUT_FEATURES = ("prompt_chars", "prompt_tokens", "route", "language", "semantic")
 OUTPUT_FEATURES = ("response_chars", "response_tokens", "repeated_ngram_ratio", "refusal", "empty_response")
-SIGNALS = ("input_drift", "output_drift", "error_ratio", "refusal_rate", "empty_rate", "negative_feedback_ratio",
-           "distinct_2", "distinct_2_ratio")
 STATE_CODES = {"inactive": 0, "pending": 1, "firing": 2}
 DAY = 86_400.0
-
-
-@dataclass(frozen=True)
-class RuleSpec:
-    name: str
-    signal: str  # one of SIGNALS, or "drift:<feature>"
-    threshold: float
-    op: str = ">="  # ">=" or "<="
-    clear: float | None = None  # hysteresis level; default: the threshold itself
-    for_s: float = 0.0
-    min_samples: int = 0  # window events (feedback count for negative_feedback_ratio)
-    action: str = "retrain"  # retrain | alert
-
-
-@dataclass(frozen=True)
-class RetrainRequest:
-    """What the policy hands the retrain stage: a plain value."""
-
-    adapter: str
-    rule: str
-    reasons: tuple[str, ...]
-    decision_id: int
-    requested_at: float
-    routes: tuple[str, ...] = ()  # routes whose share grew: the training set must cover them
 
 
 @dataclass(frozen=True)
@@ -60,19 +40,20 @@ class Decision:
     rule: str
     reasons: tuple[str, ...]
     id: int
-    run_id: str | None = None  # the retrain run a "retrain" decision started
+    slot: str = ""  # the serving slot (the alias the adapter served, else the adapter)
+    routes: tuple[str, ...] = ()  # retrain: routes whose share grew, that the training set must cover
 
 
 PAUSE_EVENT = "automatic-retraining"  # event kind; detail {"paused": bool}: the latest one says
 
 
-def paused_in(store: StateStore) -> bool:
+def paused_in(store: SqlStore) -> bool:
     """Whether automatic retraining is paused, as the store's latest pause/resume event says."""
     last = next(iter(store.events(kind=PAUSE_EVENT, limit=1)), None)
     return bool(last is not None and last.detail.get("paused"))
 
 
-def signal_value(spec: RuleSpec, a: AdapterSnapshot, baselines: dict[str, float]) -> tuple[float | None, int]:
+def signal_value(spec: Rule, a: AdapterSnapshot, baselines: dict[str, float]) -> tuple[float | None, int]:
     """The signal's value for this adapter's window and the sample size it rests on (None: no data)."""
     if spec.signal == "negative_feedback_ratio":
         return a.negative_feedback_ratio, a.feedback_count
@@ -92,7 +73,7 @@ def signal_value(spec: RuleSpec, a: AdapterSnapshot, baselines: dict[str, float]
     return getattr(a, spec.signal), n
 
 
-def _describe(spec: RuleSpec, a: AdapterSnapshot, value: float) -> str:
+def _describe(spec: Rule, a: AdapterSnapshot, value: float) -> str:
     text = (f"{spec.name}: {spec.signal} = {value:.4g} {spec.op} {spec.threshold:g}"
             f"{f' for {spec.for_s:g}s' if spec.for_s else ''} on adapter '{a.adapter}' (window of {a.window_events} events)")
     drifted = [f"{name} ({v.reason})" for name, v in sorted(a.drift.items()) if v.drifted]
@@ -100,33 +81,17 @@ def _describe(spec: RuleSpec, a: AdapterSnapshot, value: float) -> str:
 
 
 class Policy:
-    def __init__(
-        self,
-        rules: Iterable[RuleSpec],
-        store: StateStore,
-        metrics: Metrics | None = None,
-        *,
-        cooldown_s: float = 6 * 3600,
-        max_retrains_per_day: int = 3,
-        on_retrain: Callable[[RetrainRequest], str | None] | None = None,
-        baselines: dict[str, float] | None = None,
-    ) -> None:
+    def __init__(self, rules: Iterable[Rule], store: SqlStore, metrics: Metrics | None = None, *,
+                 cooldown_s: float = 6 * 3600, max_retrains_per_day: int = 3) -> None:
         self.rules = list(rules)
-        self.store = store
-        self.metrics = metrics
-        self.cooldown_s = cooldown_s
-        self.max_per_day = max_retrains_per_day
-        self.on_retrain = on_retrain or (lambda req: log.warning("retrain requested (no retrain stage yet): %s", req))
-        self.baselines = baselines or {}
-        self.paused = paused_in(store)
+        self.store, self.metrics = store, metrics
+        self.cooldown_s, self.max_per_day = cooldown_s, max_retrains_per_day
         if metrics is not None:
-            metrics.retrain_paused.set(int(self.paused))
             for spec in self.rules:
                 if spec.action == "retrain":
                     metrics.retrain_requests.labels(rule=spec.name)
-        self.busy: Callable[[], str | None] = lambda: None  # why acting now would collide (a rollout in progress)
-        self._states = store.rule_states()
-        self._lock = threading.RLock()  # the scheduler's ticks and the control API's requests decide one at a time
+        self._lock = threading.Lock()  # the control thread decides; the status API reads the states
+        self.reload()
 
     def reload(self) -> None:
         """Read rule states and the pause from the store again: a replica that just became the leader goes on from
@@ -134,24 +99,27 @@ class Policy:
         with self._lock:
             self._states = self.store.rule_states()
             self.paused = paused_in(self.store)
-            if self.metrics is not None:
-                self.metrics.retrain_paused.set(int(self.paused))
+        if self.metrics is not None:
+            self.metrics.retrain_paused.set(int(self.paused))
 
     def state(self, rule: str, adapter: str) -> RuleState:
         return self._states.get((rule, adapter)) or RuleState(rule, adapter, "inactive", 0.0, None)
 
-    def tick(self, snapshot: MonitorSnapshot, now: float) -> list[Decision]:
+    def decide(self, snapshot: MonitorSnapshot, now: float, *, slots: Mapping[str, str] | None = None,
+               busy: str | None = None) -> list[Decision]:
+        """Every rule on every adapter's window of one check. ``slots``: adapter → its serving slot (from the alias
+        table); ``busy``: why acting now would collide (a rollout or a run in progress), holding any retrain."""
         decisions: list[Decision] = []
-        with self._lock:
-            for adapter, a in sorted(snapshot.adapters.items()):
-                for spec in self.rules:
-                    decision = self._step(spec, a, now)
-                    if decision is not None:
-                        decisions.append(decision)
+        for adapter, a in sorted(snapshot.adapters.items()):
+            for spec in self.rules:
+                decision = self._step(spec, a, now, snapshot.baselines, (slots or {}).get(adapter, adapter), busy)
+                if decision is not None:
+                    decisions.append(decision)
         return decisions
 
-    def _step(self, spec: RuleSpec, a: AdapterSnapshot, now: float) -> Decision | None:
-        value, n = signal_value(spec, a, self.baselines)
+    def _step(self, spec: Rule, a: AdapterSnapshot, now: float, baselines: Mapping[str, float], slot: str,
+              busy: str | None) -> Decision | None:
+        value, n = signal_value(spec, a, baselines)
         current = self.state(spec.name, a.adapter)
         if value is None or (isinstance(value, float) and math.isnan(value)) or n < spec.min_samples:
             return None  # no data holds: neither fires nor clears
@@ -166,38 +134,36 @@ class Policy:
                 new_state, since = "inactive", now
             elif now - since >= spec.for_s:
                 new_state, since = "firing", now
-                decision = self._fire(spec, a, value, now)
+                reasons = (_describe(spec, a, value),)
+                decision = (self._record(a.adapter, spec.action, spec.name, reasons, now, slot)
+                            if spec.action != "retrain" else
+                            self.request_retrain(a.adapter, spec.name, reasons, now, slot=slot, busy=busy,
+                                                 routes=a.grown_routes))
         elif current.state == "firing" and cleared:
             new_state, since = "inactive", now
             reason = f"{spec.name}: {spec.signal} = {value:.4g} crossed the clear level {clear_level:g}"
-            decision = self._record(a.adapter, "resolved", spec.name, (reason,), now)
+            decision = self._record(a.adapter, "resolved", spec.name, (reason,), now, slot)
         state = RuleState(spec.name, a.adapter, new_state, since, value)
         if state != current:
-            self._states[(spec.name, a.adapter)] = state
+            with self._lock:
+                self._states[(spec.name, a.adapter)] = state
             self.store.save_rule_state(state, now)
         if self.metrics is not None:
             self.metrics.rule_state.labels(rule=spec.name, adapter=a.adapter).set(STATE_CODES[new_state])
         return decision
 
-    def _fire(self, spec: RuleSpec, a: AdapterSnapshot, value: float, now: float) -> Decision:
-        reasons = (_describe(spec, a, value),)
-        if spec.action != "retrain":
-            return self._record(a.adapter, spec.action, spec.name, reasons, now)
-        return self.request_retrain(a.adapter, spec.name, reasons, now, routes=a.grown_routes)
-
-    def request_retrain(self, adapter: str, rule: str, reasons: tuple[str, ...], now: float, *,
-                        routes: tuple[str, ...] = (), manual: bool = False) -> Decision:
-        """A retrain asked for by a rule, an alert or a person: recorded as ``retrain`` and handed on, or as ``hold``
-        with the reason. A manual request skips the pause, the cooldown and the daily cap; never a rollout in progress."""
-        with self._lock:
-            hold = self._why_hold(adapter, now, manual)
-            if hold:
-                return self._record(adapter, "hold", rule, reasons + (hold,), now)
-            decision = self._record(adapter, "retrain", rule, reasons, now)
-            if self.metrics is not None:
-                self.metrics.retrain_requests.labels(rule=rule).inc()
-            run_id = self.on_retrain(RetrainRequest(adapter, rule, reasons, decision.id, now, routes))
-            return replace(decision, run_id=run_id)
+    def request_retrain(self, adapter: str, rule: str, reasons: tuple[str, ...], now: float, *, slot: str | None = None,
+                        busy: str | None = None, routes: tuple[str, ...] = (), manual: bool = False) -> Decision:
+        """A retrain asked for by a rule, an alert or a person: recorded as ``retrain`` (the reconciler queues its
+        run), or as ``hold`` with the reason. A manual request skips the pause, the cooldown and the daily cap;
+        never a rollout or a run in progress (``busy``)."""
+        slot = slot or adapter
+        hold = f"held: {busy}" if busy else None if manual else self._why_hold(slot, now)
+        if hold:
+            return self._record(adapter, "hold", rule, reasons + (hold,), now, slot)
+        if self.metrics is not None:
+            self.metrics.retrain_requests.labels(rule=rule).inc()
+        return self._record(adapter, "retrain", rule, reasons, now, slot, routes)
 
     def pause(self, paused: bool, who: str, why: str, now: float) -> None:
         """Pause or resume automatic retraining; persisted (a restart keeps it) and logged as an event."""
@@ -207,34 +173,24 @@ class Policy:
             self.metrics.retrain_paused.set(int(paused))
         log.warning("automatic retraining %s by %s: %s", "paused" if paused else "resumed", who, why)
 
-    def _why_hold(self, adapter: str, now: float, manual: bool = False) -> str | None:
-        if (busy := self.busy()) is not None:
-            return f"held: {busy}"
-        if manual:
-            return None
+    def _why_hold(self, slot: str, now: float) -> str | None:
         if self.paused:
             return "automatic retraining is paused"
-        recent = self.store.decisions(since=now - DAY, action="retrain")
+        recent = [d for d in self.store.decisions(since=now - DAY, action="retrain") if (d.slot or d.adapter) == slot]
         if len(recent) >= self.max_per_day:
-            return f"held: {len(recent)} retrains in the last 24 h (policy.max_retrains_per_day = {self.max_per_day})"
-        last = next((d for d in recent if d.adapter == adapter), None)
-        if last is not None and now - last.at < self.cooldown_s:
-            return f"held: cooldown until {self.cooldown_s - (now - last.at):.0f}s from now (policy.cooldown_s = {self.cooldown_s:g})"
+            return (f"held: {len(recent)} retrains of serving slot '{slot}' in the last 24 h "
+                    f"(policy.max_retrains_per_day = {self.max_per_day})")
+        if recent and now - recent[0].at < self.cooldown_s:
+            return (f"held: serving slot '{slot}' cools down until {self.cooldown_s - (now - recent[0].at):.0f}s from "
+                    f"now (retrain decision #{recent[0].id} on {recent[0].adapter}; policy.cooldown_s = "
+                    f"{self.cooldown_s:g})")
         return None
 
-    def _record(self, adapter: str, action: str, rule: str, reasons: tuple[str, ...], now: float) -> Decision:
-        decision_id = self.store.record_decision(now, adapter, action, rule, list(reasons))
-        log.info("decision %d: %s for adapter '%s': %s", decision_id, action, adapter, " | ".join(reasons))
+    def _record(self, adapter: str, action: str, rule: str, reasons: tuple[str, ...], now: float, slot: str,
+                routes: tuple[str, ...] = ()) -> Decision:
+        decision_id = self.store.record_decision(now, adapter, action, rule, list(reasons), slot)
+        log.info("decision %d: %s for adapter '%s' (slot %s): %s", decision_id, action, adapter, slot,
+                 " | ".join(reasons))
         if self.metrics is not None:
             self.metrics.decisions.labels(action=action).inc()
-        return Decision(adapter, action, rule, reasons, decision_id)
-
-
-DEFAULT_RULES: tuple[RuleSpec, ...] = (
-    RuleSpec("input-drift", "input_drift", threshold=1, clear=0.5, for_s=0, min_samples=1000),
-    RuleSpec("output-collapse", "distinct_2_ratio", op="<=", threshold=0.85, clear=0.92, for_s=60, min_samples=500),
-    RuleSpec("refusals", "refusal_rate", threshold=0.1, clear=0.05, for_s=60, min_samples=500),
-    RuleSpec("negative-feedback", "negative_feedback_ratio", threshold=0.35, clear=0.25, for_s=120, min_samples=50),
-    RuleSpec("error-ratio", "error_ratio", threshold=0.05, clear=0.02, for_s=120, min_samples=500, action="alert"),
-)
-
+        return Decision(adapter, action, rule, reasons, decision_id, slot, routes)

@@ -1,9 +1,10 @@
 """Rollout: a candidate adapter reaches production only through the gate, and leaves it when live signals say it
 hurts. Flagger's analysis loop, at the level of a LoRA adapter on vLLM.
 
-One rollout at a time, as a row in the registry that moves through phases::
+One rollout at a time, as a row in the registry that moves through phases, one step per call of
+:meth:`RolloutController.step` (the reconciler's tick), each phase's step named in :attr:`RolloutController.phases`::
 
-    loading → evaluating → warming → canary (each step) → baking → done
+    loading → evaluating → warming → canary (each step) → baking → rebaselining → done
        ↘ failed   ↘ rejected                  ↘ rolled_back ↙
 
 * **loading** — the candidate is loaded on every vLLM server under its own name (a version name is never reused:
@@ -15,7 +16,13 @@ One rollout at a time, as a row in the registry that moves through phases::
 * **baking** — ``production`` points to the candidate, ``previous`` to the adapter it replaced (still loaded). The
   candidate's live window is compared with the previous adapter's signals taken at the flip; failed checks are
   counted and roll back at ``rollout.bake.failed_checks``. No data holds, up to ``bake.deadline_s``;
-* **done** — the previous adapter is retired and unloaded; **rolled_back** — ``production`` points back to it.
+* **rebaselining** — the bake passed (the previous adapter is retired): when the promotion answered input drift,
+  the candidate's window becomes the new reference once it holds ``monitor.min_samples`` rows, or the step is
+  skipped at ``rollout.rebaseline_deadline_s``; recorded either way (``rebaselined`` | ``rebaseline-skipped``);
+* **done**; **rolled_back** — ``production`` points back to the previous adapter.
+
+The evaluation is a job (control/jobs.py): the step starts it and returns; a later step finds its record in the
+store and moves on. A rollback by hand during the evaluation rejects the candidate at once and cancels the job.
 
 Every transition is one transaction in the store (alias table, adapter states, the rollout row, the event log), and
 every action is idempotent (loading what is loaded, flipping to where it points, unloading what is gone), so a
@@ -30,7 +37,6 @@ import logging
 import math
 import os
 import socket
-import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,14 +45,17 @@ from typing import Callable
 from driftwatch.config import Bake, Settings
 from driftwatch.errors import AdapterExists, AdapterNotFound, RolloutError, ServingError, VLLMUnavailable
 from driftwatch.evaluate.gates import Gate
+from driftwatch.control.jobs import InlineJobs, Jobs
 from driftwatch.metrics import Metrics
-from driftwatch.monitor.monitor import AdapterSnapshot, MonitorSnapshot
-from driftwatch.state.store import ROLLOUT_ACTIVE, AdapterRecord, EvaluationRecord, RolloutRecord, StateStore
+from driftwatch.monitor.monitor import AdapterSnapshot, Monitor, MonitorSnapshot
+from driftwatch.state.registry import ROLLOUT_ACTIVE, AdapterRecord, EvaluationRecord, RolloutRecord
+from driftwatch.state.store import SqlStore
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ROLLOUT_ACTIVE
+ACTIVE = ROLLOUT_ACTIVE  # the phases of a rollout in progress, in order
 FINISHED = ("done", "rolled_back", "rejected", "failed")
+FLIPPED = ("canary", "baking", "rebaselining")  # production already sends traffic to the candidate
 UNSERVED = ("rejected", "retired", "rolled_back")  # adapter states that should not stay loaded
 WARM_PROMPT = "Hello"
 
@@ -114,18 +123,30 @@ def bake_checks(new: dict, prev: dict, cfg: Bake) -> list[Gate] | None:
 
 # -- the controller -----------------------------------------------------------------------------------------------------
 class RolloutController:
-    def __init__(self, settings: Settings, store: StateStore, *, metrics: Metrics | None = None, clients=None,
-                 evaluator=None, clock: Callable[[], float] = time.time, drain_s: float | None = None,
-                 on_done: Callable[[RolloutRecord], None] | None = None) -> None:
-        self.on_done = on_done  # called once a rollout ends with its candidate in production (the daemon re-baselines)
+    def __init__(self, settings: Settings, store: SqlStore, *, metrics: Metrics | None = None, clients=None,
+                 evaluator=None, jobs: Jobs | InlineJobs | None = None, monitor: Monitor | None = None,
+                 clock: Callable[[], float] = time.time, drain_s: float | None = None) -> None:
         self.settings, self.cfg, self.store, self.metrics, self.clock = settings, settings.rollout, store, metrics, clock
+        self.jobs = jobs if jobs is not None else InlineJobs()
+        self.monitor = monitor  # for the re-baseline: fresh windows, a profile from one, the new reference
         self._clients = clients
         self._evaluator = evaluator
         self.drain_s = drain_s if drain_s is not None else 2 * settings.gateway.alias_poll_s + 5.0
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
-        self._lock = threading.RLock()
         self._exported: set[str] = set()  # versions production_info has a series for
         self._judged: dict[int, float] = {}  # rollout id -> the taken_at of the last snapshot its bake judged
+        self.phases = {  # what one step does in each phase
+            "loading": self._loading,
+            "evaluating": self._evaluating,
+            "warming": self._warming,
+            "canary": self._canary,
+            "baking": self._baking,
+            "rebaselining": self._rebaselining,
+        }
+        assert tuple(self.phases) == ACTIVE
+        if metrics is not None:  # every phase's series exists from the start, at 0
+            for phase in ACTIVE:
+                metrics.rollout_phase.labels(phase=phase)
 
     @property
     def clients(self) -> list:
@@ -164,52 +185,50 @@ class RolloutController:
     # -- starting -------------------------------------------------------------------------------------------------------
     def start(self, version: str, *, who: str = "driftwatch", why: str = "", force: bool = False) -> RolloutRecord:
         """Begin a rollout of a registered version. ``force`` skips the evaluation (recorded as such)."""
-        with self._lock:
-            adapter = self.store.adapter(version)
-            if adapter is None:
-                raise RolloutError(f"unknown adapter version '{version}': register it first (driftwatch promote "
-                                   f"{version} --path DIR)")
-            if adapter.state != "candidate":
-                raise RolloutError(f"adapter version '{version}' is {adapter.state}; only a candidate can be rolled out")
-            if (active := self.active()) is not None:
-                raise RolloutError(f"rollout {active.id} of '{active.candidate}' is in progress ({active.phase}); "
-                                   "wait for it or roll it back")
-            now = self.clock()
-            record = RolloutRecord(0, version, self.production(), "loading", now, now, forced=force, who=who, why=why)
-            rid = self.store.commit(now, who, "rollout-started", version, why, rollout=record,
-                                    detail={"previous": record.previous, "forced": force})
-            log.info("rollout %d: %s -> %s started by %s%s", rid, record.previous, version, who,
-                     " (forced: no evaluation)" if force else "")
-            self._export(replace(record, id=rid))
-            return replace(record, id=rid)
+        adapter = self.store.adapter(version)
+        if adapter is None:
+            raise RolloutError(f"unknown adapter version '{version}': register it first (driftwatch promote "
+                               f"{version} --path DIR)")
+        if adapter.state != "candidate":
+            raise RolloutError(f"adapter version '{version}' is {adapter.state}; only a candidate can be rolled out")
+        if (active := self.active()) is not None:
+            raise RolloutError(f"rollout {active.id} of '{active.candidate}' is in progress ({active.phase}); "
+                               "wait for it or roll it back")
+        now = self.clock()
+        record = RolloutRecord(0, version, self.production(), "loading", now, now, forced=force, who=who, why=why)
+        rid = self.store.commit(now, who, "rollout-started", version, why, rollout=record,  # one at a time: checked
+                                detail={"previous": record.previous, "forced": force})  # in this transaction
+        log.info("rollout %d: %s -> %s started by %s%s", rid, record.previous, version, who,
+                 " (forced: no evaluation)" if force else "")
+        self._export(replace(record, id=rid))
+        return replace(record, id=rid)
 
     # -- advancing ------------------------------------------------------------------------------------------------------
-    def tick(self, snapshot: MonitorSnapshot | None = None) -> RolloutRecord | None:
-        """Advance the rollout in progress by one step (if this process holds it). Returns it, or None when idle."""
-        with self._lock:
-            r = self.active()
-            if r is None:
-                self._export_production()  # after a restart too, not only when a rollout moves
-                return None
-            if not self.store.claim_rollout(r.id, self.holder, self.clock(), self.cfg.lease_s):
-                return r
-            try:
-                r = getattr(self, f"_{r.phase}")(r, snapshot)
-            except RolloutError as exc:  # moved by another process (a rollback by hand): read it again
-                log.info("%s", exc)
-                r = next(x for x in self.store.rollouts(limit=5) if x.id == r.id)
-            self._export(r)
+    def step(self, snapshot: MonitorSnapshot | None = None) -> RolloutRecord | None:
+        """One step of the rollout in progress (while this process holds its lease). Returns it, or None when idle."""
+        r = self.active()
+        if r is None:
+            self._export_production()  # after a restart too, not only when a rollout moves
+            return None
+        if not self.store.claim_rollout(r.id, self.holder, self.clock(), self.cfg.lease_s):
             return r
+        try:
+            r = self.phases[r.phase](r, snapshot)
+        except RolloutError as exc:  # moved by another process (a rollback by hand from the CLI): read it again
+            log.info("%s", exc)
+            r = next(x for x in self.store.rollouts(limit=5) if x.id == r.id)
+        self._export(r)
+        return r
 
     def drive(self, snapshot_fn: Callable[[], MonitorSnapshot | None] = lambda: None,
               until: tuple[str, ...] = ("canary", "baking"), timeout_s: float = 600.0,
               interval_s: float = 0.2) -> RolloutRecord | None:
-        """Tick until the rollout reaches a phase in ``until`` or finishes (for the CLI and the demo)."""
+        """Step until the rollout reaches a phase in ``until`` or finishes (the CLI's `promote --wait`)."""
         deadline = time.monotonic() + timeout_s
-        r = self.tick(snapshot_fn())
+        r = self.step(snapshot_fn())
         while r is not None and r.phase not in until and r.phase not in FINISHED and time.monotonic() < deadline:
             time.sleep(interval_s)
-            r = self.tick(snapshot_fn()) or self.store.rollouts(1)[0]
+            r = self.step(snapshot_fn()) or self.store.rollouts(1)[0]
         return r
 
     def _move(self, r: RolloutRecord, phase: str, kind: str, why: str = "", *, aliases=None, states=None,
@@ -224,11 +243,6 @@ class RolloutController:
         log.info("rollout %d (%s): %s -> %s%s", r.id, r.candidate, r.phase, phase, f": {why}" if why else "")
         if phase in FINISHED and self.metrics is not None:
             self.metrics.rollouts.labels(outcome=phase).inc()
-        if phase == "done" and self.on_done is not None:
-            try:
-                self.on_done(new)
-            except Exception:  # noqa: BLE001 - the promotion stands; what follows it is logged
-                log.exception("after rollout %d", r.id)
         return new
 
     def _loading(self, r: RolloutRecord, snapshot) -> RolloutRecord:
@@ -244,24 +258,37 @@ class RolloutController:
         return self._move(r, "warming" if r.forced else "evaluating", "loaded", f"on {len(self.clients)} server(s)")
 
     def _evaluating(self, r: RolloutRecord, snapshot) -> RolloutRecord:
-        incumbent = r.previous or self.settings.gateway.base_model
-        try:
-            evaluator = self.evaluator()
-        except RolloutError as exc:
-            return self._move(r, "rejected", "gate-failed", str(exc), states={r.candidate: "rejected"})
-        report = evaluator.run(r.candidate, incumbent, eval_id=f"rollout-{r.id}-{r.candidate}",
-                                      context={"rollout": r.id})
-        failed = [g.line() for g in report.gates if not g.passed]
+        """Start the evaluation job, or take its result once it is in the store."""
+        eval_id = evaluation_id(r)
+        record = self.store.evaluation(eval_id)
+        if record is None:
+            try:
+                evaluator = self.evaluator()
+            except RolloutError as exc:
+                return self._move(r, "rejected", "gate-failed", str(exc), states={r.candidate: "rejected"})
+            incumbent = r.previous or self.settings.gateway.base_model
+            self.jobs.submit(f"evaluate-{r.id}", lambda cancel: self._evaluate(evaluator, r, incumbent, cancel))
+            return r if self.store.evaluation(eval_id) is None else self._evaluating(r, snapshot)
+        if self.metrics is not None:
+            self.metrics.evaluations.labels(result="passed" if record.passed else "failed").inc()
+        detail = {"evaluation": record.id, "failed": record.failed}
+        if not record.passed:
+            return self._move(r, "rejected", "gate-failed", "; ".join(record.failed) or "evaluation failed",
+                              states={r.candidate: "rejected"}, detail_event=detail)
+        return self._move(r, "warming", "gate-passed", f"evaluation {record.id}: every check passed",
+                          detail_event=detail)
+
+    def _evaluate(self, evaluator, r: RolloutRecord, incumbent: str, cancel) -> None:
+        """The evaluation job: candidate against the incumbent on vLLM; its record lands in the store (unless the
+        rollout was cancelled meanwhile: then nothing is recorded, and nothing waits for it)."""
+        report = evaluator.run(r.candidate, incumbent, eval_id=evaluation_id(r), context={"rollout": r.id},
+                               cancel=cancel)
+        if cancel.is_set():
+            log.info("evaluation %s cancelled: not recorded", report.id)
+            return
+        failed = [g.line() for g in report.gates if not g.passed] or ([report.error] if report.error else [])
         self.store.save_evaluation(EvaluationRecord(report.id, report.at, r.candidate, incumbent, report.passed,
                                                     str(evaluator.reports_dir / f"{report.id}.json"), failed))
-        if self.metrics is not None:
-            self.metrics.evaluations.labels(result="passed" if report.passed else "failed").inc()
-        detail = {"evaluation": report.id, "failed": failed}
-        if not report.passed:
-            return self._move(r, "rejected", "gate-failed", "; ".join(failed) or (report.error or "evaluation failed"),
-                              states={r.candidate: "rejected"}, detail_event=detail)
-        return self._move(r, "warming", "gate-passed", f"evaluation {report.id}: every check passed",
-                          detail_event=detail)
 
     def _warming(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         try:
@@ -287,8 +314,8 @@ class RolloutController:
         previous = snapshot.adapters.get(r.previous) if snapshot is not None and r.previous else None
         baseline = r.detail.get("baseline") if previous is None else live_signals(previous)
         if r.previous is None:  # the first production version: nothing to bake against
-            return self._move(r, "done", "promoted", f"{self.cfg.alias} -> {r.candidate} (first version: no bake)",
-                              aliases={self.cfg.alias: {r.candidate: 1.0}}, states={r.candidate: "production"})
+            return self._move(r, "rebaselining", "promoted", f"{self.cfg.alias} -> {r.candidate} (first version: no "
+                              "bake)", aliases={self.cfg.alias: {r.candidate: 1.0}}, states={r.candidate: "production"})
         return self._move(r, "baking", "promoted", f"{self.cfg.alias} -> {r.candidate}",
                           aliases={self.cfg.alias: {r.candidate: 1.0}, "previous": {r.previous: 1.0}},
                           states={r.candidate: "production", r.previous: "previous"},
@@ -310,7 +337,7 @@ class RolloutController:
         r = self._judge(r, snapshot, baseline)
         if r.phase != "baking":
             return r
-        return self._finish(r, "bake passed") if self._measured_for(r, self.cfg.bake.duration_s) else r
+        return self._bake_passed(r, "bake passed") if self._measured_for(r, self.cfg.bake.duration_s) else r
 
     def _measured_for(self, r: RolloutRecord, seconds: float) -> bool:
         """Checks have run on data, with no rollback, for ``seconds`` (the bake window counts from the first data)."""
@@ -333,8 +360,8 @@ class RolloutController:
                 return self._roll_back(r, "no_data", f"no data for {bake.deadline_s:g}s (bake.on_no_data=rollback)")
             if self.metrics is not None:
                 self.metrics.rollout_inconclusive.set(1)
-            return self._finish(r, f"bake inconclusive: no data for {bake.deadline_s:g}s; kept (bake.on_no_data=keep)",
-                                kind="bake-inconclusive")
+            return self._bake_passed(r, f"bake inconclusive: no data for {bake.deadline_s:g}s; kept "
+                                        "(bake.on_no_data=keep)", kind="bake-inconclusive")
         failed = [g for g in gates if not g.passed]
         if not failed:
             if r.detail.get("measured") is not None:
@@ -349,9 +376,45 @@ class RolloutController:
                                    "; ".join(g.line() for g in failed))
         return r
 
-    def _finish(self, r: RolloutRecord, why: str, kind: str = "bake-passed") -> RolloutRecord:
-        return self._move(r, "done", kind, why, aliases={"previous": None},
+    def _bake_passed(self, r: RolloutRecord, why: str, kind: str = "bake-passed") -> RolloutRecord:
+        return self._move(r, "rebaselining", kind, why, aliases={"previous": None},
                           states={r.previous: "retired"} if r.previous else {})
+
+    def _rebaselining(self, r: RolloutRecord, snapshot) -> RolloutRecord:
+        """After a promotion that answered input drift, the candidate's window becomes the reference (a new version,
+        saved and recorded), so the drift that was answered does not trigger again. Waits for enough rows up to
+        ``rollout.rebaseline_deadline_s``; recorded either way."""
+        why = self._input_drift_decision(r)
+        reference = self.monitor.latest().reference if self.monitor is not None else None
+        if why is None or reference is None:
+            return self._move(r, "done", "rollout-done", "no re-baseline: " + (
+                "no reference profile" if why is not None else "the promotion did not answer input drift"))
+        try:
+            profile = self.monitor.profile_from(r.candidate, f"driftwatch: {r.candidate}'s window after rollout {r.id}",
+                                                self.monitor.fresh())
+        except ValueError as exc:
+            if self.clock() - r.phase_since < self.cfg.rebaseline_deadline_s:
+                return r
+            return self._move(r, "done", "rebaseline-skipped", f"{exc}, within rollout.rebaseline_deadline_s "
+                              f"({self.cfg.rebaseline_deadline_s:g}s); the reference stays {reference.content_hash[:12]}")
+        path = self.settings.daemon.state_dir / "references" / f"{profile.content_hash[:12]}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        profile.save(path)
+        r = self._move(r, "done", "rebaselined", f"{why}; new reference {profile.content_hash[:12]}",
+                       detail_event={"reference": str(path)})
+        self.monitor.use_reference(profile)
+        log.info("re-baselined the reference on %s: %s", r.candidate, path)
+        return r
+
+    def _input_drift_decision(self, r: RolloutRecord) -> str | None:
+        """Why the candidate answers input drift (its run's decision, by an input_drift rule), else None."""
+        adapter = self.store.adapter(r.candidate)
+        run = self.store.run(adapter.run_id) if adapter is not None and adapter.run_id else None
+        decision = self.store.decision(run.decision_id) if run is not None and run.decision_id else None
+        rule = next((x for x in self.settings.policy.rules if decision is not None and x.name == decision.rule), None)
+        if rule is None or rule.signal != "input_drift":
+            return None
+        return f"input drift triggered this promotion (decision #{decision.id})"
 
     def _roll_back(self, r: RolloutRecord, trigger: str, why: str, who: str = "driftwatch") -> RolloutRecord:
         if r.previous is None:
@@ -369,30 +432,31 @@ class RolloutController:
 
     # -- by hand ------------------------------------------------------------------------------------------------------
     def rollback(self, *, who: str, why: str = "") -> str:
-        """Production back to the adapter before it: the rollout in progress is rolled back, else the last finished
-        one is undone (its previous adapter is loaded again). Returns the version production points to now."""
-        with self._lock:
-            r = self.active()
-            if r is not None:
-                if r.phase not in ("canary", "baking"):  # nothing was flipped yet
-                    self._move(r, "rejected", "cancelled", why or f"cancelled by {who}", who=who,
-                               states={r.candidate: "rejected"})
-                    return self.production() or ""
-                return self._roll_back(r, "manual", why or f"by {who}", who=who).previous or ""
-            done = next((x for x in self.store.rollouts(limit=50) if x.phase == "done" and x.previous), None)
-            current = self.production()
-            if done is None or done.candidate != current:
-                raise RolloutError(f"nothing to roll back to: production is {current or 'unset'} and no finished "
-                                   "rollout put it there; set the alias by hand (driftwatch alias set)")
-            self._load_everywhere(done.previous)
-            now = self.clock()
-            self.store.commit(now, who, "rolled-back", current, why or f"by {who}",
-                              aliases={self.cfg.alias: {done.previous: 1.0}},
-                              states={current: "rolled_back", done.previous: "production"}, detail={"trigger": "manual"})
-            if self.metrics is not None:
-                self.metrics.rollbacks.labels(trigger="manual").inc()
-            log.warning("rollback by %s: %s -> %s", who, current, done.previous)
-            return done.previous
+        """Production back to the adapter before it: the rollout in progress is cancelled (nothing flipped yet: the
+        candidate is rejected, an evaluation under way is cancelled) or rolled back, else the last finished one is
+        undone (its previous adapter is loaded again). Returns the version production points to now."""
+        r = self.active()
+        if r is not None:
+            if r.phase not in FLIPPED:  # nothing was flipped yet
+                self.jobs.cancel(f"evaluate-{r.id}")
+                self._move(r, "rejected", "cancelled", why or f"cancelled by {who}", who=who,
+                           states={r.candidate: "rejected"})
+                return self.production() or ""
+            return self._roll_back(r, "manual", why or f"by {who}", who=who).previous or ""
+        done = next((x for x in self.store.rollouts(limit=50) if x.phase == "done" and x.previous), None)
+        current = self.production()
+        if done is None or done.candidate != current:
+            raise RolloutError(f"nothing to roll back to: production is {current or 'unset'} and no finished "
+                               "rollout put it there; set the alias by hand (driftwatch alias set)")
+        self._load_everywhere(done.previous)
+        now = self.clock()
+        self.store.commit(now, who, "rolled-back", current, why or f"by {who}",
+                          aliases={self.cfg.alias: {done.previous: 1.0}},
+                          states={current: "rolled_back", done.previous: "production"}, detail={"trigger": "manual"})
+        if self.metrics is not None:
+            self.metrics.rollbacks.labels(trigger="manual").inc()
+        log.warning("rollback by %s: %s -> %s", who, current, done.previous)
+        return done.previous
 
     # -- serving state --------------------------------------------------------------------------------------------------
     def _load_everywhere(self, version: str) -> None:
@@ -470,3 +534,7 @@ def _load_once(client, version: str, path: str) -> None:
         client.load_adapter(version, path)
     except AdapterExists:
         pass
+
+
+def evaluation_id(r: RolloutRecord) -> str:
+    return f"rollout-{r.id}-{r.candidate}"

@@ -217,9 +217,9 @@ def _run(duration_s: float, rate: float, broker_kind: str, seed: int, echo, stac
                     break
                 time.sleep(0.25)
             deadline = time.monotonic() + 20
-            while not daemon.policy.store.decisions(action="retrain") and time.monotonic() < deadline:
+            while not daemon.control.store.decisions(action="retrain") and time.monotonic() < deadline:
                 time.sleep(0.25)
-            decisions = daemon.policy.store.decisions()
+            decisions = daemon.control.store.decisions()
             samples = scrape(url)
         finally:
             stop.set()

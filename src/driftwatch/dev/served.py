@@ -77,16 +77,15 @@ class GatewayPublisher:
 class ServedStack:
     """vLLM with the model and two adapters, and a gateway for each topic layout the demo needs."""
 
-    def __init__(self, echo, model: str = "tiny", scale=None) -> None:
-        from driftwatch.dev.demo import SCALES
-
+    def __init__(self, echo, model: str, scale) -> None:
         self.echo, self.vllm, self.gateways = echo, None, []
-        self.model_name, self.scale = model, scale or SCALES[model]
+        self.model_name, self.scale = model, scale  # scale: the demo's Scale for this model
         self.tmp = Path(tempfile.mkdtemp(prefix="driftwatch-demo-serving-"))
 
     def start(self) -> ServedStack:
         from driftwatch.dev.localvllm import LocalVLLM
-        from driftwatch.retrain.dataset import curate, read_examples, read_golden, write_dataset
+        from driftwatch.evaluate.golden import read_golden
+        from driftwatch.retrain.dataset import curate, read_examples, write_dataset
         from driftwatch.dev.models import build_smollm2, build_tiny_llama
         from driftwatch.retrain.trainer import TrainSpec, train
 
@@ -179,16 +178,17 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     retrain decision, evaluates the candidate on vLLM against the incumbent, promotes it and bakes it; then a bad
     adapter is forced past the gate and the bake rolls it back. Prints the timeline from the registry's event log;
     True when both outcomes happened."""
-    from driftwatch.retrain.service import ACTIVE as RUN_ACTIVE
     from driftwatch.control.rollout import FINISHED
+    from driftwatch.retrain.service import ACTIVE as RUN_ACTIVE
 
-    store, ctl = daemon.rollout.store, daemon.rollout
+    control = daemon.control
+    store, ctl, state = control.registry, control.rollouts, control.store
     echo("phase 3: the loop — the daemon retrains on its decision, evaluates the candidate on vLLM, promotes it and "
          "bakes it on live traffic (the drifted traffic pauses while it trains and evaluates: this is a small machine)")
 
     def working() -> bool:
         """Training or evaluating: on a small machine the traffic would take the CPU they need."""
-        runs = daemon.policy.store.runs(limit=1)
+        runs = state.runs(limit=1)
         active = ctl.active()
         return bool(runs and runs[0].status in RUN_ACTIVE) or (active is not None and active.phase in WORK)
 
@@ -206,18 +206,18 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     def first_outcome():
         """The first rollout once finished; False as soon as the retrain run ended without a candidate."""
         rollout = next((r for r in store.rollouts(5) if r.phase in FINISHED), None)
-        runs = daemon.policy.store.runs(limit=1)
+        runs = state.runs(limit=1)
         return rollout or (False if runs and runs[0].status not in (*RUN_ACTIVE, "succeeded") else None)
 
     first = until(first_outcome)
     if not first:
-        runs = daemon.policy.store.runs(limit=1)
+        runs = state.runs(limit=1)
         echo(f"  no rollout finished{f' within {stack.scale.loop_timeout_s:g}s' if first is None else ''}; last run: "
              f"{f'{runs[0].status} ({runs[0].reason})' if runs else 'none'}", err=True)
         return False
     echo(f"  rollout {first.id} of {first.candidate}: {first.phase}")
     # let the new adapter's window fill (the bad adapter's bake compares against it), then force the bad one
-    until(lambda: True if (s := daemon.last_snapshot) and first.candidate in s.adapters
+    until(lambda: True if (s := control.snapshot) and first.candidate in s.adapters
           and s.adapters[first.candidate].window_events >= stack.scale.new_window else None, 60)
     echo("phase 4: a bad adapter (it answers everything with an empty response) is forced past the gate onto canary")
     ctl.register("support-bad", stack.tmp / "bad" / "adapter", parent=first.candidate)
@@ -225,7 +225,6 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     second = until(lambda: next((r for r in store.rollouts(5) if r.id == bad.id and r.phase in FINISHED), None))
     echo("\ntimeline (decisions, runs and the registry's event log; seconds since the daemon started):")
     t0 = time.time() - (time.monotonic() - t_start)
-    state = daemon.policy.store
     lines = [(d.at, "decision", f"#{d.id} {d.action} {d.adapter}", d.reasons[0][:120]) for d in state.decisions()]
     for r in state.runs(limit=10):
         lines.append((r.started, "retrain started", r.id, r.detail.get("focus_routes") and
@@ -235,14 +234,23 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     lines += [(e.at, e.kind, e.version or "-", e.why) for e in store.events(limit=200) if e.kind != "alias"]
     for at, kind, what, why in sorted(lines, key=lambda x: x[0]):
         echo(f"  {at - t0:6.1f}s  {kind:<17} {what:<28} {why[:150]}")
-    run = next((r for r in daemon.policy.store.runs(limit=5) if r.status == "succeeded"), None)
+    run = next((r for r in state.runs(limit=5) if r.status == "succeeded"), None)
     if run is not None:
         t = run.detail.get("training", {})
         echo(f"\nretrain run {run.id}: dataset {Path(run.dataset).name}, {t.get('steps')} steps, "
              f"{t.get('tokens_seen')} tokens, {t.get('wall_s', 0):.1f}s, {t.get('device')}")
     promoted = first.phase == "done"
     rolled_back = second is not None and second.phase == "rolled_back"
-    echo(f"  -> candidate {'promoted' if promoted else first.phase}; bad adapter "
-         f"{'rolled back automatically' if rolled_back else (second.phase if second else 'still baking')}; "
+    # the step after the bake: a promotion that answered input drift makes the candidate's window the reference
+    ended = next((e for e in store.events(first.candidate, limit=50) if e.detail.get("rollout") == first.id
+                  and e.kind in ("rebaselined", "rebaseline-skipped", "rollout-done")), None)
+    rebaselined = ended is not None and ended.kind != "rebaseline-skipped"
+    retrained_again = [d for d in state.decisions(action="retrain") if d.adapter == first.candidate]
+    echo(f"  -> candidate {'promoted' if promoted else first.phase}; "
+         f"{'re-baselined on it' if ended and ended.kind == 'rebaselined' else (ended.why if ended else 'not finished')}; "
+         f"bad adapter {'rolled back automatically' if rolled_back else (second.phase if second else 'still baking')}; "
          f"canary -> {ctl.production()}")
-    return promoted and rolled_back
+    if retrained_again:
+        echo(f"  UNEXPECTED: the promoted {first.candidate} got its own retrain decision "
+             f"#{retrained_again[0].id} for the drift it answered", err=True)
+    return promoted and rebaselined and rolled_back and not retrained_again

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ from driftwatch.config import Evaluate
 from driftwatch.errors import ServingError
 from driftwatch.evaluate import scoring
 from driftwatch.evaluate.gates import Gate, all_pass
-from driftwatch.retrain.dataset import GoldenItem, read_golden
+from driftwatch.evaluate.golden import GoldenItem, read_golden
 from driftwatch.serving.vllm import VLLMClient
 
 log = logging.getLogger(__name__)
@@ -108,15 +109,16 @@ class Evaluator:
         }
 
     def run(self, candidate: str, incumbent: str, *, eval_id: str | None = None,
-            context: dict[str, Any] | None = None) -> EvalReport:
-        """Evaluate, gate, write the report. Never raises for what vLLM does: a failed run is a failed report."""
+            context: dict[str, Any] | None = None, cancel: threading.Event | None = None) -> EvalReport:
+        """Evaluate, gate, write the report. Never raises for what vLLM does: a failed run is a failed report. Set
+        ``cancel`` to stop early (the requests not yet sent are not sent; the report fails)."""
         started = self.clock()
         eval_id = eval_id or f"eval-{candidate}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
         t0 = time.perf_counter()
         try:
-            outputs = self._generate(candidate, incumbent)
+            outputs = self._generate(candidate, incumbent, cancel or threading.Event())
             metrics = {a: self._metrics(outputs[a]) for a in (candidate, incumbent)}
-            gates = self._gates(metrics[candidate], metrics[incumbent])
+            gates = self._gates(metrics[candidate], metrics[incumbent], self._golden_diff(outputs, candidate, incumbent))
             error = None
         except Exception as exc:  # noqa: BLE001 - whatever happened, the report says so and nothing is promoted
             log.exception("evaluation %s could not be run", eval_id)
@@ -133,7 +135,9 @@ class Evaluator:
         return report
 
     # -- generation -----------------------------------------------------------------------------------------------------
-    def _ask(self, adapter: str, prompt: str) -> dict[str, Any]:
+    def _ask(self, adapter: str, prompt: str, cancel: threading.Event) -> dict[str, Any]:
+        if cancel.is_set():
+            return {"text": None, "error": "cancelled"}
         messages = ([{"role": "system", "content": self.cfg.system_prompt}] if self.cfg.system_prompt else []) + [
             {"role": "user", "content": prompt}]
         try:
@@ -142,7 +146,8 @@ class Evaluator:
         except ServingError as exc:
             return {"text": None, "error": str(exc)}
 
-    def _generate(self, candidate: str, incumbent: str) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    def _generate(self, candidate: str, incumbent: str,
+                  cancel: threading.Event) -> dict[str, dict[str, list[dict[str, Any]]]]:
         jobs = []
         for suite in SUITES:
             for i, item in enumerate(self.suites[suite]):
@@ -150,7 +155,7 @@ class Evaluator:
                 jobs += [(adapter, suite, i, item.prompt) for adapter in pair]
         out = {a: {s: [None] * len(self.suites[s]) for s in SUITES} for a in (candidate, incumbent)}
         with ThreadPoolExecutor(self.cfg.concurrency) as pool:
-            for (adapter, suite, i, _), answer in zip(jobs, pool.map(lambda j: self._ask(j[0], j[3]), jobs)):
+            for (adapter, suite, i, _), answer in zip(jobs, pool.map(lambda j: self._ask(j[0], j[3], cancel), jobs)):
                 out[adapter][suite][i] = answer
         return out
 
@@ -179,7 +184,22 @@ class Evaluator:
             "request_errors": float(sum(o["text"] is None for o in everything)),
         }
 
-    def _gates(self, cand: dict[str, float], inc: dict[str, float]) -> list[Gate]:
+    def _golden_diff(self, outputs: dict, candidate: str, incumbent: str) -> tuple[float, float, int]:
+        """The golden-set score difference, candidate minus incumbent, paired by item: (mean, 95 % half-width, n)."""
+        diffs = []
+        for i, item in enumerate(self.suites["golden"]):
+            c, n = outputs[candidate]["golden"][i], outputs[incumbent]["golden"][i]
+            if c["text"] is not None and n["text"] is not None:
+                how = item.scoring or self.cfg.scoring
+                diffs.append(scoring.score(c["text"], item.answers, how) - scoring.score(n["text"], item.answers, how))
+        if not diffs:
+            return math.nan, math.nan, 0
+        mean = sum(diffs) / len(diffs)
+        var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) if len(diffs) > 1 else 0.0
+        return mean, 1.96 * math.sqrt(var / len(diffs)), len(diffs)
+
+    def _gates(self, cand: dict[str, float], inc: dict[str, float],
+               diff: tuple[float, float, int] = (math.nan, math.nan, 0)) -> list[Gate]:
         g = self.cfg.gates
 
         def gate(name: str, value: float, bound: float, op: str, detail: str) -> Gate:
@@ -192,8 +212,9 @@ class Evaluator:
             Gate("request_errors", cand["request_errors"] + inc["request_errors"], g.max_request_errors, "<=",
                  "evaluation requests that failed (either adapter)"),
             gate("golden_score", cand["golden_score"], g.golden_min, ">=", "candidate's golden-set score"),
-            gate("golden_delta", cand["golden_score"] - inc["golden_score"], g.golden_min_delta, ">=",
-                 f"candidate {cand['golden_score']:.3f} vs incumbent {inc['golden_score']:.3f}"),
+            gate("golden_delta", cand["golden_score"] - inc["golden_score"], g.golden_min_delta, ">",
+                 f"candidate {cand['golden_score']:.3f} vs incumbent {inc['golden_score']:.3f}; paired difference "
+                 f"{diff[0]:+.3f} ± {diff[1]:.3f} (95 %, {diff[2]} items)"),
             gate("forgetting_drop", inc["battery_score"] - cand["battery_score"], g.forgetting_max_drop, "<=",
                  f"general-knowledge battery: incumbent {inc['battery_score']:.3f}, candidate {cand['battery_score']:.3f}"),
             gate("distinct2_ratio", d2_ratio, g.distinct2_min_ratio, ">=",

@@ -13,7 +13,7 @@ class Gate:
     name: str
     value: float
     bound: float
-    op: str  # "<=" or ">="
+    op: str  # "<=", ">=" or ">" (strictly greater)
     detail: str = ""
     error: str | None = None  # why the value could not be measured: the check fails
 
@@ -21,7 +21,7 @@ class Gate:
     def passed(self) -> bool:
         if self.error is not None or math.isnan(self.value):
             return False
-        return self.value <= self.bound if self.op == "<=" else self.value >= self.bound
+        return {"<=": self.value <= self.bound, ">=": self.value >= self.bound, ">": self.value > self.bound}[self.op]
 
     @property
     def verdict(self) -> str:

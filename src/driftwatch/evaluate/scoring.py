@@ -10,7 +10,7 @@ import math
 from typing import Sequence
 
 from driftwatch.monitor.features import distinct_n
-from driftwatch.retrain.dataset import SCORINGS, normalize
+from driftwatch.evaluate.golden import SCORINGS, normalize
 
 
 def rouge_l(a: Sequence[str], b: Sequence[str]) -> float:

@@ -1,6 +1,8 @@
-"""The kafka-python edge: consumer group source, dead-letter producer, topic layout check.
+"""The kafka-python edge: consumer group source, dead-letter producer, topic layout check, and the producer every
+other part of driftwatch sends with (the gateway's event sink, the producer helper).
 
-kafka-python errors are translated here into driftwatch.errors; nothing above this module imports kafka.
+The one place kafka-python is imported, and the one map of its errors into driftwatch's tree (:func:`translate`,
+as httpx maps httpcore's): every call into kafka-python that can raise is translated here, with ``from exc``.
 """
 
 from __future__ import annotations
@@ -11,13 +13,15 @@ from typing import Any, Mapping, Sequence
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka import errors as kerr
+from kafka.errors import KafkaError  # noqa: F401 - re-exported: the class the edge's callers catch before translate()
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.structs import OffsetAndMetadata
 
 from driftwatch.config import Kafka
 from driftwatch.errors import (
-    BrokerUnavailable, CommitError, ConfigError, ConfigProblem, DeadLetterError, DriftwatchError, TopicLayoutError,
+    BrokerUnavailable, CommitError, ConfigError, ConfigProblem, DeadLetterError, DriftwatchError, IngestError,
+    TopicLayoutError,
 )
 from driftwatch.ingest.pipeline import DeadLetter, Record
 
@@ -48,13 +52,35 @@ def client_kwargs(cfg: Kafka) -> dict[str, Any]:
     return kw
 
 
-def _unavailable(cfg: Kafka, exc: Exception) -> DriftwatchError:
+# a broker that is down, restarting or unreachable: worth retrying with backoff
+_TRANSIENT = (kerr.RetriableError, kerr.KafkaConnectionError, kerr.NodeNotReadyError)
+# the group moved on under a commit: the records are redelivered
+_COMMIT = (kerr.CommitFailedError, kerr.IllegalGenerationError, kerr.RebalanceInProgressError,
+           kerr.UnknownMemberIdError)
+
+
+def translate(exc: Exception, cfg: Kafka, doing: str) -> DriftwatchError:
+    """kafka-python's error as driftwatch's (raise it ``from exc``): the settings refused (ConfigError), no broker
+    or a broken connection (BrokerUnavailable, transient), a commit the group refused (CommitError), anything else
+    from Kafka (IngestError)."""
+    what = f"{doing}: {type(exc).__name__}: {exc}"
     if isinstance(exc, kerr.KafkaConfigurationError):
-        return ConfigError([ConfigProblem("kafka", f"kafka-python refused the settings: {exc}", "adjust the kafka settings it names")])
-    return BrokerUnavailable(
-        f"no Kafka broker answered at {','.join(cfg.bootstrap_servers)} ({type(exc).__name__}: {exc}); "
-        "check kafka.bootstrap_servers, kafka.security and that the broker is up"
-    )
+        return ConfigError([ConfigProblem("kafka", f"kafka-python refused the settings: {exc}",
+                                          "adjust the kafka settings it names")])
+    if isinstance(exc, _COMMIT):
+        return CommitError(what)
+    if isinstance(exc, _TRANSIENT):
+        return BrokerUnavailable(f"{what} (brokers {','.join(cfg.bootstrap_servers)}; check kafka.bootstrap_servers, "
+                                 "kafka.security and that the broker is up)")
+    return IngestError(what)
+
+
+def producer(cfg: Kafka, **config: Any) -> KafkaProducer:
+    """A KafkaProducer with the connection and security settings of ``cfg`` and ``config`` on top."""
+    try:
+        return KafkaProducer(**{**client_kwargs(cfg), **config})
+    except kerr.KafkaError as exc:
+        raise translate(exc, cfg, "creating a producer") from exc
 
 
 def ensure_topics(cfg: Kafka) -> dict[str, int]:
@@ -67,7 +93,7 @@ def ensure_topics(cfg: Kafka) -> dict[str, int]:
     try:
         admin = KafkaAdminClient(**client_kwargs(cfg))
     except kerr.KafkaError as exc:
-        raise _unavailable(cfg, exc) from exc
+        raise translate(exc, cfg, "checking the topics") from exc
     try:
         counts = _partition_counts(admin, wanted)
         missing = [name for name in wanted if name not in counts]
@@ -96,7 +122,7 @@ def ensure_topics(cfg: Kafka) -> dict[str, int]:
             )
         return counts
     except kerr.KafkaError as exc:
-        raise _unavailable(cfg, exc) from exc
+        raise translate(exc, cfg, "checking the topics") from exc
     finally:
         admin.close()
 
@@ -172,7 +198,7 @@ class KafkaSource:
                 max_partition_fetch_bytes=c.max_partition_fetch_bytes,
             )
         except kerr.KafkaError as exc:
-            raise _unavailable(cfg, exc) from exc
+            raise translate(exc, cfg, "joining the consumer group") from exc
         self._consumer.subscribe([cfg.topics.inference, cfg.topics.feedback], listener=_Listener(self))
 
     @property
@@ -180,7 +206,10 @@ class KafkaSource:
         return self._joined
 
     def poll(self) -> Sequence[Record]:
-        batches = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._max_records)
+        try:
+            batches = self._consumer.poll(timeout_ms=self._poll_timeout_ms, max_records=self._max_records)
+        except kerr.KafkaError as exc:  # the coordinator or a connection broke inside the client: the loop retries
+            raise translate(exc, self.cfg, "polling") from exc
         if self._rejoined:
             self._rejoined = False
             if self._pending:
@@ -222,7 +251,7 @@ class KafkaSource:
                                   timeout_ms=self.cfg.request_timeout_ms)
         except kerr.KafkaError as exc:
             self._pending = merged
-            raise CommitError(f"{type(exc).__name__}: {exc}") from exc
+            raise CommitError(f"committing offsets: {type(exc).__name__}: {exc}") from exc
         self._pending = {}
 
     def lag(self) -> dict[tuple[str, int], int]:
@@ -261,7 +290,7 @@ class KafkaDeadLetterSink:
                 max_block_ms=p.delivery_timeout_ms,
             )
         except kerr.KafkaError as exc:
-            raise _unavailable(cfg, exc) from exc
+            raise translate(exc, cfg, "creating the dead-letter producer") from exc
 
     def deliver(self, letters: Sequence[DeadLetter]) -> None:
         sent = []
@@ -301,7 +330,7 @@ def read_range(cfg: Kafka, topic: str, *, since_ms: int | None = None, until_ms:
         consumer = KafkaConsumer(**client_kwargs(cfg), group_id=None, enable_auto_commit=False,
                                  auto_offset_reset="earliest", max_partition_fetch_bytes=cfg.consumer.max_partition_fetch_bytes)
     except kerr.KafkaError as exc:
-        raise _unavailable(cfg, exc) from exc
+        raise translate(exc, cfg, "reading a topic range") from exc
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:

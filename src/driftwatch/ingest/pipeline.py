@@ -1,9 +1,16 @@
-"""The ingest step, independent of the Kafka client: decode, deduplicate, dead-letter, hand on, commit.
+"""The ingest step, independent of the Kafka client: decode, deduplicate, join, dead-letter, hand on, commit.
 
-One :meth:`Ingestor.step` is one poll: every record ends as exactly one of accepted, rejected (dead-lettered)
-or duplicate. Offsets are committed only after the batch was handed downstream and every dead letter was
-acknowledged by the broker (at-least-once). The source and the dead-letter sink are small protocols, so a
-confluent-kafka backend can replace kafka-python without touching this file.
+:meth:`Ingestor.poll` takes one batch from the source and :meth:`Ingestor.process` turns it into plain values with
+no I/O: every record ends as exactly one of accepted, rejected (a dead letter) or duplicate, and each accepted one is
+an :class:`Accepted` carrying the adapter label it counts under. :meth:`Ingestor.finish` then does the batch's I/O:
+dead letters acknowledged by the broker, examples harvested from feedback saved, the offset journal written, the
+offsets committed (at-least-once: nothing is committed before the rest landed). The source and the dead-letter
+sink are small protocols, so a confluent-kafka backend can replace kafka-python without touching this file.
+
+**The one request-id join.** The dedup window's entry for an inference event is a :class:`Served`: where it was
+read, the adapter label it counts under (resolved once, here), and the event itself while it is among the last
+``max_kept`` requests (what harvesting a correction or a positive rating needs). Feedback finds its request there;
+signals, windows and the harvest read the label off the :class:`Accepted` and keep no join of their own.
 """
 
 from __future__ import annotations
@@ -13,14 +20,14 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Protocol, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
 from driftwatch.errors import CommitError
 from driftwatch.events import Event, Kind, Rejected, decode, now_ms
-from driftwatch.metrics import Metrics
+from driftwatch.metrics import UNKNOWN, Metrics
 from driftwatch.ingest.recent import DedupWindow
 
 log = logging.getLogger(__name__)
@@ -106,11 +113,31 @@ class OffsetJournal:
         os.replace(tmp, self.path)
 
 
+class Served:
+    """The join's entry for a request: where it was read, the adapter label it counts under, and the event while it
+    is among the last ``max_kept`` (None after, or when there is nothing to harvest from it)."""
+
+    __slots__ = ("where", "adapter", "event")
+
+    def __init__(self, where: tuple[TopicPartition, int], adapter: str, event: Event | None) -> None:
+        self.where, self.adapter, self.event = where, adapter, event
+
+
+class Accepted(NamedTuple):
+    """An accepted event as it goes downstream: a plain value."""
+
+    kind: Kind
+    event: Event
+    adapter: str  # inference: the serving adapter's label; feedback: its request's label, else "unknown"
+    request: Event | None = None  # feedback: the InferenceEvent it rates, while the join still keeps it
+
+
 @dataclass(slots=True)
 class Batch:
     """One processed poll, waiting for its dead letters to be acknowledged and its offsets committed."""
 
-    events: list[tuple[Kind, Event]] = field(default_factory=list)
+    events: list[Accepted] = field(default_factory=list)
+    examples: list[Any] = field(default_factory=list)  # harvested from feedback: saved before the commit
     dead_letters: list[DeadLetter] = field(default_factory=list)
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read
     ranges: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
@@ -128,7 +155,11 @@ class Ingestor:
         max_record_bytes: int,
         dedup: DedupWindow,
         journal: OffsetJournal | None = None,
-        downstream: Callable[[Sequence[tuple[Kind, Event]]], None] = lambda events: None,
+        downstream: Callable[[Sequence[Accepted]], None] = lambda events: None,
+        label: Callable[[str], str] = str,
+        harvest: Callable[[Accepted], Any | None] | None = None,
+        save_examples: Callable[[list[Any]], None] | None = None,
+        max_kept: int = 0,
         group_id: str = "",
         dead_letter_head_bytes: int = 65_536,
         dead_letter_max_bytes: int = 1_000_000,
@@ -144,6 +175,10 @@ class Ingestor:
         self.dedup = dedup
         self.journal = journal or OffsetJournal(None)
         self.downstream = downstream
+        self.label = label  # the adapter label an event counts under (metrics.adapter_cap): chosen once, here
+        self.harvest, self.save_examples = harvest, save_examples
+        self._kept: deque[Served] = deque()  # the joined requests that still hold their event, oldest first
+        self.max_kept = max_kept if harvest is not None else 0
         self.group_id = group_id
         self.head_bytes = dead_letter_head_bytes
         self.dl_max_bytes = dead_letter_max_bytes
@@ -166,12 +201,12 @@ class Ingestor:
         return self.process(records)
 
     def process(self, records: Iterable[Record]) -> Batch:
-        """Decode and deduplicate: each record becomes accepted, rejected or duplicate. No I/O."""
+        """Decode, deduplicate and join: each record becomes accepted, rejected or duplicate. No I/O."""
         batch = Batch(started=time.perf_counter())
         counts: dict[tuple[str, str], int] = {}
         dups: dict[tuple[str, str], int] = {}
         kinds, dedup, journal, max_bytes = self.kinds, self.dedup, self.journal, self.max_record_bytes
-        feedback: list[tuple[Kind, Event]] = []  # handed on after the batch's inference events (see _hold)
+        feedback: list[Accepted] = []  # handed on after the batch's inference events (see _hold)
         for rec in records:
             topic, partition, offset = rec.topic, rec.partition, rec.offset
             tp = (topic, partition)
@@ -183,27 +218,15 @@ class Ingestor:
             else:
                 kind = kinds[topic]
                 result = decode(kind, rec.value, max_bytes)
+                where = (tp, offset)
                 if isinstance(result, Rejected):
                     if dedup.add(("o", topic, partition, offset)):
                         outcome, dup_kind = "duplicate", "redelivery"
                     else:
                         outcome, dup_kind = "rejected", ""
                         batch.dead_letters.append(self._dead_letter(rec, result))
-                elif dedup.add((kind, result.dedup_key), tp_offset := (tp, offset)):
-                    # the same record again (a failed commit, a rebalance) or the same key sent twice by a producer
-                    redelivery = dedup.get((kind, result.dedup_key)) == tp_offset
-                    outcome, dup_kind = "duplicate", "redelivery" if redelivery else "key"
                 else:
-                    outcome, dup_kind = "accepted", ""
-                    if kind == "inference":
-                        batch.events.append((kind, result))
-                        if self._held and (held := self._held.pop(result.request_id, None)):
-                            self._n_held -= len(held[1])
-                            feedback.extend(("feedback", e) for e in held[1])
-                    elif dedup.get(("inference", result.request_id)) is not None:
-                        feedback.append((kind, result))
-                    else:
-                        self._hold(result)
+                    outcome, dup_kind = self._accept(kind, result, where, batch, feedback)
             key = (topic, outcome)
             counts[key] = counts.get(key, 0) + 1
             if dup_kind:
@@ -220,7 +243,44 @@ class Ingestor:
         self.metrics.dedup_entries.set(len(dedup))
         if batch.events:
             self.downstream(batch.events)
+            if self.harvest is not None:
+                batch.examples = [x for x in map(self.harvest, batch.events) if x is not None]
         return batch
+
+    def _accept(self, kind: Kind, event: Event, where: tuple[TopicPartition, int], batch: Batch,
+                feedback: list[Accepted]) -> tuple[str, str]:
+        """(outcome, duplicate kind) of a decoded event; an accepted one joins the batch (feedback after it)."""
+        dedup = self.dedup
+        key = (kind, event.dedup_key)
+        served = Served(where, "", event) if kind == "inference" else None
+        if dedup.add(key, served or where):
+            # the same record again (a failed commit, a rebalance) or the same key sent twice by a producer
+            prior = dedup.get(key)
+            redelivery = (prior.where if isinstance(prior, Served) else prior) == where
+            return "duplicate", "redelivery" if redelivery else "key"
+        if served is not None:
+            served.adapter = self.label(event.adapter)
+            batch.events.append(Accepted(kind, event, served.adapter))
+            self._keep(served)
+            if self._held and (held := self._held.pop(event.request_id, None)):
+                self._n_held -= len(held[1])
+                feedback.extend(Accepted("feedback", e, served.adapter, served.event) for e in held[1])
+        elif (request := dedup.get(("inference", event.request_id))) is not None:
+            feedback.append(Accepted(kind, event, request.adapter, request.event))
+        else:
+            self._hold(event)
+        return "accepted", ""
+
+    def _keep(self, served: Served) -> None:
+        """The join keeps the event of the last ``max_kept`` requests only (what harvesting needs); older entries
+        keep their label."""
+        if not self.max_kept:
+            served.event = None
+            return
+        kept = self._kept
+        kept.append(served)
+        if len(kept) > self.max_kept:
+            kept.popleft().event = None
 
     def _hold(self, event: Event) -> None:
         """Feedback is joined to the adapter that served its request, so it is handed on after the request's
@@ -234,9 +294,9 @@ class Ingestor:
             entry[1].append(event)
         self._n_held += 1  # the gauge is set once per batch, by _release
 
-    def _release(self, now: float) -> list[tuple[Kind, Event]]:
+    def _release(self, now: float) -> list[Accepted]:
         """Feedback that waited its time (or past ``max_held``, the oldest): handed on without its request."""
-        out: list[tuple[Kind, Event]] = []
+        out: list[Accepted] = []
         held = self._held
         while held:
             request_id, (since, events) = next(iter(held.items()))
@@ -244,15 +304,19 @@ class Ingestor:
                 break
             del held[request_id]
             self._n_held -= len(events)
-            out.extend(("feedback", e) for e in events)
+            out.extend(Accepted("feedback", e, UNKNOWN) for e in events)
         self.metrics.feedback_held.set(self._n_held)
         return out
 
     def finish(self, batch: Batch) -> None:
-        """Dead letters acknowledged, then journal, then commit. Raises DeadLetterError with nothing committed."""
+        """Dead letters acknowledged, harvested examples saved, then journal, then commit. Raises DeadLetterError (or
+        the store's StoreError) with nothing committed; called again, it goes on from what is left."""
         if batch.dead_letters:
             self.sink.deliver(batch.dead_letters)
             batch.dead_letters = []
+        if batch.examples and self.save_examples is not None:
+            self.save_examples(batch.examples)
+            batch.examples = []
         self.journal.record(batch.ranges)
         try:
             self.source.commit(batch.offsets)

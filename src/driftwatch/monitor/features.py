@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, NamedTuple, Sequence
 
+from driftwatch.config import CATEGORICAL_FEATURES, NUMERIC_FEATURES
 from driftwatch.events import InferenceEvent
 
 DEFAULT_REFUSALS = (
@@ -20,8 +21,7 @@ DEFAULT_REFUSALS = (
     r"\bI'm not able to\b",
 )
 
-NUMERIC = ("prompt_chars", "prompt_tokens", "response_chars", "response_tokens", "latency_ms", "repeated_ngram_ratio")
-CATEGORICAL = ("status", "route", "language", "refusal", "empty_response")
+NUMERIC, CATEGORICAL = NUMERIC_FEATURES, CATEGORICAL_FEATURES  # named in config: the vocabulary rules may use
 COLUMNS = NUMERIC + CATEGORICAL  # the order of Features' fields: a Features tuple is a row of these columns
 
 _STOPWORDS = {

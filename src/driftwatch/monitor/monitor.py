@@ -3,7 +3,15 @@
 Each adapter has a current window that fills until ``window_events`` events or ``window_seconds`` pass, then
 closes; checks run on the last closed window (a stable sample) against the reference profile. Memory per
 adapter is constant: sketches with the reference's edges, counters, and a capped sample of responses for the
-diversity (distinct-n) measure. :meth:`Monitor.snapshot` returns a plain :class:`MonitorSnapshot`.
+diversity (distinct-n) measure.
+
+**One writer.** The ingest thread alone writes windows (:meth:`Monitor.observe`, :meth:`Monitor.maintain`). It
+publishes an immutable :class:`Windows` when a window closes, or when a reader asked (:meth:`Monitor.fresh`), by
+swapping one reference: a closed window is never written again, so it is shared as it is; the current one is
+copied. Checks (:meth:`Monitor.snapshot`, on the control thread), followers' publishing, reports and the status API
+read publications only. A new reference (:meth:`Monitor.use_reference`) is handed to the ingest thread, which
+takes it up at its next step. The check's result is a plain :class:`MonitorSnapshot`; :func:`window_samples`
+turns it into the gauges' values, which a collector serves at scrape time.
 """
 
 from __future__ import annotations
@@ -15,16 +23,16 @@ import threading
 import time
 import zlib
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
-from driftwatch.metrics import UNKNOWN, LabelCap, Metrics
+from driftwatch.events import InferenceEvent
+from driftwatch.metrics import UNKNOWN
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, Features, distinct_n, prompt_text
 from driftwatch.monitor.sketch import Categories, Histogram, Profile
 from driftwatch.monitor.stats import Verdict, semantic_verdict, verdict
-from driftwatch.ingest.recent import DedupWindow
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +115,18 @@ class Window:
         if prompt is not None:
             _reservoir(self.prompts, self.prompts_cap, prompt[:2000], self.events, self.rng)
 
+    def copy(self) -> Window:
+        """A copy the ingest thread will not write (the current window, published)."""
+        out = Window.__new__(Window)
+        out.numeric = {k: h.copy() for k, h in self.numeric.items()}
+        out.categorical = {k: c.copy() for k, c in self.categorical.items()}
+        out.events, out.errors, out.refusals, out.empties = self.events, self.errors, self.refusals, self.empties
+        out.latency_ms_sum, out.feedback, out.started = self.latency_ms_sum, dict(self.feedback), self.started
+        out.responses, out.rows, out.prompts = list(self.responses), list(self.rows), list(self.prompts)
+        out.diversity_cap, out.rows_cap, out.prompts_cap = self.diversity_cap, self.rows_cap, self.prompts_cap
+        out.semantic, out.rng = None, None
+        return out
+
     def to_bytes(self, closed: bool) -> bytes:
         """The window as a follower publishes it for the leader (compressed JSON; no reservoir state, no verdict)."""
         return zlib.compress(json.dumps({
@@ -152,6 +172,17 @@ class Window:
 
 
 @dataclass(frozen=True)
+class Windows:
+    """What the ingest thread published: per adapter, the window a check looks at (the last closed one, else a copy of
+    the current one) and whether it is closed, with the reference they are cut against. Nobody writes it."""
+
+    seq: int  # publication number: 0 before the first
+    at: float  # the monitor's clock when published
+    reference: Profile | None
+    views: Mapping[str, tuple[Window, bool]]
+
+
+@dataclass(frozen=True)
 class AdapterSnapshot:
     adapter: str
     window_events: int  # events in the window checked (the last closed one, else the current one)
@@ -177,6 +208,7 @@ class MonitorSnapshot:
     taken_at: float
     reference_version: str | None
     adapters: dict[str, AdapterSnapshot]
+    baselines: Mapping[str, float] = field(default_factory=dict)  # the reference's quality baselines
 
 
 class Monitor:
@@ -184,97 +216,130 @@ class Monitor:
         self,
         reference: Profile | None,
         settings: MonitorSettings | None = None,
-        join: DedupWindow | None = None,
         extractor: FeatureExtractor | None = None,
         clock: Callable[[], float] = time.monotonic,
-        max_adapters: int = 100,
         embed: Callable[[Sequence[str]], np.ndarray] | None = None,
     ) -> None:
-        self.reference = reference
         self.settings = settings or MonitorSettings()
-        self.join = join or DedupWindow(200_000, 3600)
         self.extract = extractor or FeatureExtractor()
         self.clock = clock
-        self.embed = embed if reference is not None and reference.semantic else None  # the semantic check, if on
-        self._ref_embeddings = np.asarray(reference.semantic["embeddings"], np.float32) if self.embed else None
-        self.adapter_cap = LabelCap(max_adapters)  # the metrics' mechanism: past the cap, "other"
+        self._embedder = embed
         self._rng = random.Random(0)  # the windows' reservoirs: seeded, so the same stream keeps the same sample
+        # the ingest thread's own: windows and the reference they are cut against
         self._current: dict[str, Window] = {}
         self._closed: dict[str, Window] = {}
-        self._lock = threading.RLock()
+        self._use(reference)
+        self._changed = True  # something to publish (a window closed, the reference changed)
+        # handed between threads, under _cond
+        self._cond = threading.Condition()
+        self._asked = False
+        self._next_reference: Profile | None = None
+        self._published = Windows(0, clock(), reference, MappingProxyType({}))
+        self._semantic: dict[int, tuple[Window, Verdict]] = {}  # the checks' own: a closed window's verdict, once
+
+    def _use(self, reference: Profile | None) -> None:
+        self.reference = reference
+        self.embed = self._embedder if reference is not None and reference.semantic else None  # the semantic check
+        self._current.clear()
+        self._closed.clear()
 
     def _window(self, adapter: str, now: float) -> Window:
         win = self._current.get(adapter)
         s = self.settings
         if win is not None and (win.events >= s.window_events or now - win.started >= s.window_seconds):
             self._closed[adapter] = win
+            self._changed = True
             win = None
         if win is None:
             win = self._current[adapter] = Window(self.reference, s.max_categories, s.diversity_sample, now,
                                                   s.report_sample, s.semantic_sample if self.embed else 0, self._rng)
         return win
 
-    def observe(self, events: Sequence[tuple[Kind, Event]]) -> None:
+    # -- the ingest thread ----------------------------------------------------------------------------------------------
+    def observe(self, items: Sequence) -> None:
+        """Accepted events (the ingestor's ``Accepted``: kind, event, adapter label, request) into their windows."""
         now = self.clock()
-        with self._lock:
-            for kind, event in events:
-                if kind == "inference":
-                    assert isinstance(event, InferenceEvent)
-                    self.join.add(event.request_id, event.adapter)
-                    win = self._window(self.adapter_cap(event.adapter), now)
-                    win.add(self.extract(event), event.response, prompt_text(event) if win.prompts_cap else None)
-                else:
-                    assert isinstance(event, FeedbackEvent)
-                    adapter = self.join.get(event.request_id, UNKNOWN)
-                    if adapter != UNKNOWN:
-                        self._window(adapter, now).feedback[event.sentiment] += 1
+        for kind, event, adapter, _ in items:
+            if kind == "inference":
+                win = self._window(adapter, now)
+                win.add(self.extract(event), event.response, prompt_text(event) if win.prompts_cap else None)
+            elif adapter != UNKNOWN:
+                self._window(adapter, now).feedback[event.sentiment] += 1
 
-    def rebaseline(self, adapter: str, source: str) -> Profile:
-        """Make the adapter's window (its row sample, responses and prompts) the new reference, and start every
-        window afresh against it (a window's histograms are cut at the reference's edges)."""
-        with self._lock:
-            win = self._closed.get(adapter) or self._current.get(adapter)
-            if win is None or len(win.rows) < self.settings.min_samples:
-                raise ValueError(f"adapter '{adapter}' has {len(win.rows) if win else 0} sampled rows, fewer than "
-                                 f"monitor.min_samples ({self.settings.min_samples}): not enough to be a reference")
-            profile = profile_from_rows(win.rows, win.responses, win.prompts, max_categories=self.settings.max_categories,
-                                        source=source, embed=self.embed)
-            self.use_reference(profile)
-        return profile
+    def maintain(self) -> Windows | None:
+        """The ingest thread's step between polls: take up a new reference, close windows whose time is up, and
+        publish when a window closed or a reader asked. Returns the new publication, if any."""
+        now = self.clock()
+        if self._next_reference is not None:
+            with self._cond:
+                reference, self._next_reference = self._next_reference, None
+            self._use(reference)
+            self._changed = True
+        for adapter in list(self._current):
+            self._window(adapter, now)  # close windows whose time is up
+        if not (self._changed or self._asked):
+            return None
+        views = {a: (self._closed[a], True) if a in self._closed else (w.copy(), False) for a, w in self._current.items()}
+        with self._cond:
+            self._published = Windows(self._published.seq + 1, now, self.reference, MappingProxyType(views))
+            self._changed = self._asked = False
+            self._cond.notify_all()
+        return self._published
+
+    # -- any thread -----------------------------------------------------------------------------------------------------
+    def latest(self) -> Windows:
+        """The last publication (an atomic read)."""
+        return self._published
+
+    def ask(self) -> None:
+        """Ask the ingest thread to publish at its next step (between polls)."""
+        with self._cond:
+            self._asked = True
+
+    def fresh(self, timeout_s: float = 2.0) -> Windows:
+        """Ask the ingest thread to publish, and wait for it up to ``timeout_s`` (it publishes between polls); the
+        last publication if it does not come in time (the ingest thread is blocked, say)."""
+        with self._cond:
+            seq = self._published.seq
+            self._asked = True
+            self._cond.wait_for(lambda: self._published.seq > seq, timeout_s)
+            return self._published
 
     def use_reference(self, profile: Profile) -> None:
-        """Check against ``profile`` from now on, every window started afresh (a follower takes up the reference
-        the leader re-baselined on)."""
-        with self._lock:
-            self.reference = profile
-            if self.embed is not None:
-                self._ref_embeddings = np.asarray(profile.semantic["embeddings"], np.float32)
-            self._current.clear()
-            self._closed.clear()
+        """Check against ``profile`` from the ingest thread's next step on, every window started afresh (after a
+        re-baseline; a follower taking up the leader's)."""
+        with self._cond:
+            self._next_reference = profile
 
     def rows(self, adapter: str) -> list[Features] | None:
-        """The row sample of the window a check looks at (the last closed one, else the current one); None for an
-        adapter with no window."""
-        with self._lock:
-            win = self._closed.get(adapter) or self._current.get(adapter)
-            return list(win.rows) if win else None
+        """The row sample of the window a check looks at, as last published; None for an adapter with no window."""
+        view = self._published.views.get(adapter)
+        return list(view[0].rows) if view else None
 
-    def windows(self) -> dict[str, tuple[Window, bool]]:
-        """Per adapter, the window a check looks at (the last closed one, else the current one) and whether it is
-        closed. Merge two replicas' with :meth:`Window.merged` and pass the result to :meth:`snapshot`."""
-        now = self.clock()
-        with self._lock:
-            for adapter in list(self._current):
-                self._window(adapter, now)  # close windows whose time is up
-            return {a: (self._closed.get(a) or w, a in self._closed) for a, w in self._current.items()}
+    def profile_from(self, adapter: str, source: str, windows: Windows | None = None) -> Profile:
+        """A new reference from an adapter's published window (its row sample, responses and prompts): a
+        re-baseline. Raises ValueError when the window holds fewer than ``min_samples`` rows."""
+        view = (windows or self._published).views.get(adapter)
+        win = view[0] if view else None
+        if win is None or len(win.rows) < self.settings.min_samples:
+            raise ValueError(f"adapter '{adapter}' has {len(win.rows) if win else 0} sampled rows, fewer than "
+                             f"monitor.min_samples ({self.settings.min_samples}): not enough to be a reference")
+        return profile_from_rows(win.rows, win.responses, win.prompts, max_categories=self.settings.max_categories,
+                                 source=source, embed=self.embed)
 
-    def snapshot(self, windows: dict[str, tuple[Window, bool]] | None = None) -> MonitorSnapshot:
-        views = self.windows() if windows is None else windows
-        out = {a: self._adapter_snapshot(a, win, closed) for a, (win, closed) in views.items()}
-        return MonitorSnapshot(self.clock(), self.reference.content_hash if self.reference else None, out)
+    def snapshot(self, windows: Windows | Mapping[str, tuple[Window, bool]] | None = None) -> MonitorSnapshot:
+        """The check: every window of ``windows`` (default: the last publication) against the reference. Pure but for
+        a cache of each closed window's semantic verdict (computed once)."""
+        published = windows if isinstance(windows, Windows) else self._published
+        views = published.views if windows is None or isinstance(windows, Windows) else windows
+        ref = published.reference
+        out = {a: self._adapter_snapshot(a, win, closed, ref) for a, (win, closed) in views.items()}
+        live = {id(w) for w, _ in views.values()}
+        self._semantic = {k: v for k, v in self._semantic.items() if k in live}
+        return MonitorSnapshot(self.clock(), ref.content_hash if ref else None, out, dict(ref.baselines) if ref else {})
 
-    def _adapter_snapshot(self, adapter: str, win: Window, closed: bool) -> AdapterSnapshot:
-        s, ref = self.settings, self.reference
+    def _adapter_snapshot(self, adapter: str, win: Window, closed: bool, ref: Profile | None) -> AdapterSnapshot:
+        s = self.settings
         n = win.events
         fb = sum(win.feedback.values())
         drift: dict[str, Verdict] = {}
@@ -287,12 +352,14 @@ class Monitor:
                     _, r, c = ref.categorical[name].aligned(cats)
                     drift[name] = verdict(r, c, kind="categorical", alpha=s.alpha, min_samples=s.min_samples,
                                           cramers_v_floor=s.cramers_v_floor)
-            if self.embed is not None and closed:  # embedding costs ~3 ms a prompt on CPU: once per closed window
-                if win.semantic is None:
-                    win.semantic = semantic_verdict(self._ref_embeddings, self.embed(win.prompts), alpha=s.alpha,
-                                                    floor=s.semantic_floor, permutations=s.semantic_permutations,
-                                                    min_samples=min(50, s.semantic_sample))
-                drift["semantic"] = win.semantic
+            if self._embedder is not None and ref.semantic and closed:  # ~3 ms a prompt on CPU: once per window
+                cached = self._semantic.get(id(win))
+                if cached is None:
+                    reference = np.asarray(ref.semantic["embeddings"], np.float32)
+                    cached = self._semantic[id(win)] = (win, semantic_verdict(
+                        reference, self._embedder(win.prompts), alpha=s.alpha, floor=s.semantic_floor,
+                        permutations=s.semantic_permutations, min_samples=min(50, s.semantic_sample)))
+                drift["semantic"] = cached[1]
         grown: tuple[str, ...] = ()
         if ref is not None and "route" in ref.categorical and n:
             keys, r, c = ref.categorical["route"].aligned(win.categorical["route"])
@@ -357,26 +424,27 @@ def profile_from_rows(rows: Sequence[Features], responses: Sequence[str], prompt
     return profile
 
 
-def export(snapshot: MonitorSnapshot, metrics: Metrics, wall_time: float | None = None) -> None:
-    """Write a snapshot into the gauges (a series with no value this time is removed, not left stale)."""
-    for gauge in (metrics.drift_score, metrics.drift_p_value, metrics.drift_detected, metrics.window_events,
-                  metrics.output_quality, metrics.error_ratio, metrics.negative_feedback_ratio, metrics.reference_info):
-        gauge.clear()
+def window_samples(snapshot: MonitorSnapshot, wall_time: float | None = None) -> dict[str, list]:
+    """A check's result as the window gauges' samples (``metrics.Metrics.set_windows``): served at scrape time as
+    they are, so a scrape sees the last check or the one before, never an empty set in between."""
+    out: dict[str, list] = {name: [] for name in ("drift_score", "drift_p_value", "drift_detected", "window_events",
+                                                  "output_quality", "error_ratio", "negative_feedback_ratio",
+                                                  "reference_info", "last_check")}
     if snapshot.reference_version:
-        metrics.reference_info.labels(version=snapshot.reference_version[:12]).set(1)
-    for adapter, a in snapshot.adapters.items():
-        metrics.window_events.labels(adapter=adapter).set(a.window_events)
-        for name, v in a.drift.items():
+        out["reference_info"].append(((snapshot.reference_version[:12],), 1))
+    for adapter, a in sorted(snapshot.adapters.items()):
+        out["window_events"].append(((adapter,), a.window_events))
+        for name, v in sorted(a.drift.items()):
             if v.value is not None:
-                metrics.drift_score.labels(adapter=adapter, feature=name).set(v.value)
-                metrics.drift_p_value.labels(adapter=adapter, feature=name).set(v.p_value)
-            metrics.drift_detected.labels(adapter=adapter, feature=name).set(1 if v.drifted else 0)
+                out["drift_score"].append(((adapter, name), v.value))
+                out["drift_p_value"].append(((adapter, name), v.p_value))
+            out["drift_detected"].append(((adapter, name), 1 if v.drifted else 0))
         for signal in ("refusal_rate", "empty_rate", "distinct_1", "distinct_2"):
-            value = getattr(a, signal)
-            if value is not None:
-                metrics.output_quality.labels(adapter=adapter, signal=signal).set(value)
+            if (value := getattr(a, signal)) is not None:
+                out["output_quality"].append(((adapter, signal), value))
         if a.error_ratio is not None:
-            metrics.error_ratio.labels(adapter=adapter).set(a.error_ratio)
+            out["error_ratio"].append(((adapter,), a.error_ratio))
         if a.negative_feedback_ratio is not None:
-            metrics.negative_feedback_ratio.labels(adapter=adapter).set(a.negative_feedback_ratio)
-    metrics.last_check.set(time.time() if wall_time is None else wall_time)
+            out["negative_feedback_ratio"].append(((adapter,), a.negative_feedback_ratio))
+    out["last_check"].append(((), time.time() if wall_time is None else wall_time))
+    return out

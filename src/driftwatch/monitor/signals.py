@@ -1,23 +1,20 @@
 """Per-adapter live signals from accepted events: requests by status, latency, tokens, feedback sentiment.
 
-Feedback carries only a request_id; it is attributed to the adapter that served that request through a
-bounded join window (the ingestor hands feedback on after its request; feedback whose request is older than the
-window, or never came within ``ingest.feedback_hold_s``, counts as "unknown").
+Each event comes with the adapter label it counts under, chosen once by the ingestor's join (feedback: the label
+of the request it rates; "unknown" when that request is not in the join, or never came within
+``ingest.feedback_hold_s``). On the ingest thread.
 """
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from driftwatch.events import Event, FeedbackEvent, InferenceEvent, Kind
-from driftwatch.metrics import UNKNOWN, Metrics
-from driftwatch.ingest.recent import DedupWindow
+from driftwatch.metrics import Metrics
 
 
 class AdapterSignals:
-    def __init__(self, metrics: Metrics, join: DedupWindow) -> None:
+    def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self.join = join
         self._children: dict[tuple, object] = {}
 
     def _child(self, metric, *labels: str):  # labelled children cached: .labels() costs ~1 µs
@@ -27,13 +24,11 @@ class AdapterSignals:
             child = self._children[key] = metric.labels(*labels)
         return child
 
-    def __call__(self, events: Sequence[tuple[Kind, Event]]) -> None:
+    def __call__(self, items: Sequence) -> None:
+        """``items``: the ingestor's ``Accepted`` values (kind, event, adapter label, request)."""
         m = self.metrics
-        for kind, event in events:
+        for kind, event, adapter, _ in items:
             if kind == "inference":
-                assert isinstance(event, InferenceEvent)
-                adapter = m.adapter_cap(event.adapter)
-                self.join.add(event.request_id, adapter)
                 self._child(m.requests, adapter, event.status).inc()
                 self._child(m.request_latency, adapter).observe(event.latency_ms / 1000.0)
                 if event.tokens_in:
@@ -41,6 +36,4 @@ class AdapterSignals:
                 if event.tokens_out:
                     self._child(m.tokens, adapter, "out").inc(event.tokens_out)
             else:
-                assert isinstance(event, FeedbackEvent)
-                adapter = self.join.get(event.request_id, UNKNOWN)
                 self._child(m.feedback, adapter, event.sentiment).inc()

@@ -67,6 +67,11 @@ class Histogram:
     def empty_like(self) -> Histogram:
         return Histogram(self.edges)
 
+    def copy(self) -> Histogram:
+        out = Histogram.__new__(Histogram)
+        out.edges, out.counts = self.edges, list(self.counts)  # edges never change: shared
+        return out
+
     @property
     def total(self) -> int:
         return sum(self.counts)
@@ -105,6 +110,9 @@ class Categories:
 
     def empty_like(self) -> Categories:
         return Categories(self.max_values)
+
+    def copy(self) -> Categories:
+        return Categories(self.max_values, self.counts)
 
     def aligned(self, other: Categories) -> tuple[list[str], list[int], list[int]]:
         """Both count vectors over the union of keys (sorted), for a two-sample test."""

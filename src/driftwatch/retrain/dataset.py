@@ -23,26 +23,21 @@ import random
 import re
 import shutil
 import time
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from driftwatch.errors import DataError, GateFailure
 from driftwatch.evaluate.gates import Gate
+from driftwatch.evaluate.golden import GoldenItem, normalize, read_golden, records, text_field
 
 TRUST = {"correction": 3, "positive": 2, "replay": 1}
-SCORINGS = ("exact", "normalized", "contains", "rouge_l")  # how a golden item's answer is scored
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)
 _FILLERS = set("""a an the and or but of to in on at for with by from about into as is are was were be been being do does
 did done i me my we our you your it its this that these those there what which who whom how why when where can could would
 should will shall may might must please tell explain show give know want need help way best some any just really
 quick quickly simply hi hello hey thanks thank kindly let lets us so if then also am pls plz step question""".split())
 EMAIL = re.compile(r"\b[\w.+-]+@[\w-]+\.[\w.-]+\b")
 PHONE = re.compile(r"(?<!\w)(?:\+?\d[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{3,4}[\s.-]\d{3,4}(?:[\s.-]\d{2,4})?(?!\w)")
-
-
-class DataError(ValueError):
-    """A data file that does not follow its documented format (file, line and field named)."""
 
 
 @dataclass(frozen=True)
@@ -55,76 +50,18 @@ class Example:
     ref: str = ""  # request_id for harvested examples, file:line for files
 
 
-@dataclass(frozen=True)
-class GoldenItem:
-    prompt: str
-    expected: str | tuple[str, ...]  # one answer, or accepted alternatives (empty for probes: no answer expected)
-    route: str | None = None
-    scoring: str | None = None  # exact | normalized | contains | rouge_l (evaluate/scoring.py)
-
-    @property
-    def answers(self) -> tuple[str, ...]:
-        return (self.expected,) if isinstance(self.expected, str) else self.expected
-
-
 # -- files ------------------------------------------------------------------------------------------------------------
-def _records(path: Path) -> Iterable[tuple[int, dict]]:
-    with open(path, encoding="utf-8") as fh:
-        for line_no, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"{path}:{line_no}: not JSON ({exc})") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path}:{line_no}: expected a JSON object")
-            yield line_no, obj
-
-
-def _text(obj: dict, name: str, where: str, required: bool = True) -> str | None:
-    value = obj.get(name)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise DataError(f"{where}: field '{name}' must be a string" + ("" if name in obj else " (missing)"))
-    return value
-
-
 def read_examples(path: Path, source: str = "replay") -> list[Example]:
     """The base training set: one {"prompt", "response", "route"?, "system"?} per line (docs/training-data.md)."""
     out = []
-    for line_no, obj in _records(path):
+    for line_no, obj in records(path):
         where = f"{path}:{line_no}"
-        out.append(Example(_text(obj, "prompt", where), _text(obj, "response", where), source,
-                           _text(obj, "route", where, False), _text(obj, "system", where, False), where))
-    return out
-
-
-def read_golden(path: Path, expected: bool = True) -> list[GoldenItem]:
-    """The golden set (and the evaluation's battery and probes): one {"prompt", "expected" (a string or a list of
-    accepted answers), "route"?, "scoring"?} per line. Never trained on. Probes (``expected=False``) need no answer."""
-    out = []
-    for line_no, obj in _records(path):
-        where = f"{path}:{line_no}"
-        answers = obj.get("expected")
-        if isinstance(answers, list) and answers and all(isinstance(a, str) for a in answers):
-            answers = tuple(answers)
-        elif expected or answers is not None:
-            answers = _text(obj, "expected", where)
-        scoring = _text(obj, "scoring", where, False)
-        if scoring is not None and scoring not in SCORINGS:
-            raise DataError(f"{where}: scoring {scoring!r} is not one of {', '.join(SCORINGS)}")
-        out.append(GoldenItem(_text(obj, "prompt", where), answers or (), _text(obj, "route", where, False), scoring))
+        out.append(Example(text_field(obj, "prompt", where), text_field(obj, "response", where), source,
+                           text_field(obj, "route", where, False), text_field(obj, "system", where, False), where))
     return out
 
 
 # -- text similarity ----------------------------------------------------------------------------------------------------
-def normalize(text: str) -> str:
-    text = unicodedata.normalize("NFKC", text).casefold()
-    return " ".join(_WORD.findall(text))
-
-
 def shingles(text: str) -> set[str]:
     """Content words and their adjacent pairs; fillers dropped, plurals folded. Short texts fall back to all words."""
     words = normalize(text).split()
@@ -199,16 +136,6 @@ class GateSettings:
     validation_fraction: float = 0.1
     replay_fraction: float = 0.3  # replay examples as a share of the final set (against forgetting)
     seed: int = 0
-
-
-class GateFailure(Exception):
-    """The data failed at least one gate: nothing is trained. ``report`` holds every gate."""
-
-    def __init__(self, report: list[Gate]):
-        self.report = report
-        failed = [g for g in report if not g.passed]
-        super().__init__("training data refused: " + "; ".join(f"{g.name} {g.value:.4g} (bound {g.op} {g.bound:g}) "
-                                                               f"{g.detail}".rstrip() for g in failed))
 
 
 _DANGLING = {"the", "a", "an", "and", "or", "of", "to", "with", "for", "in", "on", "is", "are", "that", "which", "but"}

@@ -1,8 +1,10 @@
-"""A retrain request, end to end: harvested examples + replay → gates → versioned dataset → training run →
-candidate adapter. Every step is recorded in the state store; promotion belongs to the rollout stage.
+"""A retrain run, end to end: harvested examples + replay → gates → versioned dataset → training run → candidate
+adapter. Every step is recorded in the state store; what follows a run is the reconciler's (control/reconciler.py).
 
-The run is recorded as ``queued`` (waiting for the worker) → ``building`` → ``training`` → ``succeeded`` |
-``failed`` | ``timed_out`` | ``cancelled``, or ``refused`` when the data failed a gate (nothing was trained; the gate report says why).
+The run is recorded as ``queued`` (decided, its job not started) → ``building`` → ``training`` → ``succeeded`` |
+``failed`` | ``timed_out`` | ``cancelled``; ``refused`` when the data failed a gate (nothing was trained; the gate
+report says why); ``unimproved`` when no checkpoint beat the untrained adapter on the validation split (best step
+0): training changed nothing worth serving, so the run leaves no candidate.
 """
 
 from __future__ import annotations
@@ -17,27 +19,27 @@ from typing import Callable
 
 from driftwatch.config import Retrain
 from driftwatch.metrics import Metrics
-from driftwatch.retrain.dataset import (
-    DataError, Example, GateFailure, GateSettings, curate, read_examples, read_golden, write_dataset,
-)
+from driftwatch.errors import DataError, GateFailure
+from driftwatch.evaluate.golden import read_golden
+from driftwatch.retrain.dataset import Example, GateSettings, curate, read_examples, write_dataset
 from driftwatch.retrain.runner import Runner, RunStatus
 from driftwatch.retrain.trainer import TrainSpec
-from driftwatch.state.store import RunRecord, StateStore
+from driftwatch.state.store import RunRecord, SqlStore
 
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "building", "training")  # run states that will still change
+FINISHED = ("succeeded", "failed", "timed_out", "cancelled", "refused", "unimproved")
 
 
 class RetrainService:
-    def __init__(self, cfg: Retrain, state_dir: Path, store: StateStore, runner: Runner,
+    def __init__(self, cfg: Retrain, state_dir: Path, store: SqlStore, runner: Runner,
                  metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
         if cfg.base_model is None or cfg.golden_set is None:
             raise ValueError("retrain.base_model and retrain.golden_set are required to run retrains")
         self.cfg, self.store, self.runner, self.metrics, self.clock = cfg, store, runner, metrics, clock
         self.datasets_dir = cfg.datasets_dir or state_dir / "datasets"
         self.runs_dir = runs_dir(cfg, state_dir)
-        self.cancel = threading.Event()
 
     def queue(self, adapter: str, *, decision_id: int | None = None, focus_routes: tuple[str, ...] = (),
               reason: str = "") -> str:
@@ -51,22 +53,21 @@ class RetrainService:
     def active(self) -> list[RunRecord]:
         return [r for r in self.store.runs(limit=20) if r.status in ACTIVE]
 
-    def recover(self) -> None:
-        """Runs a stopped daemon left queued or in progress are marked failed: nothing will finish them."""
-        for r in self.active():
-            self.store.save_run(replace(r, status="failed", finished=self.clock(),
-                                        reason="interrupted: the daemon stopped before the run finished"))
-            log.warning("retrain run %s was %s when the daemon stopped: marked failed", r.id, r.status)
+    def interrupted(self, run: RunRecord) -> None:
+        """A run this process did not start and no job is running (the daemon that ran it stopped): failed."""
+        self.store.save_run(replace(run, status="failed", finished=self.clock(),
+                                    reason="interrupted: the daemon stopped before the run finished"))
+        log.warning("retrain run %s was %s when its daemon stopped: marked failed", run.id, run.status)
 
     def run(self, adapter: str, *, decision_id: int | None = None, focus_routes: tuple[str, ...] = (),
-            reason: str = "", run_id: str | None = None) -> RunRecord:
+            reason: str = "", run_id: str | None = None, cancel: threading.Event | None = None) -> RunRecord:
         started = self.clock()
         run_id = run_id or new_run_id(started, decision_id)
         record = RunRecord(run_id, decision_id, adapter, "building", reason or None, None, None, started, None,
                            {"focus_routes": list(focus_routes)})
         self.store.save_run(record)
         try:
-            record = self._run(record, focus_routes)
+            record = self._run(record, focus_routes, cancel or threading.Event())
         except (DataError, OSError, ValueError) as exc:
             record = replace(record, status="failed", reason=f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # noqa: BLE001 - any failure is recorded; production is not touched
@@ -80,7 +81,7 @@ class RetrainService:
                  f" ({record.reason})" if record.reason else "")
         return record
 
-    def _run(self, record: RunRecord, focus_routes: tuple[str, ...]) -> RunRecord:
+    def _run(self, record: RunRecord, focus_routes: tuple[str, ...], cancel: threading.Event) -> RunRecord:
         cfg = self.cfg
         since = self.clock() - cfg.window_hours * 3600
         harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id)
@@ -105,7 +106,7 @@ class RetrainService:
         spec = TrainSpec(base_model=str(cfg.base_model), dataset=str(dataset), output=str(output),
                          **cfg.lora.model_dump(), **cfg.training.model_dump(), price_per_gpu_hour=cfg.price_per_gpu_hour,
                          progress=False)
-        result = self.runner.run(spec, record.id, self.cancel)
+        result = self.runner.run(spec, record.id, cancel)
         detail = dict(record.detail)
         if result.manifest is not None:
             m = result.manifest
@@ -116,6 +117,11 @@ class RetrainService:
                 self.metrics.training_gpu_seconds.inc(m["gpu_seconds"])
                 self.metrics.training_tokens.inc(m["tokens_seen"])
                 self.metrics.training_cost.inc(m["cost"])
+        if result.status.value == "succeeded" and result.manifest["best_step"] == 0:
+            m = result.manifest
+            return replace(record, status="unimproved", detail=detail, reason=(
+                f"no checkpoint beat the untrained adapter: best step 0 of {m['steps']}, validation loss "
+                f"{m['initial_validation_loss']:.4f} never improved on: not a candidate"))
         return replace(record, status=result.status.value, reason=result.reason or None, detail=detail)
 
 

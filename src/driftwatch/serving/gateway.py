@@ -35,9 +35,10 @@ from starlette.routing import Route
 from driftwatch.config import Gateway, Kafka
 from driftwatch.events import SCHEMA_VERSION, FeedbackEvent, InferenceEvent, encode, now_ms
 from driftwatch.metrics import GatewayMetrics
-from driftwatch.state.store import StateStore
+from driftwatch.state.store import SqlStore
 from driftwatch.serving.upstream import Response as UpstreamResponse
-from driftwatch.serving.upstream import Upstream, UpstreamError
+from driftwatch.errors import UpstreamError
+from driftwatch.serving.upstream import Upstream
 
 log = logging.getLogger(__name__)
 
@@ -86,13 +87,11 @@ class EventSink:
         self.delivery_timeout_ms = max(p.delivery_timeout_ms, kafka.request_timeout_ms + p.linger_ms + 1000)
 
     def _producer(self):
-        from kafka import KafkaProducer
-
-        from driftwatch.ingest.kafka import client_kwargs
+        from driftwatch.ingest.kafka import producer
 
         p = self.kafka.producer
         # idempotence off: kafka-python's idempotent producer lost sends across a broker restart here (measured)
-        return KafkaProducer(**client_kwargs(self.kafka), acks=p.acks if p.acks == "all" else int(p.acks),
+        return producer(self.kafka, acks=p.acks if p.acks == "all" else int(p.acks),
                              linger_ms=p.linger_ms, max_request_size=p.max_request_size,
                              enable_idempotence=False, retries=5, max_block_ms=5000,
                              delivery_timeout_ms=self.delivery_timeout_ms)
@@ -202,7 +201,7 @@ def _answer(kind: str, doc: dict) -> str | None:
 
 
 class GatewayService:
-    def __init__(self, cfg: Gateway, store: StateStore, sink: EventSink, topics, metrics: GatewayMetrics,
+    def __init__(self, cfg: Gateway, store: SqlStore, sink: EventSink, topics, metrics: GatewayMetrics,
                  seed: int | None = None) -> None:
         self.cfg, self.store, self.sink, self.topics, self.metrics = cfg, store, sink, topics, metrics
         self.rng = random.Random(seed)

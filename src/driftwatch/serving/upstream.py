@@ -15,9 +15,7 @@ import collections
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
-
-class UpstreamError(Exception):
-    """No usable answer: the upstream cannot be reached, hung up, or broke HTTP/1.1."""
+from driftwatch.errors import UpstreamError
 
 
 class _Stale(Exception):

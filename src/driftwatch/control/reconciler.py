@@ -1,0 +1,406 @@
+"""What happens when drift trips: the one control loop, read top to bottom.
+
+One thread calls :meth:`Reconciler.tick` every ``rollout.tick_s``, and at once when a control request arrives. A tick reads the state store, takes at most one step for each thing in flight, writes the
+outcome and returns. It never waits for long work: training, evaluation and a decision's evidence are jobs
+(control/jobs.py) whose results land in the store, where a later tick finds them. It is the only thread that acts,
+so it holds no lock across I/O; readers (the status API, /metrics) see values it replaced whole.
+
+    tick()
+      leader?            elected (control/leader.py)? A follower publishes its windows for the leader and takes up a
+                         re-baselined reference, then returns.
+      requests           each pending control request, oldest first (rows the control API wrote): pause | resume |
+                         rollback (an evaluation in progress is cancelled and its candidate rejected, this tick) |
+                         retrain (a person's or an alert's, through the policy's holds).
+      check, when due    fresh windows from the ingest thread, merged with the followers' → the check
+                         (monitor.snapshot) → the window gauges → the policy's decisions. A retrain decision
+                         queues a run (a row) and starts its evidence job.
+      runs               a queued run starts its training job (one at a time); a run whose job is gone (the daemon
+                         that ran it stopped) is marked interrupted; a succeeded run's adapter is registered as a
+                         candidate and, with rollout.auto_promote, its rollout starts.
+      rollout            one step of the rollout in progress, by its phase (control/rollout.py's phase table):
+                         loading → evaluating (a job) → warming → canary → baking → rebaselining → done.
+      serving state      vLLM serves what the registry says (control/rollout.py: reconcile).
+
+Each stage's failure is logged and left to the next tick; the store holds where everything is.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Callable
+
+from driftwatch.config import Settings
+from driftwatch.control.jobs import InlineJobs, Jobs
+from driftwatch.control.leader import Always, Leadership
+from driftwatch.control.policy import Decision, Policy, paused_in
+from driftwatch.control.rollout import RolloutController, live_signals, version_name
+from driftwatch.errors import ControlError, RolloutError
+from driftwatch.metrics import Metrics
+from driftwatch.monitor.monitor import Monitor, MonitorSnapshot, Windows, merge_views, window_samples
+from driftwatch.monitor.report import write_evidence
+from driftwatch.monitor.sketch import Profile
+from driftwatch.retrain.service import ACTIVE as RUN_ACTIVE
+from driftwatch.retrain.service import RetrainService
+from driftwatch.state.store import RequestRecord, SqlStore
+
+log = logging.getLogger(__name__)
+
+LEADER_RECORD = "driftwatch"
+
+
+class Reconciler:
+    def __init__(self, settings: Settings, *, store: SqlStore, registry: SqlStore, metrics: Metrics, monitor: Monitor,
+                 policy: Policy, rollouts: RolloutController, retrain: RetrainService | None = None,
+                 jobs: Jobs | InlineJobs | None = None, leadership: Leadership | None = None,
+                 identity: str = "driftwatch", clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.store, self.registry, self.metrics = settings, store, registry, metrics
+        self.monitor, self.policy, self.rollouts, self.retrain = monitor, policy, rollouts, retrain
+        self.jobs = jobs if jobs is not None else Jobs()
+        self.leadership = leadership or Always()
+        self.identity, self.clock = identity, clock
+        self.advertise_url: str | None = None  # where followers forward control calls (set once HTTP listens)
+        self.snapshot: MonitorSnapshot | None = None  # the last check's result: replaced whole, read by the status API
+        self.leading = False
+        self._checked = float("-inf")
+        self._followed: str | None = None  # the re-baselined reference a follower took up last
+        self._thread: threading.Thread | None = None
+        self._stopping, self._woken = threading.Event(), threading.Event()
+
+    # -- the loop -------------------------------------------------------------------------------------------------------
+    def tick(self) -> None:
+        """One pass: see the module's docstring."""
+        now = self.clock()
+        if not self._lead():
+            self._stage("follow", self._follow, now)
+            return
+        for request in self._stage("requests", self.store.requests, True) or ():
+            self._stage(f"request {request.id}", self._handle, request)
+        if now - self._checked >= self.settings.monitor.check_interval_s:
+            self._checked = now
+            self._stage("check", self._check, now)
+        self._stage("runs", self._runs)
+        self._stage("rollout", self.rollouts.step, self.snapshot)
+        self._stage("serving state", self.rollouts.reconcile)
+
+    @staticmethod
+    def _stage(name: str, fn, *args):
+        try:
+            return fn(*args)
+        except Exception:  # noqa: BLE001 - one stage's failure must not stop the others; the next tick tries again
+            log.exception("control loop: %s failed", name)
+            return None
+
+    def start(self) -> None:
+        """The tick thread: one, so ticks never overlap."""
+        interval = self.settings.rollout.tick_s
+        if not isinstance(self.leadership, Always):
+            interval = min(interval, self.settings.leader.renew_s)  # a tick renews the leadership
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._loop, args=(interval,), name="driftwatch-control", daemon=True)
+        self._thread.start()
+
+    def _loop(self, interval: float) -> None:
+        while not self._stopping.is_set():
+            self._woken.clear()
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the loop goes on; the state is in the store
+                log.exception("control loop tick failed")
+            self._woken.wait(interval)
+
+    def wake(self) -> None:
+        """Tick now (a control request arrived); a tick in progress is followed by another at once."""
+        self._woken.set()
+
+    def stop(self) -> None:
+        """The tick thread ends (a tick in progress finishes), then every job is cancelled and awaited: a training
+        run in progress stops and is recorded as cancelled."""
+        self._stopping.set()
+        self._woken.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.jobs.shutdown(cancel=True)
+
+    # -- leader? ----------------------------------------------------------------------------------------------------------
+    def _lead(self) -> bool:
+        try:
+            held = self.leadership.try_acquire()
+        except Exception:  # noqa: BLE001 - cannot tell: do not act
+            log.exception("leader election failed")
+            held = False
+        if held and not self.leading:  # taking leadership, or starting as the leader
+            log.info("%s is the leader now: deciding and acting", self.identity)
+            self.policy.reload()  # go on from what the store says (runs a former leader left: see _runs)
+        elif self.leading and not held:
+            log.warning("%s is no longer the leader: ingesting and publishing its windows only", self.identity)
+        self.leading = held
+        self.metrics.leader.set(int(held))
+        if held and not isinstance(self.leadership, Always):
+            self.store.set_leader(LEADER_RECORD, self.identity, self.advertise_url, time.time())
+        return held
+
+    def _follow(self, now: float) -> None:
+        """A follower takes up the reference the leader re-baselined on (so every replica's windows are cut at the
+        same edges) and publishes its windows for the leader's check."""
+        if now - self._checked < self.settings.monitor.check_interval_s:
+            return
+        self._checked = now
+        latest = next(iter(self.registry.events(kind="rebaselined", limit=1)), None)
+        if latest is not None and latest.detail["reference"] != self._followed:
+            self._followed = latest.detail["reference"]
+            if self.monitor.latest().reference is not None:
+                self.monitor.use_reference(Profile.load(Path(latest.detail["reference"])))
+                log.info("reference: %s, re-baselined by %s", latest.detail["reference"], latest.who)
+        windows = self.monitor.fresh()
+        self.store.publish_windows(self.identity, {a: w.to_bytes(closed) for a, (w, closed) in windows.views.items()},
+                                   time.time())
+
+    # -- requests -------------------------------------------------------------------------------------------------------
+    def _handle(self, request: RequestRecord) -> None:
+        now = self.clock()
+        try:
+            if request.kind in ("pause", "resume"):
+                self.policy.pause(request.kind == "pause", request.who, request.reason, now)
+                outcome = {"paused": request.kind == "pause"}
+            elif request.kind == "rollback":
+                outcome = {"production": self.rollouts.rollback(who=request.who, why=request.reason)}
+            else:
+                outcome = self._requested_retrain(request, now)
+        except (ControlError, RolloutError) as exc:
+            self.store.finish_request(request.id, "refused", {"error": str(exc)}, self.clock())
+            log.info("request %d (%s by %s) refused: %s", request.id, request.kind, request.who, exc)
+            return
+        self.store.finish_request(request.id, "done", outcome, self.clock())
+
+    def _requested_retrain(self, request: RequestRecord, now: float) -> dict:
+        if self.retrain is None:
+            raise ControlError("no retrain stage: set retrain.base_model and retrain.golden_set")
+        rule = request.detail.get("rule", "manual")
+        manual = rule == "manual"
+        busy = self._busy()
+        if manual and busy:
+            raise ControlError(f"{busy}; wait for it to finish")
+        reasons = (f"manual, by {request.who}: {request.reason}",) if manual else (request.reason,)
+        d = self.policy.request_retrain(request.adapter, rule, reasons, now, slot=self._slots().get(request.adapter),
+                                        busy=busy, routes=tuple(request.detail.get("routes", ())), manual=manual)
+        if d.action != "retrain":
+            return {"action": "hold", "decision_id": d.id, "reason": d.reasons[-1]}
+        return {"action": "retrain", "decision_id": d.id, "run_id": self._retrain(d)}
+
+    # -- check ----------------------------------------------------------------------------------------------------------
+    def _check(self, now: float) -> None:
+        windows = self.monitor.fresh()
+        views = windows.views
+        if not isinstance(self.leadership, Always):  # the followers' windows: the verdict covers every partition
+            others = self.store.published_windows(time.time() - self.settings.leader.window_stale_s,
+                                                  exclude=self.identity)
+            self.metrics.monitor_replicas.set(1 + len({replica for replica, _, _ in others}))
+            views = merge_views(dict(views), [(a, d) for _, a, d in others])
+        else:
+            self.metrics.monitor_replicas.set(1)
+        checked = Windows(windows.seq, windows.at, windows.reference, views)
+        self.snapshot = self.monitor.snapshot(checked)
+        self.metrics.set_windows(window_samples(self.snapshot))
+        for d in self.policy.decide(self.snapshot, now, slots=self._slots(), busy=self._busy()):
+            if d.action == "retrain":
+                self._retrain(d, checked)
+
+    def _retrain(self, d: Decision, windows: Windows | None = None) -> str | None:
+        """A retrain decision: its run is queued (a row; `_runs` starts it) and its evidence is written by a job.
+        Returns the run's id; None when no retrain stage is configured (the decision is recorded only)."""
+        windows = windows or self.monitor.latest()
+        view = self.snapshot.adapters.get(d.adapter) if self.snapshot is not None else None
+        window = windows.views.get(d.adapter)
+        rows = list(window[0].rows) if window else []
+        if view is not None:
+            self.jobs.submit(f"evidence-{d.id}", lambda cancel: self._evidence(d, view, rows, windows.reference))
+        if self.retrain is None:
+            log.warning("retrain decided for adapter '%s' by %s (decision %d); recorded only: set retrain.base_model "
+                        "and retrain.golden_set to run it", d.adapter, d.rule, d.id)
+            return None
+        return self.retrain.queue(d.adapter, decision_id=d.id, focus_routes=d.routes, reason=" | ".join(d.reasons))
+
+    def _evidence(self, d: Decision, view, rows: list, reference: Profile | None) -> None:
+        """The evidence job: driftwatch's verdicts and Evidently's report on the decided window's rows."""
+        path = write_evidence(self.settings.daemon.state_dir / "evidence", d.id, view, reference, rows, d.reasons)
+        self.store.attach_evidence(d.id, str(path))
+
+    # -- runs -----------------------------------------------------------------------------------------------------------
+    def _runs(self) -> None:
+        if self.retrain is None:
+            return
+        runs = self.store.runs(limit=20)
+        for run in reversed(runs):  # oldest first
+            if run.status == "queued" and not any(r.status in ("building", "training") for r in runs):
+                if self.jobs.submit(f"train-{run.id}", lambda cancel, r=run: self._train(r, cancel)):
+                    log.info("retrain run %s for '%s' started", run.id, run.adapter)
+                break  # one run at a time
+            if run.status in ("building", "training") and not self.jobs.running(f"train-{run.id}"):
+                self.retrain.interrupted(run)
+        self._candidates(runs)
+
+    def _train(self, run, cancel: threading.Event) -> None:
+        """The training job: the run, recorded step by step by the retrain service."""
+        self.retrain.run(run.adapter, decision_id=run.decision_id, focus_routes=tuple(run.detail.get("focus_routes", ())),
+                         reason=run.reason or "", run_id=run.id, cancel=cancel)
+
+    def _candidates(self, runs) -> None:
+        """A succeeded run's adapter is registered as a candidate, and rolled out with rollout.auto_promote (the
+        rollout evaluates it, and promotes it only if every gate passes)."""
+        started = {r.candidate for r in self.registry.rollouts(limit=50)}
+        for run in reversed(runs):
+            if run.status != "succeeded" or run.output is None:
+                continue
+            version = version_name(run.id)
+            adapter = self.registry.adapter(version)
+            if adapter is None:
+                adapter = self.rollouts.register(version, Path(run.output) / "adapter", run_id=run.id, parent=run.adapter)
+            if (adapter.state == "candidate" and version not in started and self.settings.rollout.auto_promote
+                    and self.rollouts.active() is None):
+                self.rollouts.start(version, why=f"retrain run {run.id}" + (
+                    f" on decision #{run.decision_id}" if run.decision_id else " (manual)"))
+                return
+
+    # -- what holds a decision ------------------------------------------------------------------------------------------
+    def _busy(self) -> str | None:
+        """Why acting now would collide: a rollout in progress, or a retrain run not finished."""
+        if (r := self.rollouts.active()) is not None:
+            return f"rollout {r.id} of {r.candidate} is in progress ({r.phase})"
+        active = [r for r in self.store.runs(limit=20) if r.status in RUN_ACTIVE]
+        if active:
+            return f"retrain run {active[0].id} is {active[0].status}"
+        return None
+
+    def _slots(self) -> dict[str, str]:
+        """adapter version → the serving slot it fills: the alias that points to it (rollout.alias first)."""
+        aliases = self.registry.alias_table()[1]
+        out: dict[str, str] = {}
+        for alias in sorted(aliases, key=lambda a: (a != self.settings.rollout.alias, a)):
+            for version in aliases[alias]:
+                out.setdefault(version, alias)
+        return out
+
+    # -- the control API (control/api.py): requests written to the store, acted on by the next tick --------------------
+    def forward_to(self) -> str | None:
+        """None on the leader (it acts); else the leader's control API, where a follower sends the call."""
+        if self.leading:
+            return None
+        record = self.store.leader(LEADER_RECORD)
+        if record is None or not record[1]:
+            raise ControlError("no leader yet: the replicas are electing one; try again in a few seconds", status=503)
+        return record[1]
+
+    def submit(self, kind: str, reason: str, who: str, adapter: str | None = None, detail: dict | None = None,
+               wait_s: float | None = None) -> RequestRecord:
+        """Write a request, wake the loop, and wait for its outcome (up to ``control.request_wait_s``)."""
+        request_id = self.store.add_request(time.time(), kind, reason, who, adapter, detail)
+        self.wake()
+        return self._await([request_id], wait_s)[0]
+
+    def _await(self, ids: list[int], wait_s: float | None = None) -> list[RequestRecord]:
+        deadline = time.monotonic() + (self.settings.control.request_wait_s if wait_s is None else wait_s)
+        while True:
+            records = [self.store.request(i) for i in ids]
+            if all(r.status != "pending" for r in records) or time.monotonic() >= deadline:
+                return records
+            time.sleep(0.02)
+
+    def status(self) -> dict:
+        return status_document(self.settings, self.store, self.rollouts, self.snapshot)
+
+    def request_retrain(self, adapter: str, reason: str, who: str, routes: tuple[str, ...] = ()) -> dict:
+        return _answer(self.submit("retrain", reason, who, adapter, {"rule": "manual", "routes": list(routes)}),
+                       lambda o: {"decision_id": o["decision_id"], "run_id": o.get("run_id")}, refuse_hold=True)
+
+    def rollback(self, reason: str, who: str) -> str:
+        return _answer(self.submit("rollback", reason, who), lambda o: o["production"])
+
+    def set_paused(self, paused: bool, reason: str, who: str) -> bool:
+        return _answer(self.submit("pause" if paused else "resume", reason, who), lambda o: o["paused"])
+
+    def alertmanager(self, payload: dict) -> dict:
+        """Firing alerts named in control.retrain_alerts, with an ``adapter`` label, become retrain requests through
+        the policy (pause, cooldown and daily cap apply), once per occurrence: fingerprint + startsAt."""
+        wanted, now = set(self.settings.control.retrain_alerts), time.time()
+        out: dict = {"retrain": [], "held": [], "queued": [], "duplicate": 0, "ignored": 0}
+        asked: list[tuple[int, str, str, tuple[str, str]]] = []
+        for alert in payload["alerts"]:
+            labels = alert.get("labels") or {}
+            name, adapter = labels.get("alertname"), labels.get("adapter")
+            if alert.get("status") != "firing" or name not in wanted or not adapter:
+                outcome = "ignored"
+            elif not self.store.claim_occurrence(fp := str(alert.get("fingerprint")),
+                                                 starts := str(alert.get("startsAt")), now):
+                outcome = "duplicate"
+            else:
+                why = (alert.get("annotations") or {}).get("summary") or name
+                try:
+                    request_id = self.store.add_request(now, "retrain", f"Alertmanager: {why}", "alertmanager",
+                                                        adapter, {"rule": f"alert:{name}"})
+                except Exception:
+                    self.store.release_occurrence(fp, starts)  # not recorded: Alertmanager's retry is handled
+                    raise
+                asked.append((request_id, name, adapter, (fp, starts)))
+                continue
+            out[outcome] += 1
+            self.metrics.webhook_alerts.labels(outcome=outcome).inc()
+        if asked:
+            self.wake()
+        for (_, name, adapter, _), r in zip(asked, self._await([a[0] for a in asked])):
+            o = r.outcome
+            if r.status == "pending":
+                outcome, entry = "queued", {"request_id": r.id}
+            elif r.status == "done" and o.get("action") == "retrain":
+                outcome, entry = "retrain", {"decision_id": o["decision_id"], "run_id": o.get("run_id")}
+            else:
+                outcome, entry = "held", {"decision_id": o.get("decision_id"), "reason": o.get("reason") or o.get("error")}
+            out[outcome].append({"alert": name, "adapter": adapter, **entry})
+            self.metrics.webhook_alerts.labels(outcome="held" if outcome == "queued" else outcome).inc()
+        return out
+
+
+def _answer(r: RequestRecord, result, refuse_hold: bool = False):
+    """A request's outcome as the API answers it: refused → 409; still pending → 202 with its id."""
+    if r.status == "pending":
+        raise ControlError(f"request {r.id} is queued: the control loop has not reached it yet; `driftwatch status` "
+                           "shows its outcome", status=202, body={"request_id": r.id, "status": "pending"})
+    if r.status == "refused" or (refuse_hold and r.outcome.get("action") == "hold"):
+        raise ControlError(r.outcome.get("error") or r.outcome.get("reason") or "refused")
+    return result(r.outcome)
+
+
+def status_document(settings: Settings, store: SqlStore, rollouts: RolloutController,
+                    snapshot: MonitorSnapshot | None = None) -> dict:
+    """What `GET /v1/status` answers (and `driftwatch status --local` prints): from the state store and the registry,
+    plus the last check's snapshot of the windows when there is one."""
+    table_version, aliases = rollouts.store.alias_table()
+    active = rollouts.active()
+    specs = {r.name: r for r in settings.policy.rules}
+    return {
+        "paused": paused_in(store),
+        "leader": None if (lead := rollouts.store.leader(LEADER_RECORD)) is None else {
+            "holder": lead[0], "url": lead[1], "since": lead[2], "renewed": lead[3]},
+        "production": rollouts.production(),
+        "aliases": aliases, "alias_table_version": table_version,
+        "rollout": None if active is None else {"id": active.id, "candidate": active.candidate,
+                                                "previous": active.previous, "phase": active.phase,
+                                                "since": active.phase_since, "failed_checks": active.failed_checks},
+        "rules": [{"rule": name, "adapter": adapter, "state": st.state, "since": st.since, "value": st.value,
+                   "signal": specs[name].signal, "op": specs[name].op, "threshold": specs[name].threshold,
+                   "for_s": specs[name].for_s, "action": specs[name].action}
+                  for (name, adapter), st in sorted(store.rule_states().items()) if name in specs],
+        "windows": {} if snapshot is None else {
+            a: {**live_signals(view), "drifted": view.drifted_features, "closed": view.window_closed}
+            for a, view in sorted(snapshot.adapters.items())},
+        "runs": [{"id": r.id, "adapter": r.adapter, "status": r.status, "decision_id": r.decision_id,
+                  "started": r.started, "finished": r.finished, "reason": r.reason} for r in store.runs(limit=10)],
+        "decisions": [{"id": d.id, "at": d.at, "adapter": d.adapter, "slot": d.slot, "action": d.action,
+                       "rule": d.rule, "reasons": d.reasons, "evidence": d.evidence} for d in store.decisions(limit=10)],
+        "requests": [{"id": q.id, "at": q.at, "kind": q.kind, "adapter": q.adapter, "who": q.who, "status": q.status,
+                      "outcome": q.outcome} for q in store.requests(limit=10)],
+    }
+
