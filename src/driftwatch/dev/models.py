@@ -17,10 +17,10 @@ SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"]
 
 
 def corpus(n: int = 4000, seed: int = 0) -> list[str]:
-    from driftwatch.dev.simulate import _POOL, _WORDS
+    from driftwatch.dev.simulate import POOL, WORDS
 
     rng = random.Random(seed)
-    words = [w for ws in _WORDS.values() for w in ws] + _POOL + (
+    words = [w for ws in WORDS.values() for w in ws] + POOL + (
         "the a is of to and in what how why capital france paris answer question user assistant yes no "
         "password reset account order refund shipping invoice weather today thanks please help").split()
     return [" ".join(rng.choices(words, k=rng.randint(4, 20))).capitalize() + rng.choice(".?!") for _ in range(n)]

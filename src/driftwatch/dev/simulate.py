@@ -26,7 +26,7 @@ ROUTES: dict[str, dict] = {
     "chat": {"prompt": (4.6, 0.8), "response": (5.2, 0.8), "base_ms": 100, "per_token_ms": 9},
     "extract": {"prompt": (6.6, 0.5), "response": (4.2, 0.5), "base_ms": 150, "per_token_ms": 8},
 }
-_WORDS = {
+WORDS = {
     "qa": "what when where why how capital river country year population invented discovered largest first".split(),
     "summarize": "meeting report quarter revenue team decided action items customer summary points growth".split(),
     "code": "function python return list dict error loop class import test variable parse async".split(),
@@ -36,7 +36,7 @@ _WORDS = {
 _NEW_TOPIC = ("patient dose symptoms diagnosis insurance claim prescription clinic allergy treatment referral "
               "appointment").split()  # a domain the reference never saw, for the semantic shift
 _SYLLABLES = "ka lo mi ren sa tu vo der po li na te".split()
-_POOL = [a + b for a in _SYLLABLES for b in _SYLLABLES] + [a + b + c for a in _SYLLABLES[:6] for b in _SYLLABLES
+POOL = [a + b for a in _SYLLABLES for b in _SYLLABLES] + [a + b + c for a in _SYLLABLES[:6] for b in _SYLLABLES
                                                          for c in _SYLLABLES[6:]]  # 576 neutral words
 _SPANISH = ("el la de que y en los es por para una cómo qué dónde cuál pregunta respuesta ciudad informe "
             "reunión equipo cliente función código lista").split()
@@ -104,9 +104,9 @@ class Simulator:
     def _text(self, route: str, chars: float, spanish: bool = False, new_topic: bool = False) -> str:
         """Words of the route (or Spanish, or the new domain) mixed with a neutral pool, for realistic diversity."""
         n = max(1, int(chars / 6))
-        words = _SPANISH if spanish else _NEW_TOPIC if new_topic else _WORDS[route]
+        words = _SPANISH if spanish else _NEW_TOPIC if new_topic else WORDS[route]
         topical = self.rng.choices(words, k=(n + 1) // 2)
-        return " ".join(w for pair in zip(topical, self.rng.choices(_POOL, k=n)) for w in pair)[: max(1, int(chars))]
+        return " ".join(w for pair in zip(topical, self.rng.choices(POOL, k=n)) for w in pair)[: max(1, int(chars))]
 
     def _event(self, now_ms: int) -> dict:
         rng, cfg = self.rng, self.cfg

@@ -1,0 +1,243 @@
+"""The control loop, tick by tick: a fake clock, jobs that run when the test says (ManualJobs), a scripted vLLM and
+evaluator, a stand-in for training; the real monitor fed by its own ingest thread, the real policy, store and
+rollout controller. What happens when drift trips, step by step, is what these tests read like."""
+
+import queue
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from driftwatch.config import Settings
+from driftwatch.control.policy import Policy
+from driftwatch.control.reconciler import Reconciler
+from driftwatch.control.rollout import RolloutController
+from driftwatch.metrics import Metrics
+from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
+from driftwatch.retrain.service import RetrainService
+from driftwatch.state.store import SqliteStore
+
+from .fakes import ManualJobs
+from .test_monitor import Clock, inference, stream
+from .test_rollout import ScriptedEvaluator, ScriptedVLLM
+
+SHIFT = {"routes": {"qa": 0.05, "summarize": 0.8, "code": 0.05, "chat": 0.05, "extract": 0.05}}
+
+
+class IngestThread:
+    """The daemon's ingest loop as the monitor sees it: the only thread that writes windows. ``feed`` returns once
+    the items are in their windows; between feeds the thread takes its step (publishing when a reader asked)."""
+
+    def __init__(self, monitor):
+        self.monitor, self.items, self.stop = monitor, queue.Queue(), threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while not self.stop.is_set():
+            try:
+                items = self.items.get(timeout=0.005)
+            except queue.Empty:
+                items = None
+            if items is not None:
+                self.monitor.observe(items)
+                self.items.task_done()
+            self.monitor.maintain()
+
+    def feed(self, items):
+        self.items.put(items)
+        self.items.join()
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+
+
+class Trains(RetrainService):
+    """The retrain service with training replaced by a stand-in that writes an adapter directory at once."""
+
+    def _run(self, record, focus_routes, cancel):
+        out = self.runs_dir / record.id
+        (out / "adapter").mkdir(parents=True)
+        (out / "adapter" / "adapter_config.json").write_text("{}")
+        return replace(record, status="succeeded", output=str(out), detail={**record.detail, "stand_in": True})
+
+
+@pytest.fixture(scope="module")
+def reference():
+    return build_profile(inference(stream(3000, seed=300, feedback_rate=0)))
+
+
+@pytest.fixture
+def loop(tmp_path, reference):
+    made = []
+
+    def make(**overrides):
+        doc = {"daemon": {"state_dir": str(tmp_path / "state")},
+               "monitor": {"check_interval_s": 10, "min_samples": 100},
+               "policy": {"rules": [{"name": "input-drift", "signal": "input_drift", "threshold": 1, "clear": 0.5,
+                                     "min_samples": 200}], "cooldown_s": 3600},
+               "retrain": {"base_model": str(tmp_path), "golden_set": str(tmp_path / "golden.jsonl")},
+               "rollout": {"bake": {"duration_s": 60, "deadline_s": 300, "min_events": 50}, "lease_s": 30,
+                           "rebaseline_deadline_s": 120}}
+        for section, values in overrides.items():
+            doc[section] = {**doc.get(section, {}), **values}
+        settings = Settings.model_validate(doc)
+        clock, jobs, store, metrics = Clock(), ManualJobs(), SqliteStore(tmp_path / "state.db"), Metrics()
+        monitor = Monitor(reference, MonitorSettings(window_events=400, min_samples=100, report_sample=400),
+                          clock=clock)
+        vllm = ScriptedVLLM()
+        rollouts = RolloutController(settings, store, metrics=metrics, clients=[vllm],
+                                     evaluator=ScriptedEvaluator(tmp_path), jobs=jobs, monitor=monitor, clock=clock)
+        control = Reconciler(settings, store=store, registry=store, metrics=metrics, monitor=monitor,
+                             policy=Policy(settings.policy.rules, store, metrics, cooldown_s=3600), rollouts=rollouts,
+                             retrain=Trains(settings.retrain, settings.daemon.state_dir, store, runner=None, clock=clock),
+                             jobs=jobs, clock=clock)
+        store.set_aliases({"production": {"support-v1": 1.0}}, clock(), who="test", why="the incumbent")
+        ingest = IngestThread(monitor)
+        made.append(ingest)
+        from types import SimpleNamespace
+
+        return SimpleNamespace(control=control, store=store, jobs=jobs, clock=clock, vllm=vllm, ingest=ingest,
+                               monitor=monitor, rollouts=rollouts, settings=settings)
+
+    yield make
+    for ingest in made:
+        ingest.close()
+
+
+def traffic(n, seed, adapter="support-v1", **shift):
+    return stream(n, seed=seed, feedback_rate=0, adapters={adapter: 1.0}, **shift)
+
+
+def tick(r, seconds=0.0):
+    r.clock.t += seconds
+    r.control.tick()
+    return r.store.rollouts(1)[0] if r.store.rollouts(1) else None
+
+
+def kinds(store, version):
+    return [e.kind for e in reversed(store.events(version))]
+
+
+def drift_to_a_candidate_in_evaluation(r):
+    """Drift trips: the decision queues a run, the run trains, its candidate is registered and loaded, and its
+    evaluation job starts. Each step is one tick."""
+    r.ingest.feed(traffic(400, 301))
+    assert tick(r) is None and r.store.decisions() == []  # stationary: nothing decided
+    r.ingest.feed(traffic(400, 302, **SHIFT))
+    assert tick(r, 10) is None  # the check is due: the shift trips the rule
+    (d,) = r.store.decisions()
+    (run,) = r.store.runs()
+    assert (d.action, d.adapter, d.slot) == ("retrain", "support-v1", "production")
+    assert (run.status, run.decision_id) == ("queued", d.id) and f"evidence-{d.id}" in r.jobs.pending
+    tick(r)  # the queued run's training job starts
+    assert f"train-{run.id}" in r.jobs.pending and r.store.runs()[0].status == "queued"
+    r.jobs.run(f"train-{run.id}")  # the job records its result in the store
+    run = r.store.runs()[0]
+    assert run.status == "succeeded"
+    rollout = tick(r)  # registered as a candidate, its rollout started, and loaded on vLLM
+    assert rollout.candidate == f"ft-{run.id}" and rollout.phase == "evaluating" and rollout.previous == "support-v1"
+    assert r.vllm.loaded == {rollout.candidate: str(Path(run.output) / "adapter")}
+    assert tick(r).phase == "evaluating" and f"evaluate-{rollout.id}" in r.jobs.pending  # the job runs meanwhile
+    assert tick(r).phase == "evaluating" and r.store.evaluation(f"rollout-{rollout.id}-{rollout.candidate}") is None
+    return rollout
+
+
+def test_a_rollback_asked_for_during_an_evaluation_rejects_the_candidate_within_one_tick(loop):
+    r = loop()
+    rollout = drift_to_a_candidate_in_evaluation(r)
+    r.store.add_request(r.clock(), "rollback", "users complain", "ana")
+    after = tick(r)  # one tick
+    assert after.phase == "rejected" and r.store.adapter(rollout.candidate).state == "rejected"
+    assert f"evaluate-{rollout.id}" in r.jobs.cancelled and r.store.requests()[0].status == "done"
+    assert r.store.alias_table()[1] == {"production": {"support-v1": 1.0}}  # production as it was
+    assert kinds(r.store, rollout.candidate)[-1] == "cancelled"
+    r.jobs.run(f"evaluate-{rollout.id}")  # the evaluation ends later: cancelled, it records nothing
+    assert r.store.evaluation(f"rollout-{rollout.id}-{rollout.candidate}") is None
+    assert tick(r).phase == "rejected"
+
+
+def test_drift_to_a_baked_promotion_that_is_re_baselined_and_not_retrained_for_that_drift(loop, reference):
+    r = loop()
+    rollout = drift_to_a_candidate_in_evaluation(r)
+    r.jobs.run(f"evaluate-{rollout.id}")
+    assert tick(r).phase == "warming"  # the gate passed
+    baking = tick(r)  # warmed, and production flipped to the candidate
+    assert baking.phase == "baking" and r.store.alias_table()[1]["production"] == {rollout.candidate: 1.0}
+    r.ingest.feed(traffic(400, 303, adapter=rollout.candidate, **SHIFT))  # the drifted traffic, now on the candidate
+    assert tick(r, 10).phase == "baking"  # a check: the bake's first measurement
+    assert tick(r, 61).phase == "rebaselining"  # measured for the bake's duration: passed
+    done = tick(r)  # the candidate's window holds 400 rows >= monitor.min_samples: the new reference
+    assert done.phase == "done" and kinds(r.store, rollout.candidate)[-2:] == ["bake-passed", "rebaselined"]
+    event = r.store.events(rollout.candidate, limit=1)[0]
+    assert Path(event.detail["reference"]).exists() and "decision #1" in event.why
+    r.ingest.feed([])  # the ingest thread takes up the new reference at its next step
+    taken = r.monitor.latest().reference.content_hash
+    assert taken.startswith(Path(event.detail["reference"]).stem) and taken != reference.content_hash
+    r.ingest.feed(traffic(400, 304, adapter=rollout.candidate, **SHIFT))  # more of the answered drift
+    tick(r, 10)
+    assert not r.control.snapshot.adapters[rollout.candidate].drifted_features  # answered: no drift now
+    decided = [(d.action, d.adapter) for d in reversed(r.store.decisions())]
+    assert decided == [("retrain", "support-v1"),  # the drift
+                       ("hold", rollout.candidate),  # its window against the old reference, while it baked
+                       ("resolved", rollout.candidate)]  # against the new one: no second retrain for one drift
+    assert "rollout 1 of" in r.store.decisions()[1].reasons[-1]
+
+
+def test_a_re_baseline_without_enough_rows_waits_then_is_skipped_and_recorded(loop):
+    r = loop(monitor={"check_interval_s": 10})
+    rollout = drift_to_a_candidate_in_evaluation(r)
+    r.jobs.run(f"evaluate-{rollout.id}")
+    tick(r)
+    tick(r)
+    r.ingest.feed(traffic(60, 305, adapter=rollout.candidate, **SHIFT))  # enough to bake, too few to be a reference
+    tick(r, 10)
+    assert tick(r, 61).phase == "rebaselining"
+    assert tick(r, 60).phase == "rebaselining"  # waits for rows, up to rollout.rebaseline_deadline_s
+    skipped = tick(r, 61)
+    assert skipped.phase == "done" and kinds(r.store, rollout.candidate)[-1] == "rebaseline-skipped"
+    assert "60 sampled rows, fewer than monitor.min_samples (100)" in r.store.events(rollout.candidate, limit=1)[0].why
+    # the promoted version is still judged against the old reference, so it drifts; its slot cools down: held
+    r.ingest.feed(traffic(400, 306, adapter=rollout.candidate, **SHIFT))
+    tick(r, 10)
+    held = r.store.decisions()[0]
+    assert (held.action, held.adapter, held.slot) == ("hold", rollout.candidate, "production")
+    assert "serving slot 'production' cools down" in held.reasons[-1]
+
+
+def test_a_manual_retrain_is_a_request_and_one_run_at_a_time(loop):
+    r = loop()
+    r.store.add_request(r.clock(), "retrain", "new product line", "ana", "support-v1", {"rule": "manual"})
+    tick(r)
+    (request,) = r.store.requests()
+    (run,) = r.store.runs()
+    assert request.status == "done" and request.outcome == {"action": "retrain", "decision_id": 1, "run_id": run.id}
+    r.store.add_request(r.clock(), "retrain", "again", "ana", "support-v1", {"rule": "manual"})
+    tick(r)
+    again = r.store.requests()[0]
+    assert again.status == "refused" and f"retrain run {run.id} is queued" in again.outcome["error"]
+
+
+def test_a_new_leader_starts_what_was_queued_and_fails_what_was_running(loop):
+    r = loop()
+    from driftwatch.state.store import RunRecord
+
+    r.store.save_run(RunRecord("old-training", 1, "support-v1", "training", None, None, None, 1.0, None, {}))
+    r.store.save_run(RunRecord("old-queued", 2, "support-v1", "queued", None, None, None, 2.0, None, {}))
+    tick(r)  # this process runs no job for either: the training one was its former leader's
+    runs = {x.id: x for x in r.store.runs()}
+    assert runs["old-training"].status == "failed" and "interrupted" in runs["old-training"].reason
+    tick(r)
+    assert "train-old-queued" in r.jobs.pending
+
+
+def test_pause_and_resume_are_requests(loop):
+    r = loop()
+    r.store.add_request(r.clock(), "pause", "incident 42", "ana")
+    tick(r)
+    assert r.control.policy.paused and r.store.requests()[0].outcome == {"paused": True}
+    r.ingest.feed(traffic(400, 307, **SHIFT))
+    tick(r, 10)
+    assert [(d.action, "paused" in d.reasons[-1]) for d in r.store.decisions()] == [("hold", True)]
