@@ -17,6 +17,7 @@ import time
 
 from driftwatch.events import InferenceEvent
 from driftwatch.metrics import Metrics
+from driftwatch.ingest.pipeline import Accepted
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor
 from driftwatch.monitor.monitor import Monitor, MonitorSettings, build_profile
 from driftwatch.monitor.stats import psi
@@ -48,15 +49,14 @@ def run_driftwatch(reference, stream, rate: float, on_window=None) -> tuple[list
     """Feed the stream; return the event indexes at which a retrain rule fired, and the event count."""
     clock = Clock()
     monitor = Monitor(reference, MonitorSettings(window_events=WINDOW), clock=clock)
-    policy = Policy(DEFAULT_RULES, SqliteStore(":memory:"), Metrics(), baselines=reference.baselines,
-                    cooldown_s=0, max_retrains_per_day=10**9, on_retrain=lambda r: None)
+    policy = Policy(DEFAULT_RULES, SqliteStore(":memory:"), Metrics(), cooldown_s=0, max_retrains_per_day=10**9)
     fired: list[int] = []
     next_check = CHECK_EVERY_S
     rows: list = []
     i = -1
     for i, ev in enumerate(stream):
         clock.t = i / rate
-        monitor.observe([("inference", ev)])
+        monitor.observe([Accepted("inference", ev, ev.adapter)])
         if on_window is not None:
             rows.append(FX(ev))
             if len(rows) == WINDOW:
@@ -64,7 +64,8 @@ def run_driftwatch(reference, stream, rate: float, on_window=None) -> tuple[list
                 rows = []
         if clock.t >= next_check:
             next_check += CHECK_EVERY_S
-            for d in policy.tick(monitor.snapshot(), clock.t):
+            monitor.ask()
+            for d in policy.decide(monitor.snapshot(monitor.maintain()), clock.t):
                 if d.action in ("retrain", "hold"):
                     fired.append(i)
     return fired, i + 1

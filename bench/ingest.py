@@ -75,12 +75,11 @@ def driftwatch(bootstrap: str, topics: dict, n: int, state_dir: Path) -> float:
         "consumer": {**CONSUMER, "group_id": f"dw-{uuid.uuid4().hex[:6]}", "poll_timeout_ms": 500}}})
     k = settings.kafka
     metrics = Metrics()
-    join = DedupWindow(200_000, 3600)
-    signals, monitor = AdapterSignals(metrics, join), build_monitor(settings, join)
+    signals, monitor = AdapterSignals(metrics), build_monitor(settings)
     source, sink = KafkaSource(k), KafkaDeadLetterSink(k)
     ing = Ingestor(source, sink, metrics, kinds={k.topics.inference: "inference", k.topics.feedback: "feedback"},
                    max_record_bytes=settings.ingest.max_record_bytes, dedup=DedupWindow(200_000, 3600),
-                   journal=OffsetJournal(state_dir / f"{k.consumer.group_id}.json"),
+                   journal=OffsetJournal(state_dir / f"{k.consumer.group_id}.json"), label=metrics.adapter_cap,
                    downstream=lambda evs: (signals(evs), monitor.observe(evs)), group_id=k.consumer.group_id)
     seen, t0 = 0, None
     while seen < n:
@@ -89,6 +88,7 @@ def driftwatch(bootstrap: str, topics: dict, n: int, state_dir: Path) -> float:
             continue
         t0 = t0 or batch.started
         ing.finish(batch)
+        monitor.maintain()  # the daemon's step between polls
         seen = int(metrics.registry.get_sample_value(
             "driftwatch_ingest_records_total", {"topic": k.topics.inference, "outcome": "accepted"}) or 0)
     rate = n / (time.perf_counter() - t0)

@@ -135,7 +135,7 @@ def main() -> None:
                         rollbacks.append((time.monotonic() - t, served_after(url, store, t)))
                     else:
                         time.sleep(0.6)
-                        assert ctl.tick().phase == "done"
+                        assert ctl.step().phase == "rebaselining" and ctl.step().phase == "done"
                     for _ in range(20):  # unload what is retired or rolled back once drained, under load
                         ctl.reconcile()
                         time.sleep(0.1)

@@ -259,7 +259,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     jobs = Jobs()
     holder = leader.identity()
     control = Reconciler(settings, store=store, registry=adapters, metrics=metrics, monitor=monitor, policy=policy,
-                         rollouts=rollout_controller(settings, adapters, metrics=metrics, jobs=jobs, monitor=monitor),
+                         rollouts=rollout_controller(settings, adapters, metrics=metrics, jobs=jobs, monitor=monitor,
+                                                     state=store),
                          retrain=retrain_service(settings, store, metrics), jobs=jobs,
                          leadership=leader.build(settings.leader, settings.daemon.state_dir, holder), identity=holder)
     control.advertise_url = advertise_url(settings, http)
@@ -286,9 +287,10 @@ def retrain_service(settings: Settings, store: SqlStore, metrics: Metrics | None
 
 
 def rollout_controller(settings: Settings, registry: SqlStore, *, metrics: Metrics | None = None,
-                       jobs: Jobs | InlineJobs | None = None, monitor: Monitor | None = None) -> RolloutController:
+                       jobs: Jobs | InlineJobs | None = None, monitor: Monitor | None = None,
+                       state: SqlStore | None = None) -> RolloutController:
     """The rollout stage on the registry; without ``jobs`` its evaluation runs inline (the CLI)."""
-    return RolloutController(settings, registry, metrics=metrics, jobs=jobs, monitor=monitor)
+    return RolloutController(settings, registry, metrics=metrics, jobs=jobs, monitor=monitor, state=state)
 
 
 def evaluator(settings: Settings, client):

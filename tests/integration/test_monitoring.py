@@ -49,7 +49,7 @@ def test_shifted_adapter_drifts_stationary_adapter_does_not(tansu, tmp_path):
 
     # the policy, on the scheduler: one retrain request and one alert for the shifted adapter, nothing for the other
     wait_for(lambda: d.value("driftwatch_decisions_total", action="retrain") >= 1, 10, "the retrain decision")
-    decisions = d.daemon.policy.store.decisions()
+    decisions = d.daemon.control.store.decisions()
     assert {(x.adapter, x.action, x.rule) for x in decisions} == {("shifted", "retrain", "input-drift"),
                                                                   ("shifted", "alert", "error-ratio")}
     retrain = next(x for x in decisions if x.action == "retrain")
@@ -58,8 +58,8 @@ def test_shifted_adapter_drifts_stationary_adapter_does_not(tansu, tmp_path):
     assert d.value("driftwatch_rule_state", rule="input-drift", adapter="stable") == 0
 
     # the decision keeps its evidence: driftwatch's verdicts and Evidently's report on the same window
-    wait_for(lambda: d.daemon.policy.store.decisions(action="retrain")[0].evidence, 60, "the decision's evidence")
-    retrain = d.daemon.policy.store.decisions(action="retrain")[0]
+    wait_for(lambda: d.daemon.control.store.decisions(action="retrain")[0].evidence, 60, "the decision's evidence")
+    retrain = d.daemon.control.store.decisions(action="retrain")[0]
     evidence = json.loads(Path(retrain.evidence).read_text())
     assert evidence["decision_id"] == retrain.id and evidence["drift"]["route"]["drifted"] is True
     assert evidence["evidently"]["drifted_columns"] >= 1, evidence["evidently"]

@@ -89,7 +89,7 @@ def steady_traffic(settings, stop: threading.Event, rate: float = 150.0) -> None
 
 def test_an_alert_fires_and_alertmanager_has_the_daemon_record_a_retrain(stack):
     d, prom, am = stack
-    store = d.daemon.policy.store
+    store = d.daemon.control.store
     decided = lambda: [x for x in store.decisions() if x.rule == "alert:DriftwatchInputDrift"]  # noqa: E731
     try:
         (decision,) = wait_for(decided, 90, "Alertmanager's webhook call to record a retrain decision")
@@ -114,7 +114,7 @@ def test_unauthenticated_control_calls_are_refused(stack):
     assert httpx.get(d.daemon.http.url + "/v1/status", timeout=5).status_code == 401
     ok = httpx.get(d.daemon.http.url + "/v1/status", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
     assert ok.status_code == 200 and set(ok.json()["windows"]) == {"stable", "shifted"}
-    assert not d.daemon.policy.paused
+    assert not d.daemon.control.policy.paused
 
 
 DASHBOARDS = sorted((promstack.ROOT / "dashboards").glob("*.json"))

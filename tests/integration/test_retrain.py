@@ -39,9 +39,9 @@ def test_a_drift_decision_trains_a_candidate_from_harvested_feedback(tansu, tiny
 
     wait_for(lambda: d.value("driftwatch_retrain_runs_total", status="succeeded") >= 1
              or d.value("driftwatch_retrain_runs_total") >= 1, 180, "the retrain run to finish")
-    (run,) = d.daemon.policy.store.runs()
+    (run,) = d.daemon.control.store.runs()
     assert run.status == "succeeded", (run.reason, run.detail.get("gates"))
-    decision = d.daemon.policy.store.decisions(action="retrain")[0]
+    decision = d.daemon.control.store.decisions(action="retrain")[0]
     assert run.decision_id == decision.id and run.adapter == "support-v2"
     assert "summarize" in run.detail["focus_routes"]  # the route whose share grew must be covered
     # the run used what was harvested when it started; training competes for the CPU, so feedback may still be
@@ -50,7 +50,7 @@ def test_a_drift_decision_trains_a_candidate_from_harvested_feedback(tansu, tiny
     assert dataset["sources"]["harvested"] > 100
     assert dataset["counts"]["from_correction"] + dataset["counts"]["from_positive"] == dataset["sources"]["harvested"]
     wait_for(lambda: d.accepted(settings.kafka.topics.feedback) == before["feedback"] + sent["feedback"], 60, "all feedback")
-    stored = d.daemon.policy.store.examples()
+    stored = d.daemon.control.store.examples()
     feedback = [decode("feedback", out.value, 10**7) for out, _ in first + second if out.topic == "feedback"]
     expected = {f.request_id for f in feedback if f.correction or f.sentiment == "positive"}
     assert {e.request_id for e in stored} == expected  # every correction and thumbs-up joined to its request

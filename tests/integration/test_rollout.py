@@ -122,9 +122,9 @@ def wait_phase(store, rollout_id, phases, timeout_s):
 
 def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack, vllm):
     settings, url, daemon, ctl, store, adapters = stack
-    ctl.register("alpha-1", adapters["v-a"])
-    first = ctl.start("alpha-1", who="test", why="first production version", force=True)  # vs the base: not a gate
-    assert ctl.drive().phase == "done" and ctl.production() == "alpha-1"  # no previous: no bake
+    ctl.register("bravo-0", adapters["v-b"])  # production starts out answering wrong: a candidate can do better
+    first = ctl.start("bravo-0", who="test", why="first production version", force=True)  # vs the base: not a gate
+    assert ctl.drive().phase == "done" and ctl.production() == "bravo-0"  # no previous: no bake
     # the gateway learns of the new alias within gateway.alias_poll_s; the clients start once it has (a client of an
     # alias nobody has defined yet gets 404: that is not a swap)
     wait_for(lambda: httpx.get(f"{url}/healthz").json()["alias_table_version"] == store.alias_table_version(), 10,
@@ -132,19 +132,20 @@ def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack,
     users = Users(url)
     users.start()
     try:
-        wait_for(lambda: daemon.value("driftwatch_feedback_total", adapter="alpha-1") >= 30, 60, "traffic on alpha-1")
+        wait_for(lambda: daemon.value("driftwatch_feedback_total", adapter="bravo-0") >= 30, 60, "traffic on bravo-0")
 
-        # a good candidate: evaluated on vLLM, promoted, baked on live traffic, the previous unloaded
-        ctl.register("alpha-2", adapters["v-a"], parent="alpha-1")
+        # a good candidate: evaluated on vLLM (strictly better on the golden set), promoted, baked on live traffic,
+        # the previous unloaded
+        ctl.register("alpha-2", adapters["v-a"], parent="bravo-0")
         good = ctl.start("alpha-2", who="test", why="retrained")
         r = wait_phase(store, good.id, ("baking", "done", "rejected", "failed", "rolled_back"), 120)
         assert r.phase == "baking", [e.why for e in store.events(limit=5)]
         assert store.evaluations("alpha-2")[0].passed
         r = wait_phase(store, good.id, ("done", "rolled_back"), 90)
         assert r.phase == "done" and ctl.production() == "alpha-2" and r.failed_checks == 0
-        assert store.adapter("alpha-1").state == "retired"
+        assert store.adapter("bravo-0").state == "retired"
         with VLLMClient(vllm[0].url) as client:
-            wait_for(lambda: "alpha-1" not in client.adapters(), 30, "the retired version to be unloaded")
+            wait_for(lambda: "bravo-0" not in client.adapters(), 30, "the retired version to be unloaded")
 
         # a poisoned candidate: the gate refuses it; production never points to it, no client is served by it
         ctl.register("bravo-1", adapters["v-b"], parent="alpha-2")
@@ -178,7 +179,7 @@ def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack,
                                  f"{users.failures}; events: {[(e.at, e.kind, e.version) for e in store.events(limit=40)]}; vLLM: "
                                  f"{[ln for ln in vllm[0].log_tail(400).splitlines() if 'ERROR' in ln or 'WARN' in ln]}")
     assert users.answers[-1].startswith("alpha")
-    assert [e.kind for e in reversed(store.events("alpha-1"))][:3] == ["registered", "rollout-started", "loaded"]
+    assert [e.kind for e in reversed(store.events("bravo-0"))][:3] == ["registered", "rollout-started", "loaded"]
     assert first.id < good.id < poisoned.id < forced.id
 
 
@@ -189,8 +190,10 @@ def test_kill_9_mid_rollout_then_restart_ends_consistent(tansu, vllm, tmp_path):
     from .conftest import DaemonProcess
 
     server, adapters = vllm
+    # every version here is v-a: this test is about kills, so the gate takes a candidate as good as the incumbent
     doc = settings_dict(tansu, tmp_path, gateway={"upstreams": [server.url]},
-                        retrain={"golden_set": str(golden_set(tmp_path))}, evaluate={"max_tokens": 12},
+                        retrain={"golden_set": str(golden_set(tmp_path))},
+                        evaluate={"max_tokens": 12, "gates": {"golden_min_delta": -1}},
                         rollout={"tick_s": 0.1, "lease_s": 1, "warm_requests": 5,
                                  "bake": {"duration_s": 1, "deadline_s": 1}})
     settings = Settings.model_validate(doc)
@@ -235,5 +238,5 @@ def test_kill_9_mid_rollout_then_restart_ends_consistent(tansu, vllm, tmp_path):
             for name in set(client.adapters()) - {"v-a", "v-b"}:
                 client.unload_adapter(name)
     # the kills landed inside the rollouts, not after them
-    assert all(phase in ("loading", "evaluating", "warming", "baking") for phase in killed_in), killed_in
+    assert all(phase in ("loading", "evaluating", "warming", "baking", "rebaselining") for phase in killed_in), killed_in
     assert "evaluating" in killed_in, killed_in

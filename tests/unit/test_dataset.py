@@ -110,11 +110,23 @@ def test_bad_targets(target, why):
 
 def test_bad_targets_and_length_outliers_are_removed_then_refused_above_the_bound():
     data = good(100) + [Example(f"What does code {i} mean?", "", "correction") for i in range(5)]
-    data += [Example("Summarize the manual: " + "word " * 3000, "A long manual.", "replay")]
+    data += [Example("Summarize the manual: " + "word " * 3000, "A long manual.", "replay", "qa")]  # an outlier of qa
     cur = curate(data, [], settings=GateSettings(replay_fraction=0.5))
     assert cur.counts["bad_empty"] == 5 and cur.counts["length_outliers"] == 1
     with pytest.raises(GateFailure, match="bad_targets"):
         curate(good(100) + [Example(f"What does code {i} mean?", "", "correction") for i in range(30)], [])
+
+
+def test_a_route_whose_prompts_are_long_is_not_an_outlier_of_the_others():
+    """Traffic drifts to summaries, whose prompts are long by nature: its corrections are what the retrain must learn,
+    not outliers against the short replayed answers (lengths are judged per route)."""
+    rng = random.Random(5)
+    summaries = [Example(f"Summarize report {i}: " + " ".join(rng.choice(["revenue", "team", "quarter", "churn", "plan"])
+                                                                for _ in range(400)), f"Summary: report {i}.",
+                         "correction", "summarize") for i in range(30)]
+    cur = curate(good(100, source="replay") + summaries, [], ("summarize",), GateSettings(replay_fraction=0.5))
+    assert cur.counts["length_outliers"] == 0
+    assert sum(e.route == "summarize" for e in cur.train + cur.validation) == 30
 
 
 def test_pii_is_masked_or_refused():

@@ -85,21 +85,22 @@ def loop(tmp_path, reference):
             doc[section] = {**doc.get(section, {}), **values}
         settings = Settings.model_validate(doc)
         clock, jobs, store, metrics = Clock(), ManualJobs(), SqliteStore(tmp_path / "state.db"), Metrics()
+        registry = SqliteStore(tmp_path / "registry.db")  # its own database, as with gateway.store_path
         monitor = Monitor(reference, MonitorSettings(window_events=400, min_samples=100, report_sample=400),
                           clock=clock)
         vllm = ScriptedVLLM()
-        rollouts = RolloutController(settings, store, metrics=metrics, clients=[vllm],
+        rollouts = RolloutController(settings, registry, metrics=metrics, clients=[vllm], state=store,
                                      evaluator=ScriptedEvaluator(tmp_path), jobs=jobs, monitor=monitor, clock=clock)
-        control = Reconciler(settings, store=store, registry=store, metrics=metrics, monitor=monitor,
+        control = Reconciler(settings, store=store, registry=registry, metrics=metrics, monitor=monitor,
                              policy=Policy(settings.policy.rules, store, metrics, cooldown_s=3600), rollouts=rollouts,
                              retrain=Trains(settings.retrain, settings.daemon.state_dir, store, runner=None, clock=clock),
                              jobs=jobs, clock=clock)
-        store.set_aliases({"production": {"support-v1": 1.0}}, clock(), who="test", why="the incumbent")
+        registry.set_aliases({"production": {"support-v1": 1.0}}, clock(), who="test", why="the incumbent")
         ingest = IngestThread(monitor)
         made.append(ingest)
         from types import SimpleNamespace
 
-        return SimpleNamespace(control=control, store=store, jobs=jobs, clock=clock, vllm=vllm, ingest=ingest,
+        return SimpleNamespace(control=control, store=store, registry=registry, jobs=jobs, clock=clock, vllm=vllm, ingest=ingest,
                                monitor=monitor, rollouts=rollouts, settings=settings)
 
     yield make
@@ -114,7 +115,7 @@ def traffic(n, seed, adapter="support-v1", **shift):
 def tick(r, seconds=0.0):
     r.clock.t += seconds
     r.control.tick()
-    return r.store.rollouts(1)[0] if r.store.rollouts(1) else None
+    return r.registry.rollouts(1)[0] if r.registry.rollouts(1) else None
 
 
 def kinds(store, version):
@@ -141,7 +142,7 @@ def drift_to_a_candidate_in_evaluation(r):
     assert rollout.candidate == f"ft-{run.id}" and rollout.phase == "evaluating" and rollout.previous == "support-v1"
     assert r.vllm.loaded == {rollout.candidate: str(Path(run.output) / "adapter")}
     assert tick(r).phase == "evaluating" and f"evaluate-{rollout.id}" in r.jobs.pending  # the job runs meanwhile
-    assert tick(r).phase == "evaluating" and r.store.evaluation(f"rollout-{rollout.id}-{rollout.candidate}") is None
+    assert tick(r).phase == "evaluating" and r.registry.evaluation(f"rollout-{rollout.id}-{rollout.candidate}") is None
     return rollout
 
 
@@ -150,12 +151,12 @@ def test_a_rollback_asked_for_during_an_evaluation_rejects_the_candidate_within_
     rollout = drift_to_a_candidate_in_evaluation(r)
     r.store.add_request(r.clock(), "rollback", "users complain", "ana")
     after = tick(r)  # one tick
-    assert after.phase == "rejected" and r.store.adapter(rollout.candidate).state == "rejected"
+    assert after.phase == "rejected" and r.registry.adapter(rollout.candidate).state == "rejected"
     assert f"evaluate-{rollout.id}" in r.jobs.cancelled and r.store.requests()[0].status == "done"
-    assert r.store.alias_table()[1] == {"production": {"support-v1": 1.0}}  # production as it was
-    assert kinds(r.store, rollout.candidate)[-1] == "cancelled"
+    assert r.registry.alias_table()[1] == {"production": {"support-v1": 1.0}}  # production as it was
+    assert kinds(r.registry, rollout.candidate)[-1] == "cancelled"
     r.jobs.run(f"evaluate-{rollout.id}")  # the evaluation ends later: cancelled, it records nothing
-    assert r.store.evaluation(f"rollout-{rollout.id}-{rollout.candidate}") is None
+    assert r.registry.evaluation(f"rollout-{rollout.id}-{rollout.candidate}") is None
     assert tick(r).phase == "rejected"
 
 
@@ -165,13 +166,13 @@ def test_drift_to_a_baked_promotion_that_is_re_baselined_and_not_retrained_for_t
     r.jobs.run(f"evaluate-{rollout.id}")
     assert tick(r).phase == "warming"  # the gate passed
     baking = tick(r)  # warmed, and production flipped to the candidate
-    assert baking.phase == "baking" and r.store.alias_table()[1]["production"] == {rollout.candidate: 1.0}
+    assert baking.phase == "baking" and r.registry.alias_table()[1]["production"] == {rollout.candidate: 1.0}
     r.ingest.feed(traffic(400, 303, adapter=rollout.candidate, **SHIFT))  # the drifted traffic, now on the candidate
     assert tick(r, 10).phase == "baking"  # a check: the bake's first measurement
     assert tick(r, 61).phase == "rebaselining"  # measured for the bake's duration: passed
     done = tick(r)  # the candidate's window holds 400 rows >= monitor.min_samples: the new reference
-    assert done.phase == "done" and kinds(r.store, rollout.candidate)[-2:] == ["bake-passed", "rebaselined"]
-    event = r.store.events(rollout.candidate, limit=1)[0]
+    assert done.phase == "done" and kinds(r.registry, rollout.candidate)[-2:] == ["bake-passed", "rebaselined"]
+    event = r.registry.events(rollout.candidate, limit=1)[0]
     assert Path(event.detail["reference"]).exists() and "decision #1" in event.why
     r.ingest.feed([])  # the ingest thread takes up the new reference at its next step
     taken = r.monitor.latest().reference.content_hash
@@ -197,8 +198,8 @@ def test_a_re_baseline_without_enough_rows_waits_then_is_skipped_and_recorded(lo
     assert tick(r, 61).phase == "rebaselining"
     assert tick(r, 60).phase == "rebaselining"  # waits for rows, up to rollout.rebaseline_deadline_s
     skipped = tick(r, 61)
-    assert skipped.phase == "done" and kinds(r.store, rollout.candidate)[-1] == "rebaseline-skipped"
-    assert "60 sampled rows, fewer than monitor.min_samples (100)" in r.store.events(rollout.candidate, limit=1)[0].why
+    assert skipped.phase == "done" and kinds(r.registry, rollout.candidate)[-1] == "rebaseline-skipped"
+    assert "60 sampled rows, fewer than monitor.min_samples (100)" in r.registry.events(rollout.candidate, limit=1)[0].why
     # the promoted version is still judged against the old reference, so it drifts; its slot cools down: held
     r.ingest.feed(traffic(400, 306, adapter=rollout.candidate, **SHIFT))
     tick(r, 10)

@@ -177,10 +177,10 @@ class Reconciler:
         self.store.finish_request(request.id, "done", outcome, self.clock())
 
     def _requested_retrain(self, request: RequestRecord, now: float) -> dict:
-        if self.retrain is None:
-            raise ControlError("no retrain stage: set retrain.base_model and retrain.golden_set")
         rule = request.detail.get("rule", "manual")
         manual = rule == "manual"
+        if manual and self.retrain is None:  # an alert's request is decided and recorded, like a rule's
+            raise ControlError("no retrain stage: set retrain.base_model and retrain.golden_set")
         busy = self._busy()
         if manual and busy:
             raise ControlError(f"{busy}; wait for it to finish")

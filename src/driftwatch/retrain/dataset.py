@@ -224,15 +224,19 @@ def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_ro
     n_bad = sum(why is not None for _, why in bad)
     pool = [e for e, why in bad if why is None]
 
-    # length outliers: text lengths are log-normal-ish, so robustly in log space: beyond median + 5 MAD (σ-scaled)
-    logs = sorted(math.log1p(len(e.prompt) + len(e.target)) for e in pool)
-    outliers = 0
-    if logs:
-        med = logs[len(logs) // 2]
-        mad = sorted(abs(x - med) for x in logs)[len(logs) // 2] or 0.1
-        limit = med + 5 * 1.4826 * mad
-        kept = [e for e in pool if math.log1p(len(e.prompt) + len(e.target)) <= limit]
-        outliers, pool = len(pool) - len(kept), kept
+    # length outliers: text lengths are log-normal-ish, so robustly in log space: beyond median + 5 MAD (σ-scaled),
+    # per route (a summary's prompt is long by nature: when traffic drifts to summaries, its examples are not
+    # outliers against the replayed chat examples); a route with fewer than 10 examples is not judged
+    size = lambda e: math.log1p(len(e.prompt) + len(e.target))  # noqa: E731
+    limits: dict[str | None, float] = {}
+    for route in {e.route for e in pool}:
+        logs = sorted(size(e) for e in pool if e.route == route)
+        if len(logs) >= 10:
+            med = logs[len(logs) // 2]
+            mad = sorted(abs(x - med) for x in logs)[len(logs) // 2] or 0.1
+            limits[route] = med + 5 * 1.4826 * mad
+    kept = [e for e in pool if size(e) <= limits.get(e.route, math.inf)]
+    outliers, pool = len(pool) - len(kept), kept
     counts["length_outliers"] = outliers
 
     # golden leakage: candidates whose prompt is (nearly) a golden prompt are removed
