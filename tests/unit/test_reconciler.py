@@ -242,3 +242,22 @@ def test_pause_and_resume_are_requests(loop):
     r.ingest.feed(traffic(400, 307, **SHIFT))
     tick(r, 10)
     assert [(d.action, "paused" in d.reasons[-1]) for d in r.store.decisions()] == [("hold", True)]
+
+
+def test_a_rollback_through_the_api_during_an_evaluation_is_acted_on_at_once(loop):
+    """The same, through the control API's path (a request row, the loop woken) with the tick thread running: the
+    call returns once the loop has rejected the candidate; production never moved."""
+    import time
+
+    r = loop(rollout={"tick_s": 30})  # without the wake-up, the next tick would come in 30 s
+    rollout = drift_to_a_candidate_in_evaluation(r)
+    r.control.start()
+    try:
+        t0 = time.monotonic()
+        production = r.control.rollback("users complain", "ana")
+        elapsed = time.monotonic() - t0
+    finally:
+        r.control.stop()
+    assert production == "support-v1" and r.registry.rollouts(1)[0].phase == "rejected"
+    assert elapsed < 15, elapsed  # woken at once: not the next of the ticks 30 s apart
+    assert r.registry.alias_table()[1] == {"production": {"support-v1": 1.0}}
