@@ -202,7 +202,7 @@ class Metrics:
         )
         self.webhook_alerts = Counter(
             "driftwatch_webhook_alerts", "Alerts received on the Alertmanager webhook, by outcome (retrain, held, "
-            "duplicate, ignored)", ["outcome"], registry=r
+            "queued: not acted on within control.request_wait_s, duplicate, ignored)", ["outcome"], registry=r
         )
         # retrain
         self.training_examples = Counter(
@@ -255,7 +255,7 @@ class Metrics:
         for metric, label, values in (
             (self.decisions, "action", ("retrain", "alert", "hold", "resolved")),
             (self.retrain_runs, "status", ("succeeded", "failed", "timed_out", "cancelled", "refused", "unimproved")),
-            (self.webhook_alerts, "outcome", ("retrain", "held", "duplicate", "ignored")),
+            (self.webhook_alerts, "outcome", ("retrain", "held", "queued", "duplicate", "ignored")),
             (self.evaluations, "result", ("passed", "failed")),
             (self.rollouts, "outcome", ("done", "rolled_back", "rejected", "failed")),
             (self.rollbacks, "trigger", ("bake", "no_data", "manual")),

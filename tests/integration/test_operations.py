@@ -98,7 +98,9 @@ def test_an_alert_fires_and_alertmanager_has_the_daemon_record_a_retrain(stack):
         raise AssertionError(f"prometheus alerts: {alerts}\nalertmanager log:\n{am.log.read_text()[-3000:]}") from None
     assert (decision.action, decision.adapter) == ("retrain", "shifted")
     assert "Input drift on adapter shifted" in decision.reasons[0]
-    assert d.value("driftwatch_webhook_alerts_total", outcome="retrain") == 1
+    # the webhook call counts its outcome when it sees the request done, a moment after the decision is stored
+    wait_for(lambda: d.value("driftwatch_webhook_alerts_total", outcome="retrain") == 1, 30, "the webhook's outcome")
+    assert d.value("driftwatch_webhook_alerts_total", outcome="held") == 0
     assert d.value("driftwatch_retrain_requests_total", rule="alert:DriftwatchInputDrift") == 1
     # the stable adapter's traffic matches the reference: no alert, no decision
     assert all(x.adapter == "shifted" for x in store.decisions())

@@ -236,3 +236,7 @@ def test_a_request_the_loop_has_not_reached_answers_202_with_its_id(rig):
     assert (request.kind, request.who, request.reason) == ("pause", "ana", "incident") and not daemon.policy.paused
     daemon.tick()  # the next tick acts on it
     assert daemon.policy.paused and daemon.store.request(1).status == "done"
+    # an alert the loop has not reached is answered queued with its request, and counted so
+    out = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert()]}).json()
+    assert out["queued"] == [{"alert": "DriftwatchInputDrift", "adapter": "support-v2", "request_id": 2}]
+    assert daemon.metrics.registry.get_sample_value("driftwatch_webhook_alerts_total", {"outcome": "queued"}) == 1

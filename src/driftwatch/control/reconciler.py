@@ -359,7 +359,7 @@ class Reconciler:
             else:
                 outcome, entry = "held", {"decision_id": o.get("decision_id"), "reason": o.get("reason") or o.get("error")}
             out[outcome].append({"alert": name, "adapter": adapter, **entry})
-            self.metrics.webhook_alerts.labels(outcome="held" if outcome == "queued" else outcome).inc()
+            self.metrics.webhook_alerts.labels(outcome=outcome).inc()
         return out
 
 
