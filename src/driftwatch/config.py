@@ -355,8 +355,15 @@ class Gateway(_Section):
     alias_poll_s: float = Field(0.5, gt=0, description="how often the alias table is re-read from the state store")
     store_path: Path | None = Field(None, description="the state store holding the alias table; default: "
                                     "policy.store_path, else <daemon.state_dir>/state.db")
+    upstream_api_key: SecretStr | None = Field(
+        None, description="vLLM's API key (its VLLM_API_KEY or --api-key): the gateway and the daemon (adapter loads, "
+                          "evaluation) send it as a bearer token; DRIFTWATCH__GATEWAY__UPSTREAM_API_KEY, from a Secret")
 
     _csv = field_validator("upstreams", mode="before")(_split_csv)
+
+    def upstream_key(self) -> str | None:
+        """The key to send to vLLM, or None when unset or empty."""
+        return (self.upstream_api_key.get_secret_value() or None) if self.upstream_api_key is not None else None
 
 
 class Http(_Section):

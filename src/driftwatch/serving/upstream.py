@@ -78,12 +78,17 @@ class Response:
 
 
 class Upstream:
-    """Kept-alive connections to one upstream (``http://host:port``); at most ``max_idle`` kept between requests."""
+    """Kept-alive connections to one upstream (``http://host:port``); at most ``max_idle`` kept between requests.
+    With ``api_key`` (vLLM's ``--api-key``) every request carries ``authorization: Bearer <key>``, and only that one."""
 
-    def __init__(self, base_url: str, connect_timeout_s: float, timeout_s: float, max_idle: int = 256) -> None:
+    def __init__(self, base_url: str, connect_timeout_s: float, timeout_s: float, max_idle: int = 256,
+                 api_key: str | None = None) -> None:
         parts = urlsplit(base_url)
         if parts.scheme != "http" or not parts.hostname:
             raise ValueError(f"upstream {base_url!r}: expected http://host:port")
+        if api_key is not None and (not api_key or not api_key.isprintable() or api_key != api_key.strip()):
+            raise ValueError("upstream API key: expected printable characters without surrounding whitespace")
+        self._auth = [f"authorization: Bearer {api_key}".encode()] if api_key else []
         self.base_url = base_url.rstrip("/")
         self.host, self.port, self.prefix = parts.hostname, parts.port or 80, parts.path.rstrip("/")
         self.connect_timeout_s, self.timeout_s = connect_timeout_s, timeout_s
@@ -96,8 +101,8 @@ class Upstream:
         """Send one request and read the answer's head. Raises TimeoutError (connect or answer too slow) or
         UpstreamError (unreachable, hung up, malformed)."""
         head = [f"{method} {self.prefix}{path} HTTP/1.1".encode(), b"host: " + self._host_header,
-                b"content-length: " + str(len(body)).encode()]
-        head += [f"{k}: {v}".encode() for k, v in (headers or {}).items()]
+                b"content-length: " + str(len(body)).encode(), *self._auth]
+        head += [f"{k}: {v}".encode() for k, v in (headers or {}).items() if k.lower() != "authorization"]
         message = b"\r\n".join(head) + b"\r\n\r\n" + body
         deadline = asyncio.get_running_loop().time() + self.timeout_s
         while self._idle:

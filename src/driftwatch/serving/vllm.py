@@ -29,10 +29,12 @@ class Generation:
 
 class VLLMClient:
     def __init__(self, base_url: str, *, timeout_s: float = 60.0, connect_timeout_s: float = 2.0, retries: int = 3,
-                 backoff_s: float = 0.2) -> None:
+                 backoff_s: float = 0.2, api_key: str | None = None) -> None:
+        """``api_key``: vLLM's ``--api-key`` (``gateway.upstream_api_key``), sent as a bearer token on every request."""
         self.base_url = base_url.rstrip("/")
         self.retries, self.backoff_s = retries, backoff_s
-        self._http = httpx.Client(base_url=self.base_url,
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=self.base_url, headers=headers,
                                   timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s))
 
     def close(self) -> None:
@@ -64,12 +66,15 @@ class VLLMClient:
     def _message(resp: httpx.Response) -> str:
         try:
             doc = resp.json()
-            return str((doc.get("error") or {}).get("message") or doc.get("message") or doc)
-        except ValueError:
+            error = doc.get("error")  # an object, or a bare string ({"error": "Unauthorized"}: the API key)
+            return str((error.get("message") if isinstance(error, dict) else error) or doc.get("message") or doc)
+        except (ValueError, AttributeError):
             return resp.text.strip()[:500]
 
     def _raise(self, resp: httpx.Response, what: str) -> None:
         message = f"{what}: vLLM answered {resp.status_code}: {self._message(resp)}"
+        if resp.status_code == 401:
+            raise ServingError(f"{message} (gateway.upstream_api_key must be vLLM's --api-key)", 401)
         if resp.status_code == 404:
             raise AdapterNotFound(message, resp.status_code)
         if resp.status_code == 400 and "already" in message.lower():
