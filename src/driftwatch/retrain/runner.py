@@ -115,6 +115,9 @@ class LocalRunner:
         return collect(run_id, out, status, reason, tail)
 
 
+TRAINER_UID = 10001  # the trainer image's user (deploy/Dockerfile), who also owns the daemon's files on the volume
+
+
 class KubernetesJobRunner:
     """Training as a Kubernetes Job on a GPU node. ``runs_dir`` is where the daemon writes runs, on the shared volume;
     ``mount_path`` is where the Job's pod mounts the same volume (claim ``pvc``)."""
@@ -149,23 +152,32 @@ class KubernetesJobRunner:
         return f"driftwatch-train-{run_id}".lower().replace("_", "-")[:63].rstrip("-")
 
     def manifest(self, spec: TrainSpec, run_id: str) -> dict:
-        """The Job: one pod, no retries, the run's deadline, GPUs requested, the shared volume mounted."""
+        """The Job: one pod, no retries, the run's deadline, GPUs requested, the shared volume mounted. Its security
+        is fixed here, not by settings: no service-account token, non-root (the trainer image's user), no privilege
+        escalation or capabilities, RuntimeDefault seccomp, a read-only root filesystem with /tmp (HOME: the caches
+        of torch and transformers) an emptyDir, no network needed (HF_HUB_OFFLINE; deploy/ denies it all egress)."""
         pod_spec_path = f"{self._pod_path(spec.output)}/spec.json"
         resources = {"cpu": self.cpu, "memory": self.memory}
         if self.gpus:
             resources[self.gpu_resource] = str(self.gpus)
         pod: dict[str, Any] = {
             "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": TRAINER_UID, "runAsGroup": TRAINER_UID,
+                                "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [{
                 "name": "trainer", "image": self.image,
                 "command": ["python", "-m", "driftwatch.retrain.trainer", pod_spec_path],
-                "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}],
+                "env": [{"name": "HF_HUB_OFFLINE", "value": "1"}, {"name": "HOME", "value": "/tmp"}],
                 "resources": {"requests": dict(resources), "limits": dict(resources)},
-                "volumeMounts": [{"name": "driftwatch", "mountPath": self.mount_path}],
-                "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
-                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "driftwatch", "mountPath": self.mount_path},
+                                 {"name": "tmp", "mountPath": "/tmp"}],
+                "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                                    "runAsNonRoot": True, "capabilities": {"drop": ["ALL"]},
+                                    "seccompProfile": {"type": "RuntimeDefault"}},
             }],
-            "volumes": [{"name": "driftwatch", "persistentVolumeClaim": {"claimName": self.pvc}}],
+            "volumes": [{"name": "driftwatch", "persistentVolumeClaim": {"claimName": self.pvc}},
+                        {"name": "tmp", "emptyDir": {"sizeLimit": "10Gi"}}],
             "tolerations": self.tolerations,
         }
         if self.node_selector:
