@@ -96,7 +96,8 @@ def trainer_job(objs) -> dict:
 
 def pod_templates(objs) -> dict[str, dict]:
     """Every pod driftwatch runs: the three Deployments and the trainer Job."""
-    return {**{w: pod(objs, name) for w, name in WORKLOADS.items()}, "trainer": trainer_job(objs)["spec"]["template"]["spec"]}
+    pods = {w: pod(objs, name) for w, name in WORKLOADS.items()}
+    return {**pods, "trainer": trainer_job(objs)["spec"]["template"]["spec"]}
 
 
 def test_every_core_object_passes_strict_schema_validation(rendered):
@@ -171,7 +172,8 @@ def test_every_container_runs_unprivileged_non_root_on_a_read_only_root(rendered
 
 def test_only_the_daemon_pod_has_a_service_account_token(rendered):
     _, _, objs = rendered
-    accounts = {name: d.get("automountServiceAccountToken", True) for (k, name), d in objs.items() if k == "ServiceAccount"}
+    accounts = {name: d.get("automountServiceAccountToken", True)
+                for (k, name), d in objs.items() if k == "ServiceAccount"}
     mounted = {}
     for workload, spec in pod_templates(objs).items():
         account = spec.get("serviceAccountName", "default")
@@ -266,7 +268,8 @@ def peers(rule_peers, labels: dict[str, dict]) -> set[str]:
         elif "namespaceSelector" not in p:  # this namespace: the workloads it selects
             out |= {f"pod:{w}" for w, l in labels.items() if selects(p["podSelector"], l)}
         else:
-            ns = p["namespaceSelector"].get("matchLabels", {}).get("kubernetes.io/metadata.name", describe(p["namespaceSelector"]))
+            ns_labels = p["namespaceSelector"].get("matchLabels", {})
+            ns = ns_labels.get("kubernetes.io/metadata.name", describe(p["namespaceSelector"]))
             out.add(f"ns:{ns}/{describe(p.get('podSelector', {}))}")
     return out
 
@@ -384,7 +387,8 @@ VERBS = {"create": "create", "read": "get", "replace": "update", "patch": "patch
 
 
 def permission(group: str, method: str, args: tuple) -> tuple[str, str, str, str | None]:
-    """The RBAC permission a client call needs: read_namespaced_job_status(name, ns) -> (batch, jobs/status, get, name)."""
+    """The RBAC permission a client call needs:
+    read_namespaced_job_status(name, ns) -> (batch, jobs/status, get, name)."""
     verb, _, rest = method.partition("_namespaced_")
     resource, _, sub = rest.partition("_")
     name = args[0] if VERBS[verb] in ("get", "update", "patch", "delete") else None
@@ -405,8 +409,8 @@ def test_the_role_grants_exactly_the_api_calls_the_daemon_makes(rendered, tmp_pa
     for run_id, cancel in (("done", threading.Event()), ("cancelled", threading.Event())):
         if run_id == "cancelled":
             cancel.set()
-        runner.run(TrainSpec(base_model="/data/models/base", dataset="/data/datasets/v1", output=str(tmp_path / run_id)),
-                   run_id, cancel)
+        runner.run(TrainSpec(base_model="/data/models/base", dataset="/data/datasets/v1",
+                             output=str(tmp_path / run_id)), run_id, cancel)
     lease = KubernetesLease(settings.leader.lease_name, k.namespace, "pod-a", lease_s=15,
                             api=Recorder("coordination.k8s.io", calls, state))
     assert lease.try_acquire() and lease.try_acquire()  # created, then renewed
@@ -414,8 +418,8 @@ def test_the_role_grants_exactly_the_api_calls_the_daemon_makes(rendered, tmp_pa
     used = {permission(*c) for c in calls}
 
     rules = objs[("Role", "driftwatch")]["rules"]
-    granted = {(g, r, v, n) for rule in rules for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
-               for n in rule.get("resourceNames", [None])}
+    granted = {(g, r, v, n) for rule in rules for g in rule["apiGroups"] for r in rule["resources"]
+               for v in rule["verbs"] for n in rule.get("resourceNames", [None])}
     lease_name = settings.leader.lease_name
     assert granted == {("batch", "jobs", "create", None), ("batch", "jobs", "delete", None),
                        ("batch", "jobs/status", "get", None), ("", "pods", "list", None), ("", "pods/log", "get", None),
@@ -432,7 +436,8 @@ def test_the_role_grants_exactly_the_api_calls_the_daemon_makes(rendered, tmp_pa
     assert binding["roleRef"]["name"] == "driftwatch" and [k for k, _ in objs].count("RoleBinding") == 1
     namespace = binding["metadata"]["namespace"]
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "driftwatch", "namespace": namespace}]
-    assert [w for w, spec in pod_templates(objs).items() if spec.get("serviceAccountName") == "driftwatch"] == ["daemon"]
+    as_daemon = [w for w, spec in pod_templates(objs).items() if spec.get("serviceAccountName") == "driftwatch"]
+    assert as_daemon == ["daemon"]
 
 
 # -- storage and monitoring --------------------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ class Recording(BaseHTTPRequestHandler):
         if self.key and self.path.startswith("/v1") and self.headers.get("Authorization") != f"Bearer {self.key}":
             body, status = {"error": "Unauthorized"}, 401
         elif self.path == "/v1/models":
-            body, status = {"data": [{"id": "base"}, {"id": "v1", "root": "/data/runs/r/adapter", "parent": "base"}]}, 200
+            models = [{"id": "base"}, {"id": "v1", "root": "/data/runs/r/adapter", "parent": "base"}]
+            body, status = {"data": models}, 200
         elif self.path == "/v1/chat/completions":
             body, status = {"choices": [{"message": {"content": "hi"}, "finish_reason": "stop"}], "usage": {}}, 200
         else:
