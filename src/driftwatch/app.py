@@ -207,9 +207,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     if serve_http:
         http = HttpServer(daemon_app(registry, lambda: daemon.health() if daemon else (True, {"state": "starting"}),
                                      lambda: daemon.readiness() if daemon else (False, {"state": "starting"}),
-                                     lambda adapter, scratch: daemon.report(adapter, scratch),
                                      control_routes(lambda: daemon.control if daemon else None,
-                                                    settings.control.secret())),
+                                                    settings.control.secret(),
+                                                    lambda adapter, scratch: daemon.report(adapter, scratch))),
                           settings.http.host, settings.http.port).start()
     try:
         ensure_topics(k)

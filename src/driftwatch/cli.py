@@ -307,13 +307,19 @@ def report(adapter, out, url, config, events_path, reference) -> None:
 
     if not adapter:
         raise click.UsageError("--adapter is required when asking a running daemon")
+    settings = _load(config)
     if not url:
-        http = _load(config).http
-        url = f"http://{http.host}:{http.port}"
+        url = f"http://{settings.http.host}:{settings.http.port}"
+    token = settings.control.secret()
+    if token is None:
+        click.echo("error: /report needs the control token: set DRIFTWATCH__CONTROL__TOKEN (or control.token_file)",
+                   err=True)
+        sys.exit(2)
     target.mkdir(parents=True, exist_ok=True)
     for fmt in ("html", "json"):
         try:
-            resp = httpx.get(f"{url.rstrip('/')}/report", params={"adapter": adapter, "format": fmt}, timeout=120)
+            resp = httpx.get(f"{url.rstrip('/')}/report", params={"adapter": adapter, "format": fmt}, timeout=120,
+                             headers={"Authorization": f"Bearer {token}"})
         except httpx.HTTPError as exc:
             click.echo(f"error: cannot reach the daemon at {url}: {exc}", err=True)
             sys.exit(1)
@@ -541,7 +547,8 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
         store = open_store(settings.registry_path)
         incumbent = _controller(settings, store).production() or settings.gateway.base_model
         store.close()
-    with VLLMClient(vllm_url or settings.gateway.upstreams[0], timeout_s=settings.evaluate.timeout_s) as client:
+    with VLLMClient(vllm_url or settings.gateway.upstreams[0], timeout_s=settings.evaluate.timeout_s,
+                    api_key=settings.gateway.upstream_key()) as client:
         evaluator = app.evaluator(settings, client)
         report = evaluator.run(candidate, incumbent)
     click.echo(report.table(), nl=False)

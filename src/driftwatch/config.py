@@ -347,6 +347,8 @@ class Gateway(_Section):
     upstreams: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:8001"], min_length=1,
                                  description="vLLM servers (OpenAI API base URLs, without /v1)")
     base_model: str = Field("base", description="the served base model name (--served-model-name)")
+    serve_base_model: bool = Field(False, description="let clients name the base model itself; by default the gateway "
+                                   "serves aliases and registered adapter versions only (anything else is 404)")
     connect_timeout_s: float = Field(2.0, gt=0)
     timeout_s: float = Field(120.0, gt=0, description="for a whole upstream response")
     max_request_bytes: int = Field(1_048_576, ge=1024)

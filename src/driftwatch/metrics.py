@@ -25,20 +25,39 @@ UNKNOWN = "unknown"
 BATCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class LabelCap:
-    """Admit the first ``limit`` distinct values of a label; map every later one to ``"other"``."""
+MAX_LABEL_CHARS = 128
+_LABEL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._:/@+-")
 
-    __slots__ = ("limit", "_seen", "_overflow")
+
+def label_value(value: str) -> str:
+    """A label value as exported: at most MAX_LABEL_CHARS characters, each outside ``[A-Za-z0-9._:/@+-]`` as ``_``."""
+    value = value[:MAX_LABEL_CHARS]
+    return value if all(c in _LABEL_SAFE for c in value) else "".join(c if c in _LABEL_SAFE else "_" for c in value)
+
+
+class LabelCap:
+    """Admit the first ``limit`` distinct values of a label; map every later one to ``"other"``. Reserved values
+    (every alias and registered version: ``reserve``) always pass as themselves and take no place under the limit;
+    every value is bounded and sanitized by :func:`label_value`."""
+
+    __slots__ = ("limit", "_seen", "_reserved", "_overflow")
 
     def __init__(self, limit: int, overflow: Counter | None = None, label: str = "") -> None:
         self.limit = limit
         self._seen: set[str] = set()
+        self._reserved: frozenset[str] = frozenset()
         self._overflow = overflow.labels(label=label) if overflow is not None else None
+
+    def reserve(self, values) -> None:
+        self._reserved = frozenset(label_value(v) for v in values)  # one reference swap: readers see old or new
 
     def __call__(self, value: str | None) -> str:
         if value is None:
             return UNKNOWN
-        if value in self._seen:
+        if value in self._reserved or value in self._seen:
+            return value
+        value = label_value(value)
+        if value in self._reserved or value in self._seen:
             return value
         if len(self._seen) < self.limit:
             self._seen.add(value)

@@ -12,6 +12,7 @@ from driftwatch.config import Settings
 from driftwatch.events import decode
 from driftwatch.http import HttpServer
 from driftwatch.dev.localbroker import free_port
+from driftwatch.state.registry import AdapterRecord
 
 from .conftest import read_topic, settings_dict, wait_for
 
@@ -31,6 +32,9 @@ class Gateway:
         self.http = HttpServer(self.service.app(), "127.0.0.1", 0).start()
         self.url = self.http.url
         self.store = self.service.store
+        for version in ("v-a", "v-b"):  # the gateway serves what the registry knows
+            self.store.save_adapter(AdapterRecord(version, f"/adapters/{version}", None, None, "candidate", 1.0, 1.0))
+        self.service.reload()
 
     def flip(self, **aliases):
         version = self.store.set_aliases(aliases, time.time(), who="test")
@@ -158,7 +162,7 @@ def test_errors_are_openai_shaped_and_logged(gateway, tansu, tmp_path):
     finally:
         down.close()
     event = next(e for e in gateway.events(expect=1) if e.request_id == missing.headers["x-request-id"])
-    assert (event.status, event.error_type) == ("error", "model_not_found")
+    assert (event.status, event.error_type, event.adapter) == ("error", "model_not_found", "unknown")
 
 
 def test_feedback_endpoint(gateway):

@@ -3,6 +3,7 @@
 import json
 import time
 from pathlib import Path
+import httpx
 
 from click.testing import CliRunner
 
@@ -17,7 +18,7 @@ from .conftest import InProcessDaemon, make_settings, wait_for
 from .test_ingest import send_stream
 
 
-def test_shifted_adapter_drifts_stationary_adapter_does_not(tansu, tmp_path):
+def test_shifted_adapter_drifts_stationary_adapter_does_not(tansu, tmp_path, monkeypatch):
     sim = Simulator(SimConfig(seed=300, feedback_rate=0))
     reference = build_profile([decode("inference", o.value, 10**7) for o in sim.stream(6000, start_ms=1795514400000)])
     ref_path = tmp_path / "ref.json"
@@ -25,7 +26,8 @@ def test_shifted_adapter_drifts_stationary_adapter_does_not(tansu, tmp_path):
     rules = [{"name": "input-drift", "signal": "input_drift", "threshold": 1, "clear": 0.5, "min_samples": 500},
              {"name": "error-ratio", "signal": "error_ratio", "threshold": 0.05, "clear": 0.02, "action": "alert"}]
     settings = make_settings(tansu, tmp_path, monitor={"reference_path": str(ref_path), "window_events": 1000,
-                                                       "check_interval_s": 0.5}, policy={"rules": rules})
+                                                       "check_interval_s": 0.5}, policy={"rules": rules},
+                             control={"token": "t0ken"})
     d = InProcessDaemon(settings).wait_ready()
     with EventProducer(kafka=settings.kafka) as producer:
         send_stream(producer, settings, Simulator(SimConfig(seed=301, feedback_rate=0.3, adapters={"stable": 1.0})), 1200)
@@ -65,7 +67,9 @@ def test_shifted_adapter_drifts_stationary_adapter_does_not(tansu, tmp_path):
     assert evidence["evidently"]["drifted_columns"] >= 1, evidence["evidently"]
     assert (Path(retrain.evidence).parent / evidence["evidently"]["html"]).stat().st_size > 10_000
 
-    # `driftwatch report` asks the running daemon for the current window's report
+    # `driftwatch report` asks the running daemon for the current window's report, with the control token
+    assert httpx.get(d.daemon.http.url + "/report", params={"adapter": "shifted"}, timeout=10).status_code == 401
+    monkeypatch.setenv("DRIFTWATCH__CONTROL__TOKEN", "t0ken")
     out = tmp_path / "reports"
     result = CliRunner().invoke(main, ["report", "--url", d.daemon.http.url, "--adapter", "shifted", "--out", str(out)])
     assert result.exit_code == 0, result.output

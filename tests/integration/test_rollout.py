@@ -70,7 +70,7 @@ class Users(threading.Thread):
                     text = r.json()["choices"][0]["message"]["content"]
                     self.answers.append(text)
                     client.post(f"{self.url}/v1/feedback",
-                                json={"request_id": rid, "thumbs": "up" if "alpha" in text else "down"})
+                                json={"request_id": r.headers["x-request-id"], "thumbs": "up" if "alpha" in text else "down"})
                 time.sleep(0.01)
 
     def failed(self) -> int:

@@ -100,14 +100,17 @@ def test_feedback_without_a_known_request_is_not_attributed(reference):
 
 def test_windows_are_per_adapter_label_as_the_ingestor_chose_it():
     """The ingestor's join picks each event's label once (capped: past metrics.max_adapters, "other"); the monitor
-    keeps one window per label and never a second cap that could disagree."""
+    keeps one window per label and never a second cap that could disagree. 'other' and 'unknown' (a name the gateway
+    refused) have no window: a mix of adapters, or none, is nothing to retrain."""
     from driftwatch.metrics import LabelCap
 
     base = {"schema_version": 1, "timestamp": 1795514400000, "model": "m", "prompt": "p", "latency_ms": 1.0, "status": "ok"}
     m = Monitor(None, clock=Clock())
     events = [("inference", InferenceEvent.model_validate({**base, "request_id": f"r{i}", "adapter": f"a{i}"}))
               for i in range(50)]
-    assert set(observe(m, accepted(events, label=LabelCap(3))).snapshot().adapters) == {"a0", "a1", "a2", "other"}
+    assert set(observe(m, accepted(events, label=LabelCap(3))).snapshot().adapters) == {"a0", "a1", "a2"}
+    refused = InferenceEvent.model_validate({**base, "request_id": "x", "adapter": "unknown"})
+    assert set(observe(m, accepted([("inference", refused)], label=LabelCap(3))).snapshot().adapters) == {"a0", "a1", "a2"}
 
 
 def test_profile_from_events_is_deterministic(reference, tmp_path):

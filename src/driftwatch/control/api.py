@@ -1,5 +1,5 @@
-"""The daemon's HTTP app: /metrics, /healthz, /readyz, /report, and the control API — what a human (or
-Alertmanager) may ask the running daemon to do:
+"""The daemon's HTTP app: /metrics, /healthz, /readyz (open), and behind the token /report and the control API —
+what a human (or Alertmanager) may ask the running daemon to do:
 
     GET  /v1/status          rules, windows, aliases, rollout, retrain runs, decisions, requests, paused or not
     POST /v1/retrain         {"adapter", "reason", "routes"?}      -> 202 {"decision_id", "run_id"}
@@ -7,6 +7,7 @@ Alertmanager) may ask the running daemon to do:
     POST /v1/pause|resume    {"reason"}                            -> 200 {"paused"}
     POST /v1/alertmanager    Alertmanager's webhook (version 4)    -> 200 what each alert became
     GET  /v1/openapi.json    this description, machine-readable (no token needed)
+    GET  /report             Evidently's report of an adapter's window (?adapter=NAME&format=html|json)
 
 Every call but the description needs ``Authorization: Bearer <control.token>``, compared in constant time; with no
 token configured the API refuses everything (503) rather than run open. The routes only parse, authenticate and
@@ -59,10 +60,18 @@ def _refused(exc: ControlError) -> JSONResponse:
     return JSONResponse(exc.body or {"error": str(exc)}, status_code=exc.status)
 
 
+MAX_BODY_BYTES = 1_048_576  # a webhook call of a few thousand alerts fits; nothing a person sends comes close
+
+
 async def _body(request: Request) -> dict:
+    raw = bytearray()
+    async for chunk in request.stream():
+        raw += chunk
+        if len(raw) > MAX_BODY_BYTES:
+            raise ControlError(f"the body is over {MAX_BODY_BYTES} bytes", status=413)
     try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError as exc:
+        body = json.loads(raw or b"{}")
+    except (ValueError, RecursionError) as exc:
         raise ControlError(f"the body is not JSON: {exc}", status=400) from exc
     if not isinstance(body, dict):
         raise ControlError("the body must be a JSON object", status=400)
@@ -94,19 +103,28 @@ async def _forward(request: Request, leader: str) -> Response:
                     headers={FORWARDED_HEADER: leader})
 
 
-def control_routes(control: Callable[[], Control | None], token: str | None) -> list[Route]:
-    """The API's routes. ``control`` returns the implementation (None while the daemon starts: 503)."""
+def _unauthorized(expected: bytes | None, request: Request) -> Response | None:
+    """None when the request carries the control token; else the answer (503 with no token configured, 401)."""
+    if expected is None:
+        return _error(503, "the control API is off: no token configured (set control.token, e.g. "
+                           "DRIFTWATCH__CONTROL__TOKEN from a Secret, or control.token_file)")
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+        return JSONResponse({"error": "unauthorized: send Authorization: Bearer <control token>"},
+                            status_code=401, headers={"WWW-Authenticate": 'Bearer realm="driftwatch"'})
+    return None
+
+
+def control_routes(control: Callable[[], Control | None], token: str | None,
+                   report: Reporter | None = None) -> list[Route]:
+    """Every authenticated route: the control API and /report. ``control`` returns the implementation (None while
+    the daemon starts: 503)."""
     expected = token.encode() if token else None
 
     def guarded(handler: Callable[[Control, Request, dict], Any]) -> Callable:
         async def endpoint(request: Request) -> Response:
-            if expected is None:
-                return _error(503, "the control API is off: no token configured (set control.token, e.g. "
-                                   "DRIFTWATCH__CONTROL__TOKEN from a Secret, or control.token_file)")
-            scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
-                return JSONResponse({"error": "unauthorized: send Authorization: Bearer <control token>"},
-                                    status_code=401, headers={"WWW-Authenticate": 'Bearer realm="driftwatch"'})
+            if (refused := _unauthorized(expected, request)) is not None:
+                return refused
             impl = control()
             if impl is None:
                 return _error(503, "the daemon is starting")
@@ -153,31 +171,10 @@ def control_routes(control: Callable[[], Control | None], token: str | None) -> 
     def openapi(request: Request) -> Response:
         return JSONResponse(OPENAPI)
 
-    return [
-        Route("/v1/status", guarded(status), methods=["GET"]),
-        Route("/v1/retrain", guarded(retrain), methods=["POST"]),
-        Route("/v1/rollback", guarded(rollback), methods=["POST"]),
-        Route("/v1/pause", guarded(pause(True)), methods=["POST"]),
-        Route("/v1/resume", guarded(pause(False)), methods=["POST"]),
-        Route("/v1/alertmanager", guarded(alertmanager), methods=["POST"]),
-        Route("/v1/openapi.json", openapi, methods=["GET"]),
-    ]
-
-
-def daemon_app(registry: CollectorRegistry, health: Probe, ready: Probe, report: Reporter | None = None,
-              control: list[Route] = ()) -> Starlette:
-    def metrics(request: Request) -> Response:
-        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
-        return Response(encoder(registry), media_type=content_type)
-
-    def probe(check: Probe) -> Callable[[Request], Response]:
-        def endpoint(request: Request) -> Response:
-            ok, detail = check()
-            return JSONResponse({"status": "ok" if ok else "unavailable", **detail}, status_code=200 if ok else 503)
-        return endpoint
-
     def drift_report(request: Request) -> Response:
         """Evidently's report for an adapter's current window: ?adapter=NAME[&format=html|json]."""
+        if (refused := _unauthorized(expected, request)) is not None:
+            return refused
         adapter, fmt = request.query_params.get("adapter"), request.query_params.get("format", "html")
         if not adapter or fmt not in ("html", "json") or report is None:
             return JSONResponse({"error": "use /report?adapter=NAME&format=html|json"}, status_code=400)
@@ -191,11 +188,34 @@ def daemon_app(registry: CollectorRegistry, health: Probe, ready: Probe, report:
             path, media = (html, "text/html") if fmt == "html" else (js, "application/json")
             return Response(path.read_bytes(), media_type=media)
 
+    return [
+        Route("/v1/status", guarded(status), methods=["GET"]),
+        Route("/v1/retrain", guarded(retrain), methods=["POST"]),
+        Route("/v1/rollback", guarded(rollback), methods=["POST"]),
+        Route("/v1/pause", guarded(pause(True)), methods=["POST"]),
+        Route("/v1/resume", guarded(pause(False)), methods=["POST"]),
+        Route("/v1/alertmanager", guarded(alertmanager), methods=["POST"]),
+        Route("/v1/openapi.json", openapi, methods=["GET"]),
+        Route("/report", drift_report, methods=["GET"]),
+    ]
+
+
+def daemon_app(registry: CollectorRegistry, health: Probe, ready: Probe, control: list[Route] = ()) -> Starlette:
+    """/metrics and the probes, open; ``control`` (control_routes) behind the token."""
+    def metrics(request: Request) -> Response:
+        encoder, content_type = choose_encoder(request.headers.get("accept", ""))
+        return Response(encoder(registry), media_type=content_type)
+
+    def probe(check: Probe) -> Callable[[Request], Response]:
+        def endpoint(request: Request) -> Response:
+            ok, detail = check()
+            return JSONResponse({"status": "ok" if ok else "unavailable", **detail}, status_code=200 if ok else 503)
+        return endpoint
+
     return Starlette(routes=[
         Route("/metrics", metrics),
         Route("/healthz", probe(health)),
         Route("/readyz", probe(ready)),
-        Route("/report", drift_report),
         *control,
     ])
 
@@ -258,5 +278,10 @@ OPENAPI: dict = {
                 "type": "object", "required": ["status", "labels", "startsAt", "fingerprint"]}}}},
             _400="not a webhook payload")},
         "/v1/openapi.json": {"get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/report": {"get": {**_op("Evidently's report of an adapter's current window (?adapter=NAME&format=html|json)",
+                                  "200", {"type": "object"}, _400="no adapter or format", _404="no window for the adapter",
+                                  _409="the report extra is not installed"),
+                            "parameters": [{"name": "adapter", "in": "query", "required": True, "schema": {"type": "string"}},
+                                           {"name": "format", "in": "query", "schema": {"enum": ["html", "json"]}}]}},
     },
 }

@@ -73,6 +73,8 @@ class Reconciler:
     def tick(self) -> None:
         """One pass: see the module's docstring."""
         now = self.clock()
+        # every name the registry knows keeps its own label value, on every replica (never folded into 'other')
+        self._stage("names", lambda: self.metrics.adapter_cap.reserve(self.store.names()))
         if not self._lead():
             self._stage("follow", self._follow, now)
             return

@@ -157,7 +157,8 @@ class RolloutController:
         if self._clients is None:
             from driftwatch.serving.vllm import VLLMClient
 
-            self._clients = [VLLMClient(url, timeout_s=self.settings.evaluate.timeout_s)
+            self._clients = [VLLMClient(url, timeout_s=self.settings.evaluate.timeout_s,
+                                        api_key=self.settings.gateway.upstream_key())
                              for url in self.settings.vllm_urls]
         return self._clients
 

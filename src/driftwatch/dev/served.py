@@ -2,8 +2,9 @@
 support-v1 and support-v2) through the driftwatch gateway, so the inference logs the daemon monitors are real.
 
 :class:`GatewayPublisher` looks like the producer the simulator drives (``send_raw``), and turns each simulated
-request into a real call: the prompt goes to the gateway under the alias of its adapter, with the simulator's
-request id (``x-request-id``) and route; feedback goes to ``/v1/feedback``. Records that are not valid events
+request into a real call: the prompt goes to the gateway under the alias of its adapter, with its route; feedback
+goes to ``/v1/feedback`` under the request id the gateway assigned to that call (the simulator's id is only the
+client's ``x-request-id``). Records that are not valid events
 (the bad-record kinds) and repeats of a request id (duplicates) go to Kafka as they are, so the demo's exact
 count check still holds.
 """
@@ -14,7 +15,7 @@ import json
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -38,26 +39,28 @@ class GatewayPublisher:
         self.client = httpx.Client(timeout=60, limits=httpx.Limits(max_connections=16))
         self.pool = ThreadPoolExecutor(8, thread_name_prefix="demo-client")  # users in parallel, as in life
         self.futures: list = []
-        self.seen: set[str] = set()
+        self.served: dict[str, Future] = {}  # the simulator's request id -> the gateway's
         self.calls = Counter()
 
     def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None, headers=None):
         kind = "inference" if topic == self.topics["inference"] else "feedback"
         event = decode(kind, value, self.max_bytes) if value is not None else None
-        if event is None or isinstance(event, Rejected) or (kind == "inference" and event.request_id in self.seen):
+        if event is None or isinstance(event, Rejected) or (kind == "inference" and event.request_id in self.served):
             return self.producer.send_raw(topic, value, key=key)  # bad records and duplicates, as they are
         if kind == "inference":
             assert isinstance(event, InferenceEvent)
-            self.seen.add(event.request_id)
-            self.futures.append(self.pool.submit(self._complete, event))
+            self.served[event.request_id] = future = self.pool.submit(self._complete, event)
+            self.futures.append(future)
         else:
             doc = {k: v for k, v in json.loads(value).items() if k in ("feedback_id", "request_id", "rating", "thumbs",
                                                                       "correction", "label")}
+            if (request := self.served.get(doc["request_id"])) is not None:
+                doc["request_id"] = request.result()
             r = self.client.post(f"{self.url}/v1/feedback", json=doc)
             self.calls[f"feedback {r.status_code}"] += 1
         return None
 
-    def _complete(self, event: InferenceEvent) -> None:
+    def _complete(self, event: InferenceEvent) -> str:
         r = self.client.post(f"{self.url}/v1/chat/completions",  # chat: the adapters were tuned on chat turns
                              json={"model": ALIASES.get(event.adapter, event.adapter),
                                    "messages": [{"role": "user", "content": event.prompt}],
@@ -66,6 +69,7 @@ class GatewayPublisher:
                                    "max_tokens": 6, "temperature": 0.8},
                              headers={"x-request-id": event.request_id, "x-driftwatch-route": event.route or ""})
         self.calls[f"inference {r.status_code}"] += 1
+        return r.headers["x-request-id"]
 
     def flush(self) -> None:
         for f in self.futures:

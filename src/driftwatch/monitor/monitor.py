@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from driftwatch.events import InferenceEvent
-from driftwatch.metrics import UNKNOWN
+from driftwatch.metrics import OTHER, UNKNOWN
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC, FeatureExtractor, Features, distinct_n, prompt_text
 from driftwatch.monitor.sketch import Categories, Histogram, Profile
 from driftwatch.monitor.stats import Verdict, semantic_verdict, verdict
@@ -260,10 +260,12 @@ class Monitor:
         """Accepted events (the ingestor's ``Accepted``: kind, event, adapter label, request) into their windows."""
         now = self.clock()
         for kind, event, adapter, _ in items:
+            if adapter in (UNKNOWN, OTHER):
+                continue  # a name the gateway refused, or past the label cap: counted in metrics, no window of its own
             if kind == "inference":
                 win = self._window(adapter, now)
                 win.add(self.extract(event), event.response, prompt_text(event) if win.prompts_cap else None)
-            elif adapter != UNKNOWN:
+            else:
                 self._window(adapter, now).feedback[event.sentiment] += 1
 
     def maintain(self) -> Windows | None:

@@ -4,8 +4,12 @@
   alias to one version or weighted versions — lives in the state store as append-only versions; the gateway
   re-reads it every ``gateway.alias_poll_s`` and swaps its reference atomically, so every request is routed by
   exactly one table version (logged with the event).
-* **Logging.** Every request — upstream errors, timeouts and unknown models included — becomes an InferenceEvent
-  on Kafka, keyed by request_id, with the adapter version that served it and vLLM's token usage. Events go into a
+* **Names.** The gateway serves aliases and versions the registry knows (and the base model when
+  ``gateway.serve_base_model``); any other name is 404 and logged as adapter ``unknown``, never the client's text.
+* **Logging.** Every inference request it answers — refused (400, 404, 413), failed, timed out or served — becomes
+  exactly one InferenceEvent on Kafka, keyed by the request id the gateway assigns (a client's ``x-request-id`` is kept
+  as ``metadata.client_request_id``), with the adapter version that served it and vLLM's token usage. Text over the
+  contract's limits is cut and named in ``metadata.fitted``, never dropped. Events go into a
   bounded buffer drained by a sender thread: Kafka being down never blocks or fails a client request; what does
   not fit the buffer is counted, never silently lost.
 * **Feedback.** ``POST /v1/feedback`` → FeedbackEvent; clients get the request id in the ``x-request-id`` header.
@@ -33,8 +37,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from driftwatch.config import Gateway, Kafka
-from driftwatch.events import SCHEMA_VERSION, FeedbackEvent, InferenceEvent, encode, now_ms
-from driftwatch.metrics import GatewayMetrics
+from driftwatch.events import (MAX_MESSAGES, MAX_NAME_CHARS, MAX_TEXT_CHARS, SCHEMA_VERSION, FeedbackEvent, InferenceEvent,
+                               encode, now_ms)
+from driftwatch.metrics import UNKNOWN, GatewayMetrics
 from driftwatch.state.store import SqlStore
 from driftwatch.serving.upstream import Response as UpstreamResponse
 from driftwatch.errors import UpstreamError
@@ -167,6 +172,18 @@ def openai_error(status: int, message: str, type_: str, code: str | None = None,
     return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status_code=status)
 
 
+class Refused(Exception):
+    """A request the gateway answers itself, before the upstream: 400, 404 or 413 (logged like any other)."""
+
+    def __init__(self, status: int, message: str, code: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code, self.param = status, message, code, param
+
+    def response(self) -> JSONResponse:
+        type_ = "not_found_error" if self.status == 404 else "invalid_request_error"
+        return openai_error(self.status, self.message, type_, self.code, self.param)
+
+
 @dataclass
 class Outcome:
     status: str  # ok | error | timeout
@@ -178,26 +195,108 @@ class Outcome:
     upstream_s: float = 0.0
 
 
-def _prompt(kind: str, body: dict) -> tuple[str | None, list[dict] | None]:
+@dataclass
+class Call:
+    """One inference request through the gateway, from its first byte: logged exactly once, whatever is answered."""
+
+    kind: str  # completions | chat
+    t0: float
+    request_id: str
+    route: str | None
+    tenant: str | None
+    fitted: set[str]  # fields truncated or repaired to fit the event contract (metadata.fitted)
+    client_request_id: str | None = None
+    body: dict | None = None  # a body the gateway can serve; None when it refused it
+    alias: str | None = None
+    version: str = UNKNOWN
+    table_version: int = 0
+    logged: bool = False
+
+
+ROLES = frozenset(("system", "developer", "user", "assistant", "tool"))
+
+
+def _refusal(kind: str, body: dict) -> Refused | None:
+    """The request shapes the gateway serves (the OpenAI API's): anything else is 400 before the upstream is called."""
+    def bad(message: str, param: str) -> Refused:
+        return Refused(400, message, "invalid_request", param)
+
+    if not isinstance(body.get("model"), str) or not body["model"]:
+        return bad("'model' is required: an alias (e.g. production) or a registered adapter version", "model")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        return bad("'stream' is a boolean", "stream")
+    if "stream_options" in body and not isinstance(body["stream_options"], dict):
+        return bad("'stream_options' is an object", "stream_options")
     if kind == "completions":
         prompt = body.get("prompt")
-        return ("\n".join(map(str, prompt)) if isinstance(prompt, list) else str(prompt or "")), None
+        if isinstance(prompt, str) or (isinstance(prompt, list) and prompt and (
+                all(isinstance(p, str) for p in prompt) or all(type(p) is int for p in prompt)
+                or all(isinstance(p, list) and all(type(t) is int for t in p) for p in prompt))):
+            return None
+        return bad("'prompt' is a string, a list of strings or token ids", "prompt")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        return bad("'messages' is a non-empty list of message objects", "messages")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ROLES:
+            return bad(f"messages[{i}] is an object with a role in {sorted(ROLES)}", f"messages[{i}]")
+        content = m.get("content")
+        if content is None or isinstance(content, str):
+            continue
+        if not isinstance(content, list) or not all(
+                isinstance(part, dict) and isinstance(part.get("type"), str)
+                and (part["type"] != "text" or isinstance(part.get("text"), str)) for part in content):
+            return bad(f"messages[{i}].content is a string or a list of content parts ({{'type': 'text', 'text': "
+                       "'...'}})", f"messages[{i}].content")
+    return None
+
+
+def _text(value: str, limit: int, fitted: set[str], name: str) -> str:
+    """A string as the contract takes it: valid UTF-8 (a lone surrogate becomes '?') and at most ``limit`` chars."""
+    if len(value) > limit:
+        value = value[:limit]
+        fitted.add(name)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+            fitted.add(name)
+    return value
+
+
+def _header(request: Request, name: str, fitted: set[str], field: str) -> str | None:
+    value = request.headers.get(name)
+    return _text(value, MAX_NAME_CHARS, fitted, field) if value else None
+
+
+def _prompt(kind: str, body: dict | None) -> tuple[str, list[dict] | None]:
+    """(prompt text, chat messages) of a served body, as logged: the system and user text is the prompt."""
+    if body is None:
+        return "", None
+    if kind == "completions":
+        prompt = body.get("prompt")
+        return ("\n".join(map(str, prompt)) if isinstance(prompt, list) else str(prompt)), None
     messages = []
-    for m in body.get("messages") or []:
+    for m in body["messages"]:
         content = m.get("content")
         if isinstance(content, list):  # content parts: keep the text ones
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        if m.get("role") in ("system", "user", "assistant", "tool"):
-            messages.append({"role": m["role"], "content": str(content or "")})
-    return None, messages
+            content = "".join(part["text"] for part in content if part["type"] == "text")
+        messages.append({"role": "system" if m["role"] == "developer" else m["role"], "content": content or ""})
+    return "\n".join(m["content"] for m in messages if m["role"] in ("system", "user")), messages
 
 
 def _answer(kind: str, doc: dict) -> str | None:
-    choices = doc.get("choices") or []
-    if not choices:
+    choices = doc.get("choices") if isinstance(doc, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         return None
     first = choices[0]
-    return first.get("text") if kind == "completions" else (first.get("message") or {}).get("content")
+    text = first.get("text") if kind == "completions" else (first.get("message") or {}).get("content")
+    return text if isinstance(text, str) else None
+
+
+def _count(value) -> int | None:
+    return value if type(value) is int and value >= 0 else None
 
 
 class GatewayService:
@@ -206,7 +305,10 @@ class GatewayService:
         self.cfg, self.store, self.sink, self.topics, self.metrics = cfg, store, sink, topics, metrics
         self.rng = random.Random(seed)
         self.table = AliasTable.from_doc(*store.alias_table())
-        self.upstreams = [Upstream(u, cfg.connect_timeout_s, cfg.timeout_s) for u in cfg.upstreams]
+        self.known: frozenset[str] = frozenset()
+        self._learn_names()
+        self.upstreams = [Upstream(u, cfg.connect_timeout_s, cfg.timeout_s, api_key=cfg.upstream_key())
+                          for u in cfg.upstreams]
         self._upstreams = itertools.cycle(self.upstreams)  # round robin
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_aliases, name="driftwatch-gateway-aliases", daemon=True)
@@ -216,16 +318,26 @@ class GatewayService:
         self._poller.start()
         return self
 
+    def _learn_names(self) -> None:
+        """The names the gateway serves: the registry's versions and aliases (and the base model if configured).
+        They are reserved in the version label, so a version the registry knows is never folded into 'other'."""
+        names = self.store.names() | ({self.cfg.base_model} if self.cfg.serve_base_model else frozenset())
+        if names != self.known:
+            self.known = names
+            self.metrics.version_cap.reserve(names)
+
     def _poll_aliases(self) -> None:
         while not self._stop.wait(self.cfg.alias_poll_s):
             try:
                 if self.store.alias_table_version() != self.table.version:
                     self.reload()
+                self._learn_names()
             except Exception:  # noqa: BLE001 - keep routing by the table in hand; log and retry
                 log.exception("cannot re-read the alias table")
 
     def reload(self) -> int:
         table = AliasTable.from_doc(*self.store.alias_table())
+        self._learn_names()
         if table.version != self.table.version:
             self.table = table  # one reference swap: a request holds the old or the new table, never a mix
             self.metrics.alias_table_version.set(table.version)
@@ -265,23 +377,25 @@ class GatewayService:
             Route("/healthz", healthz),
         ])
 
-    async def _body(self, request: Request) -> dict | Response:
+    async def _body(self, request: Request) -> dict:
+        """The JSON object a request carries; Refused (413, 400) when it is too large, not JSON or nested too deep."""
+        too_large = Refused(413, f"request body over {self.cfg.max_request_bytes} bytes", "request_too_large")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > self.cfg.max_request_bytes:
-            return openai_error(413, f"request body over {self.cfg.max_request_bytes} bytes", "invalid_request_error",
-                                "request_too_large")
+            raise too_large
         raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > self.cfg.max_request_bytes:
-                return openai_error(413, f"request body over {self.cfg.max_request_bytes} bytes",
-                                    "invalid_request_error", "request_too_large")
+                raise too_large
         try:
             body = json.loads(raw)
         except ValueError as exc:
-            return openai_error(400, f"request body is not JSON: {exc}", "invalid_request_error")
+            raise Refused(400, f"request body is not JSON: {exc}", "invalid_json") from None
+        except RecursionError:
+            raise Refused(400, "request body is nested too deeply", "invalid_json") from None
         if not isinstance(body, dict):
-            return openai_error(400, "request body must be a JSON object", "invalid_request_error")
+            raise Refused(400, "request body must be a JSON object", "invalid_json")
         return body
 
     async def models(self, request: Request) -> Response:
@@ -291,6 +405,8 @@ class GatewayService:
             data = json.loads(await resp.read()).get("data", [])
         except (UpstreamError, TimeoutError, ValueError, AttributeError) as exc:
             return openai_error(503, f"no upstream answered: {exc}", "service_unavailable", "upstream_unavailable")
+        known = self.known
+        data = [m for m in data if isinstance(m, dict) and m.get("id") in known]
         table = self.table
         for alias, (versions, _) in sorted(table.aliases.items()):
             data.append({"id": alias, "object": "model", "owned_by": "driftwatch", "root": versions[0],
@@ -298,9 +414,10 @@ class GatewayService:
         return JSONResponse({"object": "list", "data": data})
 
     async def feedback(self, request: Request) -> Response:
-        body = await self._body(request)
-        if isinstance(body, Response):
-            return body
+        try:
+            body = await self._body(request)
+        except Refused as refused:
+            return refused.response()
         doc = {"schema_version": SCHEMA_VERSION, "feedback_id": body.get("feedback_id") or uuid.uuid4().hex,
                "timestamp": now_ms(), **{k: body[k] for k in ("request_id", "rating", "thumbs", "correction", "label")
                                         if k in body}}
@@ -312,25 +429,42 @@ class GatewayService:
         return JSONResponse({"feedback_id": event.feedback_id, "request_id": event.request_id}, status_code=202)
 
     async def proxy(self, request: Request, path: str) -> Response:
-        t0 = time.perf_counter()
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        """One inference request. Whatever it is answered — served, refused, failed — it is logged exactly once."""
+        fitted: set[str] = set()
+        call = Call("completions" if path == "completions" else "chat", time.perf_counter(), uuid.uuid4().hex,
+                    _header(request, ROUTE_HEADER, fitted, "route"), _header(request, TENANT_HEADER, fitted, "tenant"),
+                    fitted, _header(request, REQUEST_ID_HEADER, fitted, "client_request_id"))
+        try:
+            return await self._serve(request, call, path)
+        except Refused as refused:
+            return self._fail(call, Outcome("error", refused.status, refused.code), refused.response())
+        except Exception:  # noqa: BLE001 - a bug answers 500, and is logged like any other answer
+            log.exception("request %s: internal error", call.request_id)
+            return self._fail(call, Outcome("error", 500, "internal_error"),
+                              openai_error(500, "internal error", "server_error", "internal_error"))
+
+    async def _serve(self, request: Request, call: Call, path: str) -> Response:
         body = await self._body(request)
-        if isinstance(body, Response):
-            return body
-        kind = "completions" if path == "completions" else "chat"
-        model = body.get("model")
-        if not isinstance(model, str) or not model:
-            return openai_error(400, "'model' is required: an alias (e.g. production) or an adapter version",
-                                "invalid_request_error", param="model")
+        refused = _refusal(call.kind, body)
+        if refused is not None:
+            raise refused
+        call.body = body
         table = self.table  # this request is routed by this one table version
-        alias, version = table.resolve(model, self.rng)
-        body["model"] = version
-        stream = bool(body.get("stream"))
+        call.table_version = table.version
+        model = body["model"]
+        if model in table.aliases:
+            call.alias, call.version = table.resolve(model, self.rng)
+        elif model in self.known:
+            call.version = model
+        else:  # never the client's text in a label or an event: 'unknown'
+            raise Refused(404, "unknown model: name an alias (e.g. production) or a registered adapter version",
+                          "model_not_found", "model")
+        body["model"] = call.version
+        stream = body.get("stream") is True
         client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         if stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        headers = {"x-request-id": request_id}
-        ctx = (request, request_id, kind, body, alias, version, table.version, t0)
+        headers = {REQUEST_ID_HEADER: call.request_id}
         upstream = next(self._upstreams)
         up_t0 = time.perf_counter()
         resp = None
@@ -340,37 +474,38 @@ class GatewayService:
             if not (stream and resp.status == 200):
                 content = await resp.read()
         except TimeoutError:
-            return self._fail(ctx, Outcome("timeout", 504, "upstream_timeout", upstream_s=time.perf_counter() - up_t0),
-                              f"upstream {upstream.base_url} did not answer within {self.cfg.timeout_s:g}s", "timeout")
+            return self._fail(call, Outcome("timeout", 504, "upstream_timeout", upstream_s=time.perf_counter() - up_t0),
+                              openai_error(504, f"upstream {upstream.base_url} did not answer within "
+                                                f"{self.cfg.timeout_s:g}s", "timeout", "upstream_timeout"))
         except UpstreamError as exc:
-            if resp is None:
-                return self._fail(ctx, Outcome("error", 503, "upstream_unavailable",
-                                               upstream_s=time.perf_counter() - up_t0),
-                                  f"no upstream reachable: {exc}", "service_unavailable")
-            return self._fail(ctx, Outcome("error", 502, "upstream_broken", upstream_s=time.perf_counter() - up_t0),
-                              str(exc), "bad_gateway")
+            code, status = ("upstream_unavailable", 503) if resp is None else ("upstream_broken", 502)
+            return self._fail(call, Outcome("error", status, code, upstream_s=time.perf_counter() - up_t0),
+                              openai_error(status, f"no upstream reachable: {exc}" if resp is None else str(exc),
+                                           "service_unavailable" if resp is None else "bad_gateway", code))
         if stream and resp.status == 200:
-            return StreamingResponse(self._relay(resp, ctx, up_t0, client_wants_usage), media_type="text/event-stream",
+            return StreamingResponse(self._relay(resp, call, up_t0, client_wants_usage), media_type="text/event-stream",
                                      headers=headers)
         upstream_s = time.perf_counter() - up_t0
         try:
             doc = json.loads(content)
-        except ValueError:
-            return self._fail(ctx, Outcome("error", 502, f"upstream_{resp.status}", upstream_s=upstream_s),
-                              f"upstream answered {resp.status} with a body that is not JSON", "bad_gateway")
+        except (ValueError, RecursionError):
+            return self._fail(call, Outcome("error", 502, f"upstream_{resp.status}", upstream_s=upstream_s),
+                              openai_error(502, f"upstream answered {resp.status} with a body that is not JSON",
+                                           "bad_gateway", f"upstream_{resp.status}"))
         if resp.status != 200:
-            status = 404 if resp.status == 404 else resp.status if resp.status < 500 else 502
+            # vLLM refusing the gateway's key (401/403) is the gateway's fault, not the client's: 502
+            status = 404 if resp.status == 404 else resp.status if resp.status < 500 and resp.status not in (401, 403) else 502
             error_type = "model_not_found" if resp.status == 404 else f"upstream_{resp.status}"
-            self._log(ctx, Outcome("error", status, error_type, upstream_s=upstream_s))
+            self._log(call, Outcome("error", status, error_type, upstream_s=upstream_s))
             return JSONResponse(doc, status_code=status, headers=headers)
-        usage = doc.get("usage") or {}
-        outcome = Outcome("ok", 200, None, _answer(kind, doc), usage.get("prompt_tokens"), usage.get("completion_tokens"),
-                          upstream_s)
+        usage = (doc.get("usage") if isinstance(doc, dict) else None) or {}
+        outcome = Outcome("ok", 200, None, _answer(call.kind, doc), _count(usage.get("prompt_tokens")),
+                          _count(usage.get("completion_tokens")), upstream_s)
         # the event is built after the answer has gone out: the client does not wait for the log
         return Response(content, media_type="application/json", headers=headers,
-                        background=BackgroundTask(self._log_after, ctx, outcome, time.perf_counter()))
+                        background=BackgroundTask(self._log_after, call, outcome, time.perf_counter()))
 
-    async def _relay(self, resp: UpstreamResponse, ctx, up_t0: float,
+    async def _relay(self, resp: UpstreamResponse, call: Call, up_t0: float,
                      client_wants_usage: bool) -> AsyncIterator[bytes]:
         """Pass server-sent events through as they come; collect the text and the usage for the log."""
         parts: list[str] = []
@@ -386,13 +521,15 @@ class GatewayService:
                     if data and data != b"[DONE]":
                         try:
                             doc = json.loads(data)
-                        except ValueError:
+                        except (ValueError, RecursionError):
                             doc = {}
-                        if doc.get("usage"):
+                        doc = doc if isinstance(doc, dict) else {}
+                        if isinstance(doc.get("usage"), dict):
                             usage = doc["usage"]
                         for choice in doc.get("choices") or []:
-                            if choice.get("index", 0) == 0:
-                                parts.append(choice.get("text") or (choice.get("delta") or {}).get("content") or "")
+                            if isinstance(choice, dict) and choice.get("index", 0) == 0:
+                                piece = choice.get("text") or (choice.get("delta") or {}).get("content") or ""
+                                parts.append(piece if isinstance(piece, str) else "")
                         if not doc.get("choices") and doc.get("usage") and not client_wants_usage:
                             continue  # the usage chunk the gateway asked for on its own account
                     yield event + b"\n\n"
@@ -405,44 +542,62 @@ class GatewayService:
         finally:
             resp.release()
             outcome.response = "".join(parts)
-            outcome.tokens_in, outcome.tokens_out = usage.get("prompt_tokens"), usage.get("completion_tokens")
+            outcome.tokens_in, outcome.tokens_out = _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens"))
             outcome.upstream_s = time.perf_counter() - up_t0
-            self._log(ctx, outcome, streamed=True)
+            self._log(call, outcome, streamed=True)
 
-    def _fail(self, ctx, outcome: Outcome, message: str, type_: str) -> Response:
-        self._log(ctx, outcome)
-        response = openai_error(outcome.http_status, message, type_, outcome.error_type)
-        response.headers[REQUEST_ID_HEADER] = ctx[1]
+    def _fail(self, call: Call, outcome: Outcome, response: Response) -> Response:
+        self._log(call, outcome)
+        response.headers[REQUEST_ID_HEADER] = call.request_id
         return response
 
-    async def _log_after(self, ctx, outcome: Outcome, t_end: float) -> None:
+    async def _log_after(self, call: Call, outcome: Outcome, t_end: float) -> None:
         # a coroutine: Starlette runs a plain function given as a background task in a thread pool, which cost
         # 0.35 ms of added latency per request (measured)
-        self._log(ctx, outcome, t_end=t_end)
+        self._log(call, outcome, t_end=t_end)
 
-    def _log(self, ctx, outcome: Outcome, streamed: bool = False, t_end: float | None = None) -> None:
-        request, request_id, kind, body, alias, version, table_version, t0 = ctx
-        total_s = (t_end or time.perf_counter()) - t0
-        prompt, messages = _prompt(kind, body)
+    def _log(self, call: Call, outcome: Outcome, streamed: bool = False, t_end: float | None = None) -> None:
+        """The request's one inference event. Over-long or invalid text is fitted to the contract and named in
+        ``metadata.fitted``, never dropped."""
+        if call.logged:
+            return
+        call.logged = True
+        total_s = (t_end or time.perf_counter()) - call.t0
+        fitted = call.fitted
+        prompt, messages = _prompt(call.kind, call.body)
+        if messages is not None:
+            if len(messages) > MAX_MESSAGES:
+                messages, fitted = messages[-MAX_MESSAGES:], fitted | {"messages"}
+            for m in messages:
+                m["content"] = _text(m["content"], MAX_TEXT_CHARS, fitted, "messages")
+        metadata: dict[str, Any] = {"alias_table_version": call.table_version, "endpoint": call.kind,
+                                    "stream": streamed, "upstream_ms": round(outcome.upstream_s * 1000, 3),
+                                    "http_status": outcome.http_status}
+        if call.client_request_id:
+            metadata["client_request_id"] = call.client_request_id
         doc: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION, "request_id": request_id, "timestamp": now_ms(),
-            "model": self.cfg.base_model, "adapter": version, "alias": alias,
-            "prompt": prompt if prompt is not None else "\n".join(m["content"] for m in messages
-                                                                   if m["role"] in ("system", "user")),
-            "messages": messages or None, "response": outcome.response, "latency_ms": round(total_s * 1000, 3),
-            "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out, "status": outcome.status,
-            "error_type": outcome.error_type, "route": request.headers.get(ROUTE_HEADER),
-            "tenant": request.headers.get(TENANT_HEADER),
-            "metadata": {"alias_table_version": table_version, "endpoint": kind, "stream": streamed,
-                         "upstream_ms": round(outcome.upstream_s * 1000, 3)},
+            "schema_version": SCHEMA_VERSION, "request_id": call.request_id, "timestamp": now_ms(),
+            "model": self.cfg.base_model, "adapter": call.version, "alias": call.alias,
+            "prompt": _text(prompt, MAX_TEXT_CHARS, fitted, "prompt"), "messages": messages or None,
+            "response": None if outcome.response is None else _text(outcome.response, MAX_TEXT_CHARS, fitted, "response"),
+            "latency_ms": round(total_s * 1000, 3), "tokens_in": outcome.tokens_in, "tokens_out": outcome.tokens_out,
+            "status": outcome.status, "error_type": outcome.error_type, "route": call.route, "tenant": call.tenant,
+            "metadata": metadata,
         }
+        if fitted:
+            metadata["fitted"] = sorted(fitted)
         try:
             event = InferenceEvent.model_validate({k: v for k, v in doc.items() if v is not None})
-            self.sink.offer(self.topics.inference, request_id.encode(), encode(event))
-        except ValueError:
-            log.exception("request %s: the inference event does not fit the contract; not logged", request_id)
+        except ValueError:  # a bug: still one event, with what surely fits
+            log.exception("request %s: the inference event does not fit the contract; logged without its text",
+                          call.request_id)
+            event = InferenceEvent.model_validate({**{k: doc[k] for k in ("schema_version", "request_id", "timestamp",
+                                                                          "model", "adapter", "latency_ms", "status")},
+                                                   "prompt": "", "error_type": outcome.error_type or "unloggable",
+                                                   "metadata": {**metadata, "fitted": ["unloggable"]}})
+        self.sink.offer(self.topics.inference, call.request_id.encode(), encode(event))
         m = self.metrics
-        m.requests.labels(alias=alias or "-", version=m.version_cap(version), status=outcome.status).inc()
+        m.requests.labels(alias=call.alias or "-", version=m.version_cap(call.version), status=outcome.status).inc()
         if not streamed:
             m.added_latency.observe(max(0.0, total_s - outcome.upstream_s))
         m.upstream_latency.observe(outcome.upstream_s)

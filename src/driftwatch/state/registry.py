@@ -155,6 +155,13 @@ class RegistryQueries:
                          "ORDER BY created DESC").fetchall()
         return [AdapterRecord(*r) for r in rows]
 
+    def names(self) -> frozenset[str]:
+        """Every name the registry knows: registered versions, aliases and the versions they point to (what label caps
+        reserve, what the gateway serves)."""
+        aliases = self.alias_table()[1]
+        versions = {r[0] for r in self._run("SELECT version FROM adapter").fetchall()}
+        return frozenset(versions.union(aliases, *aliases.values()))
+
     def adapter(self, version: str) -> AdapterRecord | None:
         r = self._run("SELECT version, path, run_id, parent, state, created, updated FROM adapter WHERE version = ?",
                       (version,)).fetchone()
