@@ -17,6 +17,7 @@ uses for the same parts, so it never builds them again.
 
 from __future__ import annotations
 
+import functools
 import enum
 import logging
 import os
@@ -76,13 +77,20 @@ class Daemon:
     state: State = State.STARTING
     blocked_since: float | None = None  # dead letters (or harvested examples) cannot be written
     failing_since: float | None = None  # polls fail: the broker is away
+    unjoined_since: float | None = None  # running, not (or no longer) a member of the consumer group
     last_tick: float = field(default_factory=time.monotonic)
 
     # -- probes -------------------------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict]:
-        age = time.monotonic() - self.last_tick
-        return age < max(60.0, 3 * self.settings.kafka.consumer.poll_timeout_ms / 1000), {
-            "state": self.state.value, "loop_age_s": round(age, 3)}
+        """Alive: the loop turns, and it has not been unable to join or to poll for ``daemon.stuck_after_s`` (a
+        restart is what is left to try: a broker that never evicts a killed member, a client stuck in a state)."""
+        now = time.monotonic()
+        age = now - self.last_tick
+        stuck = {why: round(now - since, 1) for why, since in (("not_joined_s", self.unjoined_since),
+                                                                ("polls_failing_s", self.failing_since))
+                 if since is not None and now - since > self.settings.daemon.stuck_after_s}
+        ok = age < max(60.0, 3 * self.settings.kafka.consumer.poll_timeout_ms / 1000) and not stuck
+        return ok, {"state": self.state.value, "loop_age_s": round(age, 3), **stuck}
 
     def readiness(self) -> tuple[bool, dict]:
         joined = self.source.joined
@@ -94,6 +102,7 @@ class Daemon:
     def run(self, stop: threading.Event) -> int:
         """Ingest until ``stop`` is set; return the exit code (0 clean, 1 stopped with work that will be redelivered)."""
         self.state = State.RUNNING
+        self.unjoined_since = time.monotonic()
         code = 0
         joined = False
         failures = 0
@@ -115,6 +124,10 @@ class Daemon:
                 if not joined and self.source.joined:
                     joined = True
                     self.metrics.consumer_joined.set(1)
+                if self.source.joined:
+                    self.unjoined_since = None
+                elif self.unjoined_since is None:
+                    self.unjoined_since = time.monotonic()
                 if batch is not None and not self._finish(batch, stop):
                     code = 1
                     break
@@ -245,7 +258,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
             ("offsets-", k.consumer.group_id, f"-{os.environ['POD_NAME']}" if os.environ.get("POD_NAME") else "", ".json"))),
         downstream=lambda items: (signals(items), monitor.observe(items)),
         label=metrics.adapter_cap,
-        harvest=harvest.example if rt.harvest_max_pending else None, save_examples=save_examples,
+        harvest=functools.partial(harvest.example, trusted_callers=frozenset(rt.trusted_callers))
+        if rt.harvest_max_pending else None, save_examples=save_examples,
         max_kept=rt.harvest_max_pending,
         group_id=k.consumer.group_id,
         dead_letter_head_bytes=ing.dead_letter_head_bytes,

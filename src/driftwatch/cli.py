@@ -686,7 +686,10 @@ def adapters_show(version: str, config: str | None) -> None:
     state, store = open_stores(settings.state_store_path, settings.registry_path)
     a = store.adapter(version)
     if a is None:
-        click.echo(f"error: no adapter version '{version}' in the registry ({settings.registry_path})", err=True)
+        from driftwatch.config import mask_url
+
+        click.echo(f"error: no adapter version '{version}' in the registry ({mask_url(str(settings.registry_path))})",
+                   err=True)
         sys.exit(1)
     click.echo(f"adapter {a.version}: {a.state}\n  path     {a.path}\n  parent   {a.parent or '-'}")
     run = state.run(a.run_id) if a.run_id else None
@@ -715,6 +718,57 @@ def adapters_show(version: str, config: str | None) -> None:
     _echo_events(reversed(store.events(version)))
     store.close()
     state.close()
+
+
+@main.group("examples")
+def examples_group() -> None:
+    """Harvested training examples. An end user's correction or rating (through a feedback receipt) is a candidate
+    until a person approves it here; only trusted and approved examples go into a dataset."""
+
+
+@examples_group.command("list")
+@click.option("--status", type=click.Choice(["candidate", "approved", "rejected", "trusted"]), default="candidate",
+              show_default=True)
+@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--config", "-c", type=click.Path(dir_okay=False))
+def examples_list(status: str, limit: int, config: str | None) -> None:
+    """Examples by status, oldest first: ID (request_id/source), adapter, route, tenant, prompt and target."""
+    from driftwatch.state.store import open_store
+
+    store = open_store(_load(config).state_store_path)
+    shown = store.examples(status=(status,), limit=limit)
+    for e in shown:
+        click.echo(f"{e.request_id}/{e.source}  adapter={e.adapter or '-'} route={e.route or '-'} "
+                   f"tenant={e.tenant or '-'}\n  prompt: {e.prompt[:300]!r}\n  target: {e.target[:300]!r}")
+    click.echo(f"{len(shown)} {status} example(s)")
+    store.close()
+
+
+def _review(status: str):
+    @click.argument("ids", nargs=-1, required=True)
+    @click.option("--config", "-c", type=click.Path(dir_okay=False))
+    def review(ids: tuple[str, ...], config: str | None) -> None:
+        import getpass
+        import time
+
+        from driftwatch.state.store import open_store
+
+        store = open_store(_load(config).state_store_path)
+        missing = []
+        for example_id in ids:
+            request_id, _, source = example_id.rpartition("/")
+            if not store.review_example(request_id, source, status, getpass.getuser(), time.time()):
+                missing.append(example_id)
+        store.close()
+        click.echo(f"{len(ids) - len(missing)} example(s) {status}")
+        if missing:
+            click.echo(f"error: no candidate {', '.join(missing)} (see `driftwatch examples list`)", err=True)
+            sys.exit(1)
+    return review
+
+
+examples_group.command("approve", help="Approve candidates (ID: request_id/source): they may train.")(_review("approved"))
+examples_group.command("reject", help="Reject candidates (ID: request_id/source): they never train.")(_review("rejected"))
 
 
 @main.command()

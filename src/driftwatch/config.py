@@ -246,6 +246,12 @@ class Retrain(_Section):
     window_hours: float = Field(168.0, gt=0, description="harvested feedback examples from this far back")
     harvest_max_pending: int = Field(20_000, ge=0, description="recent requests kept in memory for feedback to "
                                      "join (corrections and positive ratings become examples); 0: no harvesting")
+    trusted_callers: list[str] = Field(default_factory=list, description="feedback callers (gateway.feedback_callers) "
+                                       "whose corrections and ratings are training examples as they come; an end user's "
+                                       "(a receipt's) are candidates until `driftwatch examples approve`. Feedback "
+                                       "written to the topic directly is trusted: the topic's ACLs guard it")
+    max_tenant_share: float = Field(0.2, gt=0, le=1, description="the most of a dataset one tenant's harvested "
+                                    "examples may be (the tenant as the gateway authenticated it)")
     datasets_dir: Path | None = Field(None, description="default: <daemon.state_dir>/datasets")
     runs_dir: Path | None = Field(None, description="default: <daemon.state_dir>/runs (the shared volume for Jobs)")
     retention_days: float = Field(30.0, gt=0, description="datasets older than this are deleted")
@@ -361,7 +367,31 @@ class Gateway(_Section):
         None, description="vLLM's API key (its VLLM_API_KEY or --api-key): the gateway and the daemon (adapter loads, "
                           "evaluation) send it as a bearer token; DRIFTWATCH__GATEWAY__UPSTREAM_API_KEY, from a Secret")
 
+    feedback_secret: SecretStr | None = Field(
+        None, description="HMAC key of the feedback receipts the gateway hands out with each answer "
+                          "(DRIFTWATCH__GATEWAY__FEEDBACK_SECRET, from a Secret; the same on every replica); unset: a "
+                          "random key per process, so receipts die with it")
+    feedback_token_ttl_s: float = Field(7 * 86400.0, gt=0, description="how long a feedback receipt is accepted")
+    feedback_callers: SecretStr | None = Field(
+        None, description="server-side callers that may post feedback on any request without a receipt: "
+                          "'name:token,name:token' (DRIFTWATCH__GATEWAY__FEEDBACK_CALLERS, from a Secret); they send "
+                          "Authorization: Bearer <token>")
+    trust_tenant_header: bool = Field(False, description="take x-driftwatch-tenant as the tenant: only behind a proxy "
+                                      "that authenticates clients and sets it; otherwise the header is kept as "
+                                      "metadata.claimed_tenant and the event has no tenant")
+
     _csv = field_validator("upstreams", mode="before")(_split_csv)
+
+    def callers(self) -> dict[str, str]:
+        """feedback_callers as {token: name}."""
+        out: dict[str, str] = {}
+        raw = self.feedback_callers.get_secret_value() if self.feedback_callers else ""
+        for pair in filter(None, (p.strip() for p in raw.split(","))):
+            name, sep, token = pair.partition(":")
+            if not sep or not name or len(token) < 16:
+                raise ValueError("gateway.feedback_callers: each entry is name:token, the token 16 characters or more")
+            out[token] = name
+        return out
 
     def upstream_key(self) -> str | None:
         """The key to send to vLLM, or None when unset or empty."""
@@ -384,6 +414,21 @@ class Control(_Section):
 
     request_wait_s: float = Field(30.0, ge=0, description="a control call waits this long for the control loop to act "
                                   "on its request, then answers 202 with the request's id")
+    webhook_alerts_per_minute: int = Field(60, ge=1, description="alerts the Alertmanager webhook turns into retrain "
+                                           "requests per minute (a token bucket of this size); a call beyond is 429 "
+                                           "with nothing recorded, and Alertmanager sends it again later")
+    retention_days: float = Field(30.0, ge=2, description="decisions (not those a run refers to), alert occurrences and "
+                                  "answered requests older than this are deleted from the state store")
+    prune_cron: str = Field("17 3 * * *", description="when the control loop deletes what is past retention_days (a "
+                            "crontab expression, UTC)")
+
+    @field_validator("prune_cron")
+    @classmethod
+    def _crontab(cls, value: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger.from_crontab(value, timezone="UTC")  # raises ValueError on a bad expression
+        return value
 
     _split = field_validator("retrain_alerts", mode="before")(_split_csv)
 
@@ -398,6 +443,8 @@ class Control(_Section):
 
 class Daemon(_Section):
     shutdown_grace_s: float = Field(20.0, gt=0)
+    stuck_after_s: float = Field(300.0, gt=0, description="/healthz fails (so Kubernetes restarts the pod) once the "
+                                 "loop has been unable to join its consumer group or to poll for this long")
     state_dir: Path = Path(".driftwatch")
 
 
@@ -468,8 +515,24 @@ class Settings(_Section):
         return self.store.url or self.policy.store_path or self.daemon.state_dir / "state.db"
 
     def redacted(self) -> dict[str, Any]:
-        """The resolved settings as plain data, secrets masked: safe to print and log."""
-        return self.model_dump(mode="json")
+        """The resolved settings as plain data, secrets masked (SecretStr fields, passwords inside URLs): safe to
+        print and log."""
+        def mask(value: Any) -> Any:
+            if isinstance(value, dict):
+                return {k: mask(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [mask(v) for v in value]
+            return mask_url(value) if isinstance(value, str) and "://" in value else value
+
+        return mask(self.model_dump(mode="json"))
+
+
+def mask_url(url: str) -> str:
+    """``scheme://user:secret@host/...?password=secret`` → the same with each secret as ``***``."""
+    import re
+
+    url = re.sub(r"(://[^/@:\s]*:)[^/@\s]*@", r"\1***@", url)
+    return re.sub(r"((?:^|[?&;\s])(?:password|passwd|pwd|secret|token|api_key)=)[^&;\s]*", r"\1***", url, flags=re.I)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

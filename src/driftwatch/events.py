@@ -109,6 +109,10 @@ class FeedbackEvent(_Contract):
     thumbs: Literal["up", "down"] | None = None
     correction: Text | None = None  # the response the user says would have been right
     label: Name | None = None  # optional category, e.g. "hallucination"
+    # who vouched for it, set by the gateway: "receipt" (an end user holding the answer's feedback receipt) or "caller"
+    # (an authenticated server-side caller, named in ``caller``); absent: written to the topic directly (trusted by ACL)
+    origin: Literal["receipt", "caller"] | None = None
+    caller: Name | None = None
 
     @model_validator(mode="after")
     def _needs_verdict(self) -> FeedbackEvent:
@@ -118,7 +122,8 @@ class FeedbackEvent(_Contract):
 
     @property
     def dedup_key(self) -> str:
-        return self.feedback_id
+        """One rating per request counts (the first), and one correction: a later one is a duplicate."""
+        return f"{self.request_id}\x00{'rating' if self.rating is not None or self.thumbs else 'correction'}"
 
     @property
     def sentiment(self) -> Literal["positive", "negative", "neutral"]:

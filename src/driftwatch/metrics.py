@@ -221,7 +221,8 @@ class Metrics:
         )
         self.webhook_alerts = Counter(
             "driftwatch_webhook_alerts", "Alerts received on the Alertmanager webhook, by outcome (retrain, held, "
-            "queued: not acted on within control.request_wait_s, duplicate, ignored)", ["outcome"], registry=r
+            "queued: not acted on within control.request_wait_s, duplicate, ignored, unknown_adapter: not in the registry, "
+            "rate_limited)", ["outcome"], registry=r
         )
         # retrain
         self.training_examples = Counter(
@@ -274,7 +275,8 @@ class Metrics:
         for metric, label, values in (
             (self.decisions, "action", ("retrain", "alert", "hold", "resolved")),
             (self.retrain_runs, "status", ("succeeded", "failed", "timed_out", "cancelled", "refused", "unimproved")),
-            (self.webhook_alerts, "outcome", ("retrain", "held", "queued", "duplicate", "ignored")),
+            (self.webhook_alerts, "outcome", ("retrain", "held", "queued", "duplicate", "ignored",
+                                               "unknown_adapter", "rate_limited")),
             (self.evaluations, "result", ("passed", "failed")),
             (self.rollouts, "outcome", ("done", "rolled_back", "rejected", "failed")),
             (self.rollbacks, "trigger", ("bake", "no_data", "manual")),
@@ -321,7 +323,9 @@ class GatewayMetrics:
             "(at-least-once: the daemon drops the copies by request id)", ["topic"], registry=r
         )
         self.events_dropped = Counter(
-            "driftwatch_gateway_events_dropped", "Events dropped because the buffer was full", ["topic"], registry=r
+            "driftwatch_gateway_events_dropped", "Events not delivered, by reason: buffer_full (the buffer was full), "
+            "refused (Kafka refused that record for good), shutdown (still buffered when the drain deadline passed)",
+            ["topic", "reason"], registry=r
         )
         self.alias_table_version = Gauge(
             "driftwatch_gateway_alias_table_version", "The alias table version in use", registry=r

@@ -113,18 +113,21 @@ def test_counts_are_exact_while_a_second_daemon_joins_and_leaves(broker, tmp_pat
     assert a.stop() == 0
 
 
-def test_ingest_keeps_running_through_a_broker_restart(noida, tmp_path):
+def test_ingest_keeps_running_through_three_broker_restarts(noida, tmp_path):
     settings = make_settings(noida, tmp_path)
     t = settings.kafka.topics
     d = InProcessDaemon(settings).wait_ready()
     producer = EventProducer(kafka=settings.kafka, retries=2**31 - 1, delivery_timeout_ms=120_000, enable_idempotence=False)
     result = {}
     sim = Simulator(SimConfig(seed=13, feedback_rate=0.0))
-    writer = threading.Thread(target=lambda: result.update(out=send_stream(producer, settings, sim, 2000, rate=200)))
+    writer = threading.Thread(target=lambda: result.update(out=send_stream(producer, settings, sim, 4000, rate=200)))
     writer.start()
-    wait_for(lambda: d.accepted(t.inference) > 300, 30, "ingest to be under way")
-    noida.restart(down_s=1.0)
-    writer.join(90)
+    for cycle in range(3):  # stop and start the broker three times while the daemon consumes
+        before = d.accepted(t.inference)
+        wait_for(lambda: d.accepted(t.inference) > before + 300, 60, f"ingest under way (cycle {cycle + 1})")
+        noida.restart(down_s=1.0)
+        assert d.thread.is_alive() and d.daemon.health()[0]
+    writer.join(120)
     producer.close()
     sent, records = result["out"]
     acked = {out.key for out, f in records if f.succeeded()}

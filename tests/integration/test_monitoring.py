@@ -27,7 +27,7 @@ def test_shifted_adapter_drifts_stationary_adapter_does_not(tansu, tmp_path, mon
              {"name": "error-ratio", "signal": "error_ratio", "threshold": 0.05, "clear": 0.02, "action": "alert"}]
     settings = make_settings(tansu, tmp_path, monitor={"reference_path": str(ref_path), "window_events": 1000,
                                                        "check_interval_s": 0.5}, policy={"rules": rules},
-                             control={"token": "t0ken"})
+                             control={"token": "monitoring-test-token-0123456789"})
     d = InProcessDaemon(settings).wait_ready()
     with EventProducer(kafka=settings.kafka) as producer:
         send_stream(producer, settings, Simulator(SimConfig(seed=301, feedback_rate=0.3, adapters={"stable": 1.0})), 1200)
@@ -69,7 +69,7 @@ def test_shifted_adapter_drifts_stationary_adapter_does_not(tansu, tmp_path, mon
 
     # `driftwatch report` asks the running daemon for the current window's report, with the control token
     assert httpx.get(d.daemon.http.url + "/report", params={"adapter": "shifted"}, timeout=10).status_code == 401
-    monkeypatch.setenv("DRIFTWATCH__CONTROL__TOKEN", "t0ken")
+    monkeypatch.setenv("DRIFTWATCH__CONTROL__TOKEN", "monitoring-test-token-0123456789")
     out = tmp_path / "reports"
     result = CliRunner().invoke(main, ["report", "--url", d.daemon.http.url, "--adapter", "shifted", "--out", str(out)])
     assert result.exit_code == 0, result.output

@@ -20,6 +20,7 @@ from driftwatch.events import decode
 from driftwatch.monitor.monitor import build_profile
 from driftwatch.monitor.features import CATEGORICAL, NUMERIC
 from driftwatch.dev.simulate import SimConfig, Simulator
+from driftwatch.state.registry import AdapterRecord
 from driftwatch.state.store import SqliteStore
 
 from . import promstack
@@ -48,6 +49,8 @@ def stack(tansu, tmp_path_factory):
                              policy={"rules": rules}, control={"token": TOKEN, "retrain_alerts": ["DriftwatchInputDrift"]})
     seed = SqliteStore(settings.registry_path)  # production points somewhere, as in any deployment after a rollout
     seed.set_aliases({"production": {"stable": 1.0}}, at=time.time(), who="test", why="seed")
+    # the webhook acts on adapters the registry knows only
+    seed.save_adapter(AdapterRecord("shifted", str(tmp / "shifted"), None, None, "candidate", 1.0, 1.0))
     seed.close()
     d = InProcessDaemon(settings).wait_ready()
     am = promstack.alertmanager(tmp, d.daemon.http.url + "/v1/alertmanager", TOKEN)

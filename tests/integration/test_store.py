@@ -44,7 +44,14 @@ def test_the_contract(location):
     s.add_examples([HarvestedExample("q1", "correction", 3.0, "a", "qa", "p", "t1")])
     s.add_examples([HarvestedExample("q1", "correction", 4.0, "a", "qa", "p", "t2"),
                     HarvestedExample("q2", "positive", 5.0, None, None, "p2", "t3")])
-    assert [(e.request_id, e.target) for e in s.examples()] == [("q1", "t2"), ("q2", "t3")]
+    assert [(e.request_id, e.target) for e in s.examples()] == [("q1", "t1"), ("q2", "t3")]  # the first stays
+    # an end user's example waits for review; reviewed once, with who and when
+    s.add_examples([HarvestedExample("q3", "correction", 6.0, "a", "qa", "p3", "t4", "acme", "candidate")])
+    assert [e.request_id for e in s.examples()] == ["q1", "q2"]
+    assert [(e.request_id, e.tenant) for e in s.examples(status=("candidate",))] == [("q3", "acme")]
+    assert s.review_example("q3", "correction", "approved", "ana", 7.0)
+    assert not s.review_example("q3", "correction", "rejected", "bob", 8.0)
+    assert [e.request_id for e in s.examples()] == ["q1", "q2", "q3"]
 
     s.save_run(RunRecord("run1", d1, "a", "queued", "why", None, None, 10.0, None, {}))
     s.save_run(RunRecord("run1", d1, "a", "succeeded", "why", "ds1", "/out", 10.0, 20.0, {"steps": 8}))

@@ -90,9 +90,9 @@ def test_over_long_headers_and_lone_surrogates_are_served_fitted_and_logged(gate
     assert served.headers["x-request-id"] != long  # the gateway names requests; the client's id is metadata
     events = {e.request_id: e for e in gateway.events(expect=3)}
     first = events[served.headers["x-request-id"]]
-    assert (len(first.route), len(first.tenant)) == (256, 256)
+    assert len(first.route) == 256 and first.tenant is None  # a client's tenant header is a claim, not a tenant
     assert first.metadata["fitted"] == ["client_request_id", "route", "tenant"]
-    assert first.metadata["client_request_id"] == long[:256]
+    assert first.metadata["client_request_id"] == long[:256] == first.metadata["claimed_tenant"]
     second = events[surrogate.headers["x-request-id"]]
     assert second.prompt == "a?b" and second.metadata["fitted"] == ["prompt"]
     assert events[parts.headers["x-request-id"]].messages[0].content == "look"
@@ -143,3 +143,19 @@ def test_every_answer_is_exactly_one_event_whatever_the_request(gateway):
     events = gateway.events(expect=len(answers), kind="inference")
     assert len(answers) >= 200 and len(set(answers)) == len(answers)
     assert sorted(e.request_id for e in events) == sorted(answers)
+
+
+def test_an_event_too_large_for_kafka_is_cut_to_fit_and_holds_up_nothing(gateway):
+    # a chat's event holds its text twice (the prompt and the messages): 1 MB of it is 2 MB of event
+    body = {"model": "production", "messages": [{"role": "user", "content": "é" * 520_000}]}
+    big = post(gateway, json.dumps(body, ensure_ascii=False).encode())
+    small = [post(gateway, {"model": "production", "prompt": f"hi {i}"}, path="/v1/completions") for i in range(20)]
+    assert big.status_code == 200 and {r.status_code for r in small} == {200}
+    events = {e.request_id: e for e in gateway.events(expect=21)}
+    cut = events[big.headers["x-request-id"]]
+    assert "size" in cut.metadata["fitted"] and len(cut.prompt) + len(cut.messages[0].content) < 520_000 * 2
+    assert all(r.headers["x-request-id"] in events for r in small)
+    receipt = big.headers["x-driftwatch-feedback-token"]
+    huge = httpx.post(gateway.url + "/v1/feedback", json={"feedback_token": receipt, "correction": "é" * 600_000},
+                      timeout=30)
+    assert huge.status_code == 413  # refused to the client, never a record Kafka would refuse

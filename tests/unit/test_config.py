@@ -110,6 +110,24 @@ def test_secret_never_in_repr_or_dump():
     assert "pw-123456" not in repr(s) and "pw-123456" not in str(s.redacted())
 
 
+def test_passwords_inside_urls_are_masked_where_settings_are_printed(tmp_path):
+    from click.testing import CliRunner
+
+    from driftwatch.cli import main
+    from driftwatch.config import mask_url
+
+    env = {"DRIFTWATCH__STORE__URL": "postgresql://dw:hunter2-pw@db:5432/dw?sslmode=require&password=hunter3-pw",
+           "DRIFTWATCH__GATEWAY__UPSTREAMS": "http://u:hunter4-pw@vllm:8000"}
+    s = load_settings(None, env=env)
+    dumped = str(s.redacted())
+    assert "hunter" not in dumped and "postgresql://dw:***@db:5432/dw?sslmode=require&password=***" in dumped
+    assert mask_url("http://vllm:8000/v1") == "http://vllm:8000/v1"  # nothing to mask: unchanged
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka: {bootstrap_servers: ['127.0.0.1:9092']}\n")
+    out = CliRunner().invoke(main, ["config", "check", str(path)], env=env)
+    assert "hunter" not in out.output and "dw:***@db" in out.output
+
+
 def test_security_settings_reach_the_kafka_client(tmp_path):
     from driftwatch.ingest.kafka import client_kwargs
 

@@ -13,6 +13,7 @@ from driftwatch.control.rollout import RolloutController
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.monitor import Monitor
 from driftwatch.retrain.service import RetrainService
+from driftwatch.state.registry import AdapterRecord
 from driftwatch.state.store import SqliteStore
 
 from .fakes import ManualJobs
@@ -32,6 +33,7 @@ def rig(tmp_path):
                                        "policy": {"rules": [{"name": "errors", "signal": "error_ratio", "threshold": 0.1}],
                                                   "cooldown_s": 3600}, **settings})
         store, metrics, jobs = SqliteStore(tmp_path / "state.db"), Metrics(), ManualJobs()
+        store.save_adapter(AdapterRecord("support-v2", "/adapters/support-v2", None, None, "production", 1.0, 1.0))
         control = Reconciler(cfg, store=store, registry=store, metrics=metrics, monitor=Monitor(None),
                              policy=Policy(cfg.policy.rules, store, metrics, cooldown_s=3600),
                              rollouts=RolloutController(cfg, store, metrics=metrics, jobs=jobs, clients=[]),
@@ -120,7 +122,7 @@ def test_alertmanager_webhook_is_idempotent_per_occurrence(rig):
     (d,) = daemon.store.decisions()
     assert out == {"retrain": [{"alert": "DriftwatchInputDrift", "adapter": "support-v2", "decision_id": d.id,
                                 "run_id": daemon.store.runs()[0].id}], "held": [], "queued": [], "duplicate": 0,
-                   "ignored": 3}
+                   "ignored": 3, "unknown_adapter": 0}
     assert d.rule == "alert:DriftwatchInputDrift" and "DriftwatchInputDrift on support-v2" in d.reasons[0]
     # Alertmanager repeats a firing alert every repeat_interval: the same occurrence, nothing new
     assert client.post("/v1/alertmanager", headers=AUTH, json=payload).json()["duplicate"] == 1
@@ -240,3 +242,71 @@ def test_a_request_the_loop_has_not_reached_answers_202_with_its_id(rig):
     out = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert()]}).json()
     assert out["queued"] == [{"alert": "DriftwatchInputDrift", "adapter": "support-v2", "request_id": 2}]
     assert daemon.metrics.registry.get_sample_value("driftwatch_webhook_alerts_total", {"outcome": "queued"}) == 1
+
+
+def test_the_webhook_trusts_no_alert_field(rig):
+    """Alerts are checked whole before anything is claimed: a malformed one is 400 and its corrected redelivery is
+    handled; an adapter the registry does not know is never a decision (made-up names would use up the daily cap)."""
+    client, daemon = rig()
+    value = lambda o: daemon.metrics.registry.get_sample_value("driftwatch_webhook_alerts_total", {"outcome": o})  # noqa: E731
+    for broken in ({"labels": "x"}, {"fingerprint": 7}, {"startsAt": None}, {"annotations": {"summary": 1}},
+                   {"fingerprint": "f" * 300}):
+        r = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert(fingerprint="ok"), {**alert(), **broken}]})
+        assert r.status_code == 400, broken
+    assert client.post("/v1/alertmanager", headers=AUTH, json={"alerts": ["x"]}).status_code == 400
+    assert daemon.store.decisions() == [] and daemon.store.requests() == []
+    made_up = [alert(adapter=f"made-up-{i}", fingerprint=f"m{i}") for i in range(50)]
+    out = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": made_up}).json()
+    assert out["unknown_adapter"] == 50 and daemon.store.decisions() == [] and value("unknown_adapter") == 50
+    out = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert(fingerprint="ok"), alert()]}).json()
+    assert len(out["retrain"]) == 1 and len(out["held"]) == 1  # the corrected delivery, handled
+    too_many = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": [alert(fingerprint=str(i)) for i in range(1001)]})
+    assert too_many.status_code == 413
+    big = client.post("/v1/alertmanager", headers=AUTH, content=b'{"alerts": ["' + b"x" * 2_000_000 + b'"]}')
+    assert big.status_code == 413
+
+
+def test_a_flood_of_alerts_is_rate_limited_before_anything_is_recorded(rig):
+    client, daemon = rig(control={"webhook_alerts_per_minute": 5})
+    flood = [alert(fingerprint=f"f{i}") for i in range(6)]
+    r = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": flood})
+    assert r.status_code == 429 and daemon.store.decisions() == [] and daemon.store.requests() == []
+    within = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": flood[:5]}).json()
+    assert len(within["retrain"]) + len(within["held"]) == 5 and len(daemon.store.decisions()) == 5
+    assert client.post("/v1/alertmanager", headers=AUTH, json={"alerts": flood[5:]}).status_code == 429
+    assert daemon.metrics.registry.get_sample_value("driftwatch_webhook_alerts_total", {"outcome": "rate_limited"}) == 7
+
+
+def test_report_needs_the_token(rig):
+    client, _ = rig()
+    assert client.get("/report", params={"adapter": "x"}).status_code == 401
+    assert client.get("/report", params={"adapter": "x"}, headers=AUTH).status_code == 400  # no reporter in this rig
+    assert client.get("/metrics").status_code == 200 and client.get("/healthz").status_code == 200
+
+
+def test_decisions_occurrences_and_requests_past_retention_are_pruned_at_the_cron_time(rig):
+    from driftwatch.state.store import RunRecord
+
+    client, daemon = rig(control={"retention_days": 2, "prune_cron": "17 3 * * *"})
+    store, day = daemon.store, 86400.0
+    t0 = 1795514400.0  # 2026-11-24 10:00 UTC
+    old = [store.record_decision(t0 - 10 * day, "support-v2", "hold", "r", ["old"]) for _ in range(3)]
+    kept_by_run = store.record_decision(t0 - 10 * day, "support-v2", "retrain", "r", ["its run refers to it"])
+    store.save_run(RunRecord("run-1", kept_by_run, "support-v2", "succeeded", None, None, None, t0 - 10 * day,
+                             t0 - 9 * day, {}))
+    recent = store.record_decision(t0 - day, "support-v2", "hold", "r", ["recent"])
+    store.claim_occurrence("f-old", "s", t0 - 10 * day)
+    store.claim_occurrence("f-new", "s", t0)
+    done = store.add_request(t0 - 10 * day, "pause", "old", "ana")
+    store.finish_request(done, "done", {}, t0 - 10 * day)
+    pending = store.add_request(t0 - 10 * day, "resume", "old but not acted on", "ana")
+    daemon.stop()
+    daemon._next_prune = None  # as a new daemon at t0 (the loop's own ticks scheduled it from the real time)
+    daemon._prune(t0)  # schedules the first run: 03:17 UTC the next day; deletes nothing now
+    assert len(store.decisions()) == 5
+    daemon._prune(t0 + 17 * 3600 + 16 * 60)  # 03:16 next day: not yet
+    assert len(store.decisions()) == 5
+    daemon._prune(t0 + 17 * 3600 + 17 * 60)
+    assert {d.id for d in store.decisions()} == {kept_by_run, recent} and not set(old) & {d.id for d in store.decisions()}
+    assert not store.claim_occurrence("f-new", "s", t0) and store.claim_occurrence("f-old", "s", t0)
+    assert store.request(done) is None and store.request(pending).status == "pending"

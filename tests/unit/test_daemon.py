@@ -76,3 +76,27 @@ def test_stop_while_blocked_exits_1_without_committing():
     thread.join(5)
     assert not thread.is_alive()
     assert source.commits == [] and result["code"] == 1
+
+
+def test_liveness_fails_once_the_loop_cannot_join_for_longer_than_the_bound():
+    """After a kill -9 a broker may never evict the dead member: readiness stays false, and liveness must fail in time
+    so that Kubernetes restarts the pod rather than leave it unready for ever."""
+    source, metrics = FakeSource([]), Metrics()
+    source.joined = False
+    ing = Ingestor(source, FakeSink(), metrics, kinds={"inf": "inference"}, max_record_bytes=10_000,
+                   dedup=DedupWindow(100, 60))
+    settings = Settings.model_validate({"daemon": {"stuck_after_s": 0.2}})
+    daemon = Daemon(settings, metrics, source, FakeSink(), ing)
+    stop = threading.Event()
+    thread = threading.Thread(target=daemon.run, args=(stop,))
+    thread.start()
+    try:
+        wait(lambda: daemon.state is State.RUNNING)
+        assert daemon.health()[0] and not daemon.readiness()[0]  # not joined yet, within the bound
+        wait(lambda: not daemon.health()[0])
+        assert daemon.health()[1]["not_joined_s"] >= 0.2
+        source.joined = True  # it joins: alive and ready again
+        wait(lambda: daemon.health()[0] and daemon.readiness()[0])
+    finally:
+        stop.set()
+        thread.join(5)

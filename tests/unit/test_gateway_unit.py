@@ -62,7 +62,7 @@ def test_the_buffer_is_bounded_counts_what_it_drops_and_delivers_the_rest_later(
     sink = EventSink(Kafka(), 5, metrics, producer_factory=lambda: producer, retry_s=0.05).start()
     accepted = [sink.offer("t", b"k", f"e{i}".encode()) for i in range(8)]
     assert accepted == [True] * 5 + [False] * 3
-    assert metrics.registry.get_sample_value("driftwatch_gateway_events_dropped_total", {"topic": "t"}) == 3
+    assert metrics.registry.get_sample_value("driftwatch_gateway_events_dropped_total", {"topic": "t", "reason": "buffer_full"}) == 3
     time.sleep(0.2)
     assert sink.pending == 5  # Kafka down: kept, retried
     producer.up = True
@@ -118,3 +118,36 @@ def test_unacknowledged_events_are_resent_and_counted():
         time.sleep(0.02)
     assert sink.close() == 0 and producer.sent == [b"e0"]
     assert metrics.registry.get_sample_value("driftwatch_gateway_events_resent_total", {"topic": "t"}) >= 2
+
+
+def test_a_record_kafka_refuses_for_good_is_dropped_and_counted_not_a_block_on_the_rest():
+    from kafka.errors import MessageSizeTooLargeError
+
+    class Picky(FakeProducer):
+        def send(self, topic, value, key):
+            if value == b"huge":
+                raise MessageSizeTooLargeError("The message is 2000000 bytes when serialized")
+            return super().send(topic, value, key)
+
+    producer, metrics = Picky(), GatewayMetrics()
+    producer.up = True
+    sink = EventSink(Kafka(), 100, metrics, producer_factory=lambda: producer, retry_s=0.05).start()
+    for value in (b"a", b"huge", b"b"):
+        sink.offer("t", b"k", value)
+    deadline = time.monotonic() + 5
+    while sink.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert producer.sent == [b"a", b"b"] and sink.pending == 0
+    value = metrics.registry.get_sample_value
+    assert value("driftwatch_gateway_events_dropped_total", {"topic": "t", "reason": "refused"}) == 1
+    assert value("driftwatch_gateway_events_delivered_total", {"topic": "t"}) == 2
+
+
+def test_what_is_still_buffered_at_the_drain_deadline_is_counted():
+    producer, metrics = FakeProducer(), GatewayMetrics()  # Kafka down
+    sink = EventSink(Kafka(), 100, metrics, producer_factory=lambda: producer, retry_s=0.05).start()
+    for i in range(4):
+        sink.offer("t", b"k", b"e")
+    assert sink.close(timeout_s=0.3) == 4
+    assert metrics.registry.get_sample_value("driftwatch_gateway_events_dropped_total",
+                                             {"topic": "t", "reason": "shutdown"}) == 4

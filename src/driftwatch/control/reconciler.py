@@ -6,6 +6,7 @@ outcome and returns. It never waits for long work: training, evaluation and a de
 so it holds no lock across I/O; readers (the status API, /metrics) see values it replaced whole.
 
     tick()
+      names              every name the registry knows is reserved in the adapter label (never folded into 'other').
       leader?            elected (control/leader.py)? A follower publishes its windows for the leader and takes up a
                          re-baselined reference, then returns.
       requests           each pending control request, oldest first (rows the control API wrote): pause | resume |
@@ -20,6 +21,7 @@ so it holds no lock across I/O; readers (the status API, /metrics) see values it
       rollout            one step of the rollout in progress, by its phase (control/rollout.py's phase table):
                          loading → evaluating (a job) → warming → canary → baking → rebaselining → done.
       serving state      vLLM serves what the registry says (control/rollout.py: reconcile).
+      retention          at control.prune_cron, what is past control.retention_days leaves the store.
 
 Each stage's failure is logged and left to the next tick; the store holds where everything is.
 """
@@ -68,6 +70,8 @@ class Reconciler:
         self._followed: str | None = None  # the re-baselined reference a follower took up last
         self._thread: threading.Thread | None = None
         self._stopping, self._woken = threading.Event(), threading.Event()
+        self._webhook_bucket = TokenBucket(settings.control.webhook_alerts_per_minute)
+        self._next_prune: float | None = None
 
     # -- the loop -------------------------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -86,6 +90,23 @@ class Reconciler:
         self._stage("runs", self._runs)
         self._stage("rollout", self.rollouts.step, self.snapshot)
         self._stage("serving state", self.rollouts.reconcile)
+        self._stage("retention", self._prune, now)
+
+    def _prune(self, now: float) -> None:
+        """At control.prune_cron (APScheduler's cron trigger, UTC): delete what is past control.retention_days."""
+        if self._next_prune is not None and now >= self._next_prune:
+            c = self.settings.control
+            counts = self.store.prune(now - c.retention_days * 86400)
+            log.info("retention: deleted %s older than %g days", ", ".join(f"{n} {k}" for k, n in counts.items()),
+                     c.retention_days)
+        if self._next_prune is None or now >= self._next_prune:
+            from datetime import datetime, timezone
+
+            from apscheduler.triggers.cron import CronTrigger
+
+            at = datetime.fromtimestamp(now, timezone.utc)
+            fire = CronTrigger.from_crontab(self.settings.control.prune_cron, timezone="UTC").get_next_fire_time(None, at)
+            self._next_prune = fire.timestamp()
 
     @staticmethod
     def _stage(name: str, fn, *args):
@@ -325,34 +346,46 @@ class Reconciler:
         return _answer(self.submit("pause" if paused else "resume", reason, who), lambda o: o["paused"])
 
     def alertmanager(self, payload: dict) -> dict:
-        """Firing alerts named in control.retrain_alerts, with an ``adapter`` label, become retrain requests through
-        the policy (pause, cooldown and daily cap apply), once per occurrence: fingerprint + startsAt."""
+        """Firing alerts named in control.retrain_alerts, with an ``adapter`` label the registry knows, become retrain
+        requests through the policy (pause, cooldown and daily cap apply), once per occurrence: fingerprint +
+        startsAt. A malformed payload is 400 and a call past ``control.webhook_alerts_per_minute`` is 429, both
+        before anything is recorded, so Alertmanager's corrected or later delivery is handled."""
+        alerts = _alerts(payload)
         wanted, now = set(self.settings.control.retrain_alerts), time.time()
-        out: dict = {"retrain": [], "held": [], "queued": [], "duplicate": 0, "ignored": 0}
-        asked: list[tuple[int, str, str, tuple[str, str]]] = []
-        for alert in payload["alerts"]:
-            labels = alert.get("labels") or {}
+        known = self.store.names()
+        out: dict = {"retrain": [], "held": [], "queued": [], "duplicate": 0, "ignored": 0, "unknown_adapter": 0}
+        firing = [a for a in alerts if a["status"] == "firing" and a["labels"].get("alertname") in wanted
+                  and a["labels"].get("adapter")]
+        if not self._webhook_bucket.take(sum(a["labels"]["adapter"] in known for a in firing), now):
+            self.metrics.webhook_alerts.labels(outcome="rate_limited").inc(len(alerts))
+            raise ControlError(f"more than {self.settings.control.webhook_alerts_per_minute} alerts a minute: try "
+                               "again later", status=429)
+        asked: list[tuple[int, str, str]] = []
+        firing_ids = {id(a) for a in firing}
+        for alert in alerts:
+            labels = alert["labels"]
             name, adapter = labels.get("alertname"), labels.get("adapter")
-            if alert.get("status") != "firing" or name not in wanted or not adapter:
+            if id(alert) not in firing_ids:
                 outcome = "ignored"
-            elif not self.store.claim_occurrence(fp := str(alert.get("fingerprint")),
-                                                 starts := str(alert.get("startsAt")), now):
+            elif adapter not in known:  # never a made-up name: it would hold the daily cap of nothing
+                outcome = "unknown_adapter"
+            elif not self.store.claim_occurrence(fp := alert["fingerprint"], starts := alert["startsAt"], now):
                 outcome = "duplicate"
             else:
-                why = (alert.get("annotations") or {}).get("summary") or name
+                why = alert["annotations"].get("summary") or name
                 try:
                     request_id = self.store.add_request(now, "retrain", f"Alertmanager: {why}", "alertmanager",
                                                         adapter, {"rule": f"alert:{name}"})
                 except Exception:
                     self.store.release_occurrence(fp, starts)  # not recorded: Alertmanager's retry is handled
                     raise
-                asked.append((request_id, name, adapter, (fp, starts)))
+                asked.append((request_id, name, adapter))
                 continue
             out[outcome] += 1
             self.metrics.webhook_alerts.labels(outcome=outcome).inc()
         if asked:
             self.wake()
-        for (_, name, adapter, _), r in zip(asked, self._await([a[0] for a in asked])):
+        for (_, name, adapter), r in zip(asked, self._await([a[0] for a in asked])):
             o = r.outcome
             if r.status == "pending":
                 outcome, entry = "queued", {"request_id": r.id}
@@ -363,6 +396,47 @@ class Reconciler:
             out[outcome].append({"alert": name, "adapter": adapter, **entry})
             self.metrics.webhook_alerts.labels(outcome=outcome).inc()
         return out
+
+
+MAX_ALERTS = 1000  # per webhook call (Alertmanager groups alerts; a call of more is not from it)
+
+
+def _alerts(payload: dict) -> list[dict]:
+    """The payload's alerts, checked whole before any is acted on: 400 (ControlError) when one is malformed."""
+    alerts = payload.get("alerts")
+    if not isinstance(alerts, list):
+        raise ControlError("not an Alertmanager webhook payload: no 'alerts' list", status=400)
+    if len(alerts) > MAX_ALERTS:
+        raise ControlError(f"{len(alerts)} alerts in one call; at most {MAX_ALERTS}", status=413)
+    for i, alert in enumerate(alerts):
+        if not isinstance(alert, dict):
+            raise ControlError(f"alerts[{i}] is not an object", status=400)
+        for key in ("status", "fingerprint", "startsAt"):
+            if not isinstance(alert.get(key), str) or not 0 < len(alert[key]) <= 256:
+                raise ControlError(f"alerts[{i}].{key} is not a string of 1-256 characters", status=400)
+        for key in ("labels", "annotations"):
+            value = alert.setdefault(key, {})
+            if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                raise ControlError(f"alerts[{i}].{key} is not an object of strings", status=400)
+    return alerts
+
+
+class TokenBucket:
+    """``rate`` tokens a minute, at most ``rate`` held: take(n) all or nothing."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate, self.tokens, self.at = rate, float(rate), None
+        self._lock = threading.Lock()
+
+    def take(self, n: int, now: float) -> bool:
+        with self._lock:
+            if self.at is not None:
+                self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate / 60)
+            self.at = now
+            if n > self.tokens:
+                return False
+            self.tokens -= n
+            return True
 
 
 def _answer(r: RequestRecord, result, refuse_hold: bool = False):

@@ -12,6 +12,7 @@ count check still holds.
 from __future__ import annotations
 
 import json
+import secrets
 import tempfile
 import time
 from collections import Counter
@@ -23,6 +24,9 @@ import httpx
 from driftwatch.events import InferenceEvent, Rejected, decode
 
 ALIASES = {"support-v1": "production", "support-v2": "canary"}
+# the simulated users' feedback comes through the gateway as one trusted server-side caller (gateway.feedback_callers,
+# retrain.trusted_callers), as a product's backend would post its users' corrections
+CALLER, CALLER_TOKEN = "demo", secrets.token_urlsafe(24)
 CANNED = ""  # the bad adapter's answer to everything: nothing (a pattern the tiny model learns in 60 steps)
 WORK = ("loading", "evaluating", "warming")  # rollout phases that need the CPU, not traffic
 
@@ -56,7 +60,7 @@ class GatewayPublisher:
                                                                       "correction", "label")}
             if (request := self.served.get(doc["request_id"])) is not None:
                 doc["request_id"] = request.result()
-            r = self.client.post(f"{self.url}/v1/feedback", json=doc)
+            r = self.client.post(f"{self.url}/v1/feedback", json=doc, headers={"authorization": f"Bearer {CALLER_TOKEN}"})
             self.calls[f"feedback {r.status_code}"] += 1
         return None
 
@@ -130,8 +134,11 @@ class ServedStack:
         from driftwatch.serving import gateway as gw
         from driftwatch.http import HttpServer
 
+        from pydantic import SecretStr
+
         service, sink = gw.build(settings.model_copy(update={"gateway": settings.gateway.model_copy(update={
-            "upstreams": [self.vllm.url], "store_path": self.tmp / "aliases.db", "alias_poll_s": 0.1})}))
+            "upstreams": [self.vllm.url], "store_path": self.tmp / "aliases.db", "alias_poll_s": 0.1,
+            "feedback_callers": SecretStr(f"{CALLER}:{CALLER_TOKEN}")})}))
         if service.table.version == 0:
             service.store.set_aliases({alias: {adapter: 1.0} for adapter, alias in ALIASES.items()}, time.time(),
                                       who="demo", why="initial aliases")
@@ -147,7 +154,7 @@ class ServedStack:
         examples = Path(__file__).parent.parent / "defaults" / "examples"  # the package's shipped examples
         steps = self.scale.train_steps
         return {
-            "retrain": {"base_model": str(self.model), "golden_set": str(golden),
+            "retrain": {"base_model": str(self.model), "golden_set": str(golden), "trusted_callers": [CALLER],
                         "base_training_set": str(examples / "base.jsonl"),
                         "training": {"max_steps": steps, "eval_every": max(1, steps // 5),
                                      "learning_rate": self.scale.learning_rate,

@@ -53,6 +53,8 @@ def client_kwargs(cfg: Kafka) -> dict[str, Any]:
 
 
 # a broker that is down, restarting or unreachable: worth retrying with backoff
+# raised by send() for one record, never to succeed (too large for the producer): not a reason to stop sending others
+PERMANENT_SEND_ERRORS = (kerr.MessageSizeTooLargeError, ValueError, TypeError)
 _TRANSIENT = (kerr.RetriableError, kerr.KafkaConnectionError, kerr.NodeNotReadyError)
 # the group moved on under a commit: the records are redelivered
 _COMMIT = (kerr.CommitFailedError, kerr.IllegalGenerationError, kerr.RebalanceInProgressError,

@@ -11,9 +11,11 @@ from driftwatch.monitor.features import prompt_text
 from driftwatch.state.store import HarvestedExample
 
 
-def example(item, now: float | None = None) -> HarvestedExample | None:
+def example(item, now: float | None = None, trusted_callers: frozenset[str] = frozenset()) -> HarvestedExample | None:
     """The example an accepted event (``ingest.pipeline.Accepted``) makes, if any: feedback on a request the join
-    still keeps, that answered ok, with a correction (the target) or a positive rating (the response is the target)."""
+    still keeps, that answered ok, with a correction (the target) or a positive rating (the response is the target).
+    It is trusted when the feedback was written to the topic directly (the topic's ACLs guard it) or by a trusted
+    caller; an end user's (a receipt's) is a candidate until a person approves it (`driftwatch examples`)."""
     feedback, request = item.event, item.request
     if item.kind != "feedback" or not isinstance(request, InferenceEvent) or request.status != "ok":
         return None
@@ -24,5 +26,31 @@ def example(item, now: float | None = None) -> HarvestedExample | None:
         source, target = "positive", request.response
     else:
         return None
+    trusted = feedback.origin is None or (feedback.origin == "caller" and feedback.caller in trusted_callers)
     return HarvestedExample(feedback.request_id, source, time.time() if now is None else now, item.adapter,
-                            request.route, prompt_text(request), target)
+                            request.route, prompt_text(request), target, request.tenant,
+                            "trusted" if trusted else "candidate")
+
+
+def cap_tenants(examples: list[HarvestedExample], others: int, share: float) -> tuple[list[HarvestedExample], dict]:
+    """At most ``share`` of a dataset from any one tenant: of ``examples`` plus ``others`` (replay, examples without a
+    tenant), each tenant keeps its newest up to the cap; returns (kept, {tenant: dropped})."""
+    by_tenant: dict[str, list[HarvestedExample]] = {}
+    for e in examples:
+        if e.tenant is not None:
+            by_tenant.setdefault(e.tenant, []).append(e)
+    free = others + sum(e.tenant is None for e in examples)
+    total = free + sum(map(len, by_tenant.values()))
+    while True:  # the cap is a share of what is kept: shrink until it holds (it only decreases, so it ends)
+        cap = int(share * total)
+        kept = free + sum(min(len(v), cap) for v in by_tenant.values())
+        if kept == total:
+            break
+        total = kept
+    dropped = {t: len(v) - cap for t, v in by_tenant.items() if len(v) > cap}
+    if not dropped:
+        return examples, {}
+    newest: set[int] = set()
+    for v in by_tenant.values():
+        newest.update(id(e) for e in sorted(v, key=lambda e: e.at)[max(0, len(v) - cap):] if cap)
+    return [e for e in examples if e.tenant is None or id(e) in newest], dropped

@@ -22,6 +22,7 @@ from driftwatch.metrics import Metrics
 from driftwatch.errors import DataError, GateFailure
 from driftwatch.evaluate.golden import read_golden
 from driftwatch.retrain.dataset import Example, GateSettings, curate, read_examples, write_dataset
+from driftwatch.retrain.harvest import cap_tenants
 from driftwatch.retrain.runner import Runner, RunStatus
 from driftwatch.retrain.trainer import TrainSpec
 from driftwatch.state.store import RunRecord, SqlStore
@@ -84,11 +85,12 @@ class RetrainService:
     def _run(self, record: RunRecord, focus_routes: tuple[str, ...], cancel: threading.Event) -> RunRecord:
         cfg = self.cfg
         since = self.clock() - cfg.window_hours * 3600
-        harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id)
-                     for e in self.store.examples(since=since)]
         replay = read_examples(cfg.base_training_set) if cfg.base_training_set else []
+        usable = self.store.examples(since=since)  # trusted or approved: never an unreviewed end user's
+        usable, capped = cap_tenants(usable, len(replay), cfg.max_tenant_share)
+        harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id) for e in usable]
         golden = read_golden(cfg.golden_set)
-        sources = {"harvested_since": since, "harvested": len(harvested),
+        sources = {"harvested_since": since, "harvested": len(harvested), "tenant_capped": capped,
                    "base_training_set": str(cfg.base_training_set) if cfg.base_training_set else None,
                    "replay_available": len(replay), "golden_set": str(cfg.golden_set), "golden_items": len(golden),
                    "adapter": record.adapter, "decision_id": record.decision_id, "focus_routes": list(focus_routes)}

@@ -12,17 +12,25 @@
   contract's limits is cut and named in ``metadata.fitted``, never dropped. Events go into a
   bounded buffer drained by a sender thread: Kafka being down never blocks or fails a client request; what does
   not fit the buffer is counted, never silently lost.
-* **Feedback.** ``POST /v1/feedback`` → FeedbackEvent; clients get the request id in the ``x-request-id`` header.
+* **Feedback is a receipt, not a claim.** Each served answer carries a receipt (``x-driftwatch-feedback-token``:
+  the request id, the version that served it, an expiry, HMAC-signed with ``gateway.feedback_secret``).
+  ``POST /v1/feedback`` takes a valid receipt and rates that request only (``origin: receipt``), or comes from an
+  authenticated server-side caller (``gateway.feedback_callers``; ``origin: caller``); nothing else. The tenant is
+  the client's header only behind an authenticating proxy (``gateway.trust_tenant_header``).
 * **Errors** are OpenAI-style JSON: 400 bad request, 404 unknown model, 413 too large, 502 bad upstream answer,
   503 no upstream reachable, 504 upstream timeout.
 """
 
 from __future__ import annotations
 
+import base64
 import collections
+import hashlib
+import hmac
 import itertools
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -48,6 +56,38 @@ from driftwatch.serving.upstream import Upstream
 log = logging.getLogger(__name__)
 
 ROUTE_HEADER, TENANT_HEADER, REQUEST_ID_HEADER = "x-driftwatch-route", "x-driftwatch-tenant", "x-request-id"
+RECEIPT_HEADER = "x-driftwatch-feedback-token"
+
+
+# -- feedback receipts --------------------------------------------------------------------------------------------------
+class Receipts:
+    """A receipt binds the request id, the version that served it and an expiry, signed with HMAC-SHA256: feedback
+    that carries one rates the answer it came with, and nothing else. ``base64url(json) . base64url(mac[:16])``."""
+
+    def __init__(self, secret: bytes, ttl_s: float) -> None:
+        self.secret, self.ttl_s = secret, ttl_s
+
+    def _mac(self, payload: bytes) -> bytes:
+        return base64.urlsafe_b64encode(hmac.new(self.secret, payload, hashlib.sha256).digest()[:16]).rstrip(b"=")
+
+    def issue(self, request_id: str, version: str, now: float | None = None) -> str:
+        expires = int((time.time() if now is None else now) + self.ttl_s)
+        payload = base64.urlsafe_b64encode(json.dumps([request_id, version, expires], separators=(",", ":")).encode())
+        payload = payload.rstrip(b"=")
+        return (payload + b"." + self._mac(payload)).decode()
+
+    def verify(self, token: object, now: float | None = None) -> tuple[str, str] | None:
+        """(request id, version) of a valid, unexpired receipt; None for anything else."""
+        if not isinstance(token, str) or len(token) > 2048 or token.count(".") != 1:
+            return None
+        payload, mac = token.encode().split(b".")
+        if not hmac.compare_digest(mac, self._mac(payload)):
+            return None
+        try:
+            request_id, version, expires = json.loads(base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4)))
+        except (ValueError, TypeError):
+            return None
+        return (request_id, version) if (time.time() if now is None else now) < expires else None
 
 
 # -- alias table --------------------------------------------------------------------------------------------------------
@@ -108,7 +148,7 @@ class EventSink:
     def offer(self, topic: str, key: bytes, value: bytes) -> bool:
         with self._cond:
             if len(self._items) >= self.max_events:
-                self.metrics.events_dropped.labels(topic=topic).inc()
+                self.metrics.events_dropped.labels(topic=topic, reason="buffer_full").inc()
                 return False
             self._items.append((topic, key, value))
             self.metrics.events_buffered.set(len(self._items))
@@ -120,6 +160,8 @@ class EventSink:
         return len(self._items)
 
     def _run(self) -> None:
+        from driftwatch.ingest.kafka import PERMANENT_SEND_ERRORS as refused
+
         producer = None
         while True:
             with self._cond:
@@ -130,24 +172,32 @@ class EventSink:
             time.sleep(self.linger_s)  # let a burst gather: one wake-up, one batch (and the GIL left to requests)
             with self._cond:
                 batch = list(itertools.islice(self._items, 0, 1000))
-            futures = []
+            futures: list = []
             try:
                 producer = producer or self._factory()
                 for topic, key, value in batch:
-                    futures.append(producer.send(topic, value=value, key=key))
+                    try:
+                        futures.append(producer.send(topic, value=value, key=key))
+                    except refused as exc:  # this record can never be sent (too large): it must not hold up the rest
+                        log.error("Kafka refuses an event for %s for good (%s: %s): dropped", topic,
+                                  type(exc).__name__, exc)
+                        futures.append(None)
                 producer.flush(timeout=self.delivery_timeout_ms / 1000 + 5)
             except Exception as exc:  # noqa: BLE001 - Kafka down or refusing: keep the events, retry later
                 log.warning("cannot deliver %d event(s) to Kafka yet (%s: %s); retrying in %.0fs",
                             len(batch), type(exc).__name__, exc, self.retry_s)
             delivered = 0
             for f in futures:  # in order: stop at the first not acknowledged, keep it and what follows
-                if not (f.is_done and f.succeeded()):
+                if f is not None and not (f.is_done and f.succeeded()):
                     break
                 delivered += 1
             with self._cond:
-                for _ in range(delivered):
+                for f in futures[:delivered]:
                     topic, _, _ = self._items.popleft()
-                    self.metrics.events_delivered.labels(topic=topic).inc()
+                    if f is None:
+                        self.metrics.events_dropped.labels(topic=topic, reason="refused").inc()
+                    else:
+                        self.metrics.events_delivered.labels(topic=topic).inc()
                 self.metrics.events_buffered.set(len(self._items))
                 if delivered < len(batch) and not self._stop:
                     for topic, _, _ in batch[delivered:]:  # unconfirmed, so sent again: Kafka may hold them twice
@@ -159,12 +209,17 @@ class EventSink:
             producer.close(timeout=5)
 
     def close(self, timeout_s: float = 10.0) -> int:
-        """Deliver what can be delivered within the timeout; return how many events are left undelivered."""
+        """Deliver what can be delivered within the timeout; count (reason ``shutdown``) and return how many events
+        are left undelivered."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         self._thread.join(timeout_s)
-        return len(self._items)
+        with self._cond:
+            left = list(self._items)
+        for topic, _, _ in left:
+            self.metrics.events_dropped.labels(topic=topic, reason="shutdown").inc()
+        return len(left)
 
 
 # -- the service --------------------------------------------------------------------------------------------------------
@@ -206,6 +261,7 @@ class Call:
     tenant: str | None
     fitted: set[str]  # fields truncated or repaired to fit the event contract (metadata.fitted)
     client_request_id: str | None = None
+    claimed_tenant: str | None = None  # x-driftwatch-tenant when the gateway does not trust it (metadata only)
     body: dict | None = None  # a body the gateway can serve; None when it refused it
     alias: str | None = None
     version: str = UNKNOWN
@@ -295,15 +351,40 @@ def _answer(kind: str, doc: dict) -> str | None:
     return text if isinstance(text, str) else None
 
 
+def _shrunk(event: InferenceEvent) -> tuple[InferenceEvent, bytes]:
+    """The event with its longest text (prompt, response or a message) cut to half, named in metadata.fitted."""
+    texts = [("prompt", len(event.prompt or "")), ("response", len(event.response or ""))]
+    texts += [(i, len(m.content)) for i, m in enumerate(event.messages or [])]
+    field, length = max(texts, key=lambda t: t[1])
+    update: dict[str, Any] = {"metadata": {**event.metadata, "fitted": sorted({*event.metadata.get("fitted", ()),
+                                                                               "messages" if isinstance(field, int)
+                                                                               else field, "size"})}}
+    if isinstance(field, int):
+        messages = list(event.messages or [])
+        messages[field] = messages[field].model_copy(update={"content": messages[field].content[:length // 2]})
+        update["messages"] = messages
+    else:
+        update[field] = getattr(event, field)[:length // 2]
+    event = event.model_copy(update=update)
+    return event, encode(event)
+
+
 def _count(value) -> int | None:
     return value if type(value) is int and value >= 0 else None
 
 
 class GatewayService:
     def __init__(self, cfg: Gateway, store: SqlStore, sink: EventSink, topics, metrics: GatewayMetrics,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, max_event_bytes: int = 1_048_576 - 4096) -> None:
         self.cfg, self.store, self.sink, self.topics, self.metrics = cfg, store, sink, topics, metrics
+        self.max_event_bytes = max_event_bytes  # what Kafka takes and the daemon reads, less the record's overhead
         self.rng = random.Random(seed)
+        secret = cfg.feedback_secret.get_secret_value().encode() if cfg.feedback_secret else None
+        if not secret:
+            log.warning("gateway.feedback_secret is not set: feedback receipts are signed with a key of this process "
+                        "only (they fail after a restart and on other replicas)")
+        self.receipts = Receipts(secret or os.urandom(32), cfg.feedback_token_ttl_s)
+        self.callers = cfg.callers()  # token -> caller name
         self.table = AliasTable.from_doc(*store.alias_table())
         self.known: frozenset[str] = frozenset()
         self._learn_names()
@@ -413,27 +494,60 @@ class GatewayService:
                          "parent": self.cfg.base_model, "driftwatch_versions": versions})
         return JSONResponse({"object": "list", "data": data})
 
+    def _caller(self, request: Request) -> str | None:
+        """The name of an authenticated server-side feedback caller (gateway.feedback_callers), else None."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            return None
+        given = token.strip().encode()
+        for known, name in self.callers.items():  # a handful: each compared in constant time
+            if hmac.compare_digest(given, known.encode()):
+                return name
+        return None
+
     async def feedback(self, request: Request) -> Response:
+        """Feedback is a receipt, not a claim: it carries the answer's receipt (body ``feedback_token`` or the
+        x-driftwatch-feedback-token header) and rates that request only, or comes from an authenticated caller."""
         try:
             body = await self._body(request)
         except Refused as refused:
             return refused.response()
-        doc = {"schema_version": SCHEMA_VERSION, "feedback_id": body.get("feedback_id") or uuid.uuid4().hex,
-               "timestamp": now_ms(), **{k: body[k] for k in ("request_id", "rating", "thumbs", "correction", "label")
-                                        if k in body}}
+        caller = self._caller(request)
+        if caller is not None:
+            origin, request_id = "caller", body.get("request_id")
+        elif request.headers.get("authorization"):
+            return openai_error(401, "unknown feedback caller token", "authentication_error", "invalid_caller")
+        else:
+            claim = self.receipts.verify(body.get("feedback_token") or request.headers.get(RECEIPT_HEADER))
+            if claim is None:
+                return openai_error(401, "feedback needs the receipt that came with the answer (the "
+                                         f"{RECEIPT_HEADER} response header), valid and unexpired",
+                                    "authentication_error", "invalid_feedback_token")
+            origin, request_id = "receipt", claim[0]
+            if body.get("request_id", request_id) != request_id:
+                return openai_error(403, "this receipt is for another request", "permission_error", "wrong_request")
+        doc = {"schema_version": SCHEMA_VERSION, "feedback_id": uuid.uuid4().hex, "timestamp": now_ms(),
+               "request_id": request_id, "origin": origin, "caller": caller,
+               **{k: body[k] for k in ("rating", "thumbs", "correction", "label") if k in body}}
         try:
-            event = FeedbackEvent.model_validate(doc)
+            event = FeedbackEvent.model_validate({k: v for k, v in doc.items() if v is not None})
         except ValueError as exc:
             return openai_error(400, f"invalid feedback: {exc}", "invalid_request_error")
-        self.sink.offer(self.topics.feedback, event.request_id.encode(), encode(event))
+        value = encode(event)
+        if len(value) > self.max_event_bytes:
+            return openai_error(413, f"feedback over {self.max_event_bytes} bytes", "invalid_request_error",
+                                "request_too_large")
+        self.sink.offer(self.topics.feedback, event.request_id.encode(), value)
         return JSONResponse({"feedback_id": event.feedback_id, "request_id": event.request_id}, status_code=202)
 
     async def proxy(self, request: Request, path: str) -> Response:
         """One inference request. Whatever it is answered — served, refused, failed — it is logged exactly once."""
         fitted: set[str] = set()
+        tenant = _header(request, TENANT_HEADER, fitted, "tenant")
         call = Call("completions" if path == "completions" else "chat", time.perf_counter(), uuid.uuid4().hex,
-                    _header(request, ROUTE_HEADER, fitted, "route"), _header(request, TENANT_HEADER, fitted, "tenant"),
-                    fitted, _header(request, REQUEST_ID_HEADER, fitted, "client_request_id"))
+                    _header(request, ROUTE_HEADER, fitted, "route"), tenant if self.cfg.trust_tenant_header else None,
+                    fitted, _header(request, REQUEST_ID_HEADER, fitted, "client_request_id"),
+                    claimed_tenant=None if self.cfg.trust_tenant_header else tenant)
         try:
             return await self._serve(request, call, path)
         except Refused as refused:
@@ -482,6 +596,8 @@ class GatewayService:
             return self._fail(call, Outcome("error", status, code, upstream_s=time.perf_counter() - up_t0),
                               openai_error(status, f"no upstream reachable: {exc}" if resp is None else str(exc),
                                            "service_unavailable" if resp is None else "bad_gateway", code))
+        if resp.status == 200:
+            headers[RECEIPT_HEADER] = self.receipts.issue(call.request_id, call.version)
         if stream and resp.status == 200:
             return StreamingResponse(self._relay(resp, call, up_t0, client_wants_usage), media_type="text/event-stream",
                                      headers=headers)
@@ -575,6 +691,8 @@ class GatewayService:
                                     "http_status": outcome.http_status}
         if call.client_request_id:
             metadata["client_request_id"] = call.client_request_id
+        if call.claimed_tenant:
+            metadata["claimed_tenant"] = call.claimed_tenant
         doc: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION, "request_id": call.request_id, "timestamp": now_ms(),
             "model": self.cfg.base_model, "adapter": call.version, "alias": call.alias,
@@ -595,7 +713,10 @@ class GatewayService:
                                                                           "model", "adapter", "latency_ms", "status")},
                                                    "prompt": "", "error_type": outcome.error_type or "unloggable",
                                                    "metadata": {**metadata, "fitted": ["unloggable"]}})
-        self.sink.offer(self.topics.inference, call.request_id.encode(), encode(event))
+        value = encode(event)
+        while len(value) > self.max_event_bytes:  # Kafka (and the daemon) would refuse it: cut the longest text
+            event, value = _shrunk(event)
+        self.sink.offer(self.topics.inference, call.request_id.encode(), value)
         m = self.metrics
         m.requests.labels(alias=call.alias or "-", version=m.version_cap(call.version), status=outcome.status).inc()
         if not streamed:
@@ -609,13 +730,17 @@ def build(settings, *, seed: int | None = None, producer_factory=None) -> tuple[
 
     metrics = GatewayMetrics(max_adapters=settings.metrics.max_adapters)
     sink = EventSink(settings.kafka, settings.gateway.buffer_max_events, metrics, producer_factory).start()
+    limit = min(settings.kafka.producer.max_request_size, settings.ingest.max_record_bytes) - 4096
     service = GatewayService(settings.gateway, open_store(settings.registry_path), sink, settings.kafka.topics, metrics,
-                             seed=seed).start()
+                             seed=seed, max_event_bytes=limit).start()
     return service, sink
 
 
 def serve(settings) -> int:
-    """Run the gateway until SIGTERM/SIGINT (uvicorn's handlers); deliver buffered events on the way out."""
+    """Run the gateway until SIGTERM/SIGINT; then deliver what is buffered within daemon.shutdown_grace_s, and log
+    and count what could not be (exit 1)."""
+    import signal
+
     import uvicorn
 
     service, sink = build(settings)
@@ -624,9 +749,17 @@ def serve(settings) -> int:
                                            access_log=False, lifespan="off"))
     log.info("gateway on http://%s:%d -> %s; alias table version %d", g.host, g.port, ", ".join(g.upstreams),
              service.table.version)
+    # uvicorn raises the signal it caught again once it has shut down: with the default handler that killed the
+    # process (143) before the drain below; handled here, the drain runs
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     service.close()
+    pending = sink.pending
     left = sink.close(timeout_s=settings.daemon.shutdown_grace_s)
     if left:
-        log.error("%d event(s) could not be delivered to Kafka before exiting", left)
+        log.error("gateway stopped: %d event(s) could not be delivered to Kafka within %gs and are lost (counted in "
+                  "driftwatch_gateway_events_dropped_total{reason=\"shutdown\"})", left, settings.daemon.shutdown_grace_s)
+    else:
+        log.info("gateway stopped: the %d buffered event(s) were delivered", pending)
     return 1 if left else 0

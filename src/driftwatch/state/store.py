@@ -34,7 +34,8 @@ CREATE INDEX IF NOT EXISTS decision_at ON decision (at);
 CREATE TABLE IF NOT EXISTS evidence (decision_id INTEGER PRIMARY KEY REFERENCES decision (id), path TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS example (
     request_id TEXT NOT NULL, source TEXT NOT NULL, at REAL NOT NULL, adapter TEXT, route TEXT,
-    prompt TEXT NOT NULL, target TEXT NOT NULL, PRIMARY KEY (request_id, source));
+    prompt TEXT NOT NULL, target TEXT NOT NULL, tenant TEXT, status TEXT, reviewed_by TEXT, reviewed_at REAL,
+    PRIMARY KEY (request_id, source));
 CREATE INDEX IF NOT EXISTS example_at ON example (at);
 CREATE TABLE IF NOT EXISTS run (
     id TEXT PRIMARY KEY, decision_id INTEGER, adapter TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS request (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, adapter TEXT, reason TEXT NOT NULL,
     who TEXT NOT NULL, detail TEXT, status TEXT NOT NULL, outcome TEXT, done REAL);
 """ + REGISTRY_SCHEMA
-MIGRATIONS = (("decision", "slot", "TEXT"),)  # columns added since the first release: (table, column, type)
+MIGRATIONS = (("decision", "slot", "TEXT"), ("example", "tenant", "TEXT"), ("example", "status", "TEXT"),
+              ("example", "reviewed_by", "TEXT"), ("example", "reviewed_at", "REAL"))  # columns added since the first release: (table, column, type)
 REQUEST_KINDS = ("retrain", "rollback", "pause", "resume")
 
 
@@ -84,6 +86,12 @@ class HarvestedExample:
     route: str | None
     prompt: str
     target: str
+    tenant: str | None = None  # as the gateway authenticated it (never a client's header alone)
+    status: str = "trusted"  # trusted | candidate (awaits review) | approved | rejected; trusted and approved train
+
+
+EXAMPLE_STATUSES = ("trusted", "candidate", "approved", "rejected")
+_EXAMPLE_COLUMNS = "request_id, source, at, adapter, route, prompt, target, tenant, COALESCE(status, 'trusted')"
 
 
 @dataclass(frozen=True)
@@ -200,18 +208,31 @@ class SqlStore(RegistryQueries):
                   "ON CONFLICT (decision_id) DO UPDATE SET path = excluded.path", (decision_id, path))
 
     def add_examples(self, examples: list[HarvestedExample]) -> None:
-        """Insert in one transaction (the ingest loop calls this once per batch); the same request and source once."""
+        """Insert in one transaction (the ingest loop calls this once per batch); the first of a request and source
+        stays (a redelivered batch writes nothing new)."""
         with self._transaction():
             self._executemany(
-                "INSERT INTO example (request_id, source, at, adapter, route, prompt, target) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, source) DO UPDATE SET at = excluded.at, "
-                "adapter = excluded.adapter, route = excluded.route, prompt = excluded.prompt, target = excluded.target",
-                [(e.request_id, e.source, e.at, e.adapter, e.route, e.prompt, e.target) for e in examples])
+                "INSERT INTO example (request_id, source, at, adapter, route, prompt, target, tenant, status) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, source) DO NOTHING",
+                [(e.request_id, e.source, e.at, e.adapter, e.route, e.prompt, e.target, e.tenant, e.status)
+                 for e in examples])
 
-    def examples(self, since: float = 0.0) -> list[HarvestedExample]:
-        rows = self._run("SELECT request_id, source, at, adapter, route, prompt, target FROM example WHERE at >= ? "
-                         "ORDER BY at", (since,)).fetchall()
+    def examples(self, since: float = 0.0, status: tuple[str, ...] = ("trusted", "approved"),
+                 limit: int | None = None) -> list[HarvestedExample]:
+        """Examples since a time, by status: by default those a dataset may use (trusted, or approved in review)."""
+        marks = ", ".join("?" * len(status))
+        rows = self._run(f"SELECT {_EXAMPLE_COLUMNS} FROM example WHERE at >= ? AND COALESCE(status, 'trusted') IN "
+                         f"({marks}) ORDER BY at" + (f" LIMIT {int(limit)}" if limit else ""),
+                         (since, *status)).fetchall()
         return [HarvestedExample(*r) for r in rows]
+
+    def review_example(self, request_id: str, source: str, status: str, who: str, at: float) -> bool:
+        """A candidate approved or rejected (recorded with who and when); False when there is no such candidate."""
+        if status not in ("approved", "rejected"):
+            raise ValueError("a review approves or rejects")
+        cur = self._run("UPDATE example SET status = ?, reviewed_by = ?, reviewed_at = ? WHERE request_id = ? AND "
+                        "source = ? AND status = 'candidate'", (status, who, at, request_id, source))
+        return cur.rowcount == 1
 
     def save_run(self, run: RunRecord) -> None:
         self._run("INSERT INTO run (id, decision_id, adapter, status, reason, dataset, output, started, finished, "
@@ -262,6 +283,20 @@ class SqlStore(RegistryQueries):
         cur = self._run("INSERT INTO alert_occurrence (fingerprint, starts_at, received) VALUES (?, ?, ?) "
                         "ON CONFLICT DO NOTHING", (fingerprint, starts_at, now))
         return cur.rowcount == 1
+
+    def prune(self, before: float) -> dict[str, int]:
+        """Delete what is older than ``before``: decisions no run refers to (and their evidence rows), alert
+        occurrences, answered requests. Returns how many rows of each went."""
+        unreferenced = "at < ? AND id NOT IN (SELECT decision_id FROM run WHERE decision_id IS NOT NULL)"
+        with self._transaction():
+            self._execute(f"DELETE FROM evidence WHERE decision_id IN (SELECT id FROM decision WHERE {unreferenced})",
+                          (before,))
+            counts = {
+                "decisions": self._execute(f"DELETE FROM decision WHERE {unreferenced}", (before,)).rowcount,
+                "alert_occurrences": self._execute("DELETE FROM alert_occurrence WHERE received < ?", (before,)).rowcount,
+                "requests": self._execute("DELETE FROM request WHERE status != 'pending' AND at < ?", (before,)).rowcount,
+            }
+        return counts
 
     def release_occurrence(self, fingerprint: str, starts_at: str) -> None:
         """Forget an occurrence whose handling failed, so that its next delivery is handled."""
