@@ -47,8 +47,14 @@ def _pairs(text: str | None, cast=float) -> dict:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="driftwatch")
-def main() -> None:
+@click.option("--verbose", "-v", is_flag=True, help="Let the libraries' own output through: kafka-python's warnings, "
+              "progress bars of transformers and vLLM.")
+def main(verbose: bool) -> None:
     """driftwatch keeps a fine-tuned LLM healthy in production."""
+    from driftwatch.log import quiet_libraries
+
+    if not verbose:
+        quiet_libraries()
 
 
 @main.command()
@@ -834,9 +840,17 @@ def config_group() -> None:
 
 @config_group.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
-def config_check(file: str) -> None:
-    """Print the resolved settings (secrets masked), or every problem with its field and fix; exit 2 on problems."""
+@click.option("--quiet", "-q", is_flag=True, help="Only the verdict line.")
+def config_check(file: str, quiet: bool) -> None:
+    """Print the resolved settings (secrets masked) and a verdict line, or every problem with its field and fix;
+    exit 2 on problems."""
     import yaml
 
     settings = _load(file)
-    click.echo(yaml.safe_dump(settings.redacted(), sort_keys=False), nl=False)
+    if not quiet:
+        click.echo(yaml.safe_dump(settings.redacted(), sort_keys=False), nl=False)
+    from driftwatch.config import mask_url
+
+    click.echo(f"ok: {file} is valid (kafka {','.join(settings.kafka.bootstrap_servers)}, state store "
+               f"{mask_url(str(settings.state_store_path))}, {len(settings.policy.rules)} rules, retrain "
+               f"{'runs' if settings.retrain.base_model else 'recorded only: no retrain.base_model'})")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 
@@ -33,4 +34,16 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    quiet = os.environ.get("DRIFTWATCH_QUIET_LIBRARIES") == "1"
+    # kafka-python warns about its own event loop under load ("blocking the event loop"): driftwatch reports what
+    # matters (poll failures, readiness); --verbose lets it through
+    logging.getLogger("kafka").setLevel(logging.ERROR if quiet else max(logging.WARNING, logging.getLevelName(level)))
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+
+
+def quiet_libraries() -> None:
+    """Before any library is imported (and for the subprocesses: the trainer, vLLM): no progress bars, and only the
+    libraries' errors. The CLI calls it unless --verbose."""
+    for name, value in (("DRIFTWATCH_QUIET_LIBRARIES", "1"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+                        ("TQDM_DISABLE", "1"), ("TRANSFORMERS_VERBOSITY", "error"), ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")):
+        os.environ.setdefault(name, value)

@@ -13,6 +13,9 @@ def demo(*args):
         assert line in proc.stdout
     assert "retrain support-v2: input-drift" in proc.stdout  # the drifting adapter triggers a retrain request
     assert "retrain support-v1" not in proc.stdout
+    # at the default level the output is driftwatch's own: no progress bars, no kafka-python or APScheduler lines
+    for noise in ("it/s]", "s/it]", " kafka.", "apscheduler", "blocking the event loop"):
+        assert noise not in proc.stdout + proc.stderr, noise
     return proc.stdout
 
 

@@ -167,10 +167,12 @@ def test_errors_are_openai_shaped_and_logged(gateway, tansu, tmp_path):
 
 def test_feedback_endpoint(gateway):
     gateway.flip(production={"v-a": 1})
-    rid = chat(gateway.url, "production").headers["x-request-id"]
-    ok = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": rid, "thumbs": "down", "correction": "alpha."})
+    answer = chat(gateway.url, "production")
+    rid, receipt = answer.headers["x-request-id"], answer.headers["x-driftwatch-feedback-token"]
+    ok = httpx.post(f"{gateway.url}/v1/feedback", json={"feedback_token": receipt, "thumbs": "down",
+                                                        "correction": "alpha."})
     assert ok.status_code == 202
-    refused = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": rid})
+    refused = httpx.post(f"{gateway.url}/v1/feedback", json={"feedback_token": receipt})
     assert refused.status_code == 400 and "rating" in refused.json()["error"]["message"]
     (fb,) = read_topic(gateway.settings.kafka.bootstrap_servers[0], gateway.settings.kafka.topics.feedback, 1)
     event = decode("feedback", fb.value, 10**7)

@@ -69,8 +69,8 @@ class Users(threading.Thread):
                 if r.status_code == 200:
                     text = r.json()["choices"][0]["message"]["content"]
                     self.answers.append(text)
-                    client.post(f"{self.url}/v1/feedback",
-                                json={"request_id": r.headers["x-request-id"], "thumbs": "up" if "alpha" in text else "down"})
+                    client.post(f"{self.url}/v1/feedback", json={"feedback_token": r.headers["x-driftwatch-feedback-token"],
+                                                                 "thumbs": "up" if "alpha" in text else "down"})
                 time.sleep(0.01)
 
     def failed(self) -> int:

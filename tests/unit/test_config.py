@@ -151,3 +151,17 @@ def test_security_settings_reach_the_kafka_client(tmp_path):
     assert kw["ssl_check_hostname"] is False
     plain = client_kwargs(load_settings(None, env={}).kafka)
     assert plain["security_protocol"] == "PLAINTEXT" and "sasl_plain_password" not in plain
+
+
+def test_config_check_ends_with_a_verdict_and_quiet_prints_only_it(tmp_path):
+    from click.testing import CliRunner
+
+    from driftwatch.cli import main
+
+    path = tmp_path / "c.yaml"
+    path.write_text("kafka: {bootstrap_servers: ['10.0.0.5:9092']}\n")
+    full = CliRunner().invoke(main, ["config", "check", str(path)])
+    quiet = CliRunner().invoke(main, ["config", "check", "--quiet", str(path)])
+    assert full.exit_code == quiet.exit_code == 0
+    assert full.output.splitlines()[-1] == quiet.output.strip() and quiet.output.startswith(f"ok: {path} is valid")
+    assert "kafka 10.0.0.5:9092" in quiet.output and len(full.output.splitlines()) > 50
