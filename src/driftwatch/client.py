@@ -60,6 +60,7 @@ class EventProducer:
         self.resend_attempts = resend_attempts
         self.resent = 0  # records sent again after a failed send
         self._unacked: list[list] = []  # [future, topic, value, key, headers, attempts], in send order
+        self._since_settled = 0
         self._producer = producer(kafka, **{"acks": "all", "linger_ms": 5, "batch_size": 65_536,
                                             "enable_idempotence": False,
                                             "delivery_timeout_ms": kafka.request_timeout_ms + 6_000,
@@ -82,13 +83,15 @@ class EventProducer:
         with self._translated(f"sending to {topic}"):
             future = self._producer.send(topic, value=value, key=key, headers=headers)
         self._unacked.append([future, topic, value, key, headers, 0])
-        if len(self._unacked) >= 1024:
+        self._since_settled += 1
+        if self._since_settled >= 1024:  # every 1,024 sends, not every send: a slow broker must not make it quadratic
             self._settle()
         return future
 
     def _settle(self) -> None:
         """Forget what the broker acknowledged; send again what failed; DeliveryError for what failed its last
         attempt."""
+        self._since_settled = 0
         keep, lost, error = [], 0, None
         for entry in self._unacked:
             future = entry[0]

@@ -360,6 +360,8 @@ class Gateway(_Section):
     max_request_bytes: int = Field(1_048_576, ge=1024)
     buffer_max_events: int = Field(100_000, ge=1, description="events held while Kafka is unreachable; beyond, "
                                    "counted in driftwatch_gateway_events_dropped_total")
+    buffer_max_bytes: int = Field(256 * 2**20, ge=2**20, description="and at most this many bytes of them (size the "
+                                  "pod's memory limit above it)")
     alias_poll_s: float = Field(0.5, gt=0, description="how often the alias table is re-read from the state store")
     store_path: Path | None = Field(None, description="the state store holding the alias table; default: "
                                     "policy.store_path, else <daemon.state_dir>/state.db")
@@ -531,7 +533,12 @@ def mask_url(url: str) -> str:
     """``scheme://user:secret@host/...?password=secret`` → the same with each secret as ``***``."""
     import re
 
-    url = re.sub(r"(://[^/@:\s]*:)[^/@\s]*@", r"\1***@", url)
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("?", 1)[0].split("#", 1)[0]:  # userinfo: everything up to the last @ before the path
+        authority_end = len(rest.split("?", 1)[0].split("#", 1)[0])
+        at = rest.rfind("@", 0, authority_end)
+        user, colon, _ = rest[:at].partition(":")
+        url = f"{scheme}://{user}{':***' if colon else ''}@{rest[at + 1:]}"
     return re.sub(r"((?:^|[?&;\s])(?:password|passwd|pwd|secret|token|api_key)=)[^&;\s]*", r"\1***", url, flags=re.I)
 
 

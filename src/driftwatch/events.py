@@ -122,8 +122,10 @@ class FeedbackEvent(_Contract):
 
     @property
     def dedup_key(self) -> str:
-        """One rating per request counts (the first), and one correction: a later one is a duplicate."""
-        return f"{self.request_id}\x00{'rating' if self.rating is not None or self.thumbs else 'correction'}"
+        """One rating per request counts (the first), and one correction: a later one is a duplicate. An end user's
+        (a receipt's) and a vouched one (a caller's, the topic's) are apart: a user cannot pre-empt the vouched one."""
+        kind = "rating" if self.rating is not None or self.thumbs else "correction"
+        return f"{self.request_id}\x00{kind}\x00{'receipt' if self.origin == 'receipt' else 'vouched'}"
 
     @property
     def sentiment(self) -> Literal["positive", "negative", "neutral"]:

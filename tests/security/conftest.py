@@ -60,9 +60,10 @@ def upstream():
 class Gateway:
     """The real gateway on a uvicorn thread, with its own topics, store, sink and metrics."""
 
-    def __init__(self, broker, tmp_path, upstream: str, versions=("v1", "v2", "v3"), metrics=None, **gateway):
+    def __init__(self, broker, tmp_path, upstream: str, versions=("v1", "v2", "v3"), metrics=None, ingest=None,
+                 **gateway):
         doc = settings_dict(broker, tmp_path, gateway={"upstreams": [upstream], "alias_poll_s": 0.05, **gateway},
-                            **({"metrics": metrics} if metrics else {}))
+                            **({"metrics": metrics} if metrics else {}), **({"ingest": ingest} if ingest else {}))
         self.settings = Settings.model_validate(doc)
         from driftwatch.ingest.kafka import ensure_topics
 

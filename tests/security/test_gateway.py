@@ -159,3 +159,14 @@ def test_an_event_too_large_for_kafka_is_cut_to_fit_and_holds_up_nothing(gateway
     huge = httpx.post(gateway.url + "/v1/feedback", json={"feedback_token": receipt, "correction": "é" * 600_000},
                       timeout=30)
     assert huge.status_code == 413  # refused to the client, never a record Kafka would refuse
+
+
+def test_an_event_limit_below_the_events_own_fields_still_logs_and_never_hangs(tansu, upstream, tmp_path):
+    g = Gateway(tansu, tmp_path, upstream, ingest={"max_record_bytes": 4500})  # 404 bytes left for text
+    try:
+        r = post(g, {"model": "production", "messages": [{"role": "user", "content": "x"}] * 400})
+        assert r.status_code == 200
+        (event,) = g.events(expect=1)
+        assert event.request_id == r.headers["x-request-id"] and "size" in event.metadata["fitted"]
+    finally:
+        g.close()

@@ -122,6 +122,8 @@ def test_passwords_inside_urls_are_masked_where_settings_are_printed(tmp_path):
     dumped = str(s.redacted())
     assert "hunter" not in dumped and "postgresql://dw:***@db:5432/dw?sslmode=require&password=***" in dumped
     assert mask_url("http://vllm:8000/v1") == "http://vllm:8000/v1"  # nothing to mask: unchanged
+    assert mask_url("postgresql://u:pa/ss@h/db") == "postgresql://u:***@h/db"
+    assert mask_url("postgresql://u:p@ss@h:5432/db") == "postgresql://u:***@h:5432/db"
     path = tmp_path / "c.yaml"
     path.write_text("kafka: {bootstrap_servers: ['127.0.0.1:9092']}\n")
     out = CliRunner().invoke(main, ["config", "check", str(path)], env=env)

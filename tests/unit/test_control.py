@@ -268,13 +268,12 @@ def test_the_webhook_trusts_no_alert_field(rig):
 
 def test_a_flood_of_alerts_is_rate_limited_before_anything_is_recorded(rig):
     client, daemon = rig(control={"webhook_alerts_per_minute": 5})
-    flood = [alert(fingerprint=f"f{i}") for i in range(6)]
-    r = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": flood})
-    assert r.status_code == 429 and daemon.store.decisions() == [] and daemon.store.requests() == []
-    within = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": flood[:5]}).json()
-    assert len(within["retrain"]) + len(within["held"]) == 5 and len(daemon.store.decisions()) == 5
-    assert client.post("/v1/alertmanager", headers=AUTH, json={"alerts": flood[5:]}).status_code == 429
-    assert daemon.metrics.registry.get_sample_value("driftwatch_webhook_alerts_total", {"outcome": "rate_limited"}) == 7
+    flood = [alert(fingerprint=f"f{i}") for i in range(8)]
+    within = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": flood[:3]}).json()
+    assert len(within["retrain"]) + len(within["held"]) == 3 and len(daemon.store.decisions()) == 3
+    r = client.post("/v1/alertmanager", headers=AUTH, json={"alerts": flood[3:]})  # 5 more: 2 tokens left
+    assert r.status_code == 429 and len(daemon.store.decisions()) == 3 and len(daemon.store.requests()) == 3
+    assert daemon.metrics.registry.get_sample_value("driftwatch_webhook_alerts_total", {"outcome": "rate_limited"}) == 5
 
 
 def test_report_needs_the_token(rig):
@@ -288,6 +287,7 @@ def test_decisions_occurrences_and_requests_past_retention_are_pruned_at_the_cro
     from driftwatch.state.store import RunRecord
 
     client, daemon = rig(control={"retention_days": 2, "prune_cron": "17 3 * * *"})
+    daemon.stop()  # its ticks run on the real clock: this test drives the pruning by hand
     store, day = daemon.store, 86400.0
     t0 = 1795514400.0  # 2026-11-24 10:00 UTC
     old = [store.record_decision(t0 - 10 * day, "support-v2", "hold", "r", ["old"]) for _ in range(3)]
@@ -300,13 +300,13 @@ def test_decisions_occurrences_and_requests_past_retention_are_pruned_at_the_cro
     done = store.add_request(t0 - 10 * day, "pause", "old", "ana")
     store.finish_request(done, "done", {}, t0 - 10 * day)
     pending = store.add_request(t0 - 10 * day, "resume", "old but not acted on", "ana")
-    daemon.stop()
-    daemon._next_prune = None  # as a new daemon at t0 (the loop's own ticks scheduled it from the real time)
-    daemon._prune(t0)  # schedules the first run: 03:17 UTC the next day; deletes nothing now
-    assert len(store.decisions()) == 5
-    daemon._prune(t0 + 17 * 3600 + 16 * 60)  # 03:16 next day: not yet
-    assert len(store.decisions()) == 5
-    daemon._prune(t0 + 17 * 3600 + 17 * 60)
+    daemon._next_prune = None  # as a new daemon at t0
+    daemon._prune(t0)  # a starting loop prunes at once, then at the cron time: 03:17 UTC the next day
     assert {d.id for d in store.decisions()} == {kept_by_run, recent} and not set(old) & {d.id for d in store.decisions()}
     assert not store.claim_occurrence("f-new", "s", t0) and store.claim_occurrence("f-old", "s", t0)
     assert store.request(done) is None and store.request(pending).status == "pending"
+    later = store.record_decision(t0 - 3 * day, "support-v2", "hold", "r", ["old by tomorrow"])
+    daemon._prune(t0 + 17 * 3600 + 16 * 60)  # 03:16 next day: not yet
+    assert later in {d.id for d in store.decisions()}
+    daemon._prune(t0 + 17 * 3600 + 17 * 60)
+    assert later not in {d.id for d in store.decisions()}

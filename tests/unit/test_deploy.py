@@ -131,6 +131,11 @@ def test_the_daemon_and_gateway_pods_are_probed_and_sized(rendered):
     assert daemon["terminationGracePeriodSeconds"] > daemon_settings.daemon.shutdown_grace_s
     token = next(e for e in daemon["containers"][0]["env"] if e["name"] == "DRIFTWATCH__CONTROL__TOKEN")
     assert token["valueFrom"]["secretKeyRef"] == {"name": "driftwatch-control", "key": "token"}
+    # the gateway's replicas sign feedback receipts with one key, and have time for requests in flight plus the drain
+    gateway = pod(objs, "driftwatch-gateway")
+    assert env_of(gateway["containers"][0])["DRIFTWATCH__GATEWAY__FEEDBACK_SECRET"] == \
+        "secret:driftwatch-secrets/feedback-secret"
+    assert gateway["terminationGracePeriodSeconds"] > 2 * gateway_settings.daemon.shutdown_grace_s
 
 
 # -- least privilege: containers ---------------------------------------------------------------------------------------
@@ -205,7 +210,9 @@ def test_the_gateway_mounts_the_state_store_read_only_or_no_volume_with_postgres
         (daemon_mount,) = [m for m in pod(objs, "driftwatch")["containers"][0]["volumeMounts"] if m["name"] == "data"]
         assert mount["mountPath"] == str(store.parent)  # the store's directory, nothing else of the volume
         assert mount["subPath"] == str(store.parent.relative_to(daemon_mount["mountPath"]))
-    assert gateway.kafka == daemon.kafka and gateway.gateway == daemon.gateway  # its own file says the same
+    gateway_only = {"feedback_secret", "feedback_callers"}  # the receipts' secrets: the gateway's alone
+    assert gateway.kafka == daemon.kafka  # its own file says the same
+    assert gateway.gateway.model_dump(exclude=gateway_only) == daemon.gateway.model_dump(exclude=gateway_only)
     path = tmp_path / "gateway.yaml"
     path.write_text(config_of(objs, "driftwatch-gateway"))
     assert load_settings(path, env=env_of(spec["containers"][0])).registry_path == gateway.registry_path

@@ -72,7 +72,7 @@ def test_each_bad_record_gets_its_reason(value, reason):
 
 def test_feedback_decodes_and_needs_a_verdict():
     fb = decode("feedback", raw(FEEDBACK), 10_000)
-    assert isinstance(fb, FeedbackEvent) and fb.sentiment == "negative" and fb.dedup_key == "r-1\x00rating"
+    assert isinstance(fb, FeedbackEvent) and fb.sentiment == "negative" and fb.dedup_key == "r-1\x00rating\x00vouched"
     bare = {k: v for k, v in FEEDBACK.items() if k not in ("thumbs", "correction")}
     assert decode("feedback", raw(bare), 10_000).reason is Reason.INVALID_FIELD
     assert decode("feedback", raw({**bare, "rating": 6}), 10_000).reason is Reason.INVALID_FIELD

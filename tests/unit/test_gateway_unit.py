@@ -35,11 +35,17 @@ def test_alias_table_versions_are_append_only_and_validated(tmp_path):
 
 
 class FakeFuture:
-    def __init__(self, ok):
+    def __init__(self, ok, exception=None):
+        from kafka.errors import KafkaConnectionError
+
         self.is_done, self._ok = True, ok
+        self.exception = None if ok else exception or KafkaConnectionError("broker down")  # retriable
 
     def succeeded(self):
         return self._ok
+
+    def failed(self):
+        return not self._ok
 
 
 class FakeProducer:
@@ -151,3 +157,40 @@ def test_what_is_still_buffered_at_the_drain_deadline_is_counted():
     assert sink.close(timeout_s=0.3) == 4
     assert metrics.registry.get_sample_value("driftwatch_gateway_events_dropped_total",
                                              {"topic": "t", "reason": "shutdown"}) == 4
+
+
+def test_a_record_the_broker_refuses_for_good_does_not_wedge_the_rest_nor_resend_what_was_acknowledged():
+    from kafka.errors import TopicAuthorizationFailedError
+
+    class Refusing(FakeProducer):
+        def __init__(self):
+            super().__init__()
+            self.up, self.calls = True, []
+
+        def send(self, topic, value, key):
+            self.calls.append(value)
+            if value == b"forbidden":
+                return FakeFuture(False, TopicAuthorizationFailedError("not authorised"))
+            return super().send(topic, value, key)
+
+    producer, metrics = Refusing(), GatewayMetrics()
+    sink = EventSink(Kafka(), 100, metrics, producer_factory=lambda: producer, retry_s=0.05).start()
+    for value in (b"forbidden", b"a", b"b", b"c"):
+        sink.offer("t", b"k", value)
+    deadline = time.monotonic() + 5
+    while sink.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.2)
+    for i in range(50):  # the sink goes on delivering
+        sink.offer("t", b"k", f"n{i}".encode())
+    while sink.pending and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sink.pending == 0 and sorted(producer.calls).count(b"a") == 1  # each sent once
+    assert metrics.registry.get_sample_value("driftwatch_gateway_events_dropped_total",
+                                             {"topic": "t", "reason": "refused"}) == 1
+
+
+def test_the_buffer_is_bounded_in_bytes_too():
+    producer, metrics = FakeProducer(), GatewayMetrics()  # Kafka down
+    sink = EventSink(Kafka(), 1000, metrics, producer_factory=lambda: producer, retry_s=0.05, max_bytes=2**20)
+    assert [sink.offer("t", b"k", b"x" * 400_000) for _ in range(3)] == [True, True, False]

@@ -194,3 +194,22 @@ def test_a_publication_is_not_written_by_the_ingest_thread_after_it(reference):
     observe(m, items[1000:])
     assert (win.events, list(win.numeric["prompt_chars"].counts), dict(win.feedback), len(win.rows)) == before
     assert not closed and m.latest().seq == held.seq + 1 and next(iter(m.latest().views.values()))[0].events > win.events
+
+
+def test_what_a_client_causes_by_itself_never_moves_a_window():
+    from driftwatch.events import FeedbackEvent
+    from driftwatch.monitor.monitor import vouched
+
+    base = {"schema_version": 1, "request_id": "r", "timestamp": 1795514400000, "model": "m", "adapter": "a",
+            "prompt": "p", "latency_ms": 1.0}
+    served = InferenceEvent.model_validate({**base, "status": "ok", "metadata": {"http_status": 200}})
+    refused = InferenceEvent.model_validate({**base, "status": "error", "metadata": {"http_status": 400}})
+    gone = InferenceEvent.model_validate({**base, "status": "error", "metadata": {"http_status": 499}})
+    direct = InferenceEvent.model_validate({**base, "status": "error"})  # another producer's: no gateway status
+    assert [vouched("inference", e, None) for e in (served, refused, gone, direct)] == [True, False, False, True]
+    tenant = served.model_copy(update={"tenant": "acme"})
+    fb = lambda **kw: FeedbackEvent.model_validate({"schema_version": 1, "feedback_id": "f", "request_id": "r",  # noqa: E731
+                                                     "timestamp": 1795514400000, "thumbs": "down", **kw})
+    assert not vouched("feedback", fb(origin="receipt"), served)  # anyone can collect receipts
+    assert vouched("feedback", fb(origin="receipt"), tenant)  # an authenticated tenant's user
+    assert vouched("feedback", fb(origin="caller", caller="crm"), served) and vouched("feedback", fb(), None)

@@ -271,10 +271,13 @@ OPENAPI: dict = {
             {"type": "object", "properties": {
                 "retrain": {"type": "array", "items": {"type": "object"}},
                 "held": {"type": "array", "items": {"type": "object"}},
-                "duplicate": {"type": "integer"}, "ignored": {"type": "integer"}}},
+                "queued": {"type": "array", "items": {"type": "object"}},
+                "duplicate": {"type": "integer"}, "ignored": {"type": "integer"},
+                "unknown_adapter": {"type": "integer"}}},
             {"type": "object", "required": ["alerts"], "properties": {"alerts": {"type": "array", "items": {
                 "type": "object", "required": ["status", "labels", "startsAt", "fingerprint"]}}}},
-            _400="not a webhook payload")},
+            _400="not a webhook payload, or an alert malformed (nothing recorded)",
+            _413="over 1 MiB or 1,000 alerts", _429="over control.webhook_alerts_per_minute (nothing recorded)")},
         "/v1/openapi.json": {"get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/report": {"get": {**_op("Evidently's report of an adapter's current window (?adapter=NAME&format=html|json)",
                                   "200", {"type": "object"}, _400="no adapter or format", _404="no window for the adapter",

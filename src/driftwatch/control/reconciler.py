@@ -93,8 +93,9 @@ class Reconciler:
         self._stage("retention", self._prune, now)
 
     def _prune(self, now: float) -> None:
-        """At control.prune_cron (APScheduler's cron trigger, UTC): delete what is past control.retention_days."""
-        if self._next_prune is not None and now >= self._next_prune:
+        """At control.prune_cron (APScheduler's cron trigger, UTC), and once when the loop starts (a daemon restarted
+        more often than the cron fires still prunes): delete what is past control.retention_days."""
+        if self._next_prune is None or now >= self._next_prune:
             c = self.settings.control
             counts = self.store.prune(now - c.retention_days * 86400)
             log.info("retention: deleted %s older than %g days", ", ".join(f"{n} {k}" for k, n in counts.items()),
@@ -356,7 +357,10 @@ class Reconciler:
         out: dict = {"retrain": [], "held": [], "queued": [], "duplicate": 0, "ignored": 0, "unknown_adapter": 0}
         firing = [a for a in alerts if a["status"] == "firing" and a["labels"].get("alertname") in wanted
                   and a["labels"].get("adapter")]
-        if not self._webhook_bucket.take(sum(a["labels"]["adapter"] in known for a in firing), now):
+        asking = sum(a["labels"]["adapter"] in known for a in firing)
+        # a group larger than the bucket takes the whole bucket (else it could never pass); the policy's cooldown and
+        # daily cap still hold what it asks for
+        if not self._webhook_bucket.take(min(asking, self._webhook_bucket.rate), now):
             self.metrics.webhook_alerts.labels(outcome="rate_limited").inc(len(alerts))
             raise ControlError(f"more than {self.settings.control.webhook_alerts_per_minute} alerts a minute: try "
                                "again later", status=429)

@@ -145,6 +145,7 @@ class _Listener(ConsumerRebalanceListener):
 
     def on_partitions_revoked(self, revoked: Any) -> None:
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
+        self.source._joined = False  # until the group assigns again: not ready, and liveness counts from here
         for tp in revoked:
             self.source._handover.pop(tp, None)
 

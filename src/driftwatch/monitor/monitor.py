@@ -77,6 +77,17 @@ def _reservoir(sample: list, cap: int, item, seen: int, rng: random.Random) -> N
         sample[j] = item
 
 
+def vouched(kind: str, event, request) -> bool:
+    """Whether an accepted event may move a window. Not: an answer the client caused (the gateway's 4xx: a request
+    it refused or cut short), nor an anonymous end user's feedback (``origin: receipt`` on a request with no
+    authenticated tenant) — any client can collect receipts, so those would let one client trip the feedback rule.
+    Feedback written to the topic, by an authenticated caller, or on a tenant's request counts."""
+    if kind == "inference":
+        status = event.metadata.get("http_status")
+        return not (type(status) is int and 400 <= status < 500)
+    return event.origin != "receipt" or (request is not None and request.tenant is not None)
+
+
 class Window:
     __slots__ = ("numeric", "categorical", "events", "errors", "refusals", "empties", "feedback", "responses",
                  "started", "latency_ms_sum", "diversity_cap", "rows", "rows_cap", "prompts", "prompts_cap", "semantic", "rng")
@@ -259,9 +270,11 @@ class Monitor:
     def observe(self, items: Sequence) -> None:
         """Accepted events (the ingestor's ``Accepted``: kind, event, adapter label, request) into their windows."""
         now = self.clock()
-        for kind, event, adapter, _ in items:
+        for kind, event, adapter, request in items:
             if adapter in (UNKNOWN, OTHER):
                 continue  # a name the gateway refused, or past the label cap: counted in metrics, no window of its own
+            if not vouched(kind, event, request):
+                continue  # counted in metrics; a client cannot move a window by itself (docs/security.md)
             if kind == "inference":
                 win = self._window(adapter, now)
                 win.add(self.extract(event), event.response, prompt_text(event) if win.prompts_cap else None)

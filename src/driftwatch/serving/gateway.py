@@ -23,6 +23,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import collections
 import hashlib
@@ -78,7 +79,7 @@ class Receipts:
 
     def verify(self, token: object, now: float | None = None) -> tuple[str, str] | None:
         """(request id, version) of a valid, unexpired receipt; None for anything else."""
-        if not isinstance(token, str) or len(token) > 2048 or token.count(".") != 1:
+        if not isinstance(token, str) or len(token) > 2048 or not token.isascii() or token.count(".") != 1:
             return None
         payload, mac = token.encode().split(b".")
         if not hmac.compare_digest(mac, self._mac(payload)):
@@ -119,8 +120,10 @@ class EventSink:
     """A bounded buffer of (topic, key, value) drained to Kafka by one thread; ``offer`` never blocks."""
 
     def __init__(self, kafka: Kafka, max_events: int, metrics: GatewayMetrics,
-                 producer_factory: Callable[[], Any] | None = None, retry_s: float = 1.0, linger_s: float = 0.005) -> None:
+                 producer_factory: Callable[[], Any] | None = None, retry_s: float = 1.0, linger_s: float = 0.005,
+                 max_bytes: int = 256 * 2**20) -> None:
         self.kafka, self.max_events, self.metrics, self.retry_s, self.linger_s = kafka, max_events, metrics, retry_s, linger_s
+        self.max_bytes, self._bytes = max_bytes, 0
         self._factory = producer_factory or self._producer
         self._items: collections.deque[tuple[str, bytes, bytes]] = collections.deque()
         self._cond = threading.Condition()
@@ -147,10 +150,11 @@ class EventSink:
 
     def offer(self, topic: str, key: bytes, value: bytes) -> bool:
         with self._cond:
-            if len(self._items) >= self.max_events:
+            if len(self._items) >= self.max_events or self._bytes + len(value) > self.max_bytes:
                 self.metrics.events_dropped.labels(topic=topic, reason="buffer_full").inc()
                 return False
             self._items.append((topic, key, value))
+            self._bytes += len(value)
             self.metrics.events_buffered.set(len(self._items))
             self._cond.notify()
         return True
@@ -186,24 +190,28 @@ class EventSink:
             except Exception as exc:  # noqa: BLE001 - Kafka down or refusing: keep the events, retry later
                 log.warning("cannot deliver %d event(s) to Kafka yet (%s: %s); retrying in %.0fs",
                             len(batch), type(exc).__name__, exc, self.retry_s)
-            delivered = 0
-            for f in futures:  # in order: stop at the first not acknowledged, keep it and what follows
-                if f is not None and not (f.is_done and f.succeeded()):
-                    break
-                delivered += 1
+            kept = []  # not acknowledged yet: sent again next round (Kafka may then hold them twice)
+            for i, item in enumerate(batch):
+                f = futures[i] if i < len(futures) else False
+                if f is None or (f and f.is_done and f.failed() and not getattr(f.exception, "retriable", False)):
+                    if f is not None:  # refused by the broker for good (too large for the topic, not authorised)
+                        log.error("Kafka refuses an event for %s for good (%s): dropped", item[0], f.exception)
+                    self.metrics.events_dropped.labels(topic=item[0], reason="refused").inc()
+                elif f and f.is_done and f.succeeded():
+                    self.metrics.events_delivered.labels(topic=item[0]).inc()
+                else:
+                    kept.append(item)
             with self._cond:
-                for f in futures[:delivered]:
-                    topic, _, _ = self._items.popleft()
-                    if f is None:
-                        self.metrics.events_dropped.labels(topic=topic, reason="refused").inc()
-                    else:
-                        self.metrics.events_delivered.labels(topic=topic).inc()
+                for _ in batch:  # this thread alone takes from the left; offer() appends on the right
+                    self._bytes -= len(self._items.popleft()[2])
+                self._items.extendleft(reversed(kept))
+                self._bytes += sum(len(item[2]) for item in kept)
                 self.metrics.events_buffered.set(len(self._items))
-                if delivered < len(batch) and not self._stop:
-                    for topic, _, _ in batch[delivered:]:  # unconfirmed, so sent again: Kafka may hold them twice
+                if kept and not self._stop:
+                    for topic, _, _ in kept:
                         self.metrics.events_resent.labels(topic=topic).inc()
                     self._cond.wait(self.retry_s)
-                elif delivered < len(batch) and self._stop:
+                elif kept and self._stop:
                     break
         if producer is not None:
             producer.close(timeout=5)
@@ -351,11 +359,14 @@ def _answer(kind: str, doc: dict) -> str | None:
     return text if isinstance(text, str) else None
 
 
-def _shrunk(event: InferenceEvent) -> tuple[InferenceEvent, bytes]:
-    """The event with its longest text (prompt, response or a message) cut to half, named in metadata.fitted."""
+def _shrunk(event: InferenceEvent) -> tuple[InferenceEvent, bytes, bool]:
+    """The event with its longest text (prompt, response or a message) cut to half, named in metadata.fitted; False
+    when there was nothing left to cut."""
     texts = [("prompt", len(event.prompt or "")), ("response", len(event.response or ""))]
     texts += [(i, len(m.content)) for i, m in enumerate(event.messages or [])]
     field, length = max(texts, key=lambda t: t[1])
+    if length == 0:
+        return event, encode(event), False
     update: dict[str, Any] = {"metadata": {**event.metadata, "fitted": sorted({*event.metadata.get("fitted", ()),
                                                                                "messages" if isinstance(field, int)
                                                                                else field, "size"})}}
@@ -366,7 +377,7 @@ def _shrunk(event: InferenceEvent) -> tuple[InferenceEvent, bytes]:
     else:
         update[field] = getattr(event, field)[:length // 2]
     event = event.model_copy(update=update)
-    return event, encode(event)
+    return event, encode(event), True
 
 
 def _count(value) -> int | None:
@@ -512,11 +523,9 @@ class GatewayService:
             body = await self._body(request)
         except Refused as refused:
             return refused.response()
-        caller = self._caller(request)
+        caller = self._caller(request)  # a bearer that is not a known caller (a proxy's, a client's): the receipt rules
         if caller is not None:
             origin, request_id = "caller", body.get("request_id")
-        elif request.headers.get("authorization"):
-            return openai_error(401, "unknown feedback caller token", "authentication_error", "invalid_caller")
         else:
             claim = self.receipts.verify(body.get("feedback_token") or request.headers.get(RECEIPT_HEADER))
             if claim is None:
@@ -613,7 +622,7 @@ class GatewayService:
             status = 404 if resp.status == 404 else resp.status if resp.status < 500 and resp.status not in (401, 403) else 502
             error_type = "model_not_found" if resp.status == 404 else f"upstream_{resp.status}"
             self._log(call, Outcome("error", status, error_type, upstream_s=upstream_s))
-            return JSONResponse(doc, status_code=status, headers=headers)
+            return Response(content, status_code=status, media_type="application/json", headers=headers)
         usage = (doc.get("usage") if isinstance(doc, dict) else None) or {}
         outcome = Outcome("ok", 200, None, _answer(call.kind, doc), _count(usage.get("prompt_tokens")),
                           _count(usage.get("completion_tokens")), upstream_s)
@@ -655,6 +664,9 @@ class GatewayService:
             outcome = Outcome("timeout", 504, "upstream_timeout")
         except UpstreamError:
             outcome = Outcome("error", 502, "upstream_stream_broken")
+        except (asyncio.CancelledError, GeneratorExit):  # the client went away: a partial answer, not a served one
+            outcome = Outcome("error", 499, "client_disconnected")
+            raise
         finally:
             resp.release()
             outcome.response = "".join(parts)
@@ -715,7 +727,13 @@ class GatewayService:
                                                    "metadata": {**metadata, "fitted": ["unloggable"]}})
         value = encode(event)
         while len(value) > self.max_event_bytes:  # Kafka (and the daemon) would refuse it: cut the longest text
-            event, value = _shrunk(event)
+            event, value, cut = _shrunk(event)
+            if not cut:  # nothing left to cut (a limit below the event's own fields): the event with no text at all
+                event = event.model_copy(update={"prompt": "", "messages": None, "response": None, "metadata": {
+                    **{k: event.metadata[k] for k in ("endpoint", "http_status") if k in event.metadata},
+                    "fitted": ["size"]}})
+                value = encode(event)
+                break
         self.sink.offer(self.topics.inference, call.request_id.encode(), value)
         m = self.metrics
         m.requests.labels(alias=call.alias or "-", version=m.version_cap(call.version), status=outcome.status).inc()
@@ -729,7 +747,8 @@ def build(settings, *, seed: int | None = None, producer_factory=None) -> tuple[
     from driftwatch.state.store import open_store
 
     metrics = GatewayMetrics(max_adapters=settings.metrics.max_adapters)
-    sink = EventSink(settings.kafka, settings.gateway.buffer_max_events, metrics, producer_factory).start()
+    sink = EventSink(settings.kafka, settings.gateway.buffer_max_events, metrics, producer_factory,
+                     max_bytes=settings.gateway.buffer_max_bytes).start()
     limit = min(settings.kafka.producer.max_request_size, settings.ingest.max_record_bytes) - 4096
     service = GatewayService(settings.gateway, open_store(settings.registry_path), sink, settings.kafka.topics, metrics,
                              seed=seed, max_event_bytes=limit).start()
@@ -746,7 +765,8 @@ def serve(settings) -> int:
     service, sink = build(settings)
     g = settings.gateway
     server = uvicorn.Server(uvicorn.Config(service.app(), host=g.host, port=g.port, log_level="warning",
-                                           access_log=False, lifespan="off"))
+                                           access_log=False, lifespan="off",
+                                           timeout_graceful_shutdown=settings.daemon.shutdown_grace_s))
     log.info("gateway on http://%s:%d -> %s; alias table version %d", g.host, g.port, ", ".join(g.upstreams),
              service.table.version)
     # uvicorn raises the signal it caught again once it has shut down: with the default handler that killed the

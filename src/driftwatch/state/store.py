@@ -209,11 +209,13 @@ class SqlStore(RegistryQueries):
 
     def add_examples(self, examples: list[HarvestedExample]) -> None:
         """Insert in one transaction (the ingest loop calls this once per batch); the first of a request and source
-        stays (a redelivered batch writes nothing new)."""
+        stays (a redelivered batch writes nothing new), except that a trusted example replaces a candidate."""
         with self._transaction():
             self._executemany(
                 "INSERT INTO example (request_id, source, at, adapter, route, prompt, target, tenant, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, source) DO NOTHING",
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, source) DO UPDATE SET at = excluded.at, "
+                "target = excluded.target, status = excluded.status "  # a trusted one replaces an unreviewed candidate
+                "WHERE example.status = 'candidate' AND excluded.status = 'trusted'",
                 [(e.request_id, e.source, e.at, e.adapter, e.route, e.prompt, e.target, e.tenant, e.status)
                  for e in examples])
 
@@ -221,7 +223,8 @@ class SqlStore(RegistryQueries):
                  limit: int | None = None) -> list[HarvestedExample]:
         """Examples since a time, by status: by default those a dataset may use (trusted, or approved in review)."""
         marks = ", ".join("?" * len(status))
-        rows = self._run(f"SELECT {_EXAMPLE_COLUMNS} FROM example WHERE at >= ? AND COALESCE(status, 'trusted') IN "
+        rows = self._run(f"SELECT {_EXAMPLE_COLUMNS} FROM example WHERE COALESCE(reviewed_at, at) >= ? AND "
+                         "COALESCE(status, 'trusted') IN "
                          f"({marks}) ORDER BY at" + (f" LIMIT {int(limit)}" if limit else ""),
                          (since, *status)).fetchall()
         return [HarvestedExample(*r) for r in rows]
@@ -286,7 +289,7 @@ class SqlStore(RegistryQueries):
 
     def prune(self, before: float) -> dict[str, int]:
         """Delete what is older than ``before``: decisions no run refers to (and their evidence rows), alert
-        occurrences, answered requests. Returns how many rows of each went."""
+        occurrences, answered requests, examples never approved. Returns how many rows of each went."""
         unreferenced = "at < ? AND id NOT IN (SELECT decision_id FROM run WHERE decision_id IS NOT NULL)"
         with self._transaction():
             self._execute(f"DELETE FROM evidence WHERE decision_id IN (SELECT id FROM decision WHERE {unreferenced})",
@@ -295,6 +298,8 @@ class SqlStore(RegistryQueries):
                 "decisions": self._execute(f"DELETE FROM decision WHERE {unreferenced}", (before,)).rowcount,
                 "alert_occurrences": self._execute("DELETE FROM alert_occurrence WHERE received < ?", (before,)).rowcount,
                 "requests": self._execute("DELETE FROM request WHERE status != 'pending' AND at < ?", (before,)).rowcount,
+                "unreviewed_or_rejected_examples": self._execute(
+                    "DELETE FROM example WHERE status IN ('candidate', 'rejected') AND at < ?", (before,)).rowcount,
             }
         return counts
 
@@ -387,7 +392,8 @@ class PostgresStore(SqlStore):
             for statement in filter(str.strip, schema.split(";")):
                 self._execute(statement)
             for table, column, kind in MIGRATIONS:
-                self._execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {kind}")
+                pg_kind = dict((t.strip(), p.strip()) for t, p in _PG_TYPES).get(kind, kind)
+                self._execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {pg_kind}")
 
     def _connect(self):
         try:
