@@ -56,7 +56,8 @@ class Users(threading.Thread):
                 i += 1
                 rid = uuid.uuid4().hex
                 try:
-                    r = client.post(f"{self.url}/v1/chat/completions", headers={"x-request-id": rid}, json={
+                    r = client.post(f"{self.url}/v1/chat/completions",
+                                    headers={"x-request-id": rid, "x-driftwatch-tenant": f"user-{k}"}, json={
                         "model": "production", "max_tokens": 6, "temperature": 0,
                         "messages": [{"role": "user", "content": f"Say something {1000 + k * 100000 + i}"}]})
                 except httpx.HTTPError as exc:
@@ -82,7 +83,8 @@ def stack(tansu, vllm, tmp_path):
     server, adapters = vllm
     doc = settings_dict(
         tansu, tmp_path,
-        gateway={"upstreams": [server.url], "alias_poll_s": 0.05},
+        # the users' tenants come from an authenticating proxy, so their feedback (through receipts) counts in the bake
+        gateway={"upstreams": [server.url], "alias_poll_s": 0.05, "trust_tenant_header": True},
         monitor={"window_events": 40, "check_interval_s": 0.5},
         retrain={"golden_set": str(golden_set(tmp_path))},
         evaluate={"max_tokens": 12},

