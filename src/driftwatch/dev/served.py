@@ -4,8 +4,8 @@ support-v1 and support-v2) through the driftwatch gateway, so the inference logs
 :class:`GatewayPublisher` looks like the producer the simulator drives (``send_raw``), and turns each simulated
 request into a real call: the prompt goes to the gateway under the alias of its adapter, with its route; feedback
 goes to ``/v1/feedback`` under the request id the gateway assigned to that call (the simulator's id is only the
-client's ``x-request-id``). Records that are not valid events
-(the bad-record kinds) and repeats of a request id (duplicates) go to Kafka as they are, so the demo's exact
+client's ``x-request-id``). Records that are not valid events (the bad-record kinds) go to Kafka as they are,
+and repeats of a request (duplicates) go to Kafka under the id the gateway logged it with, so the demo's exact
 count check still holds.
 """
 
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from driftwatch.events import InferenceEvent, Rejected, decode
+from driftwatch.events import InferenceEvent, Rejected, decode, encode
 
 ALIASES = {"support-v1": "production", "support-v2": "canary"}
 # the simulated users' feedback comes through the gateway as one trusted server-side caller (gateway.feedback_callers,
@@ -49,8 +49,14 @@ class GatewayPublisher:
     def send_raw(self, topic: str, value: bytes | None, key: bytes | None = None, headers=None):
         kind = "inference" if topic == self.topics["inference"] else "feedback"
         event = decode(kind, value, self.max_bytes) if value is not None else None
-        if event is None or isinstance(event, Rejected) or (kind == "inference" and event.request_id in self.served):
-            return self.producer.send_raw(topic, value, key=key)  # bad records and duplicates, as they are
+        if kind == "inference" and isinstance(event, InferenceEvent) and event.request_id in self.served:
+            # a producer's repeat of a request: the copy names the request as the gateway logged it, so it is the
+            # duplicate the simulator meant (under its own id it would be a new request)
+            served_as = self.served[event.request_id].result()
+            repeat = event.model_copy(update={"request_id": served_as})
+            return self.producer.send_raw(topic, encode(repeat), key=served_as.encode())
+        if event is None or isinstance(event, Rejected):
+            return self.producer.send_raw(topic, value, key=key)  # bad records, as they are
         if kind == "inference":
             assert isinstance(event, InferenceEvent)
             self.served[event.request_id] = future = self.pool.submit(self._complete, event)
@@ -138,7 +144,8 @@ class ServedStack:
 
         service, sink = gw.build(settings.model_copy(update={"gateway": settings.gateway.model_copy(update={
             "upstreams": [self.vllm.url], "store_path": self.tmp / "aliases.db", "alias_poll_s": 0.1,
-            "feedback_callers": SecretStr(f"{CALLER}:{CALLER_TOKEN}")})}))
+            "feedback_callers": SecretStr(f"{CALLER}:{CALLER_TOKEN}"),
+            "feedback_secret": SecretStr(secrets.token_urlsafe(32))})}))
         if service.table.version == 0:
             service.store.set_aliases({alias: {adapter: 1.0} for adapter, alias in ALIASES.items()}, time.time(),
                                       who="demo", why="initial aliases")

@@ -142,6 +142,21 @@ def open_stores(state_location: Path | str, registry_location: Path | str) -> tu
     return state, state if same else open_store(registry_location)
 
 
+class _Result:
+    """A statement's rows and row count, read whole."""
+
+    __slots__ = ("rows", "rowcount")
+
+    def __init__(self, rows: list, rowcount: int) -> None:
+        self.rows, self.rowcount = rows, rowcount
+
+    def fetchone(self):
+        return self.rows[0] if self.rows else None
+
+    def fetchall(self) -> list:
+        return self.rows
+
+
 class SqlStore(RegistryQueries):
     """The store's queries, on one connection guarded by a lock. Subclasses connect and say how a statement runs
     and how a write transaction begins (serialised: one writer at a time, as SQLite's BEGIN IMMEDIATE)."""
@@ -159,9 +174,13 @@ class SqlStore(RegistryQueries):
 
     _errors: tuple[type[BaseException], ...] = (sqlite3.Error,)  # the driver's errors, translated to StoreError
 
-    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> Any:
+    def _run(self, sql: str, args: tuple[Any, ...] = ()) -> _Result:
+        """One statement under the lock, its rows read before the lock is let go: a cursor read later, outside it,
+        kept a statement open on the shared connection, and another thread's COMMIT failed ("SQL statements in
+        progress")."""
         with self._lock, self._translated():
-            return self._execute(sql, args)
+            cur = self._execute(sql, args)
+            return _Result(cur.fetchall() if cur.description is not None else [], cur.rowcount)
 
     @contextlib.contextmanager
     def _translated(self):
