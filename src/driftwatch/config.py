@@ -89,6 +89,31 @@ class Kafka(_Section):
     _split = field_validator("bootstrap_servers", mode="before")(_split_csv)
 
 
+class IngestSource(_Section):
+    """An extra topic the daemon reads, and how its records are written (docs/ingest-otel.md)."""
+
+    topic: str = Field(min_length=1, max_length=249)
+    format: Literal["otlp_proto", "otlp_json"] = Field(
+        "otlp_proto", description="OTLP traces as the OpenTelemetry Collector's Kafka exporter writes them "
+        "(its traces encoding)")
+
+
+def _sources(value: Any) -> Any:
+    """From the environment: a JSON list of {topic, format}, or 'topic:format,topic:format' (a topic alone reads
+    otlp_proto)."""
+    if not isinstance(value, str):
+        return value
+    if value.lstrip().startswith("["):
+        import json
+
+        return json.loads(value)
+    out = []
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        topic, sep, fmt = part.partition(":")
+        out.append({"topic": topic.strip(), **({"format": fmt.strip()} if sep else {})})
+    return out
+
+
 class Ingest(_Section):
     max_record_bytes: int = Field(1_048_576, ge=256, description="larger records are dead-lettered as oversize")
     dedup_max_entries: int = Field(200_000, ge=1)
@@ -97,6 +122,12 @@ class Ingest(_Section):
     dead_letter_retry_s: float = Field(2.0, gt=0, le=300)
     feedback_hold_s: float = Field(60.0, ge=0, description="feedback read before its request waits this long for it "
                                    "(the two topics are not read in lockstep), then counts under adapter 'unknown'")
+    sources: list[IngestSource] = Field(
+        default_factory=list, description="extra topics of OpenTelemetry traces, each {topic, format: otlp_proto or "
+        "otlp_json}: GenAI spans become inference events (docs/ingest-otel.md; needs driftwatch[otel]); from env: "
+        "a JSON list or 'topic:format,...'")
+
+    _split_sources = field_validator("sources", mode="before")(_sources)
 
 
 class Metrics(_Section):
@@ -686,6 +717,12 @@ def _cross_checks(s: Settings) -> list[ConfigProblem]:
     names = [t.inference, t.feedback, t.dead_letter]
     if len(set(names)) != 3:
         out.append(ConfigProblem("kafka.topics", f"topic names must differ, got {names}", "give inference, feedback and dead_letter distinct names"))
+    seen = set(names)
+    for i, source in enumerate(s.ingest.sources):
+        if source.topic in seen:
+            out.append(ConfigProblem(f"ingest.sources.{i}.topic", f"topic '{source.topic}' is already read (or is the "
+                                     "dead-letter topic)", "give each source its own topic, apart from kafka.topics"))
+        seen.add(source.topic)
     sec = s.kafka.security
     if sec.protocol.startswith("SASL"):
         if sec.sasl_mechanism is None:
