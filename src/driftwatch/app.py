@@ -38,7 +38,7 @@ from driftwatch.control.reconciler import Reconciler
 from driftwatch.control.rollout import RolloutController
 from driftwatch.errors import ConfigError, ConfigProblem, DeadLetterError, IngestError, ReportError, StoreError
 from driftwatch.http import HttpServer
-from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source
+from driftwatch.ingest.pipeline import Batch, DeadLetterSink, Ingestor, OffsetJournal, Source, windowed
 from driftwatch.ingest.recent import DedupWindow
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.features import FeatureExtractor
@@ -224,9 +224,14 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
                                                     settings.control.secret(),
                                                     lambda adapter, scratch: daemon.report(adapter, scratch))),
                           settings.http.host, settings.http.port).start()
+    otlp_topics = [s.topic for s in ing.sources]
     try:
-        ensure_topics(k)
-        source = KafkaSource(k)
+        if otlp_topics:
+            from driftwatch.ingest.otel import load_proto
+
+            load_proto()  # the otel extra is installed (ConfigError otherwise), before anything joins the group
+        ensure_topics(k, otlp_topics)
+        source = KafkaSource(k, otlp_topics)
         sink = KafkaDeadLetterSink(k)
     except Exception:
         if http is not None:
@@ -242,6 +247,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
             update={"reference_path": Path(rebaselined.detail["reference"])})})
     monitor = build_monitor(settings)
     signals = AdapterSignals(metrics)
+    spans = otlp_decoders(settings, adapters)
 
     def save_examples(examples: list) -> None:
         store.add_examples(examples)
@@ -256,7 +262,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
         # one journal per pod: replicas may share daemon.state_dir (one volume), never this file
         journal=OffsetJournal(settings.daemon.state_dir / "".join(
             ("offsets-", k.consumer.group_id, f"-{os.environ['POD_NAME']}" if os.environ.get("POD_NAME") else "", ".json"))),
-        downstream=lambda items: (signals(items), monitor.observe(items)),
+        downstream=(lambda items: (signals(items), monitor.observe(windowed(items)))) if spans
+        else (lambda items: (signals(items), monitor.observe(items))),
         label=metrics.adapter_cap,
         harvest=functools.partial(harvest.example, trusted_callers=frozenset(rt.trusted_callers))
         if rt.harvest_max_pending else None, save_examples=save_examples,
@@ -264,7 +271,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
         group_id=k.consumer.group_id,
         dead_letter_head_bytes=ing.dead_letter_head_bytes,
         dead_letter_max_bytes=max(1024, k.producer.max_request_size - DEAD_LETTER_HEADROOM),
-        feedback_hold_s=ing.feedback_hold_s, max_held=max(1, ing.dedup_max_entries // 4),
+        feedback_hold_s=ing.feedback_hold_s, max_held=max(1, ing.dedup_max_entries // 4), spans=spans,
     )
     pol = settings.policy
     policy = Policy(pol.rules, store, metrics, cooldown_s=pol.cooldown_s, max_retrains_per_day=pol.max_retrains_per_day)
@@ -281,6 +288,21 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, control, http,
                     stores=(store,) if adapters is store else (store, adapters))
     return daemon
+
+
+def otlp_decoders(settings: Settings, registry: SqlStore) -> dict:
+    """ingest.sources' decoders by topic (ingest/otel.py, loaded only when there are sources): model names resolve
+    against the registry as the gateway's do (the base model only when the gateway serves it)."""
+    if not settings.ingest.sources:
+        return {}
+    from driftwatch.ingest.otel import SpanDecoder
+    from driftwatch.state.names import ModelNames
+
+    gw = settings.gateway
+    names = ModelNames(registry, extra=frozenset({gw.base_model}) if gw.serve_base_model else frozenset(),
+                       refresh_s=max(gw.alias_poll_s, 5.0))
+    return {s.topic: SpanDecoder(s.format, names.resolve, base_model=gw.base_model,
+                                 max_bytes=settings.ingest.max_record_bytes) for s in settings.ingest.sources}
 
 
 def advertise_url(settings: Settings, http: HttpServer | None) -> str | None:

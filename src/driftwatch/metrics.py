@@ -134,7 +134,8 @@ class Metrics:
 
         # ingest
         self.records = Counter(
-            "driftwatch_ingest_records", "Records read from Kafka, by topic and outcome (accepted, rejected, duplicate)",
+            "driftwatch_ingest_records", "Records read from Kafka, by topic and outcome (accepted, rejected, duplicate; "
+            "skipped: an OTLP record without a GenAI span)",
             ["topic", "outcome"], registry=r,
         )
         self.dead_letters = Counter(
@@ -170,6 +171,17 @@ class Metrics:
             "driftwatch_feedback_held",
             "Feedback read before its request's inference event, waiting for it (at most ingest.feedback_hold_s)",
             registry=r,
+        )
+        # OpenTelemetry sources (ingest.sources): what became of each span
+        self.otel_spans = Counter(
+            "driftwatch_otel_spans", "Spans read from OTLP sources, by outcome: event (an inference event with its "
+            "content), metrics_only (no content: requests, latency, tokens and errors only), duplicate, skipped",
+            ["outcome"], registry=r,
+        )
+        self.otel_skipped = Counter(
+            "driftwatch_otel_spans_skipped", "Spans of OTLP sources that are no inference event, by reason: not_genai "
+            "(no gen_ai.* attribute), operation (a GenAI operation other than chat or completion: embeddings, tools, "
+            "agents), invalid (a GenAI inference span without usable ids, times or fields)", ["reason"], registry=r,
         )
         self._lag = _LagCollector()
         r.register(self._lag)

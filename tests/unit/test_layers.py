@@ -2,7 +2,8 @@
 
 Every import of a driftwatch module counts, at module level or inside a function: a lazy import is still a
 dependency. Rooms may import the rooms listed for them and nothing else; no two modules import each other, however
-indirectly; kafka-python is imported by the Kafka edge alone.
+indirectly; kafka-python is imported by the Kafka edge alone, protobuf and opentelemetry-proto by the OTLP decoder
+alone (ingest/otel.py, loaded only when an OTLP source is configured).
 """
 
 from __future__ import annotations
@@ -34,6 +35,14 @@ ALLOWED = {
 # within the bottom, an order: each may import only those before it
 BOTTOM_ORDER = ["errors", "log", "procs", "events", "config", "metrics", "http", "__init__"]
 KAFKA_EDGE = "driftwatch.ingest.kafka"
+OTEL_EDGE = "driftwatch.ingest.otel"
+# third-party packages whose importers the contract names: (top-level name as imported) -> its node in the graph
+EDGES = {"kafka": "kafka", "google.protobuf": "protobuf", "opentelemetry": "opentelemetry"}
+EXTERNAL = set(EDGES.values())
+
+
+def _external(name: str) -> str | None:
+    return next((node for prefix, node in EDGES.items() if name == prefix or name.startswith(prefix + ".")), None)
 
 
 def modules() -> dict[str, Path]:
@@ -56,20 +65,23 @@ def room(module: str) -> str:
 
 
 def imports(path: Path, known: set[str]) -> set[str]:
-    """The driftwatch modules (and the 'kafka' package) a file imports, anywhere in it."""
+    """The driftwatch modules (and the EDGES packages: kafka, protobuf, opentelemetry) a file imports, anywhere in it."""
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
             for alias in node.names:
-                if alias.name.startswith("driftwatch") or alias.name.split(".")[0] == "kafka":
+                if alias.name.startswith("driftwatch"):
                     out.add(alias.name if alias.name in known else alias.name.split(".")[0])
+                elif (edge := _external(alias.name)) is not None:
+                    out.add(edge)
         elif isinstance(node, ast.ImportFrom) and node.module:
-            if node.module.split(".")[0] == "kafka":
-                out.add("kafka")
+            if (edge := _external(node.module)) is not None or (
+                    node.module == "google" and any(a.name == "protobuf" for a in node.names)):
+                out.add(edge or "protobuf")
             elif node.module.startswith("driftwatch"):
                 subs = {f"{node.module}.{a.name}" for a in node.names} & known
                 out |= subs or {node.module}
-    return {m for m in out if m in known or m == "kafka"}
+    return {m for m in out if m in known or m in EXTERNAL}
 
 
 def graph() -> dict[str, set[str]]:
@@ -82,7 +94,7 @@ def test_every_room_imports_only_the_rooms_below_it():
     bad = []
     for module, deps in graph().items():
         mine = room(module)
-        for dep in deps - {"kafka"}:
+        for dep in deps - EXTERNAL:
             theirs = room(dep)
             if theirs == mine == "bottom":
                 a, b = (BOTTOM_ORDER.index(m.split(".")[-1].replace("driftwatch", "__init__")) for m in (module, dep))
@@ -117,12 +129,17 @@ def test_kafka_python_is_imported_by_the_kafka_edge_alone():
     assert users == [KAFKA_EDGE]
 
 
+def test_protobuf_and_opentelemetry_are_imported_by_the_otlp_decoder_alone():
+    g = graph()
+    assert sorted(m for m, deps in g.items() if deps & {"protobuf", "opentelemetry"}) == [OTEL_EDGE]
+
+
 def test_the_production_path_never_imports_dev():
     g = graph()
     seen, todo = set(), ["driftwatch.app"]
     while todo:
         m = todo.pop()
-        if m in seen or m == "kafka":
+        if m in seen or m in EXTERNAL:
             continue
         seen.add(m)
         todo.extend(g[m])

@@ -85,13 +85,14 @@ def producer(cfg: Kafka, **config: Any) -> KafkaProducer:
         raise translate(exc, cfg, "creating a producer") from exc
 
 
-def ensure_topics(cfg: Kafka) -> dict[str, int]:
-    """Check (or, with kafka.create_topics, create) the three topics; return partition counts.
+def ensure_topics(cfg: Kafka, extra: Sequence[str] = ()) -> dict[str, int]:
+    """Check (or, with kafka.create_topics, create) the three topics and the ``extra`` ones (ingest.sources'; new
+    ones get kafka.partitions); return partition counts.
 
     Raises TopicLayoutError when a topic is missing or inference and feedback are not co-partitioned.
     """
     t = cfg.topics
-    wanted = [t.inference, t.feedback, t.dead_letter]
+    wanted = [t.inference, t.feedback, t.dead_letter, *extra]
     try:
         admin = KafkaAdminClient(**client_kwargs(cfg))
     except kerr.KafkaError as exc:
@@ -107,7 +108,8 @@ def ensure_topics(cfg: Kafka) -> dict[str, int]:
         if missing:
             # a new feedback topic copies the inference topic's partition count, and the other way round
             pair = counts.get(t.inference) or counts.get(t.feedback) or cfg.partitions
-            new = [NewTopic(name, pair if name != t.dead_letter else cfg.partitions, cfg.replication_factor) for name in missing]
+            new = [NewTopic(name, pair if name in (t.inference, t.feedback) else cfg.partitions, cfg.replication_factor)
+                   for name in missing]
             try:
                 admin.create_topics(new)
             except kerr.TopicAlreadyExistsError:
@@ -169,7 +171,8 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class KafkaSource:
-    """A kafka-python consumer group over the inference and feedback topics; manual commits only.
+    """A kafka-python consumer group over the inference and feedback topics (and ``extra_topics``: ingest.sources');
+    manual commits only.
 
     Exact counts across graceful rebalances: offsets are committed after every batch. If a broker refuses that
     commit because a rebalance started (noida-db does; Apache Kafka and Tansu accept it), the offsets are kept,
@@ -177,7 +180,7 @@ class KafkaSource:
     every other assigned partition waits ``handover_grace_ms``, then starts from its committed offset.
     """
 
-    def __init__(self, cfg: Kafka) -> None:
+    def __init__(self, cfg: Kafka, extra_topics: Sequence[str] = ()) -> None:
         self.cfg = cfg
         c = cfg.consumer
         self._joined = False
@@ -202,7 +205,7 @@ class KafkaSource:
             )
         except kerr.KafkaError as exc:
             raise translate(exc, cfg, "joining the consumer group") from exc
-        self._consumer.subscribe([cfg.topics.inference, cfg.topics.feedback], listener=_Listener(self))
+        self._consumer.subscribe([cfg.topics.inference, cfg.topics.feedback, *extra_topics], listener=_Listener(self))
 
     @property
     def joined(self) -> bool:

@@ -11,6 +11,12 @@ sink are small protocols, so a confluent-kafka backend can replace kafka-python 
 read, the adapter label it counts under (resolved once, here), and the event itself while it is among the last
 ``max_kept`` requests (what harvesting a correction or a positive rating needs). Feedback finds its request there;
 signals, windows and the harvest read the label off the :class:`Accepted` and keep no join of their own.
+
+**OTLP sources.** A topic of ``spans`` (``ingest.sources``) holds OpenTelemetry trace exports: its decoder
+(ingest/otel.py) turns a record into several inference events, each accepted or a duplicate on its own (request id
+from trace and span id), or rejects the record as garbage (a dead letter like any other). A record whose spans are
+all skipped (no GenAI span) is ``skipped``. Span events are never kept for harvesting, and those without content
+never reach a window (:func:`windowed`).
 """
 
 from __future__ import annotations
@@ -123,6 +129,22 @@ class Served:
         self.where, self.adapter, self.event = where, adapter, event
 
 
+def windowed(items: Sequence[Accepted]) -> Sequence[Accepted]:
+    """The accepted events that may move a monitor window: all but events made of spans that carried no content
+    (ingest/otel.py: ``metadata.content: none``; they count in the signals only: an empty prompt would skew the
+    length features and the drift tests). A batch without them is returned as it is."""
+    if not any(map(_contentless, items)):
+        return items
+    return [a for a in items if not _contentless(a)]
+
+
+def _contentless(a: Accepted) -> bool:
+    if a.kind != "inference":
+        return False
+    metadata = a.event.metadata
+    return metadata.get("content") == "none" and metadata.get("source") == "otlp"
+
+
 class Accepted(NamedTuple):
     """An accepted event as it goes downstream: a plain value."""
 
@@ -166,8 +188,10 @@ class Ingestor:
         feedback_hold_s: float = 60.0,
         max_held: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
+        spans: Mapping[str, Callable[[bytes | None], Any]] | None = None,
     ) -> None:
         self.source = source
+        self.spans = dict(spans or {})  # OTLP topic -> its decoder (ingest/otel.SpanDecoder): Decoded | Rejected
         self.sink = dead_letters
         self.metrics = metrics
         self.kinds = dict(kinds)
@@ -190,6 +214,15 @@ class Ingestor:
             (topic, outcome): metrics.records.labels(topic=topic, outcome=outcome)
             for topic in self.kinds for outcome in ("accepted", "rejected", "duplicate")
         }
+        if self.spans:
+            from driftwatch.ingest.otel import SKIP_REASONS  # no protobuf: the decoders brought that in
+
+            self._outcome_children.update({
+                (topic, outcome): metrics.records.labels(topic=topic, outcome=outcome)
+                for topic in self.spans for outcome in ("accepted", "rejected", "duplicate", "skipped")})
+            self._span_children = {o: metrics.otel_spans.labels(outcome=o)
+                                   for o in ("event", "metrics_only", "duplicate", "skipped")}
+            self._skip_children = {r: metrics.otel_skipped.labels(reason=r) for r in SKIP_REASONS}
 
     def poll(self) -> Batch | None:
         records = self.source.poll()
@@ -215,6 +248,8 @@ class Ingestor:
             batch.ranges[tp] = (first[0] if first else offset, offset + 1)
             if journal.redelivered(tp, offset):
                 outcome, dup_kind = "duplicate", "redelivery"
+            elif topic in self.spans:
+                outcome, dup_kind = self._spans(rec, (tp, offset), batch, feedback, dups), ""
             else:
                 kind = kinds[topic]
                 result = decode(kind, rec.value, max_bytes)
@@ -247,12 +282,44 @@ class Ingestor:
                 batch.examples = [x for x in map(self.harvest, batch.events) if x is not None]
         return batch
 
+    def _spans(self, rec: Record, where: tuple[TopicPartition, int], batch: Batch, feedback: list[Accepted],
+               dups: dict[tuple[str, str], int]) -> str:
+        """The outcome of an OTLP record: each of its spans' events accepted or a duplicate on its own (counted in
+        ``dups`` and the span counters); the record rejected (a dead letter) when it is no trace export."""
+        topic = rec.topic
+        result = self.spans[topic](rec.value)
+        if isinstance(result, Rejected):
+            if self.dedup.add(("o", topic, rec.partition, rec.offset)):
+                dups[(topic, "redelivery")] = dups.get((topic, "redelivery"), 0) + 1
+                return "duplicate"
+            batch.dead_letters.append(self._dead_letter(rec, result))
+            return "rejected"
+        spans = self._span_children
+        skipped = 0
+        for reason, n in result.skipped.items():
+            self._skip_children[reason].inc(n)
+            skipped += n
+        if skipped:
+            spans["skipped"].inc(skipped)
+        new = dup = 0
+        for event in result.events:
+            _, dup_kind = self._accept("inference", event, where, batch, feedback, keep=False)
+            if dup_kind:
+                dups[(topic, dup_kind)] = dups.get((topic, dup_kind), 0) + 1
+                dup += 1
+                spans["duplicate"].inc()
+            else:
+                new += 1
+                spans["event" if event.metadata.get("content") == "full" else "metrics_only"].inc()
+        return "accepted" if new else "duplicate" if dup else "skipped"
+
     def _accept(self, kind: Kind, event: Event, where: tuple[TopicPartition, int], batch: Batch,
-                feedback: list[Accepted]) -> tuple[str, str]:
-        """(outcome, duplicate kind) of a decoded event; an accepted one joins the batch (feedback after it)."""
+                feedback: list[Accepted], keep: bool = True) -> tuple[str, str]:
+        """(outcome, duplicate kind) of a decoded event; an accepted one joins the batch (feedback after it). With
+        ``keep`` false (spans: not vouched traffic) the join keeps the label only, never the event: no harvest."""
         dedup = self.dedup
         key = (kind, event.dedup_key)
-        served = Served(where, "", event) if kind == "inference" else None
+        served = Served(where, "", event if keep else None) if kind == "inference" else None
         if dedup.add(key, served or where):
             # the same record again (a failed commit, a rebalance) or the same key sent twice by a producer
             prior = dedup.get(key)
@@ -261,7 +328,8 @@ class Ingestor:
         if served is not None:
             served.adapter = self.label(event.adapter)
             batch.events.append(Accepted(kind, event, served.adapter))
-            self._keep(served)
+            if keep:
+                self._keep(served)
             if self._held and (held := self._held.pop(event.request_id, None)):
                 self._n_held -= len(held[1])
                 feedback.extend(Accepted("feedback", e, served.adapter, served.event) for e in held[1])
