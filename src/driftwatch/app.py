@@ -301,7 +301,7 @@ def otlp_decoders(settings: Settings, registry: SqlStore) -> dict:
     gw = settings.gateway
     names = ModelNames(registry, extra=frozenset({gw.base_model}) if gw.serve_base_model else frozenset(),
                        refresh_s=max(gw.alias_poll_s, 5.0))
-    return {s.topic: SpanDecoder(s.format, names.resolve, base_model=gw.base_model,
+    return {s.topic: SpanDecoder(s.format, names.resolve, refresh=names.refresh_if_due, base_model=gw.base_model,
                                  max_bytes=settings.ingest.max_record_bytes) for s in settings.ingest.sources}
 
 

@@ -345,11 +345,15 @@ def test_names_are_read_again_and_kept_when_the_registry_fails():
     assert names.resolve("base", None) == (None, "base") and names.resolve("v3", None) == (None, "unknown")
     reg.table = {**reg.table, "staging": {"v3": 1.0}}
     now[0] = 1.0
+    names.refresh_if_due()
     assert names.resolve("staging", None) == (None, "unknown")  # not read again yet
     now[0] = 6.0
+    assert names.resolve("staging", None) == (None, "unknown")  # resolving does no I/O
+    names.refresh_if_due()
     assert names.resolve("staging", None) == ("staging", "v3")
     reg.down = True
     now[0] = 12.0
+    names.refresh_if_due()
     assert names.resolve("staging", None) == ("staging", "v3")  # the names in hand
     assert reg.reads == 3
 
@@ -457,3 +461,20 @@ def test_decoding_is_quick_enough():
     assert len(d(raw).events) == 500
     assert time.perf_counter() - t0 < 2.0
 
+
+
+def test_the_ingestor_reads_the_names_again_between_polls():
+    now = [0.0]
+    reg = Registry()
+    names = ModelNames(reg, refresh_s=5, clock=lambda: now[0])
+    d = SpanDecoder("otlp_proto", names.resolve, refresh=names.refresh_if_due)
+    staged = [Rec("otlp", 0, i, encode([chat(i, "staging")], "otlp_proto")) for i in range(2)]
+    source, seen = FakeSource([staged[:1], staged[1:]]), []
+    ing = Ingestor(source, FakeSink(), Metrics(), kinds={}, max_record_bytes=1_048_576, dedup=DedupWindow(100, 3600),
+                   downstream=seen.extend, spans={"otlp": d})
+    reg.table = {**reg.table, "staging": {"v3": 1.0}}  # registered after the daemon started
+    now[0] = 1.0
+    ing.poll()
+    now[0] = 6.0
+    ing.poll()
+    assert [(a.event.alias, a.adapter) for a in seen] == [(None, "unknown"), ("staging", "v3")]

@@ -76,12 +76,15 @@ def load_proto() -> tuple[Any, Any]:
 
 
 class SpanDecoder:
-    """One OTLP source's records → :class:`Decoded` | :class:`Rejected`. Pure: no I/O but ``resolve``'s."""
+    """One OTLP source's records → :class:`Decoded` | :class:`Rejected`, without I/O. ``refresh`` is the I/O the
+    names need (ModelNames.refresh_if_due): the ingestor calls :meth:`refresh` between polls."""
 
-    def __init__(self, fmt: str, resolve: Resolve, *, base_model: str = "base", max_bytes: int = 1_048_576) -> None:
+    def __init__(self, fmt: str, resolve: Resolve, *, refresh: Callable[[], None] = lambda: None,
+                 base_model: str = "base", max_bytes: int = 1_048_576) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown OTLP format {fmt!r}: use one of {FORMATS}")
         self.format, self.resolve, self.base_model, self.max_bytes = fmt, resolve, base_model, max_bytes
+        self.refresh = refresh
         self._request, self._json = load_proto()
 
     def __call__(self, raw: bytes | None) -> Decoded | Rejected:

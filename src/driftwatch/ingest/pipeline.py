@@ -53,6 +53,13 @@ class Record(Protocol):
     headers: Sequence[tuple[str, bytes]] | None
 
 
+class SpanDecoder(Protocol):
+    """An OTLP source's decoder (ingest/otel.py): a record → its events and skipped spans, or Rejected."""
+
+    def __call__(self, raw: bytes | None) -> Any: ...
+    def refresh(self) -> None: ...  # the I/O its names need, between polls
+
+
 class Source(Protocol):
     def poll(self) -> Sequence[Record]: ...
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...  # next offset to read, per partition
@@ -188,7 +195,7 @@ class Ingestor:
         feedback_hold_s: float = 60.0,
         max_held: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
-        spans: Mapping[str, Callable[[bytes | None], Any]] | None = None,
+        spans: Mapping[str, SpanDecoder] | None = None,
     ) -> None:
         self.source = source
         self.spans = dict(spans or {})  # OTLP topic -> its decoder (ingest/otel.SpanDecoder): Decoded | Rejected
@@ -231,6 +238,8 @@ class Ingestor:
             if self._held and (late := self._release(self.clock())):
                 self.downstream(late)
             return None
+        for decoder in self.spans.values():
+            decoder.refresh()  # the registry's names, read again when due: I/O here, none in process()
         return self.process(records)
 
     def process(self, records: Iterable[Record]) -> Batch:

@@ -3,8 +3,9 @@ is itself, anything else is ``unknown`` (never the caller's text, so no record c
 
 The gateway resolves what a client asks for before it serves it. Telemetry written by someone else (OpenTelemetry
 spans, docs/ingest-otel.md) names a model after the fact, as the request asked for it and as the server answered it:
-:meth:`ModelNames.resolve` takes both. The names are read from the registry (``names()``, ``alias_table()``) at most
-every ``refresh_s`` by the thread that resolves; a failed read keeps the names in hand.
+:meth:`ModelNames.resolve` takes both, without I/O. The names are read from the registry (``names()``,
+``alias_table()``) when made and by :meth:`ModelNames.refresh_if_due`, at most every ``refresh_s`` (the ingestor
+calls it between polls); a failed read keeps the names in hand.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ class ModelNames:
         self._failing = False
         self.refresh()
 
+    def refresh_if_due(self) -> None:
+        if self.clock() - self._read_at >= self.refresh_s:
+            self.refresh()
+
     def refresh(self) -> None:
         """Read the names again (the registry's I/O); on failure keep those in hand and log once."""
         self._read_at = self.clock()
@@ -58,8 +63,6 @@ class ModelNames:
         The version is the first of (served, requested) the registry knows as a version; else the alias's version
         when the alias sends all its traffic to one; else ``unknown`` (a weighted alias does not say which of its
         versions answered). The alias is the first of (requested, served) that is one, else None."""
-        if self.clock() - self._read_at >= self.refresh_s:
-            self.refresh()
         versions, aliases = self._versions, self._aliases
         alias = next((n for n in (requested, served) if n is not None and n in aliases), None)
         version = next((n for n in (served, requested) if n is not None and n in versions), None)
