@@ -80,11 +80,12 @@ def fixed_rate(direct: str, via: str, model: str, rate: float, n: int) -> tuple[
     return straight, through
 
 
-def max_rate(base: str, seconds: float, concurrency: int = 16) -> float:
+def max_rate(base: str, seconds: float, concurrency: int = 16, counts: dict | None = None) -> float:
     """Requests/s from keep-alive connections driven by a minimal raw-socket HTTP/1.1 client (httpx itself tops
-    out near 300 requests/s here, below what is being measured)."""
+    out near 300 requests/s here, below what is being measured). ``counts`` gets 'sent' and 'ok' added to it."""
     host, port = base.removeprefix("http://").split(":")
     body = json.dumps({"model": "production", "prompt": "hello", "max_tokens": 1}).encode()
+    sent = 0
     request = (f"POST /v1/completions HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n"
                f"content-length: {len(body)}\r\n\r\n").encode() + body
 
@@ -93,10 +94,11 @@ def max_rate(base: str, seconds: float, concurrency: int = 16) -> float:
         deadline = time.perf_counter() + seconds
 
         async def worker():
-            nonlocal done
+            nonlocal done, sent
             reader, writer = await asyncio.open_connection(host, int(port))
             while time.perf_counter() < deadline:
                 writer.write(request)
+                sent += 1
                 head = await reader.readuntil(b"\r\n\r\n")
                 length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
                               if line.lower().startswith(b"content-length:"))
@@ -107,7 +109,11 @@ def max_rate(base: str, seconds: float, concurrency: int = 16) -> float:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return done
 
-    return asyncio.run(run()) / seconds
+    ok = asyncio.run(run())
+    if counts is not None:
+        counts["sent"] = counts.get("sent", 0) + sent
+        counts["ok"] = counts.get("ok", 0) + ok
+    return ok / seconds
 
 
 def report_fixed(upstream: str, url: str, label: str, args) -> None:

@@ -22,6 +22,10 @@ class _Stale(Exception):
     """A kept-alive connection closed by the server before it answered: resend on a new one."""
 
 
+class BrokenAnswer(UpstreamError):
+    """The upstream answered, then broke off or sent a malformed body (a gateway answers 502, not 503)."""
+
+
 class Response:
     """An upstream answer whose head has been read; read the body whole (``read``) or as it comes (``chunks``)."""
 
@@ -34,14 +38,30 @@ class Response:
         self._length = int(length) if length is not None and not self._chunked else None
         self._reusable = headers.get("connection", "").lower() != "close" and (self._chunked or self._length is not None)
         self._done = False
+        self._body: bytes | None = None
 
     async def read(self) -> bytes:
+        if self._body is not None:  # read with the head (Upstream.request's read=True)
+            return self._body
         return b"".join([chunk async for chunk in self.chunks()])
+
+    async def _read_whole(self) -> None:
+        """The body framed by content-length, read now, under the caller's deadline; the connection released."""
+        try:
+            self._body = await self._reader.readexactly(self._length) if self._length else b""
+            self._done = True
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError) as exc:
+            raise BrokenAnswer(f"broken answer from {self._pool.base_url}: {exc!r}") from None
+        finally:
+            self.release()
 
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body's pieces as they arrive. Raises TimeoutError past the request's deadline, UpstreamError on a
         broken answer; the connection is released either way."""
         reader = self._reader
+        if self._body is not None:
+            yield self._body
+            return
         try:
             async with asyncio.timeout_at(self._deadline):
                 if self._length is not None:
@@ -96,10 +116,12 @@ class Upstream:
             maxlen=max_idle)
         self._host_header = f"{self.host}:{self.port}".encode()
 
-    async def request(self, method: str, path: str, body: bytes = b"",
-                      headers: dict[str, str] | None = None) -> Response:
+    async def request(self, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None,
+                      read: bool = False) -> Response:
         """Send one request and read the answer's head. Raises TimeoutError (connect or answer too slow) or
-        UpstreamError (unreachable, hung up, malformed)."""
+        UpstreamError (unreachable, hung up, malformed). With ``read``, an answer framed by content-length is read
+        whole too, under the same deadline (one timer a request, not two: ``Response.read`` then returns it at
+        once); a body that breaks off raises BrokenAnswer."""
         head = [f"{method} {self.prefix}{path} HTTP/1.1".encode(), b"host: " + self._host_header,
                 b"content-length: " + str(len(body)).encode(), *self._auth]
         head += [f"{k}: {v}".encode() for k, v in (headers or {}).items() if k.lower() != "authorization"]
@@ -111,7 +133,7 @@ class Upstream:
                 writer.close()
                 continue
             try:
-                return await self._exchange(reader, writer, message, deadline, reused=True)
+                return await self._exchange(reader, writer, message, deadline, reused=True, read=read)
             except _Stale:
                 continue
         try:
@@ -119,13 +141,18 @@ class Upstream:
                 reader, writer = await asyncio.open_connection(self.host, self.port)
         except OSError as exc:
             raise UpstreamError(f"cannot connect to {self.base_url}: {exc}") from None
-        return await self._exchange(reader, writer, message, deadline, reused=False)
+        return await self._exchange(reader, writer, message, deadline, reused=False, read=read)
 
-    async def _exchange(self, reader, writer, message: bytes, deadline: float, reused: bool) -> Response:
+    async def _exchange(self, reader, writer, message: bytes, deadline: float, reused: bool,
+                        read: bool = False) -> Response:
         try:
             writer.write(message)
             async with asyncio.timeout_at(deadline):
                 head = await reader.readuntil(b"\r\n\r\n")
+                response = self._response(head, reader, writer, deadline)
+                if read and response._length is not None:
+                    await response._read_whole()  # its own errors are BrokenAnswer: the server saw the request
+            return response
         except asyncio.IncompleteReadError as exc:
             writer.close()
             if reused and not exc.partial:
@@ -139,6 +166,8 @@ class Upstream:
         except TimeoutError:
             writer.close()
             raise
+
+    def _response(self, head: bytes, reader, writer, deadline: float) -> Response:
         status_line, *lines = head[:-4].split(b"\r\n")
         try:
             status = int(status_line.split(b" ", 2)[1])
