@@ -57,7 +57,8 @@ def bare(bootstrap: str, topics: list[str], group: str, consumer: dict) -> None:
                       auto_offset_reset=consumer["auto_offset_reset"], max_poll_records=consumer["max_poll_records"],
                       session_timeout_ms=consumer["session_timeout_ms"],
                       heartbeat_interval_ms=consumer["heartbeat_interval_ms"],
-                      max_poll_interval_ms=consumer["max_poll_interval_ms"], fetch_max_bytes=consumer["fetch_max_bytes"],
+                      max_poll_interval_ms=consumer["max_poll_interval_ms"],
+                      fetch_max_bytes=consumer["fetch_max_bytes"],
                       max_partition_fetch_bytes=consumer["max_partition_fetch_bytes"])
     c.subscribe(topics, listener=Listener())
     while True:
@@ -177,7 +178,8 @@ def main() -> None:
                               flush=True)
                 finally:
                     pair.stop()
-    print(f"\nidle CPU over {args.seconds:g} s, no traffic (cores; goal: daemon <= 1.2x bare, no growth after a restart)")
+    print(f"\nidle CPU over {args.seconds:g} s, no traffic (cores; goal: daemon <= 1.2x bare, no growth after a "
+          "restart)")
     print("| broker | phase | daemon | bare consumer | ratio | load avg |")
     print("|---|---|---|---|---|---|")
     for kind, phase, daemon, anchor, load in rows:
