@@ -6,7 +6,12 @@ offset journal, commit per batch) feeding the monitor (features, sketches per ad
 runs alternate so drift in the machine's speed hits both. Rates are timed from the first record received to
 the last one committed (group joins excluded). Prints median and range of each and the ratio of medians.
 
-    python bench/ingest.py [--broker tansu|noida] [--events 200000] [--rounds 3]
+Then the per-event cost of each stage, timed in isolation on the same events (no broker): the anchor's
+json.loads, the contract decode, features, the window's sketches (without a reference, as the timed run; and
+with one built from the same events, whose numeric histograms count too) and the per-adapter signals — with
+the anchor's whole per-event time beside them, so the shares show what the gap is made of.
+
+    python bench/ingest.py [--broker tansu|noida] [--events 200000] [--rounds 3] [--costs-only]
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from driftwatch.app import build_monitor
 from driftwatch.config import Settings
+from driftwatch.events import decode
+from driftwatch.monitor.features import FeatureExtractor
+from driftwatch.monitor.monitor import Window, build_profile
 from driftwatch.ingest.kafka import KafkaDeadLetterSink, KafkaSource
 from driftwatch.ingest.pipeline import Ingestor, OffsetJournal
 from driftwatch.dev.localbroker import LocalBroker
@@ -36,17 +44,65 @@ CONSUMER = {"max_poll_records": 500, "session_timeout_ms": 6000, "heartbeat_inte
             "fetch_max_bytes": 52_428_800, "max_partition_fetch_bytes": 4_194_304}
 
 
-def produce(bootstrap: str, topic: str, n: int) -> float:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=262_144, acks=1)
+def simulated(n: int):
+    """The bench's events: (key, value) of n simulated inference events, the same every run."""
     sim = Simulator(SimConfig(seed=1, feedback_rate=0.0, adapters={"support-v1": 0.7, "support-v2": 0.3}))
-    sizes = 0
     for i in range(n):
         out = sim.inference(1_795_514_400_000 + i * 10)
-        sizes += len(out.value)
-        producer.send(topic, key=out.key, value=out.value)
+        yield out.key, out.value
+
+
+def produce(bootstrap: str, topic: str, n: int) -> float:
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=262_144, acks=1)
+    sizes = 0
+    for key, value in simulated(n):
+        sizes += len(value)
+        producer.send(topic, key=key, value=value)
     producer.flush()
     producer.close()
     return sizes / n
+
+
+def per_event_costs(n: int = 20_000, rounds: int = 3) -> dict[str, float]:
+    """Microseconds per event of each stage, on the bench's first n events, each the best of ``rounds`` passes."""
+    settings = Settings()
+    values = [value for _, value in simulated(n)]
+    limit = settings.ingest.max_record_bytes
+    events = [decode("inference", v, limit) for v in values]
+    fx = FeatureExtractor()
+    features = [fx(e) for e in events]
+    reference = build_profile(events)
+    mon = settings.monitor
+
+    def window(ref):
+        return Window(ref, mon.max_categories, mon.diversity_sample, 0.0, mon.report_sample, 0)
+
+    def sketches(ref):
+        win = window(ref)
+        for f, e in zip(features, events):
+            if win.events >= mon.window_events:  # a window closes and a new one starts, as in the monitor
+                win = window(ref)
+            win.add(f, e.response, None)
+
+    signals = AdapterSignals(Metrics())
+    items = [("inference", e, e.adapter, None) for e in events]
+    stages = {
+        "json.loads (the anchor's work)": lambda: [json.loads(v) for v in values],
+        "decode (contract, pydantic)": lambda: [decode("inference", v, limit) for v in values],
+        "features": lambda: [fx(e) for e in events],
+        "sketches, no reference (as timed above)": lambda: sketches(None),
+        "sketches, with a reference (drift on)": lambda: sketches(reference),
+        "signals (per-adapter metrics)": lambda: signals(items),
+    }
+    out = {}
+    for name, run in stages.items():
+        best = float("inf")
+        for _ in range(rounds):
+            t = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - t)
+        out[name] = best / n * 1e6
+    return out
 
 
 def anchor(bootstrap: str, topic: str, n: int) -> float:
@@ -106,7 +162,11 @@ def main() -> None:
     ap.add_argument("--broker", choices=["tansu", "noida"], default="tansu")  # noida-db 0.2.3 bogs down past ~100k
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--costs-only", action="store_true", help="the per-event costs alone (no broker)")
     args = ap.parse_args()
+    if args.costs_only:
+        print_costs(None)
+        return
     with LocalBroker(args.broker) as broker, tempfile.TemporaryDirectory() as tmp:
         topics = {"inference": "bench-inference", "feedback": "bench-feedback", "dead_letter": "bench-dlq"}
         admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
@@ -124,7 +184,23 @@ def main() -> None:
         ratio = statistics.median(d_rates) / statistics.median(a_rates)
         print(f"anchor (kafka-python, json.loads + commit per batch): {summary(a_rates)}")
         print(f"driftwatch ingest (decode, dedup, DLQ, metrics, monitor, commit): {summary(d_rates)}")
-        print(f"ratio driftwatch/anchor: {ratio:.2f}  (goal >= 0.7)")
+        print(f"ratio driftwatch/anchor: {ratio:.2f}  (goal >= 0.9); load average {loadavg()}")
+        print_costs(statistics.median(a_rates), statistics.median(d_rates))
+
+
+def loadavg() -> str:
+    return Path("/proc/loadavg").read_text().split(" ", 1)[0]
+
+
+def print_costs(anchor_rate: float | None, driftwatch_rate: float | None = None) -> None:
+    costs = per_event_costs()
+    print(f"\nper-event cost of each stage, in isolation on the same events (best of 3 passes over 20,000; load "
+          f"average {loadavg()}):")
+    if anchor_rate:
+        print(f"  {'the anchor, whole (consume + json.loads + commit)':48s} {1e6 / anchor_rate:6.1f} us")
+        print(f"  {'driftwatch ingest, whole':48s} {1e6 / driftwatch_rate:6.1f} us")
+    for name, us in costs.items():
+        print(f"  {name:48s} {us:6.1f} us")
 
 
 if __name__ == "__main__":
