@@ -39,6 +39,8 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     # matters (poll failures, readiness); --verbose lets it through
     logging.getLogger("kafka").setLevel(logging.ERROR if quiet else max(logging.WARNING, logging.getLevelName(level)))
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # httpx logs every request at INFO (an evaluation's hundreds, each vLLM call): driftwatch logs what they mean
+    logging.getLogger("httpx").setLevel(logging.WARNING if quiet else logging.getLevelName(level))
 
 
 def quiet_libraries() -> None:
