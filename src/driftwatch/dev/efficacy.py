@@ -1,0 +1,688 @@
+"""Does the loop help? A ticket-routing task whose traffic shifts, and the loop's own parts measured on it.
+
+The task: a support ticket in, the queue that handles it out (one word: ``billing``, ``security``...). Phase A is
+the traffic the incumbent adapter was trained for: 8 queues, asked one way ("Ticket: my printer was charged twice.
+Which queue?"). Phase B is where the traffic moves: 4 queues the incumbent never saw, and the old queues asked
+another way ("Hi support, my printer was charged twice - who handles this?"). Every answer is checkable, so
+accuracy is exact and each rate carries its 95 % (Wilson) interval.
+
+A :class:`Study` trains the incumbent on phase A once and then runs rows that share it, its data and its seeds:
+the loop as configured (harvested corrections + replay of the base training set, every data gate, early stopping,
+the promotion gate on vLLM against the incumbent) and its ablations — no retrain, no replay, a poisoned harvest
+with the gates on and off, no early stopping. Each row says what driftwatch decided and why. ``bench/efficacy.py``
+runs it on SmolLM2-135M-Instruct; the suite runs a small one on the tiny Llama (tests/integration/test_efficacy.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+QUEUES_A = {
+    "billing": ["was charged twice", "shows the wrong amount on the invoice", "had its card payment declined",
+                "got a bill for a plan I never ordered"],
+    "shipping": ["arrived two weeks late", "was delivered to a neighbour", "has a tracking number that does not work",
+                 "is stuck at the depot"],
+    "hardware": ["has a cracked screen", "will not power on", "makes a grinding noise", "has a swollen battery"],
+    "account": ["cannot log in to my profile", "never got the password reset email", "rejects my login code",
+                "locked me out after one try"],
+    "refund": ["was returned but the money never came back", "needs a refund for the broken part",
+               "had its return approved and not paid", "should be refunded in full"],
+    "privacy": ["shares my data with strangers", "needs my personal data deleted", "sends my address to advertisers",
+                "keeps a copy of my contacts"],
+    "software": ["crashes when the app starts", "froze after the last update", "keeps resetting its settings",
+                 "shows an error code on boot"],
+    "sales": ["needs a quote for fifty units", "could get a volume discount", "needs a business contract",
+              "is wanted for our whole office"],
+}
+QUEUES_B = {  # the queues the traffic moves to
+    "warranty": ["is still under warranty and broke", "needs a warranty claim", "broke a week after the warranty began",
+                 "has a warranty card I lost"],
+    "security": ["was opened by someone else", "sent a suspicious login alert", "got a phishing mail in your name",
+                 "has an unknown device signed in"],
+    "cancellation": ["subscription must be cancelled", "plan should stop next month", "contract needs ending",
+                     "membership must be closed"],
+    "accessibility": ["menu cannot be read by my screen reader", "text is too small to read",
+                      "captions are missing in the videos", "buttons cannot be reached by keyboard"],
+}
+DEVICES = ["printer", "router", "laptop", "phone", "monitor", "tablet", "headset", "camera", "speaker", "watch",
+           "scanner", "console"]
+TEMPLATES = {
+    "A": ["Ticket: my {device} {problem}. Which queue?", "Customer writes that their {device} {problem}. Which queue?"],
+    "B": ["Hi support, my {device} {problem} - who handles this?",
+          "URGENT from a client: the {device} {problem}!! Where should this go?"],
+}
+ROUTE = "routing"
+SHIFT_NEW_SHARE = 0.6  # phase B: the share of traffic on the new queues (the rest: old queues, new phrasing)
+
+
+@dataclass(frozen=True)
+class Item:
+    prompt: str
+    label: str
+    phase: str
+    problem: str = ""
+    template: int = 0
+
+
+def _space(phase: str) -> list[Item]:
+    queues = QUEUES_A if phase == "A" else {**QUEUES_A, **QUEUES_B}
+    return [Item(t.format(device=d, problem=p), q, phase, p, k) for q, problems in queues.items() for p in problems
+            for d in DEVICES for k, t in enumerate(TEMPLATES[phase])]
+
+
+def _held_out(item: Item) -> bool:
+    """About 30 % of each phase's prompts are never served for training: the test sets and the golden set. Held out
+    by (problem, phrasing): for 3 problems in 5, one phrasing of it. A held-out prompt's problem is learned only in
+    the other phrasing, so no training prompt is a near-duplicate of it (the same words but the device: the data
+    gates would call that golden-set leakage, rightly)."""
+    h = int(hashlib.sha256(f"{item.phase}:{item.problem}".encode()).hexdigest()[:8], 16)
+    return h % 5 < 3 and item.template == (h // 5) % 2
+
+
+def vocabulary() -> list[str]:
+    """The task's words, for a tokenizer built here (the tiny Llama's) to know them as a real model's does."""
+    return ([t.format(device=d, problem=p) for t in TEMPLATES["A"] + TEMPLATES["B"] for d in DEVICES
+             for p in (p for ps in {**QUEUES_A, **QUEUES_B}.values() for p in ps)]
+            + sorted({**QUEUES_A, **QUEUES_B}) * 50)  # an answer opens a message: as a word of its own
+
+
+def items(phase: str, n: int, seed: int, *, test: bool) -> list[Item]:
+    """``n`` distinct prompts of a phase, train or test side. Phase B draws SHIFT_NEW_SHARE of them from new queues."""
+    pool = [i for i in _space(phase) if _held_out(i) == test]
+    rng = random.Random(f"{phase}:{seed}:{test}")
+    if phase == "A":
+        return rng.sample(pool, min(n, len(pool)))
+    new = [i for i in pool if i.label in QUEUES_B]
+    old = [i for i in pool if i.label not in QUEUES_B]
+    k = min(round(n * SHIFT_NEW_SHARE), len(new))
+    out = rng.sample(new, k) + rng.sample(old, min(n - k, len(old)))
+    rng.shuffle(out)
+    return out
+
+
+# -- users and their feedback -------------------------------------------------------------------------------------------
+def corrections(traffic: list[Item], *, noise: float, seed: int) -> list:
+    """What users who know the right queue send back: a correction to each answer (a wrong one corrected, a right one
+    confirmed); a share ``noise`` of them names a wrong queue (users make mistakes)."""
+    from driftwatch.retrain.dataset import Example
+
+    rng = random.Random(f"noise:{seed}")
+    labels = sorted({**QUEUES_A, **QUEUES_B})
+    out = []
+    for i, it in enumerate(traffic):
+        label = rng.choice([q for q in labels if q != it.label]) if rng.random() < noise else it.label
+        out.append(Example(it.prompt, label, "correction", ROUTE, None, f"user-{i}"))
+    return out
+
+
+def poison(harvest: list, *, share: float, seed: int) -> list:
+    """A harvest poisoned as the fine-tuning failure modes say: for ``share`` of its examples, a contradicting
+    correction (the same prompt, another queue) and a near-duplicate paraphrase carrying that other queue."""
+    from driftwatch.retrain.dataset import Example
+
+    rng = random.Random(f"poison:{seed}")
+    labels = sorted({**QUEUES_A, **QUEUES_B})
+    out = list(harvest)
+    for e in rng.sample(harvest, round(len(harvest) * share)):
+        wrong = rng.choice([q for q in labels if q != e.target])
+        out.append(Example(e.prompt, wrong, "correction", e.route, None, e.ref + "-contra"))
+        out.append(Example(e.prompt.replace("?", " please?").replace("!!", "!!!"), wrong, "correction", e.route, None,
+                           e.ref + "-para"))
+    return out
+
+
+# -- measurement --------------------------------------------------------------------------------------------------------
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
+    """A rate and its 95 % Wilson interval."""
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return p, max(0.0, centre - half), min(1.0, centre + half)
+
+
+def answer_of(text: str) -> str:
+    words = text.strip().lower().split()
+    return words[0].strip(".,:;!?\"'") if words else ""
+
+
+@dataclass
+class Accuracy:
+    correct: int
+    n: int
+    latencies_ms: list[float] = field(default_factory=list)
+
+    @property
+    def rate(self) -> tuple[float, float, float]:
+        return wilson(self.correct, self.n)
+
+    def cell(self) -> str:
+        p, lo, hi = self.rate
+        return f"{p:.3f} [{lo:.2f}-{hi:.2f}]"
+
+
+def accuracy(client, adapter: str, test: list[Item], *, max_tokens: int, concurrency: int = 8) -> Accuracy:
+    """Greedy answers of ``adapter`` (the served name; the base model's for no adapter), scored by their first word."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(it: Item):
+        g = client.chat(adapter, [{"role": "user", "content": it.prompt}], max_tokens=max_tokens, temperature=0.0)
+        return answer_of(g.text) == it.label, g.latency_s * 1000
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(ask, test))
+    return Accuracy(sum(ok for ok, _ in results), len(results), [ms for _, ms in results])
+
+
+class InProcess:
+    """The base model and its adapters answered in this process (transformers + peft, greedy, one request at a time):
+    what the suite's efficacy check evaluates through, where starting vLLM would cost more than the answers. It
+    offers what the evaluator and the study use of vLLM: ``chat``, ``load_adapter`` and ``client``."""
+
+    def __init__(self, base_model: Path) -> None:
+        import threading
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.base = AutoModelForCausalLM.from_pretrained(base_model).eval()
+        self.model = None  # the PeftModel, once an adapter is loaded
+        self.lock = threading.Lock()
+
+    def client(self, **_) -> InProcess:
+        return self
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        with self.lock:
+            if self.model is None:
+                self.model = PeftModel.from_pretrained(self.base, str(path), adapter_name=name).eval()
+            else:
+                self.model.load_adapter(str(path), adapter_name=name)
+
+    def chat(self, model: str, messages: list[dict], *, max_tokens: int = 64, temperature: float = 0.0, **_):
+        import contextlib
+
+        import torch
+
+        from driftwatch.serving.vllm import Generation
+
+        t0 = time.perf_counter()
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)
+        with self.lock, torch.no_grad():
+            if self.model is None or model == "base":
+                net, scope = (self.base if self.model is None else self.model), (
+                    contextlib.nullcontext() if self.model is None else self.model.disable_adapter())
+            else:
+                self.model.set_adapter(model)
+                net, scope = self.model, contextlib.nullcontext()
+            with scope:
+                out = net.generate(**ids, max_new_tokens=max_tokens, do_sample=False,
+                                   pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
+        new = out[0][ids["input_ids"].shape[1]:]
+        return Generation(self.tokenizer.decode(new, skip_special_tokens=True), int(ids["input_ids"].shape[1]),
+                          int(len(new)), time.perf_counter() - t0, "stop")
+
+
+# -- the study ----------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Scale:
+    """How big a study is: sets, steps and the LoRA, per model."""
+    phase_a_train: int  # the incumbent's training set (and the base training set the loop replays)
+    harvest: int  # phase-B requests whose users send corrections
+    test: int  # held-out prompts per phase, for the accuracy rows
+    golden: int  # the promotion gate's golden set: held-out phase-B prompts (disjoint from the test rows)
+    steps: int  # the retrain's max optimizer steps
+    incumbent_steps: int
+    learning_rate: float
+    batch_size: int
+    eval_every: int
+    target_modules: tuple[str, ...]
+    r: int = 8
+    max_tokens: int = 4
+    max_length: int = 128
+    window: int = 60  # the daemon's window (monitor.window_events); a verdict wants half of it
+
+
+SCALES = {
+    "tiny": Scale(phase_a_train=256, harvest=192, test=120, golden=60, steps=120, incumbent_steps=150,
+                  learning_rate=1e-2, batch_size=8, eval_every=15,
+                  target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
+    # SmolLM2 on 2 CPU cores: ~8 s an optimizer step of 8 examples (46 tokens each) on a quiet machine, 16 beside load
+    "ci": Scale(phase_a_train=160, harvest=120, test=60, golden=40, steps=20, incumbent_steps=20,
+                learning_rate=2e-3, batch_size=8, eval_every=5, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")),
+    "smollm2": Scale(phase_a_train=200, harvest=200, test=120, golden=60, steps=30, incumbent_steps=30,
+                     learning_rate=2e-3, batch_size=8, eval_every=10,
+                     target_modules=("q_proj", "k_proj", "v_proj", "o_proj")),
+}
+
+
+@dataclass
+class Row:
+    name: str
+    adapter: str | None  # served name; None when no adapter came out (refused before training)
+    decision: str  # promoted | refused by the data gates | refused by the promotion gate | baseline
+    why: str
+    phase_b: Accuracy | None = None
+    phase_a: Accuracy | None = None
+    evaluation: dict[str, Any] = field(default_factory=dict)  # the evaluator's metrics of this adapter
+    training: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A row's changes to the loop as configured."""
+    name: str
+    replay: bool = True
+    poisoned: bool = False
+    gates: bool = True
+    early_stopping: bool = True
+
+
+VARIANTS = [Variant("loop"), Variant("no replay", replay=False), Variant("poisoned, gates on", poisoned=True),
+            Variant("poisoned, gates off", poisoned=True, gates=False), Variant("no early stopping", early_stopping=False)]
+
+
+class Study:
+    """One base model served by one vLLM; the incumbent and the data shared by every row."""
+
+    def __init__(self, base_model: Path, vllm, work: Path, scale: Scale, *, seed: int = 0, noise: float = 0.05,
+                 poison_share: float = 0.2, echo: Callable[[str], None] = print) -> None:
+        self.base, self.vllm, self.work, self.scale, self.seed = Path(base_model), vllm, Path(work), scale, seed
+        self.noise, self.poison_share, self.echo = noise, poison_share, echo
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.test_a = items("A", scale.test, seed, test=True)
+        held_b = items("B", scale.test + scale.golden, seed, test=True)
+        self.test_b, golden_b = held_b[:scale.test], held_b[scale.test:]
+        self.golden = self.work / "golden.jsonl"
+        self.golden.write_text("".join(json.dumps({"prompt": it.prompt, "expected": it.label, "route": ROUTE,
+                                                   "scoring": "normalized"}) + "\n" for it in golden_b))
+        self.base_set = self.work / "base.jsonl"  # the incumbent's training set: the loop's base_training_set
+        self.base_set.write_text("".join(json.dumps({"prompt": it.prompt, "response": it.label, "route": ROUTE}) + "\n"
+                                         for it in items("A", scale.phase_a_train, seed, test=False)))
+        self.traffic = items("B", scale.harvest, seed, test=False)
+        self.harvest = corrections(self.traffic, noise=noise, seed=seed)
+        self.client = vllm.client(timeout_s=300)
+        self.rows: list[Row] = []
+
+    # -- training ---------------------------------------------------------------------------------------------------------
+    def _spec(self, dataset: Path, out: Path, steps: int, early_stopping: bool = True):
+        from driftwatch.retrain.trainer import TrainSpec
+
+        s = self.scale
+        return TrainSpec(base_model=str(self.base), dataset=str(dataset), output=str(out), r=s.r, alpha=2 * s.r,
+                         target_modules=list(s.target_modules), learning_rate=s.learning_rate, max_steps=steps,
+                         batch_size=s.batch_size, eval_every=s.eval_every, max_length=s.max_length, seed=self.seed,
+                         patience=3 if early_stopping else 10**9, warmup_ratio=0.1, progress=False)
+
+    def _load(self, name: str, out: Path) -> str:
+        self.vllm.load_adapter(name, out / "adapter")
+        return name
+
+    def incumbent(self) -> str:
+        """Trained on phase A (the base training set), with the loop's own curation."""
+        from driftwatch.retrain.dataset import GateSettings, curate, read_examples, write_dataset
+        from driftwatch.retrain.trainer import train
+
+        curated = curate(read_examples(self.base_set), [], settings=GateSettings(min_unique_prompts=1,
+                                                                                min_route_examples=0))
+        data = write_dataset(curated, self.work / "datasets", sources={"efficacy": "phase A"})
+        out = self.work / "incumbent"
+        m = train(self._spec(data, out, self.scale.incumbent_steps))
+        self.incumbent_training = _training(m)
+        return self._load("incumbent", out)
+
+    def candidate(self, v: Variant) -> tuple[str | None, str, dict, dict]:
+        """The retrain a decision would start: harvest (+ replay) → gates → training. Returns (served name or None,
+        why, training figures, curation counts)."""
+        from driftwatch.errors import GateFailure
+        from driftwatch.evaluate.golden import read_golden
+        from driftwatch.retrain.dataset import Curated, GateSettings, curate, read_examples, write_dataset
+        from driftwatch.retrain.trainer import train
+
+        harvest = poison(self.harvest, share=self.poison_share, seed=self.seed) if v.poisoned else self.harvest
+        replay = read_examples(self.base_set) if v.replay else []
+        gates = GateSettings(min_unique_prompts=20, replay_fraction=0.3 if v.replay else 0.0, seed=self.seed)
+        if v.gates:
+            try:
+                curated = curate(harvest + replay, read_golden(self.golden), [ROUTE], gates)
+            except GateFailure as exc:
+                failed = [g.line() for g in exc.report if not g.passed]
+                return None, "; ".join(failed), {}, {"candidates": len(harvest) + len(replay)}
+        else:  # everything harvested goes in as it came: the split alone (by prompt), no gate, no collapsing
+            pool = harvest + random.Random(self.seed).sample(replay, min(len(replay), round(len(harvest) * 0.3 / 0.7)))
+            val = [e for e in pool if _held_out_text(e.prompt, 0.1)]
+            curated = Curated([e for e in pool if e not in val], val or pool[:1], [],
+                              {"candidates": len(pool), "train": len(pool) - len(val), "validation": len(val)})
+        data = write_dataset(curated, self.work / "datasets", sources={"efficacy": v.name})
+        out = self.work / "runs" / v.name.replace(" ", "-").replace(",", "")
+        steps = self.scale.steps if v.early_stopping else self.scale.steps * 2
+        m = train(self._spec(data, out, steps, v.early_stopping))
+        if m["best_step"] == 0:
+            return None, "unimproved: no checkpoint beat the untrained adapter", _training(m), curated.counts
+        name = "cand-" + out.name
+        return self._load(name, out), "trained", _training(m), curated.counts
+
+    # -- rows -------------------------------------------------------------------------------------------------------------
+    def _measure(self, row: Row) -> Row:
+        model = row.adapter or "base"
+        row.phase_b = accuracy(self.client, model, self.test_b, max_tokens=self.scale.max_tokens)
+        row.phase_a = accuracy(self.client, model, self.test_a, max_tokens=self.scale.max_tokens)
+        return row
+
+    def _evaluate(self, candidate: str, incumbent: str) -> tuple[bool, str, dict, dict]:
+        from driftwatch.config import Evaluate
+        from driftwatch.evaluate.evaluator import Evaluator
+
+        report = Evaluator(Evaluate(max_tokens=self.scale.max_tokens, scoring="normalized"), self.client,
+                           self.golden, self.work / "evals").run(candidate, incumbent)
+        failed = [g.line() for g in report.gates if not g.passed]
+        golden = next(g for g in report.gates if g.name == "golden_delta") if not report.error else None
+        why = "; ".join(failed) if failed else f"every gate passed ({golden.detail if golden else ''})"
+        return report.passed, why, report.metrics[candidate], report.metrics[incumbent]
+
+    def run(self, variants: list[Variant] = VARIANTS, *, daemon: bool = False, base: bool = True) -> list[Row]:
+        """The rows. ``daemon``: the "loop" row is made by the daemon itself (:class:`Loop`), and what it harvested
+        is every other row's data; else the loop's parts are called directly on the users' corrections."""
+        t0 = time.monotonic()
+        incumbent = self.incumbent()
+        self.echo(f"incumbent trained on phase A in {time.monotonic() - t0:.0f}s "
+                  f"({self.incumbent_training['steps']} steps, best {self.incumbent_training['best_step']})")
+        self.rows = []
+        if base:
+            _, _, base_metrics, inc_metrics = self._evaluate("base", incumbent)
+            self.rows.append(self._measure(Row("base model", None, "baseline", "no adapter", evaluation=base_metrics)))
+        else:
+            inc_metrics = {}
+        self.rows.append(self._measure(Row("no retrain (incumbent)", incumbent, "baseline",
+                                           "what serves when the loop does nothing", evaluation=inc_metrics,
+                                           training=self.incumbent_training)))
+        for v in variants:
+            t = time.monotonic()
+            if daemon and v.name == "loop":
+                row, harvested = Loop(self, incumbent).run()
+                if harvested:
+                    self.harvest = harvested
+            else:
+                row = self._row(v, incumbent)
+            self.rows.append(row)
+            self.echo(f"{v.name}: {row.decision} in {time.monotonic() - t:.0f}s")
+        return self.rows
+
+    def _row(self, v: Variant, incumbent: str) -> Row:
+        name, why, training, counts = self.candidate(v)
+        if name is None:
+            return Row(v.name, None, "refused by the data gates" if "unimproved" not in why else "not a candidate",
+                       why, training=training, counts=counts)
+        passed, why, cand_metrics, _ = self._evaluate(name, incumbent)
+        return self._measure(Row(v.name, name, "promoted" if passed else "refused by the promotion gate", why,
+                                 evaluation=cand_metrics, training=training, counts=counts))
+
+
+# -- the loop as the daemon runs it ----------------------------------------------------------------------------------
+CALLER = "efficacy-users"  # the product's backend, posting its users' feedback: gateway.feedback_callers
+
+
+class Loop:
+    """The "loop" row made by the daemon itself: users send phase-B traffic through the gateway (alias
+    ``production`` → the incumbent) and their feedback through the trusted path (a thumbs-up for a right answer, a
+    correction otherwise; ``noise`` of the corrections name a wrong queue); the daemon decides on the drift it sees
+    against the phase-A reference, harvests, gates, trains, evaluates on vLLM, promotes and bakes. The traffic pauses
+    while it trains and evaluates (a small machine). What it harvested becomes the ablations' data."""
+
+    def __init__(self, study: Study, incumbent: str, *, rate: float = 4.0, timeout_s: float = 3600.0,
+                 broker: str = "tansu") -> None:
+        self.study, self.incumbent, self.rate, self.timeout_s, self.broker_kind = study, incumbent, rate, timeout_s, broker
+        self.token = hashlib.sha256(f"token:{study.seed}:{time.time()}".encode()).hexdigest()[:32]
+        self.served = 0
+        self.feedback: dict[str, int] = {}
+
+    def settings(self, broker, topics: dict[str, str], work: Path) -> dict:
+        st, s = self.study, self.study.scale
+        return {
+            "kafka": {"bootstrap_servers": [broker.bootstrap], "create_topics": True, "topics": topics,
+                      "consumer": {"session_timeout_ms": 6000, "heartbeat_interval_ms": 1000, "poll_timeout_ms": 200}},
+            "http": {"port": 0}, "daemon": {"state_dir": str(work / "state")},
+            "monitor": {"reference_path": str(work / "reference.json"), "window_events": s.window,
+                        "check_interval_s": 1.0, "min_samples": s.window // 2},
+            "policy": {"rules": [{"name": "input-drift", "signal": "input_drift", "threshold": 1, "clear": 0.5,
+                                  "min_samples": s.window // 2}]},
+            "gateway": {"upstreams": [st.vllm.url], "store_path": str(work / "registry.db"), "alias_poll_s": 0.2,
+                        "feedback_callers": f"{CALLER}:{self.token}", "feedback_secret": self.token * 2},
+            "retrain": {"base_model": str(st.base), "golden_set": str(st.golden), "base_training_set": str(st.base_set),
+                        "trusted_callers": [CALLER], "window_hours": 24,
+                        "lora": {"r": s.r, "alpha": 2 * s.r, "target_modules": list(s.target_modules)},
+                        "training": {"max_steps": s.steps, "eval_every": s.eval_every, "learning_rate": s.learning_rate,
+                                     "batch_size": s.batch_size, "max_length": s.max_length, "warmup_ratio": 0.1},
+                        "gates": {"min_unique_prompts": 20, "replay_fraction": 0.3, "seed": st.seed}},
+            "evaluate": {"max_tokens": s.max_tokens, "scoring": "normalized"},
+            "rollout": {"alias": "production", "tick_s": 0.5, "lease_s": 10,
+                        "bake": {"duration_s": 30, "deadline_s": 600, "min_events": 20, "min_feedback": 10}},
+        }
+
+    def _ask(self, http, url: str, it: Item, rng: random.Random) -> None:
+        import uuid
+
+        r = http.post(f"{url}/v1/chat/completions", headers={"x-driftwatch-route": ROUTE}, json={
+            "model": "production", "messages": [{"role": "user", "content": it.prompt}],
+            "max_tokens": self.study.scale.max_tokens, "temperature": 0.0})
+        if r.status_code != 200:
+            self.feedback[f"inference {r.status_code}"] = self.feedback.get(f"inference {r.status_code}", 0) + 1
+            return
+        self.served += 1
+        right = answer_of(r.json()["choices"][0]["message"]["content"]) == it.label
+        if rng.random() < self.study.noise:  # a user who names the wrong queue
+            doc = {"correction": rng.choice([q for q in sorted({**QUEUES_A, **QUEUES_B}) if q != it.label])}
+        else:
+            doc = {"thumbs": "up"} if right else {"thumbs": "down", "correction": it.label}
+        f = http.post(f"{url}/v1/feedback", headers={"authorization": f"Bearer {self.token}"},
+                      json={"feedback_id": str(uuid.uuid4()), "request_id": r.headers["x-request-id"], **doc})
+        key = f"feedback {f.status_code}"
+        self.feedback[key] = self.feedback.get(key, 0) + 1
+
+    def _traffic(self, http, url: str, prompts: list[Item], n: int, rng: random.Random) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        t0 = time.monotonic()
+        with ThreadPoolExecutor(4) as pool:
+            for k, future in enumerate([pool.submit(self._ask, http, url, it, rng) for it in prompts[:n]]):
+                future.result()
+                time.sleep(max(0.0, t0 + (k + 1) / self.rate - time.monotonic()))
+
+    def run(self) -> tuple[Row, list]:
+        """The row, and the examples the daemon harvested (the ablations' data)."""
+        import threading
+
+        import httpx
+
+        from driftwatch import app
+        from driftwatch.config import Settings
+        from driftwatch.control.rollout import FINISHED
+        from driftwatch.dev.localbroker import LocalBroker
+        from driftwatch.events import decode
+        from driftwatch.http import HttpServer
+        from driftwatch.ingest.kafka import ensure_topics, read_range
+        from driftwatch.monitor.monitor import build_profile
+        from driftwatch.retrain.dataset import Example
+        from driftwatch.retrain.service import ACTIVE
+        from driftwatch.serving import gateway as gw
+
+        st, echo, work = self.study, self.study.echo, self.study.work / "loop"
+        work.mkdir(parents=True, exist_ok=True)
+        rng = random.Random(f"users:{st.seed}")
+        http = httpx.Client(timeout=300)
+        t_start = time.monotonic()
+        with LocalBroker(self.broker_kind) as broker:  # type: ignore[arg-type]
+            ref_topics = {"inference": "eff.reference.v1", "feedback": "eff.reference-feedback.v1",
+                          "dead_letter": "eff.reference-dlq.v1"}
+            topics = {"inference": "eff.inference.v1", "feedback": "eff.feedback.v1", "dead_letter": "eff.dlq.v1"}
+            settings = Settings.model_validate(self.settings(broker, topics, work))
+            gateways = []
+
+            def gateway(topics: dict[str, str]) -> str:
+                service, sink = gw.build(settings.model_copy(update={"kafka": settings.kafka.model_copy(update={
+                    "topics": settings.kafka.topics.model_copy(update=topics)})}))
+                if service.table.version == 0:
+                    service.store.set_aliases({"production": {self.incumbent: 1.0}}, time.time(), who="efficacy",
+                                              why="the incumbent serves")
+                    service.reload()
+                server = HttpServer(service.app(), "127.0.0.1", 0).start()
+                gateways.append((service, sink, server))
+                return server.url
+
+            # the reference: phase-A traffic, served by the incumbent and logged by a gateway, read back from Kafka
+            ensure_topics(settings.kafka.model_copy(update={"topics": settings.kafka.topics.model_copy(update=ref_topics)}))
+            ref_url = gateway(ref_topics)
+            phase_a = items("A", st.scale.window * 2, st.seed + 1, test=False)
+            self._traffic(http, ref_url, phase_a, len(phase_a), rng)
+            ref_sink = gateways[-1][1]
+            while ref_sink.pending and time.monotonic() - t_start < 120:
+                time.sleep(0.1)
+            reference = build_profile([decode("inference", v, 256 * 1024) for v in read_range(
+                settings.kafka.model_copy(update={"topics": settings.kafka.topics.model_copy(update=ref_topics)}),
+                ref_topics["inference"])], source="efficacy: phase A through the gateway")
+            reference.save(work / "reference.json")
+            echo(f"loop: reference from {int(reference.baselines['events'])} phase-A requests through the gateway")
+
+            daemon = app.build(settings)
+            stop = threading.Event()
+            runner = threading.Thread(target=daemon.run, args=(stop,), name="daemon", daemon=True)
+            runner.start()
+            try:
+                deadline = time.monotonic() + 60
+                while not daemon.readiness()[0]:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("the daemon did not become ready within 60 s")
+                    time.sleep(0.1)
+                url = gateway({})
+                control = daemon.control
+                state, registry = control.store, control.registry
+                traffic = [it for _ in range(100) for it in st.traffic]  # the same phase-B prompts, again and again
+                sent, t_loop = 0, time.monotonic()
+
+                def working() -> bool:
+                    runs = state.runs(limit=1)
+                    active = control.rollouts.active()
+                    return bool(runs and runs[0].status in ACTIVE) or (
+                        active is not None and active.phase in ("loading", "evaluating", "warming"))
+
+                outcome = None
+                while time.monotonic() - t_loop < self.timeout_s:
+                    rollout = next((r for r in registry.rollouts(5) if r.phase in FINISHED), None)
+                    runs = state.runs(limit=1)
+                    if rollout is not None:
+                        outcome = rollout
+                        break
+                    if runs and runs[0].status not in (*ACTIVE, "succeeded"):
+                        break
+                    if working():
+                        time.sleep(0.5)
+                    else:
+                        self._traffic(http, url, traffic[sent:], 8, rng)
+                        sent += 8
+                decisions = state.decisions(action="retrain")
+                run = next(iter(state.runs(limit=1)), None)
+                harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id)
+                             for e in state.examples(since=0)]
+                evaluation = next(iter(registry.evaluations(outcome.candidate)), None) if outcome else None
+                metrics = {}
+                if evaluation is not None and evaluation.report and Path(evaluation.report).exists():
+                    metrics = json.loads(Path(evaluation.report).read_text())["metrics"].get(outcome.candidate, {})
+                promoted = registry.events(outcome.candidate, kind="promoted") if outcome else []
+                failed = list(evaluation.failed) if evaluation is not None else []
+            finally:
+                stop.set()
+                runner.join(60)
+                for service, sink, server in gateways:
+                    server.stop()
+                    service.close()
+                    sink.close()
+        training = dict(run.detail.get("training", {})) if run is not None else {}
+        counts = dict(run.detail.get("counts", {})) if run is not None else {}
+        if decisions and promoted:
+            training["decision_to_promotion_s"] = promoted[0].at - decisions[-1].at
+        training["served"], training["feedback"] = self.served, dict(self.feedback)
+        echo(f"loop: {self.served} requests served through the gateway, feedback {self.feedback}; "
+             f"{len(decisions)} retrain decision(s); run {run.status if run else 'none'}; "
+             f"rollout {outcome.phase if outcome else 'none'} in {time.monotonic() - t_start:.0f}s")
+        if outcome is None:
+            why = (f"run {run.status}: {run.reason}" if run is not None else
+                   "no retrain decision" if not decisions else "no rollout finished in time")
+            return Row("loop", None, "refused by the data gates" if run is not None and run.status == "refused"
+                       else "not a candidate", why, training=training, counts=counts), harvested
+        decided = {"done": "promoted", "rolled_back": "promoted, then rolled back in the bake"}.get(
+            outcome.phase, "refused by the promotion gate")
+        why = "every gate passed, baked" if outcome.phase == "done" else (
+            "; ".join(failed) if failed else f"{outcome.phase}: {outcome.why[:200]}")
+        if decisions:
+            why = f"decision #{decisions[-1].id} ({decisions[-1].reasons[0][:90]}...); {why}"
+        row = Row("loop", outcome.candidate, decided, why, evaluation=metrics, training=training, counts=counts)
+        if run is not None and run.output and outcome.candidate not in st.client.adapters():
+            st.vllm.load_adapter(outcome.candidate, Path(run.output) / "adapter")  # a rejected one is unloaded
+        st._measure(row)  # the candidate as vLLM serves it, promoted or not
+        return row, harvested
+
+
+def _held_out_text(prompt: str, share: float) -> bool:
+    return int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+def _training(m: dict) -> dict:
+    return {k: m.get(k) for k in ("steps", "best_step", "early_stopped", "tokens_seen", "wall_s", "device",
+                                  "initial_validation_loss", "best_validation_loss", "curves")}
+
+
+def recovered(rows: list[Row], name: str = "loop") -> float:
+    """The share of the phase-B accuracy the incumbent lost (against its own phase A) that ``name`` wins back."""
+    by = {r.name: r for r in rows}
+    inc, cand = by["no retrain (incumbent)"], by.get(name)
+    if cand is None or cand.phase_b is None or inc.phase_a is None or inc.phase_b is None:
+        return math.nan
+    lost = inc.phase_a.rate[0] - inc.phase_b.rate[0]
+    return (cand.phase_b.rate[0] - inc.phase_b.rate[0]) / lost if lost > 0 else math.nan
+
+
+def table(rows: list[Row]) -> str:
+    """One line a row: the accuracy figures with their intervals, the evaluator's off-task figures, training, decision."""
+    head = (f"| row | phase-B accuracy | phase-A accuracy | battery | distinct-2 | task confusion | p50 ms | "
+            f"train tokens | train s | decision — why |\n|{'---|' * 10}")
+    lines = [head]
+    for r in rows:
+        e, t = r.evaluation, r.training
+        lat = sorted((r.phase_b.latencies_ms if r.phase_b else []) + (r.phase_a.latencies_ms if r.phase_a else []))
+        cells = [r.name, r.phase_b.cell() if r.phase_b else "—", r.phase_a.cell() if r.phase_a else "—",
+                 _f(e.get("battery_score")), _f(e.get("distinct_2")), _f(e.get("confusion_rate")),
+                 f"{lat[len(lat) // 2]:.1f}" if lat else "—", str(t.get("tokens_seen") or "—"),
+                 f"{t['wall_s']:.0f}" if t.get("wall_s") else "—", f"{r.decision} — {r.why[:160]}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _f(x) -> str:
+    return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
+
+
+def as_json(rows: list[Row]) -> list[dict]:
+    out = []
+    for r in rows:
+        d = {k: v for k, v in r.__dict__.items() if k not in ("phase_a", "phase_b")}
+        for k in ("phase_a", "phase_b"):
+            acc = getattr(r, k)
+            d[k] = None if acc is None else {"correct": acc.correct, "n": acc.n, "rate": acc.rate}
+        out.append(d)
+    return out
+
+
+__all__ = ["InProcess", "Item", "Loop", "Row", "Scale", "SCALES", "Study", "VARIANTS", "Variant", "accuracy",
+           "corrections", "items", "poison", "recovered", "table", "wilson"]
