@@ -37,6 +37,8 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/detection.py
 	$(BIN)/python bench/train.py --model tiny
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/peers.py  # makes .bench/peers-venv (litellm[proxy]==1.108.7) on first use
+	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/swap.py
 
 efficacy: $(VENV)/.installed-test  # offline, long (see bench/efficacy.py); never part of `make test`
@@ -46,4 +48,4 @@ docs: $(VENV)/.installed-test
 	$(BIN)/python -c "from driftwatch.config import reference; print(reference(), end='')" > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache build src/*.egg-info
+	rm -rf $(VENV) .bench/peers-venv .pytest_cache build src/*.egg-info
