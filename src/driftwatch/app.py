@@ -302,7 +302,8 @@ def otlp_decoders(settings: Settings, registry: SqlStore) -> dict:
     names = ModelNames(registry, extra=frozenset({gw.base_model}) if gw.serve_base_model else frozenset(),
                        refresh_s=max(gw.alias_poll_s, 5.0))
     return {s.topic: SpanDecoder(s.format, names.resolve, refresh=names.refresh_if_due, base_model=gw.base_model,
-                                 max_bytes=settings.ingest.max_record_bytes) for s in settings.ingest.sources}
+                                 max_bytes=settings.ingest.max_record_bytes, trusted=s.trusted)
+            for s in settings.ingest.sources}
 
 
 def advertise_url(settings: Settings, http: HttpServer | None) -> str | None:

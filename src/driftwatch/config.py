@@ -96,6 +96,10 @@ class IngestSource(_Section):
     format: Literal["otlp_proto", "otlp_json"] = Field(
         "otlp_proto", description="OTLP traces as the OpenTelemetry Collector's Kafka exporter writes them "
         "(its traces encoding)")
+    trusted: bool = Field(False, description="its spans may move the monitor windows (drift, quality, the bake's "
+                          "checks, so decisions and rollbacks): only when whoever can write to the topic is trusted, "
+                          "e.g. the Collector's receivers authenticate; off, they count in the signals (requests, "
+                          "latency, tokens, errors) only")
 
 
 def _sources(value: Any) -> Any:

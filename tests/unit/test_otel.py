@@ -99,8 +99,9 @@ class Registry:
         return len(self.table), self.table
 
 
-def decoder(fmt="otlp_proto", max_bytes=1_048_576, registry=None) -> SpanDecoder:
-    return SpanDecoder(fmt, ModelNames(registry or Registry()).resolve, base_model="base", max_bytes=max_bytes)
+def decoder(fmt="otlp_proto", max_bytes=1_048_576, registry=None, trusted=True) -> SpanDecoder:
+    return SpanDecoder(fmt, ModelNames(registry or Registry()).resolve, base_model="base", max_bytes=max_bytes,
+                       trusted=trusted)
 
 
 def decode(spans, fmt="otlp_proto", **kw) -> Decoded:
@@ -121,7 +122,7 @@ def test_a_genai_chat_span_is_one_inference_event(fmt):
     assert [(m.role, m.content) for m in event.messages] == [("user", "Where is my order 1234?")]
     assert event.response == "It shipped."
     assert (event.tokens_in, event.tokens_out, event.status) == (14, 9, "ok")
-    assert event.metadata == {"source": "otlp", "content": "full", "trace_id": f"{TRACE:032x}",
+    assert event.metadata == {"source": "otlp", "content": "full", "trusted": True, "trace_id": f"{TRACE:032x}",
                               "span_id": f"{0x1001:016x}", "span": "chat v1", "service": "support-bot",
                               "operation": "chat"}
 
@@ -421,6 +422,39 @@ def test_spans_never_make_training_data_and_contentless_ones_never_reach_a_windo
     kept = windowed(seen)
     assert [a.event.metadata.get("content", "logged") if a.kind == "inference" else a.kind for a in kept] == \
         ["full", "logged", "feedback", "feedback"]
+
+
+def test_spans_of_a_source_not_marked_trusted_count_in_the_signals_and_never_reach_a_window():
+    # anyone who reaches an open Collector writes to its topic: such spans must not decide a retrain or roll back
+    source, sink, metrics = FakeSource([[Rec("otlp", 0, 0, encode([chat(1), chat(2), vllm(3)], "otlp_proto"))]]), \
+        FakeSink(), Metrics()
+    seen = []
+    ing = Ingestor(source, sink, metrics, kinds={"inf": "inference", "fb": "feedback"}, max_record_bytes=1_048_576,
+                   dedup=DedupWindow(1000, 3600), downstream=seen.extend, group_id="g",
+                   spans={"otlp": decoder("otlp_proto", trusted=False)})
+    ing.poll()
+    assert len(seen) == 3 and windowed(seen) == []
+    assert value(metrics, "driftwatch_otel_spans_total", outcome="event") == 2
+
+
+def test_a_flood_of_spans_never_evicts_the_gateways_requests_from_the_dedup_table():
+    # the table holds 5 keys; 40 spans pass through it, then feedback on the gateway's request still finds it, and
+    # the gateway's record read again is still a duplicate
+    logged = json.dumps({**GOOD, "request_id": "r-1"}).encode()
+    fb = json.dumps({"schema_version": 1, "feedback_id": "f1", "request_id": "r-1", "timestamp": 1795514400000,
+                     "thumbs": "down"}).encode()
+    batches = [[Rec("inf", 0, 0, logged)], [Rec("otlp", 0, i, encode([chat(10 * i + k) for k in range(10)],
+                                                                       "otlp_proto")) for i in range(4)],
+               [Rec("fb", 0, 0, fb), Rec("inf", 1, 0, logged)]]
+    source, sink, metrics, seen = FakeSource(batches), FakeSink(), Metrics(), []
+    ing = Ingestor(source, sink, metrics, kinds={"inf": "inference", "fb": "feedback"}, max_record_bytes=1_048_576,
+                   dedup=DedupWindow(5, 3600), downstream=seen.extend, group_id="g",
+                   spans={"otlp": decoder("otlp_proto")})
+    for _ in batches:
+        ing.poll()
+    assert [(a.kind, a.adapter) for a in seen if a.kind == "feedback"] == [("feedback", "support-v3")]
+    assert value(metrics, "driftwatch_duplicates_total", topic="inf", kind="key") == 1
+    assert value(metrics, "driftwatch_otel_spans_total", outcome="event") == 40
 
 
 def test_windowed_passes_batches_without_contentless_span_events_as_they_are():

@@ -219,7 +219,8 @@ class KafkaSource:
             # last poll stays in flight through the wait). A broker that holds an empty fetch for fetch_max_wait_ms
             # (Kafka, Tansu) costs the same either way; one that answers at once (noida-db 0.2.3: ~260 fetches/s)
             # kept the client's poll loop busy: 0.6 of a core with no traffic (bench/idle.py). The first record
-            # after a quiet spell waits at most one poll timeout more; a group (re)join polls in full, as before.
+            # after a quiet spell waits up to two poll timeouts more (with a broker that answers at once, the fetch
+            # poll(0) sends is read on the next poll); a group (re)join polls in full, as before.
             time.sleep(timeout_ms / 1000)
             timeout_ms = 0
         try:

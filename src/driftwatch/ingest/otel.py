@@ -80,10 +80,11 @@ class SpanDecoder:
     names need (ModelNames.refresh_if_due): the ingestor calls :meth:`refresh` between polls."""
 
     def __init__(self, fmt: str, resolve: Resolve, *, refresh: Callable[[], None] = lambda: None,
-                 base_model: str = "base", max_bytes: int = 1_048_576) -> None:
+                 base_model: str = "base", max_bytes: int = 1_048_576, trusted: bool = False) -> None:
         if fmt not in FORMATS:
             raise ValueError(f"unknown OTLP format {fmt!r}: use one of {FORMATS}")
         self.format, self.resolve, self.base_model, self.max_bytes = fmt, resolve, base_model, max_bytes
+        self.trusted = trusted  # ingest.sources[].trusted: its spans with content may move windows
         self.refresh = refresh
         self._request, self._json = load_proto()
 
@@ -162,7 +163,7 @@ class SpanDecoder:
         prompt, messages, response = _content(attrs, span.events, operation, fitted)
         full = bool(prompt or messages) and (response is not None or status != "ok")
         alias, adapter = self.resolve(requested, served)
-        metadata: dict[str, Any] = {"source": "otlp", "content": "full" if full else "none",
+        metadata: dict[str, Any] = {"source": "otlp", "content": "full" if full else "none", "trusted": self.trusted,
                                     "trace_id": trace_id.hex(), "span_id": span_id.hex(),
                                     "span": _fit(span.name, MAX_NAME_CHARS, fitted, "span")}
         if service:

@@ -137,19 +137,20 @@ class Served:
 
 
 def windowed(items: Sequence[Accepted]) -> Sequence[Accepted]:
-    """The accepted events that may move a monitor window: all but events made of spans that carried no content
-    (ingest/otel.py: ``metadata.content: none``; they count in the signals only: an empty prompt would skew the
-    length features and the drift tests). A batch without them is returned as it is."""
-    if not any(map(_contentless, items)):
+    """The accepted events that may move a monitor window: all but events made of spans from a source not marked
+    ``trusted`` (anyone who reaches the Collector could write them: they must not decide a retrain or roll a bake
+    back) and spans that carried no content (``metadata.content: none``: an empty prompt would skew the length
+    features and the drift tests). Both count in the signals only. A batch without them is returned as it is."""
+    if not any(map(_signals_only, items)):
         return items
-    return [a for a in items if not _contentless(a)]
+    return [a for a in items if not _signals_only(a)]
 
 
-def _contentless(a: Accepted) -> bool:
+def _signals_only(a: Accepted) -> bool:
     if a.kind != "inference":
         return False
     metadata = a.event.metadata
-    return metadata.get("content") == "none" and metadata.get("source") == "otlp"
+    return metadata.get("source") == "otlp" and (metadata.get("content") == "none" or not metadata.get("trusted"))
 
 
 class Accepted(NamedTuple):
@@ -196,9 +197,14 @@ class Ingestor:
         max_held: int = 50_000,
         clock: Callable[[], float] = time.monotonic,
         spans: Mapping[str, SpanDecoder] | None = None,
+        span_dedup: DedupWindow | None = None,
     ) -> None:
         self.source = source
         self.spans = dict(spans or {})  # OTLP topic -> its decoder (ingest/otel.SpanDecoder): Decoded | Rejected
+        # spans have their own dedup table: a flood of them (anyone who reaches the Collector) can never evict the
+        # gateway's requests, whose entries the feedback join and redelivery detection need
+        self.span_dedup = span_dedup if span_dedup is not None else (
+            DedupWindow(dedup.max_entries, dedup.max_age_s, dedup._clock) if self.spans else dedup)
         self.sink = dead_letters
         self.metrics = metrics
         self.kinds = dict(kinds)
@@ -298,7 +304,7 @@ class Ingestor:
         topic = rec.topic
         result = self.spans[topic](rec.value)
         if isinstance(result, Rejected):
-            if self.dedup.add(("o", topic, rec.partition, rec.offset)):
+            if self.span_dedup.add(("o", topic, rec.partition, rec.offset)):
                 dups[(topic, "redelivery")] = dups.get((topic, "redelivery"), 0) + 1
                 return "duplicate"
             batch.dead_letters.append(self._dead_letter(rec, result))
@@ -312,7 +318,7 @@ class Ingestor:
             spans["skipped"].inc(skipped)
         new = dup = 0
         for event in result.events:
-            _, dup_kind = self._accept("inference", event, where, batch, feedback, keep=False)
+            _, dup_kind = self._accept("inference", event, where, batch, feedback, keep=False, dedup=self.span_dedup)
             if dup_kind:
                 dups[(topic, dup_kind)] = dups.get((topic, dup_kind), 0) + 1
                 dup += 1
@@ -323,10 +329,10 @@ class Ingestor:
         return "accepted" if new else "duplicate" if dup else "skipped"
 
     def _accept(self, kind: Kind, event: Event, where: tuple[TopicPartition, int], batch: Batch,
-                feedback: list[Accepted], keep: bool = True) -> tuple[str, str]:
+                feedback: list[Accepted], keep: bool = True, dedup: DedupWindow | None = None) -> tuple[str, str]:
         """(outcome, duplicate kind) of a decoded event; an accepted one joins the batch (feedback after it). With
         ``keep`` false (spans: not vouched traffic) the join keeps the label only, never the event: no harvest."""
-        dedup = self.dedup
+        dedup = self.dedup if dedup is None else dedup
         key = (kind, event.dedup_key)
         served = Served(where, "", event if keep else None) if kind == "inference" else None
         if dedup.add(key, served or where):
@@ -342,7 +348,8 @@ class Ingestor:
             if self._held and (held := self._held.pop(event.request_id, None)):
                 self._n_held -= len(held[1])
                 feedback.extend(Accepted("feedback", e, served.adapter, served.event) for e in held[1])
-        elif (request := dedup.get(("inference", event.request_id))) is not None:
+        elif (request := dedup.get(("inference", event.request_id))
+              or self.span_dedup.get(("inference", event.request_id))) is not None:
             feedback.append(Accepted(kind, event, request.adapter, request.event))
         else:
             self._hold(event)
