@@ -295,7 +295,9 @@ def main() -> None:
             sent = 3 + args.requests + counts["sent"]
             print(f"\n3. logging: {sent:,} requests sent to the gateway, {answered:,} answered (its metric), "
                   f"{len(values):,} events on the topic, {len(ids):,} distinct request ids: "
-                  f"{'every request logged' if len(ids) == answered == sent else 'MISMATCH'}")
+                  + ("every request logged" + (f" ({len(values) - len(ids)} re-sent copies, dropped by the daemon's "
+                                               "dedup)" if len(values) > len(ids) else " exactly once")
+                     if len(ids) == answered == sent else "MISMATCH"))
 
             if "litellm" in paths:
                 g, l_ = p["gateway"], p["litellm"]

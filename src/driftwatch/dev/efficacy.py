@@ -7,10 +7,11 @@ another way ("Hi support, my printer was charged twice - who handles this?"). Ev
 accuracy is exact and each rate carries its 95 % (Wilson) interval.
 
 A :class:`Study` trains the incumbent on phase A once and then runs rows that share it, its data and its seeds:
-the loop as configured (harvested corrections + replay of the base training set, every data gate, early stopping,
-the promotion gate on vLLM against the incumbent) and its ablations — no retrain, no replay, a poisoned harvest
-with the gates on and off, no early stopping. Each row says what driftwatch decided and why. ``bench/efficacy.py``
-runs it on SmolLM2-135M-Instruct; the suite runs a small one on the tiny Llama (tests/integration/test_efficacy.py).
+the loop (made by the daemon itself, :class:`Loop`, or from its parts called directly: harvested corrections +
+replay of the base training set, every data gate, early stopping, the promotion gate against the incumbent) and
+its ablations — no retrain, no replay, a poisoned harvest with the gates on and off, no early stopping. Each row
+says what driftwatch decided and why. ``bench/efficacy.py`` runs it on SmolLM2-135M-Instruct served by vLLM; the
+suite runs a small one on SmolLM2 answered in-process (:class:`InProcess`, tests/integration/test_efficacy.py).
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ from typing import Any, AsyncIterator, Callable, NamedTuple
 
 from starlette.applications import Starlette
 from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -608,6 +608,8 @@ class GatewayService:
             return await self._serve(request, call, path)
         except Refused as refused:
             return self._fail(call, Outcome("error", refused.status, refused.code), refused.response())
+        except ClientDisconnect:  # gone while sending its body: logged as such, no traceback (a client can do it at will)
+            return self._fail(call, Outcome("error", 499, "client_disconnected"), Response(status_code=499))
         except Exception:  # noqa: BLE001 - a bug answers 500, and is logged like any other answer
             log.exception("request %s: internal error", call.request_id)
             return self._fail(call, Outcome("error", 500, "internal_error"),
