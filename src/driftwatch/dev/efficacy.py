@@ -60,6 +60,9 @@ TEMPLATES = {
           "URGENT from a client: the {device} {problem}!! Where should this go?"],
 }
 ROUTE = "routing"
+# the promotion gate's answers: long enough for the battery's and the probes' (a 4-token cut scored the battery 0
+# and distinct-2 0 for every adapter, measured); the task's answer is one word and an end token either way
+EVAL_MAX_TOKENS = 24
 SHIFT_NEW_SHARE = 0.6  # phase B: the share of traffic on the new queues (the rest: old queues, new phrasing)
 
 
@@ -386,7 +389,7 @@ class Study:
         from driftwatch.config import Evaluate
         from driftwatch.evaluate.evaluator import Evaluator
 
-        report = Evaluator(Evaluate(max_tokens=self.scale.max_tokens, scoring="normalized"), self.client,
+        report = Evaluator(Evaluate(max_tokens=EVAL_MAX_TOKENS, scoring="normalized"), self.client,
                            self.golden, self.work / "evals").run(candidate, incumbent)
         failed = [g.line() for g in report.gates if not g.passed]
         golden = next(g for g in report.gates if g.name == "golden_delta") if not report.error else None
@@ -467,7 +470,7 @@ class Loop:
                         "training": {"max_steps": s.steps, "eval_every": s.eval_every, "learning_rate": s.learning_rate,
                                      "batch_size": s.batch_size, "max_length": s.max_length, "warmup_ratio": 0.1},
                         "gates": {"min_unique_prompts": 20, "replay_fraction": 0.3, "seed": st.seed}},
-            "evaluate": {"max_tokens": s.max_tokens, "scoring": "normalized"},
+            "evaluate": {"max_tokens": EVAL_MAX_TOKENS, "scoring": "normalized"},
             "rollout": {"alias": "production", "tick_s": 0.5, "lease_s": 10,
                         "bake": {"duration_s": 30, "deadline_s": 600, "min_events": 20, "min_feedback": 10}},
         }
