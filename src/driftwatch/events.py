@@ -30,6 +30,21 @@ _MIN_EPOCH_MS = 946_684_800_000  # 2000-01-01
 _MAX_EPOCH_MS = 4_102_444_800_000  # 2100-01-01
 
 
+def fit_text(value: str, limit: int, fitted: set[str], name: str) -> str:
+    """A string as the contract takes it: at most ``limit`` characters, valid UTF-8 (a lone surrogate becomes '?');
+    ``name`` joins ``fitted`` when it had to change (the producer records that in ``metadata.fitted``)."""
+    if len(value) > limit:
+        value = value[:limit]
+        fitted.add(name)
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            value = value.encode("utf-8", "replace").decode("utf-8")
+            fitted.add(name)
+    return value
+
+
 def _epoch_ms(value: Any) -> int:
     """Accept epoch milliseconds (number) or an RFC 3339 string; return epoch milliseconds."""
     if isinstance(value, bool):

@@ -37,7 +37,7 @@ from typing import Any, Callable, Iterable
 
 from driftwatch.errors import ConfigError, ConfigProblem
 from driftwatch.events import (MAX_MESSAGES, MAX_NAME_CHARS, MAX_TEXT_CHARS, SCHEMA_VERSION, InferenceEvent, Reason,
-                               Rejected)
+                               Rejected, fit_text)
 
 FORMATS = ("otlp_proto", "otlp_json")
 SKIP_REASONS = ("not_genai", "operation", "invalid")
@@ -402,17 +402,6 @@ def _content_text(text: str) -> str:
     return text
 
 
-def _fit(value: str, limit: int, fitted: set[str], name: str) -> str:
-    """A string as the contract takes it: at most ``limit`` characters, valid UTF-8 (lone surrogates replaced)."""
-    if not isinstance(value, str):
-        value = str(value)
-    if len(value) > limit:
-        value = value[:limit]
-        fitted.add(name)
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            value = value.encode("utf-8", "replace").decode("utf-8")
-            fitted.add(name)
-    return value
+def _fit(value: Any, limit: int, fitted: set[str], name: str) -> str:
+    """Any attribute value as the contract takes a string (events.fit_text)."""
+    return fit_text(value if isinstance(value, str) else str(value), limit, fitted, name)
