@@ -412,6 +412,8 @@ class Study:
         self.rows.append(self._measure(Row("no retrain (incumbent)", incumbent, "baseline",
                                            "what serves when the loop does nothing", evaluation=inc_metrics,
                                            training=self.incumbent_training)))
+        for row in self.rows:  # a run stopped later keeps these in its log
+            self.echo(f"{row.name}: {_brief(row)}")
         for v in variants:
             t = time.monotonic()
             if daemon and v.name == "loop":
@@ -421,7 +423,7 @@ class Study:
             else:
                 row = self._row(v, incumbent)
             self.rows.append(row)
-            self.echo(f"{v.name}: {row.decision} in {time.monotonic() - t:.0f}s")
+            self.echo(f"{v.name}: {row.decision} in {time.monotonic() - t:.0f}s; " + _brief(row))
         return self.rows
 
     def _row(self, v: Variant, incumbent: str) -> Row:
@@ -636,6 +638,12 @@ class Loop:
             st.vllm.load_adapter(outcome.candidate, Path(run.output) / "adapter")  # a rejected one is unloaded
         st._measure(row)  # the candidate as vLLM serves it, promoted or not
         return row, harvested
+
+
+def _brief(row: Row) -> str:
+    acc = lambda a: a.cell() if a is not None else "—"  # noqa: E731
+    return (f"phase B {acc(row.phase_b)}, phase A {acc(row.phase_a)}, battery "
+            f"{_f(row.evaluation.get('battery_score'))}; {row.why[:200]}")
 
 
 def _held_out_text(prompt: str, share: float) -> bool:
