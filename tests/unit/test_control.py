@@ -2,6 +2,8 @@
 the retrain service, the store). Jobs are held (ManualJobs): the run a retrain queues is not built or trained here;
 runs are tested in test_retrain_service, test_reconciler and the integration tests."""
 
+import time
+
 import pytest
 from starlette.testclient import TestClient
 
@@ -40,6 +42,10 @@ def rig(tmp_path):
                              retrain=RetrainService(cfg.retrain, tmp_path, store, runner=None), jobs=jobs)
         control.start()
         started.append(control)
+        deadline = time.monotonic() + 30  # its first tick takes the lease: before it, calls answer 503 "no leader yet"
+        while not control.leading:
+            assert time.monotonic() < deadline, "the control loop did not take the lease"
+            time.sleep(0.01)
         app = daemon_app(metrics.registry, lambda: (True, {}), lambda: (True, {}),
                          control=control_routes(lambda: control, token))
         client = TestClient(app)
