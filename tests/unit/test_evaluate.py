@@ -69,10 +69,10 @@ PROBES = {i.prompt for i in read_golden(shipped("probes.jsonl"), expected=False)
 GOLDEN = [{"prompt": f"Order {i}: where is ORD-{i}?", "expected": f"ORD-{i}", "scoring": "contains"} for i in range(8)]
 
 
-def evaluator(tmp_path, client, **gates):
+def evaluator(tmp_path, client, base=None, **gates):
     golden = tmp_path / "golden.jsonl"
     golden.write_text("".join(json.dumps(g) + "\n" for g in GOLDEN))
-    return Evaluator(Evaluate(gates=gates), client, golden, tmp_path / "evals")
+    return Evaluator(Evaluate(gates=gates), client, golden, tmp_path / "evals", base=base)
 
 
 def knows(prompt):  # answers the task and general knowledge, varied
@@ -134,6 +134,33 @@ def test_forgetting_is_caught(tmp_path):
                        self_similarity_max_delta=1).run("cand", "inc")
     drop = next(g for g in report.gates if g.name == "forgetting_drop")
     assert not drop.passed and drop.value > 0.05 and not report.passed
+
+
+def test_forgetting_is_measured_against_the_base_model_too(tmp_path):
+    """An incumbent that already forgot hides the next one's forgetting from the incumbent gate (measured: a routing
+    adapter answered the battery with queue names, 0 of 39); the base model's score is the floor."""
+    def one_word(answer):
+        return lambda p: answer(p) if p.startswith("Order") else "billing"
+
+    base = lambda p: "Eight legs, seven days, the answer is 63, Jupiter, Mars, Paris"  # noqa: E731
+    client = Scripted({"cand": one_word(knows), "inc": one_word(knows_but_one), "base": base})
+    ev = evaluator(tmp_path, client, base="base", distinct2_min_ratio=0, self_similarity_max_delta=1)
+    report = ev.run("cand", "inc")
+    gates = {g.name: g for g in report.gates}
+    assert gates["forgetting_drop"].passed  # the incumbent forgot as much
+    floor = gates["forgetting_base_drop"]
+    assert not floor.passed and not report.passed and floor.value == report.base["battery_score"] > 0.05
+    assert "base model" in floor.detail and report.base["model"] == "base"
+    ev.run("cand", "inc")
+    assert client.calls.count("base") == 39  # greedy answers of a model that does not change: asked once
+    # when the base model is one of the two, its own answers are the floor
+    assert ev.run("base", "inc").base["battery_score"] == report.base["battery_score"]
+    # a base model that does not answer fails the evaluation; null turns the gate off
+    gone = evaluator(tmp_path, client, base="gone").run("cand", "inc")
+    assert not gone.passed and "'gone' did not answer" in gone.error
+    off = evaluator(tmp_path, client, base="base", forgetting_base_max_drop=None, distinct2_min_ratio=0,
+                    self_similarity_max_delta=1).run("cand", "inc")
+    assert off.passed and "forgetting_base_drop" not in {g.name for g in off.gates}
 
 
 def test_an_evaluation_that_cannot_run_never_passes(tmp_path):

@@ -510,7 +510,8 @@ class RolloutController:
                 raise RolloutError("retrain.golden_set is not set: a candidate cannot be evaluated without the "
                                    "golden set (or promote with --force, recorded as such)")
             self._evaluator = Evaluator(self.settings.evaluate, self.clients[0], self.settings.retrain.golden_set,
-                                        reports_dir(self.settings.evaluate, self.settings.daemon.state_dir))
+                                        reports_dir(self.settings.evaluate, self.settings.daemon.state_dir),
+                                        base=self.settings.gateway.base_model)
         return self._evaluator
 
     def _export(self, r: RolloutRecord) -> None:

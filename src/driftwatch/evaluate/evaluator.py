@@ -4,7 +4,9 @@ Suites (the same prompts for both adapters, greedy, requests interleaved so that
 
 * **golden** — task accuracy on the held-out golden set (``retrain.golden_set``; each item's scoring, else
   ``evaluate.scoring``);
-* **battery** — general knowledge shipped with driftwatch (``evaluate.battery``): catastrophic forgetting;
+* **battery** — general knowledge shipped with driftwatch (``evaluate.battery``): catastrophic forgetting, against
+  the incumbent and against the base model itself (an incumbent that already forgot is no excuse: forgetting
+  compounds over retrains; the base model's answers are asked once an evaluator);
 * **probes** — requests outside the tuned task (``evaluate.probes``): the share answered like the task (confusion);
 * **diversity** — distinct-2 and mean pairwise similarity of an adapter's off-task outputs (battery and probes):
   modal collapse is answering everything alike; the task's own answers share a format by design, so the golden
@@ -62,12 +64,13 @@ class EvalReport:
     context: dict[str, Any] = field(default_factory=dict)
     wall_s: float = 0.0
     error: str | None = None
+    base: dict[str, Any] = field(default_factory=dict)  # {model, battery_score}: the forgetting floor
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "at": self.at, "candidate": self.candidate, "incumbent": self.incumbent,
                 "passed": self.passed, "error": self.error, "wall_s": round(self.wall_s, 3),
-                "gates": [g.to_dict() for g in self.gates], "metrics": self.metrics, "context": self.context,
-                "items": self.items}
+                "gates": [g.to_dict() for g in self.gates], "metrics": self.metrics, "base": self.base,
+                "context": self.context, "items": self.items}
 
     def table(self) -> str:
         names = sorted({k for m in self.metrics.values() for k in m})
@@ -102,8 +105,10 @@ def _finite(value):
 
 class Evaluator:
     def __init__(self, cfg: Evaluate, client: VLLMClient, golden_set: Path, reports_dir: Path,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.cfg, self.client, self.reports_dir, self.clock = cfg, client, reports_dir, clock
+                 clock: Callable[[], float] = time.time, *, base: str | None = None) -> None:
+        """``base``: the base model's served name (``gateway.base_model``): the battery's floor."""
+        self.cfg, self.client, self.reports_dir, self.clock, self.base = cfg, client, reports_dir, clock, base
+        self._base_battery: float | None = None  # greedy answers of a model that does not change: asked once
         self.suites: dict[str, list[GoldenItem]] = {
             "golden": read_golden(golden_set),
             "battery": read_golden(cfg.battery or shipped("battery.jsonl")),
@@ -120,18 +125,21 @@ class Evaluator:
         try:
             outputs = self._generate(candidate, incumbent, cancel or threading.Event())
             metrics = {a: self._metrics(outputs[a]) for a in (candidate, incumbent)}
-            gates = self._gates(metrics[candidate], metrics[incumbent], self._golden_diff(outputs, candidate, incumbent))
+            base = self._base_score(metrics, cancel or threading.Event())
+            gates = self._gates(metrics[candidate], metrics[incumbent], self._golden_diff(outputs, candidate, incumbent),
+                                base)
             error = None
         except Exception as exc:  # noqa: BLE001 - whatever happened, the report says so and nothing is promoted
             log.exception("evaluation %s could not be run", eval_id)
-            outputs, metrics = {}, {candidate: {}, incumbent: {}}
+            outputs, metrics, base = {}, {candidate: {}, incumbent: {}}, math.nan
             error = f"{type(exc).__name__}: {exc}"
             gates = [Gate("evaluation", math.nan, 0, "<=", error=error)]
         items = [{"suite": suite, "prompt": item.prompt, "expected": list(item.answers),
                   **{role: outputs[a][suite][i] for role, a in (("candidate", candidate), ("incumbent", incumbent))}}
                  for suite in SUITES for i, item in enumerate(self.suites[suite])] if outputs else []
         report = EvalReport(eval_id, started, candidate, incumbent, all_pass(gates), gates, metrics, items,
-                            context or {}, time.perf_counter() - t0, error)
+                            context or {}, time.perf_counter() - t0, error,
+                            {"model": self.base, "battery_score": base} if self.base else {})
         report.write(self.reports_dir)
         log.info("evaluation %s: %s vs %s %s", eval_id, candidate, incumbent, "passed" if report.passed else "FAILED")
         return report
@@ -160,6 +168,23 @@ class Evaluator:
             for (adapter, suite, i, _), answer in zip(jobs, pool.map(lambda j: self._ask(j[0], j[3], cancel), jobs)):
                 out[adapter][suite][i] = answer
         return out
+
+    def _base_score(self, metrics: dict[str, dict[str, float]], cancel: threading.Event) -> float:
+        """The base model's battery score (NaN without a base model); asked once, unless it is one of the two."""
+        if self.base is None or self.cfg.gates.forgetting_base_max_drop is None:
+            return math.nan
+        if self.base in metrics:
+            return metrics[self.base]["battery_score"]
+        if self._base_battery is None:
+            items = self.suites["battery"]
+            with ThreadPoolExecutor(self.cfg.concurrency) as pool:
+                answers = list(pool.map(lambda it: self._ask(self.base, it.prompt, cancel), items))
+            if any(a["text"] is None for a in answers):
+                raise ServingError(f"the base model '{self.base}' did not answer the battery: "
+                                   + next(a["error"] for a in answers if a["text"] is None))
+            self._base_battery = sum(scoring.score(a["text"], it.answers, it.scoring or self.cfg.scoring)
+                                     for it, a in zip(items, answers)) / len(items) if items else math.nan
+        return self._base_battery
 
     # -- metrics and gate -----------------------------------------------------------------------------------------------
     def _metrics(self, outputs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
@@ -201,7 +226,7 @@ class Evaluator:
         return mean, 1.96 * math.sqrt(var / len(diffs)), len(diffs)
 
     def _gates(self, cand: dict[str, float], inc: dict[str, float],
-               diff: tuple[float, float, int] = (math.nan, math.nan, 0)) -> list[Gate]:
+               diff: tuple[float, float, int] = (math.nan, math.nan, 0), base: float = math.nan) -> list[Gate]:
         g = self.cfg.gates
 
         def gate(name: str, value: float, bound: float, op: str, detail: str) -> Gate:
@@ -210,6 +235,9 @@ class Evaluator:
 
         d2_ratio = (cand["distinct_2"] / inc["distinct_2"] if inc["distinct_2"] > 0
                     else (math.inf if cand["distinct_2"] > 0 else 1.0))
+        floor = [] if self.base is None or g.forgetting_base_max_drop is None else [
+            gate("forgetting_base_drop", base - cand["battery_score"], g.forgetting_base_max_drop, "<=",
+                 f"general-knowledge battery: base model {base:.3f}, candidate {cand['battery_score']:.3f}")]
         return [
             Gate("request_errors", cand["request_errors"] + inc["request_errors"], g.max_request_errors, "<=",
                  "evaluation requests that failed (either adapter)"),
@@ -219,6 +247,7 @@ class Evaluator:
                  f"{diff[0]:+.3f} ± {diff[1]:.3f} (95 %, {diff[2]} items)"),
             gate("forgetting_drop", inc["battery_score"] - cand["battery_score"], g.forgetting_max_drop, "<=",
                  f"general-knowledge battery: incumbent {inc['battery_score']:.3f}, candidate {cand['battery_score']:.3f}"),
+            *floor,
             gate("distinct2_ratio", d2_ratio, g.distinct2_min_ratio, ">=",
                  f"distinct-2 candidate {cand['distinct_2']:.3f} / incumbent {inc['distinct_2']:.3f}"),
             gate("self_similarity_delta", cand["self_similarity"] - inc["self_similarity"],
