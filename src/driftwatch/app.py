@@ -282,7 +282,7 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
     control = Reconciler(settings, store=store, registry=adapters, metrics=metrics, monitor=monitor, policy=policy,
                          rollouts=rollout_controller(settings, adapters, metrics=metrics, jobs=jobs, monitor=monitor,
                                                      state=store),
-                         retrain=retrain_service(settings, store, metrics), jobs=jobs,
+                         retrain=retrain_service(settings, store, metrics, adapters), jobs=jobs,
                          leadership=leader.build(settings.leader, settings.daemon.state_dir, holder), identity=holder)
     control.advertise_url = advertise_url(settings, http)
     daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, control, http,
@@ -315,12 +315,19 @@ def advertise_url(settings: Settings, http: HttpServer | None) -> str | None:
     return f"http://{os.environ['POD_IP']}:{http.port}" if os.environ.get("POD_IP") else http.url
 
 
-def retrain_service(settings: Settings, store: SqlStore, metrics: Metrics | None = None) -> RetrainService | None:
+def retrain_service(settings: Settings, store: SqlStore, metrics: Metrics | None = None,
+                    registry: SqlStore | None = None) -> RetrainService | None:
     """The retrain stage, when retrain.base_model is set (else retrain decisions are recorded only)."""
     rt = settings.retrain
     if rt.base_model is None:
         return None
-    return RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics)
+
+    def adapter_path(version: str) -> str | None:  # the registry's: never a name a client sent
+        record = registry.adapter(version) if registry is not None else None
+        return record.path if record is not None else None
+
+    return RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics,
+                          adapter_path=adapter_path)
 
 
 def rollout_controller(settings: Settings, registry: SqlStore, *, metrics: Metrics | None = None,
@@ -335,7 +342,7 @@ def evaluator(settings: Settings, client):
     from driftwatch.evaluate.evaluator import Evaluator, reports_dir
 
     return Evaluator(settings.evaluate, client, settings.retrain.golden_set,
-                     reports_dir(settings.evaluate, settings.daemon.state_dir))
+                     reports_dir(settings.evaluate, settings.daemon.state_dir), base=settings.gateway.base_model)
 
 
 def build_monitor(settings: Settings) -> Monitor:

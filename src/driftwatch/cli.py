@@ -499,10 +499,10 @@ def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -
     import threading
 
     from driftwatch import app
-    from driftwatch.state.store import open_store
+    from driftwatch.state.store import open_stores
 
-    store = open_store(settings.state_store_path)
-    service = app.retrain_service(settings, store)
+    store, registry = open_stores(settings.state_store_path, settings.registry_path)
+    service = app.retrain_service(settings, store, registry=registry)
     if service is None:
         click.echo("error: retrain.base_model is not set (and retrain.golden_set with it)", err=True)
         sys.exit(2)
@@ -510,24 +510,23 @@ def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -
     try:
         run = service.run(adapter, focus_routes=focus, reason="manual (driftwatch retrain --local)" + (
             f": {reason}" if reason else ""), cancel=cancel)
+        click.echo(f"run {run.id}: {run.status}" + (f" — {run.reason}" if run.reason else ""))
+        for line in run.detail.get("gates", []):
+            click.echo(f"  {line}")
+        if run.status == "succeeded":
+            from driftwatch.control.rollout import version_name
+
+            version = version_name(run.id)
+            app.rollout_controller(settings, registry).register(version, f"{run.output}/adapter", run_id=run.id,
+                                                                parent=adapter)
+            click.echo(f"candidate adapter {version}: {run.output}/adapter (dataset {run.dataset}); roll it out "
+                       f"with `driftwatch promote {version}`")
     except KeyboardInterrupt:
         cancel.set()
         raise
     finally:
-        store.close()
-    click.echo(f"run {run.id}: {run.status}" + (f" — {run.reason}" if run.reason else ""))
-    for line in run.detail.get("gates", []):
-        click.echo(f"  {line}")
-    if run.status == "succeeded":
-        from driftwatch.control.rollout import version_name
-
-        registry = open_store(settings.registry_path)
-        version = version_name(run.id)
-        app.rollout_controller(settings, registry).register(version, f"{run.output}/adapter", run_id=run.id,
-                                                            parent=adapter)
-        registry.close()
-        click.echo(f"candidate adapter {version}: {run.output}/adapter (dataset {run.dataset}); roll it out with "
-                   f"`driftwatch promote {version}`")
+        for db in {id(store): store, id(registry): registry}.values():
+            db.close()
     sys.exit(0 if run.status == "succeeded" else 1)
 
 
@@ -560,6 +559,34 @@ def evaluate(candidate: str, incumbent: str | None, vllm_url: str | None, config
     click.echo(report.table(), nl=False)
     click.echo(f"report: {evaluator.reports_dir / report.id}.json")
     sys.exit(0 if report.passed else 1)
+
+
+@main.command()
+@click.option("--out", "-o", required=True, type=click.Path(dir_okay=False), help="JSONL to write (base-training-set "
+              "lines, route 'general').")
+@click.option("--prompts", type=click.Path(exists=True, dir_okay=False), help="JSONL {prompt}; default: shipped.")
+@click.option("--max-tokens", type=int, default=64, show_default=True)
+@click.option("--vllm", "vllm_url", help="vLLM serving the base model; default: the first of gateway.upstreams.")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), help="Settings (gateway.base_model, upstreams).")
+def anchors(out: str, prompts: str | None, max_tokens: int, vllm_url: str | None, config: str | None) -> None:
+    """Write the base model's own answers to general prompts: training lines against forgetting.
+
+    Add them to retrain.base_training_set (docs/training-data.md): replay carries them into every retrain."""
+    from pathlib import Path
+
+    from driftwatch.retrain import anchors as an
+    from driftwatch.serving.vllm import VLLMClient
+
+    settings = _load(config)
+    with VLLMClient(vllm_url or settings.gateway.upstreams[0], timeout_s=settings.evaluate.timeout_s,
+                    api_key=settings.gateway.upstream_key()) as client:
+        questions = an.prompts(Path(prompts) if prompts else None)
+        examples = an.self_distill(client, settings.gateway.base_model, questions, max_tokens=max_tokens,
+                                   concurrency=settings.evaluate.concurrency, system=settings.evaluate.system_prompt)
+    an.write(examples, Path(out))
+    click.echo(f"{out}: {len(examples)} of {len(questions)} prompts answered in whole sentences by "
+               f"'{settings.gateway.base_model}'")
+    sys.exit(0 if examples else 1)
 
 
 def _controller(settings, store):

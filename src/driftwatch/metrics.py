@@ -243,7 +243,7 @@ class Metrics:
         )
         self.retrain_runs = Counter(
             "driftwatch_retrain_runs", "Retrain runs finished, by status (succeeded, failed, timed_out, cancelled, "
-            "refused by the data gates, unimproved: no checkpoint beat the untrained adapter)", ["status"], registry=r,
+            "refused by the data gates, unimproved: no checkpoint beat the adapter it started from)", ["status"], registry=r,
         )
         self.training_gpu_seconds = Counter(
             "driftwatch_training_gpu_seconds", "GPU-seconds spent by finished training runs", registry=r

@@ -137,3 +137,22 @@ def test_cli_train_and_retrain(tiny_model, tmp_path, monkeypatch):
     refused = CliRunner().invoke(main, ["retrain", "--local", "--adapter", "support-v2", "--routes", "extract,code"],
                                  env={**env, "DRIFTWATCH__RETRAIN__GATES__MIN_ROUTE_EXAMPLES": "500"})
     assert refused.exit_code == 1 and "refused" in refused.output and "FAIL route_coverage" in refused.output
+
+
+def test_a_warm_start_continues_from_the_adapter_being_retrained(tiny_model, tmp_path):
+    """retrain.warm_start: the run starts from the registered adapter of the version it retrains (its path from the
+    registry, never from a request), so its untrained step is that adapter; the base model has none."""
+    store = SqliteStore(tmp_path / "state.db")
+    harvest(store)
+    first = RetrainService(settings(tiny_model), tmp_path, store, LocalRunner(tmp_path / "runs")).run("base")
+    registered = {"support-v2": str(Path(first.output) / "adapter")}
+    service = RetrainService(settings(tiny_model, warm_start="true"), tmp_path, store, LocalRunner(tmp_path / "runs"),
+                             adapter_path=registered.get)
+    warm, fresh = service.run("support-v2"), service.run("base")
+    spec = lambda run: json.loads((Path(run.output) / "spec.json").read_text())  # noqa: E731
+    assert spec(warm)["init_adapter"] == registered["support-v2"] and spec(fresh)["init_adapter"] is None
+    trained = {r.id: json.loads((Path(r.output) / "manifest.json").read_text()) for r in (first, warm, fresh)}
+    # the same curated set, so the warm run's step 0 is the first run's best checkpoint, and the fresh run's is not
+    assert warm.dataset == first.dataset == fresh.dataset
+    assert abs(trained[warm.id]["initial_validation_loss"] - trained[first.id]["best_validation_loss"]) < 1e-4
+    assert trained[fresh.id]["initial_validation_loss"] == trained[first.id]["initial_validation_loss"]

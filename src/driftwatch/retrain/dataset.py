@@ -134,7 +134,7 @@ class GateSettings:
     max_target_chars: int = 8000
     pii: str = "mask"  # mask | refuse | allow
     validation_fraction: float = 0.1
-    replay_fraction: float = 0.3  # replay examples as a share of the final set (against forgetting)
+    replay_fraction: float = 0.5  # replay examples as a share of the final set (against forgetting)
     seed: int = 0
 
 

@@ -203,6 +203,7 @@ class KubernetesJobRunner:
     def _to_pod_path(self, spec: TrainSpec) -> TrainSpec:
         return TrainSpec(**{**asdict(spec), "base_model": self._pod_path(spec.base_model),
                             "dataset": self._pod_path(spec.dataset), "output": self._pod_path(spec.output),
+                            "init_adapter": self._pod_path(spec.init_adapter) if spec.init_adapter else None,
                             "progress": False})
 
     def run(self, spec: TrainSpec, run_id: str, cancel: threading.Event) -> RunResult:

@@ -3,7 +3,7 @@ adapter. Every step is recorded in the state store; what follows a run is the re
 
 The run is recorded as ``queued`` (decided, its job not started) → ``building`` → ``training`` → ``succeeded`` |
 ``failed`` | ``timed_out`` | ``cancelled``; ``refused`` when the data failed a gate (nothing was trained; the gate
-report says why); ``unimproved`` when no checkpoint beat the untrained adapter on the validation split (best step
+report says why); ``unimproved`` when no checkpoint beat the adapter it started from (new, or the one retrained) on the validation split (best step
 0): training changed nothing worth serving, so the run leaves no candidate.
 """
 
@@ -35,10 +35,13 @@ FINISHED = ("succeeded", "failed", "timed_out", "cancelled", "refused", "unimpro
 
 class RetrainService:
     def __init__(self, cfg: Retrain, state_dir: Path, store: SqlStore, runner: Runner,
-                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> None:
+                 metrics: Metrics | None = None, clock: Callable[[], float] = time.time,
+                 adapter_path: Callable[[str], str | None] = lambda version: None) -> None:
+        """``adapter_path``: a registered version's adapter directory (``retrain.warm_start`` continues from it)."""
         if cfg.base_model is None or cfg.golden_set is None:
             raise ValueError("retrain.base_model and retrain.golden_set are required to run retrains")
         self.cfg, self.store, self.runner, self.metrics, self.clock = cfg, store, runner, metrics, clock
+        self.adapter_path = adapter_path
         self.datasets_dir = cfg.datasets_dir or state_dir / "datasets"
         self.runs_dir = runs_dir(cfg, state_dir)
 
@@ -105,9 +108,14 @@ class RetrainService:
         record = replace(record, status="training", dataset=str(dataset), output=str(output),
                          detail={**record.detail, "gates": [g.line() for g in curated.report], "counts": curated.counts})
         self.store.save_run(record)
+        init = self.adapter_path(record.adapter) if cfg.warm_start else None  # None: the base model serves
+        if init is not None and not (Path(init) / "adapter_config.json").is_file():
+            log.warning("retrain run %s: '%s' has no adapter at %s: training a new LoRA", record.id, record.adapter, init)
+            init = None
+        record = replace(record, detail={**record.detail, "warm_start_from": init})
         spec = TrainSpec(base_model=str(cfg.base_model), dataset=str(dataset), output=str(output),
                          **cfg.lora.model_dump(), **cfg.training.model_dump(), price_per_gpu_hour=cfg.price_per_gpu_hour,
-                         progress=False)
+                         progress=False, init_adapter=init)
         result = self.runner.run(spec, record.id, cancel)
         detail = dict(record.detail)
         if result.manifest is not None:
@@ -122,7 +130,7 @@ class RetrainService:
         if result.status.value == "succeeded" and result.manifest["best_step"] == 0:
             m = result.manifest
             return replace(record, status="unimproved", detail=detail, reason=(
-                f"no checkpoint beat the untrained adapter: best step 0 of {m['steps']}, validation loss "
+                f"no checkpoint beat the adapter it started from: best step 0 of {m['steps']}, validation loss "
                 f"{m['initial_validation_loss']:.4f} never improved on: not a candidate"))
         return replace(record, status=result.status.value, reason=result.reason or None, detail=detail)
 

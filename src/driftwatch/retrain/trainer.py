@@ -49,6 +49,7 @@ class TrainSpec:
     device: str = "auto"  # auto | cpu | cuda
     price_per_gpu_hour: float = 0.0
     progress: bool = True
+    init_adapter: str | None = None  # an adapter directory to continue from (its own r and modules), else a new one
 
     @classmethod
     def load(cls, path: Path) -> TrainSpec:
@@ -102,8 +103,13 @@ def train(spec: TrainSpec) -> dict:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
     model.config.use_cache = False
-    model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=spec.r, lora_alpha=spec.alpha,
-                                             lora_dropout=spec.dropout, target_modules=list(spec.target_modules)))
+    if spec.init_adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, spec.init_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=spec.r, lora_alpha=spec.alpha,
+                                                 lora_dropout=spec.dropout, target_modules=list(spec.target_modules)))
     total_params = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
@@ -156,7 +162,7 @@ def train(spec: TrainSpec) -> dict:
 
     curves: dict[str, list] = {"train": [], "validation": [[0, evaluate()]]}
     best_loss, best_step, bad_evals, step, tokens_seen, early_stopped = curves["validation"][0][1], 0, 0, 0, 0, False
-    model.save_pretrained(work / "best")  # step 0 (the untrained adapter) until something beats it
+    model.save_pretrained(work / "best")  # step 0 (the adapter it starts from) until something beats it
     rng = random.Random(spec.seed)
     bar = _progress(total_steps, spec.progress)
     model.train()
