@@ -8,8 +8,12 @@ configured share of them wrongly). Then, with the same seeds and data, one row e
 * the loop as the daemon runs it: users' traffic through the gateway and their feedback through the trusted path;
   the drift decision → harvest + replay of the base training set → data gates → LoRA training with early stopping →
   the promotion gate on vLLM against the incumbent → promotion → bake (``--direct``: those parts called directly);
-* on what the daemon harvested, each with one change: no replay; a harvest poisoned with 20 % contradicting corrections and near-duplicate paraphrases, gates on and
-  gates off; no early stopping (2× the steps, the validation curve printed).
+* on what the daemon harvested, each with one change: no replay; a harvest poisoned with 20 % contradicting
+  corrections and near-duplicate paraphrases, gates on and gates off; no early stopping (2× the steps, the validation
+  curve printed); no anchors in the replay; a new LoRA instead of the warm start; the shipped training defaults.
+
+The base training set is phase A plus the base model's answers to 64 general prompts (driftwatch anchors);
+``--no-anchors`` leaves them out (the recipe whose incumbent forgot everything else).
 
 Phase-A/B accuracy (95 % Wilson intervals), the general-knowledge battery, distinct-2, task confusion, latency with
 and without the adapter, training tokens/seconds, cost per 1,000 queries, and what driftwatch decided and why.
@@ -41,6 +45,8 @@ def main() -> int:
     ap.add_argument("--volume", type=int, default=100_000, help="queries a retrain is amortised over")
     ap.add_argument("--rows", nargs="*", help="only these ablation rows (names as printed)")
     ap.add_argument("--direct", action="store_true", help="the loop row from its parts called directly, not the daemon")
+    ap.add_argument("--no-anchors", action="store_true", help="the base training set without the base model's answers "
+                    "to general prompts (the recipe that forgot: docs/evaluation.md)")
     ap.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = ap.parse_args()
 
@@ -65,8 +71,9 @@ def main() -> int:
         vllm = LocalVLLM(model, max_loras=2).start()
         try:
             study = ef.Study(model, vllm, root / "study", ef.SCALES[args.model], seed=args.seed, noise=args.noise,
-                             poison_share=args.poison, echo=lambda s: print(s, flush=True))
-            variants = [v for v in ef.VARIANTS if not args.rows or v.name in args.rows]
+                             poison_share=args.poison, anchors=not args.no_anchors, echo=lambda s: print(s, flush=True))
+            variants = [v for v in ef.VARIANTS if (not args.rows or v.name in args.rows)
+                        and not (args.no_anchors and not v.anchors)]
             rows = study.run(variants, daemon=not args.direct)
         finally:
             vllm.stop()

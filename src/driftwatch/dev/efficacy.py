@@ -8,8 +8,10 @@ accuracy is exact and each rate carries its 95 % (Wilson) interval.
 
 A :class:`Study` trains the incumbent on phase A once and then runs rows that share it, its data and its seeds:
 the loop (made by the daemon itself, :class:`Loop`, or from its parts called directly: harvested corrections +
-replay of the base training set, every data gate, early stopping, the promotion gate against the incumbent) and
-its ablations — no retrain, no replay, a poisoned harvest with the gates on and off, no early stopping. Each row
+replay of the base training set, every data gate, a warm start from the incumbent, early stopping, the promotion
+gate against the incumbent and the base model) and its ablations — no retrain, no replay, a poisoned harvest with the
+gates on and off, no early stopping, no anchors (the base model's answers to general prompts, which the base
+training set carries) in the replay, a new LoRA instead of the warm start, the shipped training defaults. Each row
 says what driftwatch decided and why. ``bench/efficacy.py`` runs it on SmolLM2-135M-Instruct served by vLLM; the
 suite runs a small one on SmolLM2 answered in-process (:class:`InProcess`, tests/integration/test_efficacy.py).
 """
@@ -20,6 +22,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,19 +190,27 @@ def accuracy(client, adapter: str, test: list[Item], *, max_tokens: int, concurr
 
 
 class InProcess:
-    """The base model and its adapters answered in this process (transformers + peft, greedy, one request at a time):
-    what the suite's efficacy check evaluates through, where starting vLLM would cost more than the answers. It
-    offers what the evaluator and the study use of vLLM: ``chat``, ``load_adapter`` and ``client``."""
+    """The base model and its adapters answered in this process (transformers + peft, greedy): what the suite's
+    efficacy check evaluates through, where starting vLLM would cost more than the answers. Concurrent requests are
+    batched, as vLLM does (left-padded, one ``generate`` for the requests of one adapter waiting together: on CPU a
+    batch of 8 costs about what 2 single requests do). It offers what the evaluator and the study use of vLLM:
+    ``chat``, ``load_adapter`` and ``client``."""
 
-    def __init__(self, base_model: Path) -> None:
+    def __init__(self, base_model: Path, *, max_batch: int = 16) -> None:
+        import queue
         import threading
 
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(base_model)
+        self.tokenizer = AutoTokenizer.from_pretrained(base_model, padding_side="left")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
         self.base = AutoModelForCausalLM.from_pretrained(base_model).eval()
         self.model = None  # the PeftModel, once an adapter is loaded
-        self.lock = threading.Lock()
+        self.max_batch = max_batch
+        self.lock = threading.Lock()  # the model: generating, or an adapter being loaded
+        self.requests: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, name="in-process-model", daemon=True).start()
 
     def client(self, **_) -> InProcess:
         return self
@@ -214,15 +225,42 @@ class InProcess:
                 self.model.load_adapter(str(path), adapter_name=name)
 
     def chat(self, model: str, messages: list[dict], *, max_tokens: int = 64, temperature: float = 0.0, **_):
+        from concurrent.futures import Future
+
+        done: Future = Future()
+        self.requests.put(((model, max_tokens), messages, done, time.perf_counter()))
+        return done.result()
+
+    def _serve(self) -> None:
+        import queue
+
+        while True:
+            batch = [self.requests.get()]
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(self.requests.get_nowait())
+                except queue.Empty:
+                    break
+            groups: dict[tuple, list] = {}
+            for req in batch:
+                groups.setdefault(req[0], []).append(req)
+            for (model, max_tokens), reqs in groups.items():
+                try:
+                    self._generate(model, max_tokens, reqs)
+                except BaseException as exc:  # noqa: BLE001 - the callers get it
+                    for _, _, done, _ in reqs:
+                        done.set_exception(exc)
+
+    def _generate(self, model: str, max_tokens: int, reqs: list) -> None:
         import contextlib
 
         import torch
 
         from driftwatch.serving.vllm import Generation
 
-        t0 = time.perf_counter()
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                                 return_dict=True)
+        tok = self.tokenizer
+        texts = [tok.apply_chat_template(m, add_generation_prompt=True, tokenize=False) for _, m, _, _ in reqs]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with self.lock, torch.no_grad():
             if self.model is None or model == "base":
                 net, scope = (self.base if self.model is None else self.model), (
@@ -231,11 +269,14 @@ class InProcess:
                 self.model.set_adapter(model)
                 net, scope = self.model, contextlib.nullcontext()
             with scope:
-                out = net.generate(**ids, max_new_tokens=max_tokens, do_sample=False,
-                                   pad_token_id=self.tokenizer.pad_token_id or self.tokenizer.eos_token_id)
-        new = out[0][ids["input_ids"].shape[1]:]
-        return Generation(self.tokenizer.decode(new, skip_special_tokens=True), int(ids["input_ids"].shape[1]),
-                          int(len(new)), time.perf_counter() - t0, "stop")
+                out = net.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
+        now, width = time.perf_counter(), enc["input_ids"].shape[1]
+        for i, (_, _, done, t0) in enumerate(reqs):
+            new = out[i][width:].tolist()
+            end = next((k for k, t in enumerate(new) if t in (tok.eos_token_id, tok.pad_token_id)), None)
+            done.set_result(Generation(tok.decode(new[:end], skip_special_tokens=True),
+                                       int(enc["attention_mask"][i].sum()), len(new) if end is None else end + 1,
+                                       now - t0, "length" if end is None else "stop"))
 
 
 # -- the study ----------------------------------------------------------------------------------------------------------
@@ -245,7 +286,7 @@ class Scale:
     phase_a_train: int  # the incumbent's training set (and the base training set the loop replays)
     harvest: int  # phase-B requests whose users send corrections
     test: int  # held-out prompts per phase, for the accuracy rows
-    golden: int  # the promotion gate's golden set: held-out phase-B prompts (disjoint from the test rows)
+    golden: int  # the promotion gate's golden set: held-out phase-B prompts, and half as many phase-A (disjoint from the test rows)
     steps: int  # the retrain's max optimizer steps
     incumbent_steps: int
     learning_rate: float
@@ -288,47 +329,69 @@ class Row:
 class Variant:
     """A row's changes to the loop as configured."""
     name: str
-    replay: bool = True
+    replay: float | None = None  # retrain.gates.replay_fraction; None: the shipped default
     poisoned: bool = False
     gates: bool = True
     early_stopping: bool = True
+    anchors: bool = True  # the replay carries the base training set's anchors (route "general")
+    shipped: bool = False  # the shipped retrain.training and retrain.lora defaults, not the scale's
+    warm: bool | None = None  # continue from the incumbent's adapter (retrain.warm_start); None: the shipped default
 
 
-VARIANTS = [Variant("loop"), Variant("no replay", replay=False), Variant("poisoned, gates on", poisoned=True),
-            Variant("poisoned, gates off", poisoned=True, gates=False), Variant("no early stopping", early_stopping=False)]
+VARIANTS = [Variant("loop"), Variant("no replay", replay=0.0), Variant("poisoned, gates on", poisoned=True),
+            Variant("poisoned, gates off", poisoned=True, gates=False), Variant("no early stopping", early_stopping=False),
+            Variant("no anchors in the replay", anchors=False), Variant("a new LoRA (no warm start)", warm=False),
+            Variant("shipped training defaults", shipped=True)]
 
 
 class Study:
     """One base model served by one vLLM; the incumbent and the data shared by every row."""
 
     def __init__(self, base_model: Path, vllm, work: Path, scale: Scale, *, seed: int = 0, noise: float = 0.05,
-                 poison_share: float = 0.2, echo: Callable[[str], None] = print) -> None:
+                 poison_share: float = 0.2, anchors: bool = True, echo: Callable[[str], None] = print) -> None:
+        """``anchors``: the base training set carries the base model's answers to general prompts
+        (driftwatch/retrain/anchors.py), as docs/training-data.md advises; without, the recipe that forgot."""
+        from driftwatch.retrain import anchors as an
+
         self.base, self.vllm, self.work, self.scale, self.seed = Path(base_model), vllm, Path(work), scale, seed
         self.noise, self.poison_share, self.echo = noise, poison_share, echo
         self.work.mkdir(parents=True, exist_ok=True)
-        self.test_a = items("A", scale.test, seed, test=True)
+        self.client = vllm.client(timeout_s=300)
+        # the golden set covers the traffic the adapter must keep serving as well as the traffic it moves to: with
+        # phase B alone, a candidate that lost 30 points on phase A passed every gate (measured)
+        held_a = items("A", scale.test + scale.golden // 2, seed, test=True)
         held_b = items("B", scale.test + scale.golden, seed, test=True)
-        self.test_b, golden_b = held_b[:scale.test], held_b[scale.test:]
+        self.test_a, self.test_b = held_a[:scale.test], held_b[:scale.test]
+        golden = held_b[scale.test:] + held_a[scale.test:]
         self.golden = self.work / "golden.jsonl"
         self.golden.write_text("".join(json.dumps({"prompt": it.prompt, "expected": it.label, "route": ROUTE,
-                                                   "scoring": "normalized"}) + "\n" for it in golden_b))
+                                                   "scoring": "normalized"}) + "\n" for it in golden))
         self.base_set = self.work / "base.jsonl"  # the incumbent's training set: the loop's base_training_set
+        self.anchors = an.self_distill(self.client, "base", an.prompts(), concurrency=8) if anchors else []
         self.base_set.write_text("".join(json.dumps({"prompt": it.prompt, "response": it.label, "route": ROUTE}) + "\n"
                                          for it in items("A", scale.phase_a_train, seed, test=False)))
+        an.write(self.anchors, self.work / "anchors.jsonl")
+        with self.base_set.open("a") as f:
+            f.write((self.work / "anchors.jsonl").read_text())
         self.traffic = items("B", scale.harvest, seed, test=False)
         self.harvest = corrections(self.traffic, noise=noise, seed=seed)
-        self.client = vllm.client(timeout_s=300)
         self.rows: list[Row] = []
 
     # -- training ---------------------------------------------------------------------------------------------------------
-    def _spec(self, dataset: Path, out: Path, steps: int, early_stopping: bool = True):
+    def _spec(self, dataset: Path, out: Path, steps: int, early_stopping: bool = True, shipped: bool = False,
+              init: Path | None = None):
+        from driftwatch.config import Lora, Training
         from driftwatch.retrain.trainer import TrainSpec
 
         s = self.scale
+        if shipped:  # what a user who sets nothing trains with (epochs, not steps)
+            return TrainSpec(base_model=str(self.base), dataset=str(dataset), output=str(out), **Lora().model_dump(),
+                             **Training().model_dump(), progress=False, init_adapter=str(init) if init else None)
         return TrainSpec(base_model=str(self.base), dataset=str(dataset), output=str(out), r=s.r, alpha=2 * s.r,
                          target_modules=list(s.target_modules), learning_rate=s.learning_rate, max_steps=steps,
                          batch_size=s.batch_size, eval_every=s.eval_every, max_length=s.max_length, seed=self.seed,
-                         patience=3 if early_stopping else 10**9, warmup_ratio=0.1, progress=False)
+                         patience=3 if early_stopping else 10**9, warmup_ratio=0.1, progress=False,
+                         init_adapter=str(init) if init else None)
 
     def _load(self, name: str, out: Path) -> str:
         self.vllm.load_adapter(name, out / "adapter")
@@ -352,12 +415,14 @@ class Study:
         why, training figures, curation counts)."""
         from driftwatch.errors import GateFailure
         from driftwatch.evaluate.golden import read_golden
+        from driftwatch.config import Gates, Retrain
         from driftwatch.retrain.dataset import Curated, GateSettings, curate, read_examples, write_dataset
         from driftwatch.retrain.trainer import train
 
         harvest = poison(self.harvest, share=self.poison_share, seed=self.seed) if v.poisoned else self.harvest
-        replay = read_examples(self.base_set) if v.replay else []
-        gates = GateSettings(min_unique_prompts=20, replay_fraction=0.3 if v.replay else 0.0, seed=self.seed)
+        share = Gates().replay_fraction if v.replay is None else v.replay
+        replay = [e for e in read_examples(self.base_set) if v.anchors or e.route == ROUTE] if share else []
+        gates = GateSettings(min_unique_prompts=20, replay_fraction=share, seed=self.seed)
         if v.gates:
             try:
                 curated = curate(harvest + replay, read_golden(self.golden), [ROUTE], gates)
@@ -365,16 +430,19 @@ class Study:
                 failed = [g.line() for g in exc.report if not g.passed]
                 return None, "; ".join(failed), {}, {"candidates": len(harvest) + len(replay)}
         else:  # everything harvested goes in as it came: the split alone (by prompt), no gate, no collapsing
-            pool = harvest + random.Random(self.seed).sample(replay, min(len(replay), round(len(harvest) * 0.3 / 0.7)))
+            pool = harvest + random.Random(self.seed).sample(replay, min(len(replay),
+                                                                     round(len(harvest) * share / (1 - share))))
             val = [e for e in pool if _held_out_text(e.prompt, 0.1)]
             curated = Curated([e for e in pool if e not in val], val or pool[:1], [],
                               {"candidates": len(pool), "train": len(pool) - len(val), "validation": len(val)})
         data = write_dataset(curated, self.work / "datasets", sources={"efficacy": v.name})
-        out = self.work / "runs" / v.name.replace(" ", "-").replace(",", "")
+        out = self.work / "runs" / re.sub(r"[^a-z0-9]+", "-", v.name.lower()).strip("-")  # a module name: no "."
         steps = self.scale.steps if v.early_stopping else self.scale.steps * 2
-        m = train(self._spec(data, out, steps, v.early_stopping))
+        warm = Retrain().warm_start if v.warm is None else v.warm
+        m = train(self._spec(data, out, steps, v.early_stopping, v.shipped,
+                             self.work / "incumbent" / "adapter" if warm else None))
         if m["best_step"] == 0:
-            return None, "unimproved: no checkpoint beat the untrained adapter", _training(m), curated.counts
+            return None, "unimproved: no checkpoint beat the adapter it started from", _training(m), curated.counts
         name = "cand-" + out.name
         return self._load(name, out), "trained", _training(m), curated.counts
 
@@ -389,8 +457,8 @@ class Study:
         from driftwatch.config import Evaluate
         from driftwatch.evaluate.evaluator import Evaluator
 
-        report = Evaluator(Evaluate(max_tokens=EVAL_MAX_TOKENS, scoring="normalized"), self.client,
-                           self.golden, self.work / "evals").run(candidate, incumbent)
+        report = Evaluator(Evaluate(max_tokens=EVAL_MAX_TOKENS, scoring="normalized", concurrency=8), self.client,
+                           self.golden, self.work / "evals", base="base").run(candidate, incumbent)
         failed = [g.line() for g in report.gates if not g.passed]
         golden = next(g for g in report.gates if g.name == "golden_delta") if not report.error else None
         why = "; ".join(failed) if failed else f"every gate passed ({golden.detail if golden else ''})"
@@ -471,8 +539,8 @@ class Loop:
                         "lora": {"r": s.r, "alpha": 2 * s.r, "target_modules": list(s.target_modules)},
                         "training": {"max_steps": s.steps, "eval_every": s.eval_every, "learning_rate": s.learning_rate,
                                      "batch_size": s.batch_size, "max_length": s.max_length, "warmup_ratio": 0.1},
-                        "gates": {"min_unique_prompts": 20, "replay_fraction": 0.3, "seed": st.seed}},
-            "evaluate": {"max_tokens": EVAL_MAX_TOKENS, "scoring": "normalized"},
+                        "gates": {"min_unique_prompts": 20, "seed": st.seed}},  # the shipped replay_fraction
+            "evaluate": {"max_tokens": EVAL_MAX_TOKENS, "scoring": "normalized", "concurrency": 8},
             "rollout": {"alias": "production", "tick_s": 0.5, "lease_s": 10,
                         "bake": {"duration_s": 30, "deadline_s": 600, "min_events": 20, "min_feedback": 10}},
         }
@@ -523,6 +591,7 @@ class Loop:
         from driftwatch.retrain.dataset import Example
         from driftwatch.retrain.service import ACTIVE
         from driftwatch.serving import gateway as gw
+        from driftwatch.state.registry import AdapterRecord
 
         st, echo, work = self.study, self.study.echo, self.study.work / "loop"
         work.mkdir(parents=True, exist_ok=True)
@@ -539,8 +608,11 @@ class Loop:
             def gateway(topics: dict[str, str]) -> str:
                 service, sink = gw.build(settings.model_copy(update={"kafka": settings.kafka.model_copy(update={
                     "topics": settings.kafka.topics.model_copy(update=topics)})}))
-                if service.table.version == 0:
-                    service.store.set_aliases({"production": {self.incumbent: 1.0}}, time.time(), who="efficacy",
+                if service.table.version == 0:  # the incumbent, registered as a rollout would have, serves
+                    now = time.time()
+                    service.store.save_adapter(AdapterRecord(self.incumbent, str(st.work / "incumbent" / "adapter"),
+                                                             None, None, "production", now, now))
+                    service.store.set_aliases({"production": {self.incumbent: 1.0}}, now, who="efficacy",
                                               why="the incumbent serves")
                     service.reload()
                 server = HttpServer(service.app(), "127.0.0.1", 0).start()
