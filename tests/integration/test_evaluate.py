@@ -98,3 +98,26 @@ def test_evaluate_command(vllm, golden, tmp_path):
     promoted = evaluate("evaluate", "v-a", "--incumbent", "v-b")
     assert promoted.returncode == 0, promoted.stdout + promoted.stderr
     assert "PASSED" in promoted.stdout and len(list((tmp_path / "state" / "evals").glob("*.json"))) == 2
+
+
+def test_anchors_command_asks_the_served_base_model(vllm, tmp_path):
+    """`driftwatch anchors` on vLLM: the base model's answers to the prompts, as base-training-set lines (the tiny
+    Llama's random words end a sentence or not: only whole sentences are written)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from driftwatch.retrain.dataset import read_examples
+
+    server, _ = vllm
+    cfg, prompts, out = tmp_path / "dw.yaml", tmp_path / "p.jsonl", tmp_path / "anchors.jsonl"
+    cfg.write_text(yaml.safe_dump({"gateway": {"upstreams": [server.url]}}))
+    asked = [f"Say something {i}" for i in range(12)]
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in asked))
+    done = subprocess.run([sys.executable, "-m", "driftwatch", "anchors", "--out", str(out), "--prompts", str(prompts),
+                           "--max-tokens", "24", "-c", str(cfg)], capture_output=True, text=True, timeout=300)
+    written = read_examples(out) if out.exists() else []
+    assert done.returncode == (0 if written else 1), done.stdout + done.stderr
+    assert f"{len(written)} of 12 prompts answered in whole sentences by 'base'" in done.stdout
+    assert all(e.prompt in asked and e.route == "general" and e.target[-1] in ".!?" for e in written)
