@@ -322,8 +322,11 @@ def retrain_service(settings: Settings, store: SqlStore, metrics: Metrics | None
     if rt.base_model is None:
         return None
 
-    def adapter_path(version: str) -> str | None:  # the registry's: never a name a client sent
-        record = registry.adapter(version) if registry is not None else None
+    def adapter_path(name: str) -> str | None:  # the registry's path: never one a client sent
+        if registry is None:
+            return None
+        weights = registry.alias_table()[1].get(name)  # an alias (an alert's "production"): what it serves most
+        record = registry.adapter(max(weights, key=weights.get) if weights else name)
         return record.path if record is not None else None
 
     return RetrainService(rt, settings.daemon.state_dir, store, build_runner(rt, settings.daemon.state_dir), metrics,

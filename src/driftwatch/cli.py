@@ -504,6 +504,8 @@ def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -
     store, registry = open_stores(settings.state_store_path, settings.registry_path)
     service = app.retrain_service(settings, store, registry=registry)
     if service is None:
+        for db in {id(store): store, id(registry): registry}.values():
+            db.close()
         click.echo("error: retrain.base_model is not set (and retrain.golden_set with it)", err=True)
         sys.exit(2)
     cancel = threading.Event()

@@ -21,9 +21,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800),  # 6 min on a quiet m
 def test_the_retrained_candidate_beats_the_incumbent_on_shifted_traffic_and_poison_is_not_promoted(tmp_path_factory):
     root = tmp_path_factory.mktemp("efficacy")
     model = build_smollm2(root / "smollm2")
-    study = ef.Study(model, ef.InProcess(model), root / "study", ef.SCALES["ci"], seed=0, anchors=False, echo=print)
-    rows = {r.name: r for r in study.run([ef.Variant("loop"), ef.Variant("poisoned, gates on", poisoned=True)],
-                                         base=False)}
+    answers = ef.InProcess(model)
+    try:
+        study = ef.Study(model, answers, root / "study", ef.SCALES["ci"], seed=0, anchors=False, echo=print)
+        rows = {r.name: r for r in study.run([ef.Variant("loop"), ef.Variant("poisoned, gates on", poisoned=True)],
+                                             base=False)}
+    finally:
+        answers.close()
     table = ef.table(list(rows.values()))
     print(table)  # shown with -s, and in the failure report
     incumbent, loop, poisoned = rows["no retrain (incumbent)"], rows["loop"], rows["poisoned, gates on"]

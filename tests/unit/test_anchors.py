@@ -2,6 +2,7 @@
 
 import json
 
+from driftwatch.errors import ServingError
 from driftwatch.evaluate.evaluator import shipped
 from driftwatch.evaluate.golden import read_golden
 from driftwatch.retrain import anchors
@@ -15,6 +16,8 @@ def test_answers_are_cut_to_whole_sentences():
     assert anchors.complete("A week has seven days.", max_chars=10) is None  # no whole sentence fits
     assert anchors.complete("1. **Avoid caffeine before bed**: it") is None  # a list marker is no sentence
     assert anchors.complete("no ending at all") is None and anchors.complete("") is None
+    assert anchors.complete('He said "stop." Then he left and') == 'He said "stop."'  # a closing quote
+    assert anchors.complete("Pi is about 3. It is about 3.", cut=True) == "Pi is about 3."  # cut at the token limit
 
 
 def test_no_shipped_anchor_is_a_near_duplicate_of_what_measures_forgetting():
@@ -34,14 +37,19 @@ def test_self_distilled_examples_are_replay_lines(tmp_path):
         def chat(self, model, messages, **kw):
             self.asked.append((model, messages[0]["role"]))
             text = messages[-1]["content"]
-            return Generation("It depends and" if "cut" in text else f"About {text} I would say this.", 3, 5, 0.1, "stop")
+            if "fail" in text:
+                raise ServingError("vLLM answered 500")
+            if "cut" in text:
+                return Generation("It is so. And then it is 3.", 3, 5, 0.1, "length")
+            return Generation(f"About {text} I would say this.", 3, 5, 0.1, "stop")
 
     base = Base()
-    out = anchors.self_distill(base, "base", ["what is up?", "cut me"], system="Be brief.")
+    out = anchors.self_distill(base, "base", ["what is up?", "cut me", "fail me"], system="Be brief.")
     assert [(e.prompt, e.target, e.source, e.route, e.system) for e in out] == [
-        ("what is up?", "About what is up? I would say this.", "replay", "general", "Be brief.")]
-    assert base.asked == [("base", "system")] * 2
+        ("what is up?", "About what is up? I would say this.", "replay", "general", "Be brief."),
+        ("cut me", "It is so.", "replay", "general", "Be brief.")]  # one failed request leaves its prompt out
+    assert base.asked == [("base", "system")] * 3
     path = anchors.write(out, tmp_path / "a" / "anchors.jsonl")
-    assert json.loads(path.read_text())["route"] == "general"
+    assert [json.loads(line)["route"] for line in path.read_text().splitlines()] == ["general", "general"]
     assert [(e.prompt, e.target, e.route, e.system) for e in read_examples(path)] == [
-        ("what is up?", "About what is up? I would say this.", "general", "Be brief.")]
+        (e.prompt, e.target, e.route, e.system) for e in out]

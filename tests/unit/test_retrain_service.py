@@ -150,9 +150,30 @@ def test_a_warm_start_continues_from_the_adapter_being_retrained(tiny_model, tmp
                              adapter_path=registered.get)
     warm, fresh = service.run("support-v2"), service.run("base")
     spec = lambda run: json.loads((Path(run.output) / "spec.json").read_text())  # noqa: E731
-    assert spec(warm)["init_adapter"] == registered["support-v2"] and spec(fresh)["init_adapter"] is None
+    # copied into the run's directory (where a trainer Job reads it), the registered path recorded
+    assert spec(warm)["init_adapter"] == str(Path(warm.output) / "init") and spec(fresh)["init_adapter"] is None
+    assert (Path(warm.output) / "init" / "adapter_config.json").is_file()
+    assert warm.detail["warm_start_from"] == registered["support-v2"] and fresh.detail["warm_start_from"] is None
     trained = {r.id: json.loads((Path(r.output) / "manifest.json").read_text()) for r in (first, warm, fresh)}
     # the same curated set, so the warm run's step 0 is the first run's best checkpoint, and the fresh run's is not
     assert warm.dataset == first.dataset == fresh.dataset
     assert abs(trained[warm.id]["initial_validation_loss"] - trained[first.id]["best_validation_loss"]) < 1e-4
     assert trained[fresh.id]["initial_validation_loss"] == trained[first.id]["initial_validation_loss"]
+
+
+def test_the_daemon_looks_up_the_adapter_to_continue_from_in_the_registry(tiny_model, tmp_path):
+    """The version a decision names, or what an alias (an alert's "production") serves most; nothing for the base
+    model or a name the registry does not know."""
+    from driftwatch import app
+    from driftwatch.state.registry import AdapterRecord
+
+    env = {"DRIFTWATCH__RETRAIN__BASE_MODEL": str(tiny_model), "DRIFTWATCH__DAEMON__STATE_DIR": str(tmp_path),
+           "DRIFTWATCH__RETRAIN__GOLDEN_SET": str(EXAMPLES / "golden.jsonl")}
+    registry = SqliteStore(tmp_path / "registry.db")
+    for version in ("support-v2", "support-v3"):
+        registry.save_adapter(AdapterRecord(version, f"/adapters/{version}", None, None, "production", 0, 0))
+    registry.set_aliases({"production": {"support-v2": 0.9, "support-v3": 0.1}}, 0)
+    service = app.retrain_service(load_settings(None, env=env), SqliteStore(tmp_path / "state.db"), registry=registry)
+    assert service.adapter_path("support-v3") == "/adapters/support-v3"
+    assert service.adapter_path("production") == "/adapters/support-v2"
+    assert service.adapter_path("base") is None and service.adapter_path("../../etc") is None

@@ -210,7 +210,12 @@ class InProcess:
         self.max_batch = max_batch
         self.lock = threading.Lock()  # the model: generating, or an adapter being loaded
         self.requests: queue.Queue = queue.Queue()
-        threading.Thread(target=self._serve, name="in-process-model", daemon=True).start()
+        self.worker = threading.Thread(target=self._serve, name="in-process-model", daemon=True)
+        self.worker.start()
+
+    def close(self) -> None:
+        self.requests.put(None)
+        self.worker.join(60)
 
     def client(self, **_) -> InProcess:
         return self
@@ -229,13 +234,13 @@ class InProcess:
 
         done: Future = Future()
         self.requests.put(((model, max_tokens), messages, done, time.perf_counter()))
-        return done.result()
+        return done.result(timeout=600)
 
     def _serve(self) -> None:
         import queue
 
-        while True:
-            batch = [self.requests.get()]
+        while (first := self.requests.get()) is not None:
+            batch = [first]
             while len(batch) < self.max_batch:
                 try:
                     batch.append(self.requests.get_nowait())
@@ -243,15 +248,21 @@ class InProcess:
                     break
             groups: dict[tuple, list] = {}
             for req in batch:
+                if req is None:  # close() while requests wait: answer them, then stop
+                    self.requests.put(None)
+                    continue
                 groups.setdefault(req[0], []).append(req)
             for (model, max_tokens), reqs in groups.items():
                 try:
-                    self._generate(model, max_tokens, reqs)
-                except BaseException as exc:  # noqa: BLE001 - the callers get it
+                    answers = self._generate(model, max_tokens, reqs)
+                except Exception as exc:  # noqa: BLE001 - the callers get it; the worker goes on
                     for _, _, done, _ in reqs:
                         done.set_exception(exc)
+                    continue
+                for (_, _, done, _), answer in zip(reqs, answers):
+                    done.set_result(answer)
 
-    def _generate(self, model: str, max_tokens: int, reqs: list) -> None:
+    def _generate(self, model: str, max_tokens: int, reqs: list) -> list:
         import contextlib
 
         import torch
@@ -271,12 +282,16 @@ class InProcess:
             with scope:
                 out = net.generate(**enc, max_new_tokens=max_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
         now, width = time.perf_counter(), enc["input_ids"].shape[1]
-        for i, (_, _, done, t0) in enumerate(reqs):
+        eos = net.generation_config.eos_token_id
+        stops = {tok.pad_token_id, tok.eos_token_id, *(eos if isinstance(eos, list) else [eos])} - {None}
+        answers = []
+        for i, (_, _, _, t0) in enumerate(reqs):
             new = out[i][width:].tolist()
-            end = next((k for k, t in enumerate(new) if t in (tok.eos_token_id, tok.pad_token_id)), None)
-            done.set_result(Generation(tok.decode(new[:end], skip_special_tokens=True),
-                                       int(enc["attention_mask"][i].sum()), len(new) if end is None else end + 1,
-                                       now - t0, "length" if end is None else "stop"))
+            end = next((k for k, t in enumerate(new) if t in stops), None)
+            answers.append(Generation(tok.decode(new[:end], skip_special_tokens=True),
+                                      int(enc["attention_mask"][i].sum()), len(new) if end is None else end + 1,
+                                      now - t0, "length" if end is None else "stop"))
+        return answers
 
 
 # -- the study ----------------------------------------------------------------------------------------------------------
@@ -376,6 +391,7 @@ class Study:
         self.traffic = items("B", scale.harvest, seed, test=False)
         self.harvest = corrections(self.traffic, noise=noise, seed=seed)
         self.rows: list[Row] = []
+        self.evaluator = None
 
     # -- training ---------------------------------------------------------------------------------------------------------
     def _spec(self, dataset: Path, out: Path, steps: int, early_stopping: bool = True, shipped: bool = False,
@@ -457,8 +473,10 @@ class Study:
         from driftwatch.config import Evaluate
         from driftwatch.evaluate.evaluator import Evaluator
 
-        report = Evaluator(Evaluate(max_tokens=EVAL_MAX_TOKENS, scoring="normalized", concurrency=8), self.client,
-                           self.golden, self.work / "evals", base="base").run(candidate, incumbent)
+        if self.evaluator is None:  # one, so the base model's battery is asked once
+            self.evaluator = Evaluator(Evaluate(max_tokens=EVAL_MAX_TOKENS, scoring="normalized", concurrency=8),
+                                       self.client, self.golden, self.work / "evals", base="base")
+        report = self.evaluator.run(candidate, incumbent)
         failed = [g.line() for g in report.gates if not g.passed]
         golden = next(g for g in report.gates if g.name == "golden_delta") if not report.error else None
         why = "; ".join(failed) if failed else f"every gate passed ({golden.detail if golden else ''})"

@@ -6,7 +6,7 @@ Suites (the same prompts for both adapters, greedy, requests interleaved so that
   ``evaluate.scoring``);
 * **battery** — general knowledge shipped with driftwatch (``evaluate.battery``): catastrophic forgetting, against
   the incumbent and against the base model itself (an incumbent that already forgot is no excuse: forgetting
-  compounds over retrains; the base model's answers are asked once an evaluator);
+  compounds over retrains; the base model's answers are asked once per evaluator);
 * **probes** — requests outside the tuned task (``evaluate.probes``): the share answered like the task (confusion);
 * **diversity** — distinct-2 and mean pairwise similarity of an adapter's off-task outputs (battery and probes):
   modal collapse is answering everything alike; the task's own answers share a format by design, so the golden
@@ -109,6 +109,7 @@ class Evaluator:
         """``base``: the base model's served name (``gateway.base_model``): the battery's floor."""
         self.cfg, self.client, self.reports_dir, self.clock, self.base = cfg, client, reports_dir, clock, base
         self._base_battery: float | None = None  # greedy answers of a model that does not change: asked once
+        self._base_lock = threading.Lock()
         self.suites: dict[str, list[GoldenItem]] = {
             "golden": read_golden(golden_set),
             "battery": read_golden(cfg.battery or shipped("battery.jsonl")),
@@ -175,16 +176,19 @@ class Evaluator:
             return math.nan
         if self.base in metrics:
             return metrics[self.base]["battery_score"]
-        if self._base_battery is None:
-            items = self.suites["battery"]
-            with ThreadPoolExecutor(self.cfg.concurrency) as pool:
-                answers = list(pool.map(lambda it: self._ask(self.base, it.prompt, cancel), items))
-            if any(a["text"] is None for a in answers):
-                raise ServingError(f"the base model '{self.base}' did not answer the battery: "
-                                   + next(a["error"] for a in answers if a["text"] is None))
-            self._base_battery = sum(scoring.score(a["text"], it.answers, it.scoring or self.cfg.scoring)
-                                     for it, a in zip(items, answers)) / len(items) if items else math.nan
-        return self._base_battery
+        with self._base_lock:
+            if self._base_battery is None:
+                items = self.suites["battery"]
+                with ThreadPoolExecutor(self.cfg.concurrency) as pool:
+                    answers = list(pool.map(lambda it: self._ask(self.base, it.prompt, cancel), items))
+                failed = [a["error"] for a in answers if a["text"] is None]
+                if failed or not items:  # the gate says so ("no answers to score"); asked again next time
+                    log.warning("the base model '%s' did not answer %d battery questions: %s", self.base,
+                                len(failed), failed[0] if failed else "no battery")
+                    return math.nan
+                self._base_battery = sum(scoring.score(a["text"], it.answers, it.scoring or self.cfg.scoring)
+                                         for it, a in zip(items, answers)) / len(items)
+            return self._base_battery
 
     # -- metrics and gate -----------------------------------------------------------------------------------------------
     def _metrics(self, outputs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:

@@ -15,16 +15,19 @@ anchors protect) and writes base-training-set lines, route ``general``. Put them
 from __future__ import annotations
 
 import json
+import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
+from driftwatch.errors import ServingError
 from driftwatch.evaluate.golden import records, text_field
 from driftwatch.retrain.dataset import Example
 
+log = logging.getLogger(__name__)
 ROUTE = "general"
-_SENTENCE = re.compile(r".+?[.!?](?=\s|$)", re.S)
+_SENTENCE = re.compile(r".+?[.!?][\"')\]*]*(?=\s|$)", re.S)  # a closing quote, bracket or bold ends it too
 
 
 def prompts(path: Path | None = None) -> list[str]:
@@ -33,12 +36,13 @@ def prompts(path: Path | None = None) -> list[str]:
     return [text_field(obj, "prompt", f"{path}:{n}") for n, obj in records(path)]
 
 
-def complete(text: str, max_chars: int = 240) -> str | None:
+def complete(text: str, max_chars: int = 240, *, cut: bool = False) -> str | None:
     """The longest run of whole sentences that opens ``text`` and fits ``max_chars``; None when none does (an answer
-    cut mid-sentence would teach the adapter to stop mid-sentence)."""
+    cut mid-sentence would teach the adapter to stop mid-sentence). ``cut``: the text stopped at the token limit, so
+    its end is no sentence's end ("about 3." of "about 3.5")."""
     text, out = text.strip(), ""
     for m in _SENTENCE.finditer(text):
-        if m.end() > max_chars:
+        if m.end() > max_chars or (cut and m.end() == len(text)):
             break
         out = text[:m.end()]
     return out if len(out.split()) >= 3 else None  # "1." opens a list: no sentence
@@ -46,10 +50,15 @@ def complete(text: str, max_chars: int = 240) -> str | None:
 
 def self_distill(client, base: str, questions: list[str], *, max_tokens: int = 64, concurrency: int = 4,
                  system: str | None = None) -> list[Example]:
-    """The base model's greedy answers, cut to whole sentences; a prompt with none is left out."""
+    """The base model's greedy answers, cut to whole sentences; a prompt with none, or that failed, is left out."""
     def ask(prompt: str) -> str | None:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return complete(client.chat(base, messages, max_tokens=max_tokens, temperature=0.0).text)
+        try:
+            g = client.chat(base, messages, max_tokens=max_tokens, temperature=0.0)
+        except ServingError as exc:
+            log.warning("anchor prompt %r: %s", prompt[:60], exc)
+            return None
+        return complete(g.text, cut=g.finish_reason == "length")
 
     with ThreadPoolExecutor(concurrency) as pool:
         answers = list(pool.map(ask, questions))

@@ -3,14 +3,16 @@ adapter. Every step is recorded in the state store; what follows a run is the re
 
 The run is recorded as ``queued`` (decided, its job not started) → ``building`` → ``training`` → ``succeeded`` |
 ``failed`` | ``timed_out`` | ``cancelled``; ``refused`` when the data failed a gate (nothing was trained; the gate
-report says why); ``unimproved`` when no checkpoint beat the adapter it started from (new, or the one retrained) on the validation split (best step
-0): training changed nothing worth serving, so the run leaves no candidate.
+report says why); ``unimproved`` when no checkpoint beat the adapter it started from (a new one, or with
+``retrain.warm_start`` the one retrained) on the validation split (best step 0): training changed nothing worth
+serving, so the run leaves no candidate.
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import shutil
 import threading
 import time
 from dataclasses import replace
@@ -105,17 +107,14 @@ class RetrainService:
         dataset = write_dataset(curated, self.datasets_dir, sources=sources, retention_days=cfg.retention_days)
         self.store.save_dataset(dataset.name, str(dataset), self.clock(), curated.counts)
         output = self.runs_dir / record.id
+        init = self._warm_start(record, output)
         record = replace(record, status="training", dataset=str(dataset), output=str(output),
-                         detail={**record.detail, "gates": [g.line() for g in curated.report], "counts": curated.counts})
+                         detail={**record.detail, "gates": [g.line() for g in curated.report], "counts": curated.counts,
+                                 "warm_start_from": init})
         self.store.save_run(record)
-        init = self.adapter_path(record.adapter) if cfg.warm_start else None  # None: the base model serves
-        if init is not None and not (Path(init) / "adapter_config.json").is_file():
-            log.warning("retrain run %s: '%s' has no adapter at %s: training a new LoRA", record.id, record.adapter, init)
-            init = None
-        record = replace(record, detail={**record.detail, "warm_start_from": init})
         spec = TrainSpec(base_model=str(cfg.base_model), dataset=str(dataset), output=str(output),
                          **cfg.lora.model_dump(), **cfg.training.model_dump(), price_per_gpu_hour=cfg.price_per_gpu_hour,
-                         progress=False, init_adapter=init)
+                         progress=False, init_adapter=str(output / "init") if init else None)
         result = self.runner.run(spec, record.id, cancel)
         detail = dict(record.detail)
         if result.manifest is not None:
@@ -133,6 +132,21 @@ class RetrainService:
                 f"no checkpoint beat the adapter it started from: best step 0 of {m['steps']}, validation loss "
                 f"{m['initial_validation_loss']:.4f} never improved on: not a candidate"))
         return replace(record, status=result.status.value, reason=result.reason or None, detail=detail)
+
+
+    def _warm_start(self, record: RunRecord, output: Path) -> str | None:
+        """With retrain.warm_start, the adapter the run continues from (the registry's path of the version it
+        retrains), copied into ``<output>/init``: where a trainer Job reads it (the run's directory is on the shared
+        volume), and what the run started from, kept with it. None: a new LoRA."""
+        path = self.adapter_path(record.adapter) if self.cfg.warm_start else None  # None: no adapter (the base model)
+        if path is None:
+            return None
+        if not (Path(path) / "adapter_config.json").is_file():
+            log.warning("retrain run %s: '%s' has no adapter at %s: training a new LoRA", record.id, record.adapter,
+                        path)
+            return None
+        shutil.copytree(path, output / "init", dirs_exist_ok=True)
+        return path
 
 
 def new_run_id(at: float, decision_id: int | None) -> str:

@@ -220,7 +220,9 @@ def train(spec: TrainSpec) -> dict:
                        "sha256": _sha256_files(base, ("config.json", "*.safetensors", "*.bin"))},
         "dataset": {"path": str(data.resolve()), "version": dataset_manifest.get("version"),
                     "train_examples": len(train_set), "validation_examples": len(val_set)},
-        "hyperparameters": {k: v for k, v in asdict(spec).items() if k not in ("base_model", "dataset", "output", "progress")},
+        "hyperparameters": {k: v for k, v in asdict(spec).items() if k not in ("base_model", "dataset", "output", "progress")}
+        | ({"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,  # a warm start's: the adapter's own
+            "target_modules": sorted(lora.target_modules)} if (lora := model.peft_config.get("default")) else {}),
         "parameters": {"total": total_params, "trainable": trainable},
         "curves": curves, "steps": step, "planned_steps": total_steps, "best_step": best_step,
         "best_validation_loss": best_loss, "initial_validation_loss": curves["validation"][0][1],
