@@ -502,10 +502,14 @@ def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -
     from driftwatch.state.store import open_stores
 
     store, registry = open_stores(settings.state_store_path, settings.registry_path)
-    service = app.retrain_service(settings, store, registry=registry)
-    if service is None:
+
+    def close() -> None:  # one database, or two
         for db in {id(store): store, id(registry): registry}.values():
             db.close()
+
+    service = app.retrain_service(settings, store, registry=registry)
+    if service is None:
+        close()
         click.echo("error: retrain.base_model is not set (and retrain.golden_set with it)", err=True)
         sys.exit(2)
     cancel = threading.Event()
@@ -527,8 +531,7 @@ def _retrain_here(settings, adapter: str, focus: tuple[str, ...], reason: str) -
         cancel.set()
         raise
     finally:
-        for db in {id(store): store, id(registry): registry}.values():
-            db.close()
+        close()
     sys.exit(0 if run.status == "succeeded" else 1)
 
 
