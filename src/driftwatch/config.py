@@ -219,8 +219,10 @@ class Policy(_Section):
 
 class Gates(_Section):
     near_dup_threshold: float = Field(0.7, gt=0, le=1, description="Jaccard of content-word shingles for a near-duplicate")
-    max_duplicate_share: float = Field(0.5, ge=0, le=1, description="exact + near duplicates collapsed, share of candidates")
-    max_contradiction_share: float = Field(0.05, ge=0, le=1, description="prompt clusters whose targets disagree")
+    max_duplicate_share: float = Field(
+        0.5, ge=0, le=1, description="exact + near duplicates collapsed, share of the harvested candidates")
+    max_contradiction_share: float = Field(
+        0.05, ge=0, le=1, description="prompt clusters whose targets disagree, share of those with a harvested example")
     min_unique_prompts: int = Field(50, ge=1, description="distinct prompts left after collapsing")
     min_route_examples: int = Field(5, ge=0, description="examples for each route that drifted")
     max_golden_leakage_share: float = Field(0.02, ge=0, le=1, description="candidates matching the golden set (removed)")

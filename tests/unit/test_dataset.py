@@ -81,6 +81,28 @@ def test_contradicting_labels_are_left_out_and_too_many_refuse():
         curate(data + many, [])
 
 
+def test_a_poisoned_harvest_is_judged_on_its_own_not_diluted_by_the_replay():
+    """The efficacy study's poisoned harvest passed the data gates: 20 % contradicting corrections, shared with
+    hundreds of replayed clusters, came to under the 5 % limit. The duplicate and contradiction shares are of what
+    was harvested; the replay was judged when it was harvested."""
+    harvest = good(100)
+    flips = [Example(e.prompt, f"Item {i} is out of stock this week.", "correction", "qa")
+             for i, e in enumerate(harvest[:20])]
+    repeats = harvest[20:60]  # (this data is so uniform that a paraphrase is a length outlier)
+    replay = [Example(e.prompt.replace("Which warehouse ships", "Which depot stocks"), e.target, "replay", "qa")
+              for e in good(400)]
+    replay += replay[:84]
+    with pytest.raises(GateFailure) as exc:
+        curate(harvest + flips + repeats + replay, [], settings=GateSettings(replay_fraction=0.5))
+    contra = gate(exc.value.report, "contradictions")
+    assert not contra.passed and contra.value == pytest.approx(20 / 100)  # was 20 / 500: 4 %, passed
+    dup = gate(exc.value.report, "duplicate_share")
+    assert dup.value == pytest.approx(40 / 160)  # the replay's own 84 repeats are not the harvest's duplicates
+    assert "of 100 harvested" in contra.detail
+    # the same replay with a clean harvest passes
+    assert curate(harvest + replay, [], settings=GateSettings(replay_fraction=0.5)).counts["contradicting_clusters"] == 0
+
+
 def test_a_trusted_correction_wins_over_a_replayed_answer():
     data = good(80) + [Example("Where is the returns desk?", "Gate 4, second floor.", "correction"),
                        Example("Can you tell me where the returns desk is?", "Gate 9.", "replay")]

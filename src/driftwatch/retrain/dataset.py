@@ -124,7 +124,7 @@ def clusters(texts: Sequence[str], threshold: float = 0.7, hasher: MinHasher | N
 @dataclass(frozen=True)
 class GateSettings:
     near_dup_threshold: float = 0.7
-    max_duplicate_share: float = 0.5  # exact + near duplicates removed, as a share of all candidates
+    max_duplicate_share: float = 0.5  # exact + near duplicates removed, as a share of the harvested candidates
     max_contradiction_share: float = 0.05
     min_unique_prompts: int = 50  # distinct prompt clusters in the final set
     min_route_examples: int = 5  # per route that drifted
@@ -247,23 +247,32 @@ def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_ro
     pool = [e for i, e in enumerate(pool) if not (i in leak_ids or normalize(e.prompt) in golden_norm)]
     counts["golden_leaked"] = len(leaked)
 
-    # exact duplicates, near-duplicates and contradictions, by prompt cluster
+    # exact duplicates, near-duplicates and contradictions, by prompt cluster. Their shares are of what was
+    # harvested: the replay was judged when it was harvested, and hundreds of replayed clusters would otherwise
+    # dilute a poisoned harvest under the bounds. A set of replay alone (a first training) is judged whole.
+    judged = (lambda es: [e for e in es if e.source != "replay"]) if any(e.source != "replay" for e in candidates) \
+        else list
     cluster_of = clusters([e.prompt for e in pool], s.near_dup_threshold)
     groups: dict[int, list[Example]] = {}
     for e, c in zip(pool, cluster_of):
         groups.setdefault(c, []).append(e)
     exact = len(pool) - len({(normalize(e.prompt), normalize(e.target)) for e in pool})
+    exact_judged = len(judged(pool)) - len({(normalize(e.prompt), normalize(e.target)) for e in judged(pool)})
     kept_examples: list[tuple[int, Example]] = []
-    contradictions = collapsed = 0
+    contradictions = collapsed = contradicting_judged = collapsed_judged = judged_clusters = 0
     for c, members in groups.items():
         best_trust = max(TRUST[m.source] for m in members)
         keep = _resolve([m for m in members if TRUST[m.source] == best_trust])
+        judged_clusters += bool(judged(members))
         if keep is None:
             contradictions += 1
+            contradicting_judged += bool(judged(members))
         else:
             kept_examples.extend((c, e) for e in keep)
             collapsed += len(members) - len(keep)
+            collapsed_judged += len(judged(members)) - len(judged(keep))
     counts.update(exact_duplicates=exact, near_duplicates=max(0, collapsed - exact), contradicting_clusters=contradictions)
+    near_judged = max(0, collapsed_judged - exact_judged)
 
     # replay share: keep trusted examples, then replay up to the configured share of the final set
     trusted = [(c, e) for c, e in kept_examples if e.source != "replay"]
@@ -275,13 +284,16 @@ def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_ro
     counts["replay_used"] = min(want, len(replay))
 
     total = max(1, len(candidates))
+    harvested = "harvested " if len(judged(candidates)) < len(candidates) else ""
     routes = {r: sum(e.route == r for _, e in final) for r in focus_routes}
     thin = {r: n for r, n in routes.items() if n < s.min_route_examples}
     report = [
-        Gate("duplicate_share", (exact + counts["near_duplicates"]) / total, s.max_duplicate_share, "<=",
-             f"{exact} exact + {counts['near_duplicates']} near-duplicate prompts of {len(candidates)} collapsed"),
-        Gate("contradictions", contradictions / max(1, len(groups)), s.max_contradiction_share, "<=",
-             f"{contradictions} prompt cluster(s) with disagreeing targets left out"),
+        Gate("duplicate_share", (exact_judged + near_judged) / max(1, len(judged(candidates))), s.max_duplicate_share,
+             "<=", f"{exact_judged} exact + {near_judged} near-duplicate prompts of {len(judged(candidates))} "
+                   f"{harvested}collapsed"),
+        Gate("contradictions", contradicting_judged / max(1, judged_clusters), s.max_contradiction_share, "<=",
+             f"{contradicting_judged} of {judged_clusters} {harvested}prompt cluster(s) with disagreeing targets "
+             "left out"),
         Gate("unique_prompts", len(final), s.min_unique_prompts, ">=", f"{len(final)} distinct prompts after collapsing"),
         Gate("route_coverage", min(routes.values(), default=s.min_route_examples), s.min_route_examples, ">=",
              f"examples per drifted route {routes}" + (f"; too few for {sorted(thin)}" if thin else "")),
