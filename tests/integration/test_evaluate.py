@@ -68,7 +68,7 @@ def test_evaluation_on_vllm_promotes_the_good_and_refuses_the_poisoned(vllm, gol
     assert good.passed, good.table()
     assert good.metrics["v-a"]["golden_score"] == 1.0 and good.metrics["v-b"]["golden_score"] == 0.0
     assert not poisoned.passed and "golden_delta" in {g.name for g in poisoned.gates if not g.passed}
-    assert not missing.passed and missing.metrics["v-gone"]["request_errors"] == 69
+    assert not missing.passed and missing.metrics["v-gone"]["request_errors"] == sum(map(len, evaluator.suites.values()))
     for r in (good, poisoned, missing):
         saved = json.loads((tmp_path / "evals" / f"{r.id}.json").read_text())
         assert saved["passed"] == r.passed and (tmp_path / "evals" / f"{r.id}.txt").exists()

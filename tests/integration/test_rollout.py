@@ -89,7 +89,7 @@ def stack(tansu, vllm, tmp_path):
         retrain={"golden_set": str(golden_set(tmp_path))},
         evaluate={"max_tokens": 12},
         rollout={"tick_s": 0.3, "lease_s": 2, "warm_requests": 2,
-                 # latency: an evaluation of 138 requests beside the live traffic swings means on 2 cores; this test
+                 # latency: an evaluation of ~300 requests beside the live traffic swings means on 2 cores; this test
                  # is about feedback and output, so the latency check gets a wide slack
                  "bake": {"duration_s": 30, "deadline_s": 60, "min_events": 20, "min_feedback": 10,
                           "failed_checks": 2, "latency_slack_ms": 500}},

@@ -13,6 +13,8 @@ from driftwatch.errors import DataError
 from driftwatch.evaluate.golden import read_golden
 from driftwatch.serving.vllm import Generation
 
+BATTERY = len(read_golden(shipped("battery.jsonl")))  # the shipped general-knowledge questions
+
 
 def test_scorings():
     assert scoring.score(" Paris ", ["Paris"], "exact") == 1 and scoring.score("Paris.", ["Paris"], "exact") == 0
@@ -90,9 +92,9 @@ def test_a_better_candidate_passes_and_the_report_is_written(tmp_path):
                                               "distinct2_ratio", "self_similarity_delta", "confusion_delta",
                                               "latency_p95_ms"}
     saved = json.loads((tmp_path / "evals" / "e1.json").read_text())
-    assert saved["passed"] and len(saved["items"]) == 8 + 39 + 20 and saved["items"][0]["candidate"]["text"]
+    assert saved["passed"] and len(saved["items"]) == 8 + BATTERY + 20 and saved["items"][0]["candidate"]["text"]
     assert "PASSED" in (tmp_path / "evals" / "e1.txt").read_text()
-    assert client.calls.count("good") == client.calls.count("old") == 67
+    assert client.calls.count("good") == client.calls.count("old") == 8 + BATTERY + 20
 
 
 @pytest.mark.parametrize("candidate, failing", [
@@ -152,7 +154,7 @@ def test_forgetting_is_measured_against_the_base_model_too(tmp_path):
     assert not floor.passed and not report.passed and floor.value == report.base["battery_score"] > 0.05
     assert "base model" in floor.detail and report.base["model"] == "base"
     ev.run("cand", "inc")
-    assert client.calls.count("base") == 39  # greedy answers of a model that does not change: asked once
+    assert client.calls.count("base") == BATTERY  # greedy answers of a model that does not change: asked once
     # when the base model is one of the two, its own answers are the floor
     assert ev.run("base", "inc").base["battery_score"] == report.base["battery_score"]
     # a base model that does not answer fails the evaluation; null turns the gate off
@@ -167,7 +169,7 @@ def test_forgetting_is_measured_against_the_base_model_too(tmp_path):
 def test_an_evaluation_that_cannot_run_never_passes(tmp_path):
     report = evaluator(tmp_path, Scripted({"inc": knows})).run("missing", "inc")
     errors = next(g for g in report.gates if g.name == "request_errors")
-    assert not report.passed and errors.value == 67 and not errors.passed
+    assert not report.passed and errors.value == 8 + BATTERY + 20 and not errors.passed
     assert next(g for g in report.gates if g.name == "golden_score").verdict == "error"  # nothing to score
 
     class Broken:
