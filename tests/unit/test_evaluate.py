@@ -179,3 +179,14 @@ def test_an_evaluation_that_cannot_run_never_passes(tmp_path):
     report = evaluator(tmp_path, Broken()).run("a", "b")
     assert not report.passed and "boom" in report.error and report.gates[0].verdict == "error"
     assert json.loads((tmp_path / "evals" / f"{report.id}.json").read_text())["passed"] is False
+
+
+def test_a_value_at_its_bound_by_arithmetic_is_at_the_bound():
+    """Measured: base 63/120 minus candidate 57/120 is 0.050000000000000044 in floats, and the 0.05 forgetting
+    bound refused a candidate exactly at it ("FAIL forgetting_base_drop 0.05 <= 0.05")."""
+    from driftwatch.evaluate.gates import Gate
+
+    drop = 63 / 120 - 57 / 120
+    assert drop > 0.05 and Gate("forgetting_base_drop", drop, 0.05, "<=").passed
+    assert not Gate("x", 0.0501, 0.05, "<=").passed and Gate("y", 0.05 - 1e-17, 0.05, ">=").passed
+    assert not Gate("golden_delta", 0.1 + 0.2 - 0.3, 0.0, ">").passed  # 5.6e-17 is not strictly better
