@@ -257,7 +257,8 @@ def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_ro
     for e, c in zip(pool, cluster_of):
         groups.setdefault(c, []).append(e)
     exact = len(pool) - len({(normalize(e.prompt), normalize(e.target)) for e in pool})
-    exact_judged = len(judged(pool)) - len({(normalize(e.prompt), normalize(e.target)) for e in judged(pool)})
+    judged_pool, n_judged = judged(pool), len(judged(candidates))
+    exact_judged = len(judged_pool) - len({(normalize(e.prompt), normalize(e.target)) for e in judged_pool})
     kept_examples: list[tuple[int, Example]] = []
     contradictions = collapsed = contradicting_judged = collapsed_judged = judged_clusters = 0
     for c, members in groups.items():
@@ -284,13 +285,12 @@ def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_ro
     counts["replay_used"] = min(want, len(replay))
 
     total = max(1, len(candidates))
-    harvested = "harvested " if len(judged(candidates)) < len(candidates) else ""
+    harvested = "harvested " if n_judged < len(candidates) else ""
     routes = {r: sum(e.route == r for _, e in final) for r in focus_routes}
     thin = {r: n for r, n in routes.items() if n < s.min_route_examples}
     report = [
-        Gate("duplicate_share", (exact_judged + near_judged) / max(1, len(judged(candidates))), s.max_duplicate_share,
-             "<=", f"{exact_judged} exact + {near_judged} near-duplicate prompts of {len(judged(candidates))} "
-                   f"{harvested}collapsed"),
+        Gate("duplicate_share", (exact_judged + near_judged) / max(1, n_judged), s.max_duplicate_share, "<=",
+             f"{exact_judged} exact + {near_judged} near-duplicate prompts of {n_judged} {harvested}collapsed"),
         Gate("contradictions", contradicting_judged / max(1, judged_clusters), s.max_contradiction_share, "<=",
              f"{contradicting_judged} of {judged_clusters} {harvested}prompt cluster(s) with disagreeing targets "
              "left out"),
