@@ -106,9 +106,11 @@ def test_the_collector_json_record_with_hex_ids(tansu, tmp_path):
     for i, s in enumerate(doc["resourceSpans"][0]["scopeSpans"][0]["spans"]):
         s["traceId"], s["spanId"], s["kind"] = f"{TRACE:032x}", f"{0x1001 + i:016x}", 3
         s["status"] = {"code": 2} if i else {}
+    # one key: one partition, so the two-span record is read first (unkeyed, they may land on two partitions and be
+    # read in either order; the one-span record first makes the two-span one half new, counted as accepted)
     with EventProducer(kafka=settings.kafka) as producer:
-        producer.send_raw(topic, json.dumps(doc).encode())
-        producer.send_raw(topic, encode([chat(1, "llama-3-8b")], "otlp_json"))  # the SDK's encoding of the first
+        producer.send_raw(topic, json.dumps(doc).encode(), key=b"trace")
+        producer.send_raw(topic, encode([chat(1, "llama-3-8b")], "otlp_json"), key=b"trace")  # the SDK's, of the first
         producer.flush()
     wait_for(lambda: d.value("driftwatch_ingest_records_total", topic=topic, outcome="duplicate") == 1, 60,
              "both records to be counted")
