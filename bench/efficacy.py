@@ -35,6 +35,9 @@ from pathlib import Path
 
 
 def main() -> int:
+    from driftwatch.dev import unwind_on_sigterm
+
+    unwind_on_sigterm()  # killed with SIGTERM, it still stops the servers it started
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", choices=("smollm2", "tiny"), default="smollm2")
     ap.add_argument("--noise", type=float, default=0.05, help="share of users' corrections that name a wrong queue")

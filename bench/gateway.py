@@ -154,6 +154,9 @@ def start_gateway(broker: LocalBroker, upstream: str, tmp: Path, cpu: int | None
 
 
 def main() -> None:
+    from driftwatch.dev import unwind_on_sigterm
+
+    unwind_on_sigterm()  # killed with SIGTERM, it still stops the servers it started
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=50.0)
     ap.add_argument("--requests", type=int, default=1000)

@@ -146,6 +146,9 @@ def loadavg() -> str:
 
 
 def main() -> None:
+    from driftwatch.dev import unwind_on_sigterm
+
+    unwind_on_sigterm()  # killed with SIGTERM, it still stops the servers it started
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--settle", type=float, default=5.0, help="seconds after both joined before measuring")

@@ -158,6 +158,9 @@ def summary(rates: list[float]) -> str:
 
 
 def main() -> None:
+    from driftwatch.dev import unwind_on_sigterm
+
+    unwind_on_sigterm()  # killed with SIGTERM, it still stops the servers it started
     ap = argparse.ArgumentParser()
     ap.add_argument("--broker", choices=["tansu", "noida"], default="tansu")  # noida-db 0.2.3 bogs down past ~100k
     ap.add_argument("--events", type=int, default=200_000)

@@ -202,6 +202,9 @@ def profile_summary(raw: Path, top: int = 25) -> None:
 
 
 def main() -> None:
+    from driftwatch.dev import unwind_on_sigterm
+
+    unwind_on_sigterm()  # killed with SIGTERM, it still stops the servers it started
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=float, default=20.0, help="requests/s on each path in the fixed-rate run")
     ap.add_argument("--requests", type=int, default=1000, help="requests on each path in the fixed-rate run")

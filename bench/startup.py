@@ -54,6 +54,9 @@ def run_to_healthz(bootstrap: str, tmp: Path) -> float:
 
 
 def main() -> None:
+    from driftwatch.dev import unwind_on_sigterm
+
+    unwind_on_sigterm()  # killed with SIGTERM, it still stops the servers it started
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()

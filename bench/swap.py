@@ -77,6 +77,9 @@ def summary(rows) -> str:
 
 
 def main() -> None:
+    from driftwatch.dev import unwind_on_sigterm
+
+    unwind_on_sigterm()  # killed with SIGTERM, it still stops the servers it started
     ap = argparse.ArgumentParser()
     ap.add_argument("--cycles", type=int, default=10)
     ap.add_argument("--clients", type=int, default=4)

@@ -111,12 +111,12 @@ def run(config: str | None) -> None:
                    "traffic and windows scaled to the 0.1-0.65 requests/s it serves).")
 def demo(duration: float, rate: float, broker: str, seed: int, serve: bool | None, model: str) -> None:
     """Start a local broker, the simulator and the daemon; print the counts read back from /metrics."""
+    from driftwatch.dev import unwind_on_sigterm
     from driftwatch.dev.demo import run_demo
     from driftwatch.log import setup_logging
 
     setup_logging("WARNING")
-    # stopped from outside: unwind, so that vLLM, the broker and the gateways are stopped too, not orphaned
-    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    unwind_on_sigterm()  # vLLM, the broker and the gateways stop with it
     sys.exit(run_demo(duration, rate, broker, seed, serve=serve, model=model))
 
 

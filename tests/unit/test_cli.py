@@ -32,3 +32,33 @@ def test_json_log_lines_carry_extra_fields_and_exceptions():
     assert line["msg"] == "commit failed for g1" and line["level"] == "error" and line["partition"] == 3
     assert "ValueError: boom" in line["exc"] and line["ts"].endswith("Z")
 
+
+
+def test_a_dev_tool_stopped_with_sigterm_stops_what_it_started(tmp_path):
+    """`make efficacy` killed with SIGTERM left its vLLM server running: Python dies at once on SIGTERM, and the
+    ``finally`` that stops the server never ran. With unwind_on_sigterm it runs."""
+    import os
+    import signal
+
+    script = tmp_path / "tool.py"
+    script.write_text(
+        "import subprocess, sys\n"
+        "from driftwatch.dev import unwind_on_sigterm\n"
+        "unwind_on_sigterm()\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        "try:\n"
+        "    print(child.pid, flush=True)\n"
+        "    child.wait()\n"
+        "finally:\n"
+        "    child.kill()\n"
+        "    child.wait()\n")
+    tool = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    child = int(tool.stdout.readline())
+    tool.send_signal(signal.SIGTERM)
+    assert tool.wait(30) == 128 + signal.SIGTERM
+    try:
+        os.kill(child, 0)
+    except ProcessLookupError:
+        return
+    os.kill(child, signal.SIGKILL)
+    raise AssertionError("the tool's child outlived it")
