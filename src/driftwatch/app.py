@@ -274,7 +274,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
         feedback_hold_s=ing.feedback_hold_s, max_held=max(1, ing.dedup_max_entries // 4), spans=spans,
     )
     pol = settings.policy
-    policy = Policy(pol.rules, store, metrics, cooldown_s=pol.cooldown_s, max_retrains_per_day=pol.max_retrains_per_day)
+    policy = Policy(pol.rules, store, metrics, cooldown_s=pol.cooldown_s, max_retrains_per_day=pol.max_retrains_per_day,
+                    max_attempts=pol.max_attempts, min_new_examples=settings.retrain.min_new_examples)
     for name in settings.control.retrain_alerts:
         metrics.retrain_requests.labels(rule=f"alert:{name}")
     jobs = Jobs()

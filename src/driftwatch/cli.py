@@ -391,10 +391,13 @@ def _print_status(doc: dict, limit: int) -> None:
     click.echo("\nrules:")
     for st in doc["rules"]:
         value = "-" if st["value"] is None else f"{st['value']:.4g}"
-        click.echo(f"  {st['rule']:<20} {st['adapter']:<16} {st['state']:<9} since {stamp(st['since'])}  value {value}   "
-                   f"{st['signal']} {st['op']} {st['threshold']:g} for {st['for_s']:g}s -> {st['action']}")
-    if not doc["rules"]:
-        click.echo("  (no data yet)")
+        when = f"since {stamp(st['since'])}" if st["since"] else f"(fewer than {st.get('min_samples', 0)} events)"
+        click.echo(f"  {st['rule']:<20} {st['adapter'] or '(no adapter yet)':<16} {st['state']:<9} {when}  value "
+                   f"{value}   {st['signal']} {st['op']} {st['threshold']:g} for {st['for_s']:g}s -> {st['action']}")
+        if st.get("waiting"):
+            w = st["waiting"]
+            click.echo(f"      not retraining now ({w['kind']}): {w['reason']}"
+                       + (f"; next try {stamp(w['next_try'])}" if w.get("next_try") else ""))
     if doc["windows"]:
         click.echo("\nwindows:")
         for adapter, w in doc["windows"].items():

@@ -214,6 +214,10 @@ class Policy(_Section):
     rules: list[Rule] = Field(default_factory=_default_rules)
     cooldown_s: float = Field(6 * 3600.0, ge=0, description="after a retrain request, the same adapter waits this long")
     max_retrains_per_day: int = Field(3, ge=0)
+    max_attempts: int = Field(3, ge=1, description="consecutive retrains of a slot that end without a promotion "
+                              "(failed, refused, unimproved, rejected, rolled back) before a firing rule stops "
+                              "retrying (driftwatch_retrain_stuck); a promotion, the signal clearing, `driftwatch "
+                              "retrain` or `driftwatch resume` resets the count")
     store_path: Path | None = Field(None, description="SQLite state store; default: <daemon.state_dir>/state.db")
 
 
@@ -282,6 +286,9 @@ class Retrain(_Section):
                                     "with base_model)")
     base_training_set: Path | None = Field(None, description="JSONL {prompt, response, route?}: the replay source")
     window_hours: float = Field(168.0, gt=0, description="harvested feedback examples from this far back")
+    min_new_examples: int = Field(20, ge=0, description="a firing rule retries a retrain that ended without a "
+                                  "promotion only once this many examples were harvested since (a new dataset "
+                                  "version); 0: retry on the cooldown alone")
     harvest_max_pending: int = Field(20_000, ge=0, description="recent requests kept in memory for feedback to "
                                      "join (corrections and positive ratings become examples); 0: no harvesting")
     trusted_callers: list[str] = Field(default_factory=list, description="feedback callers (gateway.feedback_callers) "
@@ -362,6 +369,10 @@ class Bake(_Section):
     latency_max_ratio: float = Field(1.5, gt=0, description="new mean latency over the previous' (plus "
                                      "latency_slack_ms): at most this")
     latency_slack_ms: float = Field(20.0, ge=0)
+    error_ratio_max: float = Field(0.05, ge=0, le=1, description="a first version (no previous adapter to compare "
+                                   "with): its error ratio at most this")
+    refusal_max: float = Field(0.1, ge=0, le=1, description="a first version: its refusal rate at most this")
+    empty_max: float = Field(0.05, ge=0, le=1, description="a first version: its share of empty answers at most this")
 
 
 class Rollout(_Section):
@@ -374,6 +385,12 @@ class Rollout(_Section):
     canary_steps: list[float] = Field(default_factory=list, description="traffic shares for a stepped canary "
                                       "through alias weights (e.g. 0.1,0.5), each baked for step_s; empty: one flip")
     step_s: float = Field(120.0, gt=0)
+    load_deadline_s: float = Field(600.0, gt=0, description="loading: a server still unreachable then fails the "
+                                   "rollout (production untouched)")
+    evaluate_deadline_s: float = Field(3600.0, gt=0, description="evaluating: no verdict by then rejects the "
+                                       "candidate (the evaluation is cancelled)")
+    warm_deadline_s: float = Field(300.0, gt=0, description="warming: a server still unreachable then fails the "
+                                   "rollout (production untouched)")
     tick_s: float = Field(5.0, gt=0, description="how often the control loop ticks (advances a rollout, starts and "
                           "collects jobs, acts on control requests; at once when a request arrives)")
     lease_s: float = Field(30.0, gt=0, description="a process acting on a rollout holds it this long; a crashed "

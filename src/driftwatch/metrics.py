@@ -231,6 +231,10 @@ class Metrics:
         self.retrain_paused = Gauge(
             "driftwatch_retrain_paused", "1 while automatic retraining is paused (control API)", registry=r
         )
+        self.retrain_stuck = Gauge(
+            "driftwatch_retrain_stuck", "1 while a serving slot's firing retrain rule has stopped retrying: "
+            "policy.max_attempts consecutive retrains ended without a promotion", ["slot"], registry=r
+        )
         self.webhook_alerts = Counter(
             "driftwatch_webhook_alerts", "Alerts received on the Alertmanager webhook, by outcome (retrain, held, "
             "queued: not acted on within control.request_wait_s, duplicate, ignored, unknown_adapter: not in the registry, "

@@ -73,7 +73,7 @@ def reference():
 def loop(tmp_path, reference):
     made = []
 
-    def make(**overrides):
+    def make(service=None, **overrides):
         doc = {"daemon": {"state_dir": str(tmp_path / "state")},
                "monitor": {"check_interval_s": 10, "min_samples": 100},
                "policy": {"rules": [{"name": "input-drift", "signal": "input_drift", "threshold": 1, "clear": 0.5,
@@ -92,8 +92,11 @@ def loop(tmp_path, reference):
         rollouts = RolloutController(settings, registry, metrics=metrics, clients=[vllm], state=store,
                                      evaluator=ScriptedEvaluator(tmp_path), jobs=jobs, monitor=monitor, clock=clock)
         control = Reconciler(settings, store=store, registry=registry, metrics=metrics, monitor=monitor,
-                             policy=Policy(settings.policy.rules, store, metrics, cooldown_s=3600), rollouts=rollouts,
-                             retrain=Trains(settings.retrain, settings.daemon.state_dir, store, runner=None, clock=clock),
+                             policy=Policy(settings.policy.rules, store, metrics, cooldown_s=3600,
+                                           max_attempts=settings.policy.max_attempts,
+                                           min_new_examples=settings.retrain.min_new_examples), rollouts=rollouts,
+                             retrain=(service or Trains)(settings.retrain, settings.daemon.state_dir, store, runner=None,
+                                                         clock=clock),
                              jobs=jobs, clock=clock)
         registry.set_aliases({"production": {"support-v1": 1.0}}, clock(), who="test", why="the incumbent")
         ingest = IngestThread(monitor)
@@ -101,7 +104,7 @@ def loop(tmp_path, reference):
         from types import SimpleNamespace
 
         return SimpleNamespace(control=control, store=store, registry=registry, jobs=jobs, clock=clock, vllm=vllm, ingest=ingest,
-                               monitor=monitor, rollouts=rollouts, settings=settings)
+                               monitor=monitor, rollouts=rollouts, settings=settings, metrics=metrics)
 
     yield make
     for ingest in made:
@@ -261,3 +264,128 @@ def test_a_rollback_through_the_api_during_an_evaluation_is_acted_on_at_once(loo
     assert production == "support-v1" and r.registry.rollouts(1)[0].phase == "rejected"
     assert elapsed < 15, elapsed  # woken at once: not the next of the ticks 30 s apart
     assert r.registry.alias_table()[1] == {"production": {"support-v1": 1.0}}
+
+
+# -- level-triggered retrains: a firing rule is pursued on every check ---------------------------------------------------
+class Fails(RetrainService):
+    """Training that always fails (a broken base model, say)."""
+
+    def _run(self, record, focus_routes, cancel):
+        return replace(record, status="failed", reason="stand-in: training failed")
+
+
+def harvest(r, n, seed):
+    from driftwatch.state.store import HarvestedExample
+
+    r.store.add_examples([HarvestedExample(f"req-{seed}-{i}", "correction", r.clock(), "support-v1", "qa",
+                                           f"question {seed} {i}", "an answer") for i in range(n)])
+
+
+def check(r, seconds, seed):
+    """Drifted traffic goes on, and the check is due: returns the decisions it recorded, oldest first."""
+    before = {d.id for d in r.store.decisions()}
+    r.clock.t += seconds
+    r.ingest.feed(traffic(400, seed, **SHIFT))
+    tick(r)
+    return [(d.action, d.reasons[-1]) for d in reversed(r.store.decisions()) if d.id not in before]
+
+
+def test_a_retrain_held_by_the_pause_is_decided_once_the_pause_is_lifted(loop):
+    r = loop()
+    r.store.add_request(r.clock(), "pause", "incident 42", "ana")
+    tick(r)
+    assert [a for a, _ in check(r, 10, 310)] == ["hold"]
+    assert check(r, 10, 311) == []  # still paused: the same hold is not recorded again
+    (rule,) = [x for x in r.control.status()["rules"] if x["state"] == "firing"]
+    assert rule["waiting"]["kind"] == "paused" and "driftwatch resume" in rule["waiting"]["reason"]
+    r.store.add_request(r.clock(), "resume", "incident over", "ana")
+    (decided,) = check(r, 10, 312)  # the drift persists: the rule asks again, not only when it starts firing
+    assert decided[0] == "retrain" and r.store.runs()[0].status == "queued"
+
+
+def test_a_failed_run_is_retried_after_its_cooldown_with_new_data_then_the_slot_is_stuck(loop):
+    r = loop(service=Fails, policy={"max_attempts": 2}, retrain={"min_new_examples": 5})
+    first = check(r, 10, 320)
+    assert [a for a, _ in first] == ["retrain"]
+    tick(r)
+    r.jobs.run(f"train-{r.store.runs()[0].id}")
+    assert r.store.runs()[0].status == "failed"
+    (held,) = check(r, 10, 321)  # the attempt ended without a promotion: the slot cools down from its end
+    assert held[0] == "hold" and "cools down until" in held[1] and "(in 1 h 0 min)" in held[1]
+    (held,) = check(r, 3600, 322)  # cooled down, but nothing new was harvested: the same data, the same candidate
+    assert held[0] == "hold" and "0 examples harvested since attempt" in held[1]
+    (rule,) = [x for x in r.control.status()["rules"] if x["state"] == "firing"]
+    assert rule["waiting"]["kind"] == "new-data" and rule["waiting"]["attempts"] == 1
+    harvest(r, 5, 1)
+    (retried,) = check(r, 10, 323)
+    assert retried[0] == "retrain" and "attempt 2 of 2" in retried[1]
+    tick(r)
+    r.jobs.run(f"train-{r.store.runs()[0].id}")
+    harvest(r, 5, 2)
+    (stuck,) = check(r, 10, 324)  # the second attempt ended without a promotion: no third
+    assert stuck[0] == "hold" and "stuck: 2 consecutive attempts ended without a promotion" in stuck[1]
+    assert r.metrics.registry.get_sample_value("driftwatch_retrain_stuck", {"slot": "production"}) == 1
+    assert check(r, 3600, 326) == []  # stuck says so once, and stays
+    r.store.add_request(r.clock(), "resume", "fixed the base model", "ana")  # a person resets it
+    (again,) = check(r, 10, 327)
+    assert again[0] == "retrain"
+    assert r.metrics.registry.get_sample_value("driftwatch_retrain_stuck", {"slot": "production"}) == 0
+
+
+def test_a_promotion_answers_a_firing_rule(loop):
+    r = loop()
+    rollout = drift_to_a_candidate_in_evaluation(r)
+    r.jobs.run(f"evaluate-{rollout.id}")
+    tick(r)
+    tick(r)
+    r.ingest.feed(traffic(400, 330, adapter=rollout.candidate, **SHIFT))
+    tick(r, 10)
+    tick(r, 61)
+    assert tick(r).phase == "done"
+    harvest(r, 50, 3)
+    # the old version's rule is still firing (the unshifted mix drifts from the new reference): its decision was
+    # answered by the promotion, so past every cooldown and with new data it is not retrained again
+    r.clock.t += 7200
+    r.ingest.feed(traffic(400, 331))
+    tick(r)
+    assert r.control.policy.state("input-drift", "support-v1").state == "firing"
+    assert [d.action for d in r.store.decisions() if d.adapter == "support-v1"] == ["retrain"]
+
+
+def test_a_run_that_finishes_while_the_loop_looks_is_not_marked_interrupted(loop):
+    """Finding 5: the loop read the runs, then asked whether the job runs; a job that finished in between was
+    marked failed ('interrupted') over its real success."""
+    r = loop()
+    r.store.add_request(r.clock(), "retrain", "new product line", "ana", "support-v1", {"rule": "manual"})
+    tick(r)
+    tick(r)  # its training job starts
+    (run,) = r.store.runs()
+    r.store.save_run(replace(run, status="training"))  # the job is under way
+    jobs = r.jobs
+
+    class FinishesWhenAsked:
+        def __getattr__(self, name):
+            return getattr(jobs, name)
+
+        def running(self, key):
+            if key in jobs.pending:
+                jobs.run(key)  # it finishes right now, between the loop's read and this question
+            return False
+
+    r.control.jobs = FinishesWhenAsked()
+    tick(r)
+    assert r.store.run(run.id).status == "succeeded"
+
+
+def test_a_run_past_retrain_timeout_is_timed_out_and_its_job_cancelled(loop):
+    r = loop(retrain={"timeout_s": 600})
+    r.store.add_request(r.clock(), "retrain", "new product line", "ana", "support-v1", {"rule": "manual"})
+    tick(r)
+    tick(r)
+    (run,) = r.store.runs()
+    tick(r, 599)
+    assert r.store.run(run.id).status == "queued"
+    tick(r, 1)
+    assert r.store.run(run.id).status == "timed_out" and r.jobs.cancelled == [f"train-{run.id}"]
+    r.jobs.run(f"train-{run.id}")  # the job stops later and would record its own outcome: the time-out stays
+    assert r.store.run(run.id).status == "timed_out"

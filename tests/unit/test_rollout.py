@@ -321,3 +321,110 @@ def test_one_rollout_at_a_time_even_between_processes(rig, tmp_path):
     with pytest.raises(RolloutError, match="in progress"):
         other.start("v3")
     assert [x.candidate for x in r.store.rollouts()] == ["v2"]
+
+
+# -- a rollback is never lost; every phase is bounded; a first version is baked ------------------------------------------
+class TwoServers:
+    """A second scripted server beside the rig's, which the test can take down."""
+
+    def __init__(self, r):
+        self.a, self.b = r.vllm, ScriptedVLLM()
+        self.b.loaded = dict(self.a.loaded)
+        r.ctl._clients = [self.a, self.b]
+
+
+def test_a_failed_bake_flips_production_back_at_once_with_a_server_down_and_reloads_it_when_back(rig):
+    r = rig()
+    servers = TwoServers(r)
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.ctl.drive(lambda: snap(v1={}))
+    servers.b.down = True
+    servers.b.loaded.pop("v1")  # restarted while down: it lost every adapter
+    r.ctl.step(snap(v2={"errors": 0.5}))
+    back = r.ctl.step(snap(v2={"errors": 0.5}))
+    assert back.phase == "rolled_back" and r.ctl.production() == "v1"  # not held by the unreachable server
+    assert r.ctl.step(snap(v2={})) is None  # the bake stops judging: nothing in progress
+    r.ctl.reconcile()  # still down: reconcile says so and goes on
+    servers.b.down = False
+    assert "v1" in r.ctl.reconcile()["loaded"] and "v1" in servers.b.loaded
+
+
+def test_a_first_version_skips_the_canary_and_is_baked_against_absolute_bounds(rig, tmp_path):
+    settings = Settings.model_validate({"rollout": {"canary_steps": [0.1, 0.5], "bake": {"duration_s": 60,
+                                        "min_events": 50, "failed_checks": 2}},
+                                        "daemon": {"state_dir": str(tmp_path / "fresh")}})
+    store, vllm = SqliteStore(tmp_path / "fresh.db"), ScriptedVLLM()
+    ctl = RolloutController(settings, store, clients=[vllm], evaluator=ScriptedEvaluator(tmp_path), clock=Clock())
+    (tmp_path / "first").mkdir()
+    (tmp_path / "first" / "adapter_config.json").write_text("{}")
+    ctl.register("first", tmp_path / "first")
+    ctl.start("first")
+    r = ctl.drive()
+    assert r.phase == "baking" and store.alias_table()[1] == {"production": {"first": 1.0}}  # no canary: no previous
+    assert ctl.step(snap(first={"errors": 0.3})).failed_checks == 1
+    back = ctl.step(snap(first={"errors": 0.3}))
+    assert back.phase == "rolled_back" and "error_ratio" in store.events()[0].why
+    assert store.alias_table()[1] == {"production": {"base": 1.0}}  # the base model, never nothing
+
+
+def test_an_evaluation_that_raises_anywhere_is_a_failed_evaluation_recorded_once(rig, tmp_path):
+    r = rig()
+
+    class Broken(ScriptedEvaluator):
+        def run(self, *args, **kwargs):
+            raise OSError("the report directory is read-only")
+
+    r.ctl._evaluator = Broken(tmp_path)
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    done = r.ctl.drive()
+    assert done.phase == "rejected" and r.store.adapter("v2").state == "rejected"
+    assert events(r.store).count("gate-failed") == 1 and "OSError" in r.store.events()[0].why
+    r.ctl._evaluator = None  # a golden set that cannot be read raises while the evaluator is made
+    (tmp_path / "golden.jsonl").write_text("{not json\n")
+    r.ctl.settings = Settings.model_validate({**r.ctl.settings.model_dump(mode="json"),
+                                              "retrain": {"golden_set": str(tmp_path / "golden.jsonl")}})
+    r.ctl.register("v3", r.tmp / "v3")
+    r.ctl.start("v3")
+    assert r.ctl.drive().phase == "rejected" and events(r.store).count("gate-failed") == 2
+
+
+def test_every_phase_has_a_deadline(rig):
+    from driftwatch.control.rollout import ACTIVE, DEADLINES, deadline_s
+
+    assert tuple(DEADLINES) == ACTIVE
+    r = rig(evaluate_deadline_s=100, warm_deadline_s=50, load_deadline_s=20)
+    jobs = Never()
+    r.ctl.jobs = jobs
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.vllm.down = True
+    assert r.ctl.step().phase == "loading"
+    r.clock.t += deadline_s(r.ctl.settings, "loading")
+    assert r.ctl.step().phase == "failed"
+    r.vllm.down = False
+    r.ctl.register("v3", r.tmp / "v3")
+    r.ctl.start("v3")
+    assert r.ctl.step().phase == "evaluating"
+    assert r.ctl.step().phase == "evaluating"  # the evaluation hangs
+    r.clock.t += 100
+    rejected = r.ctl.step()
+    assert rejected.phase == "rejected" and "evaluate_deadline_s" in r.store.events()[0].why
+    assert jobs.cancelled == [f"evaluate-{rejected.id}"]
+
+
+class Never:
+    """Jobs that start and never finish (a hung evaluation)."""
+
+    def __init__(self):
+        self.cancelled = []
+
+    def submit(self, key, job):
+        return True
+
+    def running(self, key):
+        return True
+
+    def cancel(self, key):
+        self.cancelled.append(key)

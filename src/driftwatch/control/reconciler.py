@@ -37,7 +37,8 @@ from typing import Callable
 from driftwatch.config import Settings
 from driftwatch.control.jobs import InlineJobs, Jobs
 from driftwatch.control.leader import Always, Leadership
-from driftwatch.control.policy import Decision, Policy, paused_in
+from driftwatch.control.policy import Decision, Policy, Waiting, paused_in
+from driftwatch.control.rollout import ACTIVE as ROLLOUT_ACTIVE
 from driftwatch.control.rollout import RolloutController, live_signals, version_name
 from driftwatch.errors import ControlError, RolloutError
 from driftwatch.metrics import Metrics
@@ -229,7 +230,7 @@ class Reconciler:
         checked = Windows(windows.seq, windows.at, windows.reference, views)
         self.snapshot = self.monitor.snapshot(checked)
         self.metrics.set_windows(window_samples(self.snapshot))
-        for d in self.policy.decide(self.snapshot, now, slots=self._slots(), busy=self._busy()):
+        for d in self.policy.decide(self.snapshot, now, slots=self._slots(), busy=self._busy(), outcome=self._outcome):
             if d.action == "retrain":
                 self._retrain(d, checked)
 
@@ -259,13 +260,19 @@ class Reconciler:
             return
         runs = self.store.runs(limit=20)
         for run in reversed(runs):  # oldest first
+            if run.status in RUN_ACTIVE and self.clock() - run.started >= self.settings.retrain.timeout_s:
+                self.jobs.cancel(f"train-{run.id}")  # its job, if any, stops; the run's record stays timed_out
+                self.retrain.timed_out(run)
+                continue
             if run.status == "queued" and not any(r.status in ("building", "training") for r in runs):
                 if self.jobs.submit(f"train-{run.id}", lambda cancel, r=run: self._train(r, cancel)):
                     log.info("retrain run %s for '%s' started", run.id, run.adapter)
                 break  # one run at a time
             if run.status in ("building", "training") and not self.jobs.running(f"train-{run.id}"):
-                self.retrain.interrupted(run)
-        self._candidates(runs)
+                # read again after the job was seen gone: one that finished in between has recorded its outcome
+                if (fresh := self.store.run(run.id)) is not None and fresh.status in ("building", "training"):
+                    self.retrain.interrupted(fresh)
+        self._candidates(self.store.runs(limit=20))
 
     def _train(self, run, cancel: threading.Event) -> None:
         """The training job: the run, recorded step by step by the retrain service."""
@@ -288,6 +295,25 @@ class Reconciler:
                 self.rollouts.start(version, why=f"retrain run {run.id}" + (
                     f" on decision #{run.decision_id}" if run.decision_id else " (manual)"))
                 return
+
+    def _outcome(self, decision_id: int) -> tuple[str, float | None]:
+        """Where a retrain decision ended (the policy retries what ended without a promotion): open while its run
+        or its candidate's rollout is in flight; promoted; unpromoted (with when it ended); answered when no retrain
+        stage runs decisions."""
+        if self.retrain is None:
+            return "answered", None
+        run = next((r for r in self.store.runs(limit=100) if r.decision_id == decision_id), None)
+        if run is None:  # pruned, or never queued: nothing in flight
+            return "unpromoted", None
+        if run.status in RUN_ACTIVE:
+            return "open", None
+        if run.status != "succeeded":
+            return "unpromoted", run.finished
+        version = version_name(run.id)
+        rollout = next((x for x in self.registry.rollouts(limit=100) if x.candidate == version), None)
+        if rollout is None or rollout.phase in ROLLOUT_ACTIVE:  # a candidate waiting for its rollout is in flight
+            return "open", None
+        return ("promoted", rollout.phase_since) if rollout.phase == "done" else ("unpromoted", rollout.phase_since)
 
     # -- what holds a decision ------------------------------------------------------------------------------------------
     def _busy(self) -> str | None:
@@ -334,7 +360,7 @@ class Reconciler:
             time.sleep(0.02)
 
     def status(self) -> dict:
-        return status_document(self.settings, self.store, self.rollouts, self.snapshot)
+        return status_document(self.settings, self.store, self.rollouts, self.snapshot, self.policy.waiting)
 
     def request_retrain(self, adapter: str, reason: str, who: str, routes: tuple[str, ...] = ()) -> dict:
         return _answer(self.submit("retrain", reason, who, adapter, {"rule": "manual", "routes": list(routes)}),
@@ -453,13 +479,44 @@ def _answer(r: RequestRecord, result, refuse_hold: bool = False):
     return result(r.outcome)
 
 
+def _rules(settings: Settings, store: SqlStore, snapshot: MonitorSnapshot | None,
+           waiting: dict[tuple[str, str], Waiting] | None) -> list[dict]:
+    """Every configured rule on every adapter seen (a rule without data yet says so), and for a firing retrain rule
+    why it is not retraining now: the policy's own view on the leader, else the last hold it recorded."""
+    states = store.rule_states()
+    adapters = sorted({a for _, a in states} | set(snapshot.adapters if snapshot is not None else ()))
+    if waiting is None:  # `status --local`: no policy in this process; the timeline's last hold since it fired
+        holds = store.decisions(action="hold", limit=200)
+        waiting = {}
+        for (name, adapter), st in states.items():
+            d = next((d for d in holds if d.rule == name and d.adapter == adapter and d.at >= st.since), None)
+            if st.state == "firing" and d is not None and not any(
+                    x.rule == name and x.adapter == adapter and x.id > d.id
+                    for x in store.decisions(since=d.at, action="retrain")):
+                waiting[(name, adapter)] = Waiting("held", d.reasons[-1].removeprefix("held: "), None, 0, d.slot or "")
+    out = []
+    for spec in settings.policy.rules:
+        for adapter in adapters or [None]:
+            st = states.get((spec.name, adapter))
+            entry = {"rule": spec.name, "adapter": adapter, "state": st.state if st else "no data",
+                     "since": st.since if st else None, "value": st.value if st else None, "signal": spec.signal,
+                     "op": spec.op, "threshold": spec.threshold, "for_s": spec.for_s, "action": spec.action,
+                     "min_samples": spec.min_samples}
+            w = (waiting or {}).get((spec.name, adapter)) if st is not None and st.state == "firing" else None
+            if w is not None:
+                entry["waiting"] = {"kind": w.kind, "reason": w.reason, "next_try": w.next_try,
+                                    "attempts": w.attempts}
+            out.append(entry)
+    return out
+
+
 def status_document(settings: Settings, store: SqlStore, rollouts: RolloutController,
-                    snapshot: MonitorSnapshot | None = None) -> dict:
+                    snapshot: MonitorSnapshot | None = None,
+                    waiting: dict[tuple[str, str], Waiting] | None = None) -> dict:
     """What `GET /v1/status` answers (and `driftwatch status --local` prints): from the state store and the registry,
-    plus the last check's snapshot of the windows when there is one."""
+    plus the last check's snapshot of the windows and the policy's holds when there are."""
     table_version, aliases = rollouts.store.alias_table()
     active = rollouts.active()
-    specs = {r.name: r for r in settings.policy.rules}
     return {
         "paused": paused_in(store),
         "leader": None if (lead := rollouts.store.leader(LEADER_RECORD)) is None else {
@@ -469,10 +526,7 @@ def status_document(settings: Settings, store: SqlStore, rollouts: RolloutContro
         "rollout": None if active is None else {"id": active.id, "candidate": active.candidate,
                                                 "previous": active.previous, "phase": active.phase,
                                                 "since": active.phase_since, "failed_checks": active.failed_checks},
-        "rules": [{"rule": name, "adapter": adapter, "state": st.state, "since": st.since, "value": st.value,
-                   "signal": specs[name].signal, "op": specs[name].op, "threshold": specs[name].threshold,
-                   "for_s": specs[name].for_s, "action": specs[name].action}
-                  for (name, adapter), st in sorted(store.rule_states().items()) if name in specs],
+        "rules": _rules(settings, store, snapshot, waiting),
         "windows": {} if snapshot is None else {
             a: {**live_signals(view), "drifted": view.drifted_features, "closed": view.window_closed}
             for a, view in sorted(snapshot.adapters.items())},

@@ -21,6 +21,16 @@ One rollout at a time, as a row in the registry that moves through phases, one s
   skipped at ``rollout.rebaseline_deadline_s``; recorded either way (``rebaselined`` | ``rebaseline-skipped``);
 * **done**; **rolled_back** — ``production`` points back to the previous adapter.
 
+**Every phase is bounded** (:data:`DEADLINES`, the same table as docs/rollout.md): a phase that outlives its deadline
+setting ends with the outcome the table names, at the next tick. A first version (no previous adapter) skips the
+canary and bakes against absolute bounds (``bake.error_ratio_max``, ``refusal_max``, ``empty_max``); failing them
+sends ``production`` to the base model (``gateway.base_model``), never to nothing. An evaluation that raises, or whose
+job ends without a verdict, is a failed evaluation, recorded once.
+
+**A rollback is never lost**: it flips the alias table in the same transaction that ends the bake, so the bake
+stops judging at once; loading the version it points back to on a server that lacks it (one that was down) is
+:meth:`RolloutController.reconcile`'s, retried on every tick until done.
+
 The evaluation is a job (control/jobs.py): the step starts it and returns; a later step finds its record in the
 store and moves on. A rollback by hand during the evaluation rejects the candidate at once and cancels the job.
 
@@ -60,6 +70,24 @@ UNSERVED = ("rejected", "retired", "rolled_back")  # adapter states that should 
 WARM_PROMPT = "Hello"
 
 
+# phase → (the setting that bounds it, the outcome when it passes); docs/rollout.md has the same table (tested)
+DEADLINES = {
+    "loading": ("rollout.load_deadline_s", "failed (a server still unreachable); production untouched"),
+    "evaluating": ("rollout.evaluate_deadline_s", "rejected (no verdict); the evaluation is cancelled"),
+    "warming": ("rollout.warm_deadline_s", "failed (a server still unreachable); production untouched"),
+    "canary": ("rollout.bake.deadline_s", "no data: bake.on_no_data (keep, or roll back)"),
+    "baking": ("rollout.bake.deadline_s", "no data: bake.on_no_data (keep, or roll back)"),
+    "rebaselining": ("rollout.rebaseline_deadline_s", "done; the re-baseline is skipped (recorded)"),
+}
+
+
+def deadline_s(settings: Settings, phase: str) -> float:
+    value: object = settings
+    for part in DEADLINES[phase][0].split("."):
+        value = getattr(value, part)
+    return float(value)  # type: ignore[arg-type]
+
+
 def version_name(run_id: str) -> str:
     return f"ft-{run_id}"
 
@@ -87,6 +115,16 @@ def _noise(new: dict, prev: dict, key: str, count: str, z: float = 1.645) -> flo
         return 0.0
     p = (new[key] * n1 + prev[key] * n2) / (n1 + n2)
     return z * math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+
+
+def first_checks(new: dict, cfg: Bake) -> list[Gate] | None:
+    """A first version's live signals against absolute bounds (nothing to compare with). None: no data yet."""
+    if new.get("events", 0) < cfg.min_events:
+        return None
+    return [Gate(key, new[key], bound, "<=", f"{new[key]:.3g} of {new['events']} requests (absolute bound: a first "
+                 "version)")
+            for key, bound in (("error_ratio", cfg.error_ratio_max), ("refusal_rate", cfg.refusal_max),
+                               ("empty_rate", cfg.empty_max)) if new.get(key) is not None]
 
 
 def bake_checks(new: dict, prev: dict, cfg: Bake) -> list[Gate] | None:
@@ -138,6 +176,7 @@ class RolloutController:
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self._exported: set[str] = set()  # versions production_info has a series for
         self._judged: dict[int, float] = {}  # rollout id -> the taken_at of the last snapshot its bake judged
+        self._evaluations: set[int] = set()  # rollouts whose evaluation job this process started
         self.phases = {  # what one step does in each phase
             "loading": self._loading,
             "evaluating": self._evaluating,
@@ -253,10 +292,11 @@ class RolloutController:
         try:
             self._load_everywhere(r.candidate)
         except VLLMUnavailable as exc:
-            if self.clock() - r.phase_since < self.cfg.bake.deadline_s:
+            if not self._past_deadline(r):
                 log.warning("rollout %d: cannot load %s yet: %s", r.id, r.candidate, exc)
                 return r
-            return self._move(r, "failed", "load-failed", str(exc), states={r.candidate: "rejected"})
+            return self._move(r, "failed", "load-failed", f"{exc}; past rollout.load_deadline_s",
+                              states={r.candidate: "rejected"})
         except ServingError as exc:  # rejected by vLLM, or the path is gone: production untouched
             return self._move(r, "failed", "load-failed", str(exc), states={r.candidate: "rejected"})
         return self._move(r, "warming" if r.forced else "evaluating", "loaded", f"on {len(self.clients)} server(s)")
@@ -266,12 +306,23 @@ class RolloutController:
         eval_id = evaluation_id(r)
         record = self.store.evaluation(eval_id)
         if record is None:
+            key = f"evaluate-{r.id}"
+            if self._past_deadline(r):
+                self.jobs.cancel(key)
+                return self._move(r, "rejected", "gate-failed", "no verdict within rollout.evaluate_deadline_s "
+                                  f"({self.cfg.evaluate_deadline_s:g}s): the evaluation was cancelled",
+                                  states={r.candidate: "rejected"})
+            if r.id in self._evaluations and not self.jobs.running(key):
+                return self._move(r, "rejected", "gate-failed", "the evaluation ended without a verdict (its error "
+                                  "is in the log)", states={r.candidate: "rejected"})
             try:
                 evaluator = self.evaluator()
-            except RolloutError as exc:
-                return self._move(r, "rejected", "gate-failed", str(exc), states={r.candidate: "rejected"})
+            except Exception as exc:  # noqa: BLE001 - a bad golden set, say: a failed evaluation, recorded once
+                return self._move(r, "rejected", "gate-failed", f"evaluation error: {type(exc).__name__}: {exc}",
+                                  states={r.candidate: "rejected"})
             incumbent = r.previous or self.settings.gateway.base_model
-            self.jobs.submit(f"evaluate-{r.id}", lambda cancel: self._evaluate(evaluator, r, incumbent, cancel))
+            self._evaluations.add(r.id)
+            self.jobs.submit(key, lambda cancel: self._evaluate(evaluator, r, incumbent, cancel))
             return r if self.store.evaluation(eval_id) is None else self._evaluating(r, snapshot)
         if self.metrics is not None:
             self.metrics.evaluations.labels(result="passed" if record.passed else "failed").inc()
@@ -285,8 +336,15 @@ class RolloutController:
     def _evaluate(self, evaluator, r: RolloutRecord, incumbent: str, cancel) -> None:
         """The evaluation job: candidate against the incumbent on vLLM; its record lands in the store (unless the
         rollout was cancelled meanwhile: then nothing is recorded, and nothing waits for it)."""
-        report = evaluator.run(r.candidate, incumbent, eval_id=evaluation_id(r), context={"rollout": r.id},
-                               cancel=cancel)
+        try:
+            report = evaluator.run(r.candidate, incumbent, eval_id=evaluation_id(r), context={"rollout": r.id},
+                                   cancel=cancel)
+        except Exception as exc:  # noqa: BLE001 - outside the evaluator's own handling: a failed evaluation
+            log.exception("evaluation %s failed", evaluation_id(r))
+            if not cancel.is_set():
+                self.store.save_evaluation(EvaluationRecord(evaluation_id(r), self.clock(), r.candidate, incumbent,
+                                                            False, "", [f"evaluation error: {type(exc).__name__}: {exc}"]))
+            return
         if cancel.is_set():
             log.info("evaluation %s cancelled: not recorded", report.id)
             return
@@ -300,11 +358,14 @@ class RolloutController:
                 for _ in range(self.cfg.warm_requests):
                     client.complete(r.candidate, WARM_PROMPT, max_tokens=4)
         except VLLMUnavailable as exc:
-            log.warning("rollout %d: warming %s: %s", r.id, r.candidate, exc)
-            return r
+            if not self._past_deadline(r):
+                log.warning("rollout %d: warming %s: %s", r.id, r.candidate, exc)
+                return r
+            return self._move(r, "failed", "warm-failed", f"{exc}; past rollout.warm_deadline_s",
+                              states={r.candidate: "rejected"})
         except ServingError as exc:
             return self._move(r, "failed", "warm-failed", str(exc), states={r.candidate: "rejected"})
-        if self.cfg.canary_steps:
+        if self.cfg.canary_steps and r.previous:  # a first version has nothing to compare a canary with
             return self._canary_step(r, 0, snapshot)
         return self._flip(r, snapshot)
 
@@ -317,9 +378,11 @@ class RolloutController:
     def _flip(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         previous = snapshot.adapters.get(r.previous) if snapshot is not None and r.previous else None
         baseline = r.detail.get("baseline") if previous is None else live_signals(previous)
-        if r.previous is None:  # the first production version: nothing to bake against
-            return self._move(r, "rebaselining", "promoted", f"{self.cfg.alias} -> {r.candidate} (first version: no "
-                              "bake)", aliases={self.cfg.alias: {r.candidate: 1.0}}, states={r.candidate: "production"})
+        if r.previous is None:  # the first production version: baked against absolute bounds
+            return self._move(r, "baking", "promoted", f"{self.cfg.alias} -> {r.candidate} (first version: baked "
+                              "against absolute bounds)", aliases={self.cfg.alias: {r.candidate: 1.0}},
+                              states={r.candidate: "production"}, detail={**r.detail, "baseline": None,
+                                                                          "measured": None})
         return self._move(r, "baking", "promoted", f"{self.cfg.alias} -> {r.candidate}",
                           aliases={self.cfg.alias: {r.candidate: 1.0}, "previous": {r.previous: 1.0}},
                           states={r.candidate: "production", r.previous: "previous"},
@@ -356,7 +419,7 @@ class RolloutController:
                 return r  # this snapshot was judged already: a failed check counts once per observation
             self._judged[r.id] = snapshot.taken_at
         new = live_signals(snapshot.adapters.get(r.candidate) if snapshot is not None else None)
-        gates = bake_checks(new, prev, bake)
+        gates = bake_checks(new, prev, bake) if r.previous else first_checks(new, bake)
         if not gates:  # too few requests yet, or nothing the previous adapter can be compared on
             if self.clock() - r.phase_since < bake.deadline_s:
                 return r
@@ -421,15 +484,15 @@ class RolloutController:
         return f"input drift triggered this promotion (decision #{decision.id})"
 
     def _roll_back(self, r: RolloutRecord, trigger: str, why: str, who: str = "driftwatch") -> RolloutRecord:
-        if r.previous is None:
-            aliases = {self.cfg.alias: None}
-        else:
-            self._load_everywhere(r.previous)
-            aliases = {self.cfg.alias: {r.previous: 1.0}, "previous": None}
+        """The alias flips back in the transaction that ends the rollout; never waits for a server (the previous
+        adapter stayed loaded while the candidate baked; a server that lacks it is reconcile's, each tick). A first
+        version goes back to the base model, never to nothing."""
+        to = r.previous or self.settings.gateway.base_model
+        aliases = {self.cfg.alias: {to: 1.0}, "previous": None}
         states = {r.candidate: "rolled_back", **({r.previous: "production"} if r.previous else {})}
         new = self._move(r, "rolled_back", "rolled-back", why, aliases=aliases, states=states, who=who,
-                         detail_event={"trigger": trigger})
-        log.warning("rollout %d: rolled back %s -> %s (%s): %s", r.id, r.candidate, r.previous, trigger, why)
+                         detail_event={"trigger": trigger, "to": to})
+        log.warning("rollout %d: rolled back %s -> %s (%s): %s", r.id, r.candidate, to, trigger, why)
         if self.metrics is not None:
             self.metrics.rollbacks.labels(trigger=trigger).inc()
         return new
@@ -452,7 +515,7 @@ class RolloutController:
         if done is None or done.candidate != current:
             raise RolloutError(f"nothing to roll back to: production is {current or 'unset'} and no finished "
                                "rollout put it there; set the alias by hand (driftwatch alias set)")
-        self._load_everywhere(done.previous)
+        self._load_somewhere(done.previous)
         now = self.clock()
         self.store.commit(now, who, "rolled-back", current, why or f"by {who}",
                           aliases={self.cfg.alias: {done.previous: 1.0}},
@@ -463,6 +526,23 @@ class RolloutController:
         return done.previous
 
     # -- serving state --------------------------------------------------------------------------------------------------
+    def _load_somewhere(self, version: str) -> None:
+        """Load on every server that answers; at least one must have it (reconcile loads the rest later)."""
+        adapter = self.store.adapter(version)
+        if adapter is None:
+            return
+        errors = []
+        for client in self.clients:
+            try:
+                _load_once(client, version, adapter.path)
+            except VLLMUnavailable as exc:
+                errors.append(str(exc))
+        if len(errors) == len(self.clients):
+            raise RolloutError(f"no vLLM server could load {version}: {'; '.join(errors)}")
+
+    def _past_deadline(self, r: RolloutRecord) -> bool:
+        return self.clock() - r.phase_since >= deadline_s(self.settings, r.phase)
+
     def _load_everywhere(self, version: str) -> None:
         adapter = self.store.adapter(version)
         if adapter is None:

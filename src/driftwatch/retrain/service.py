@@ -65,10 +65,20 @@ class RetrainService:
                                     reason="interrupted: the daemon stopped before the run finished"))
         log.warning("retrain run %s was %s when its daemon stopped: marked failed", run.id, run.status)
 
+    def timed_out(self, run: RunRecord) -> None:
+        """A run past retrain.timeout_s since it was queued (its job is cancelled): timed_out."""
+        self.store.save_run(replace(run, status="timed_out", finished=self.clock(), reason=(
+            f"past retrain.timeout_s ({self.cfg.timeout_s:g}s) since it was queued: its job was cancelled")))
+        if self.metrics is not None:
+            self.metrics.retrain_runs.labels(status="timed_out").inc()
+        log.warning("retrain run %s was %s past retrain.timeout_s: timed out", run.id, run.status)
+
     def run(self, adapter: str, *, decision_id: int | None = None, focus_routes: tuple[str, ...] = (),
             reason: str = "", run_id: str | None = None, cancel: threading.Event | None = None) -> RunRecord:
         started = self.clock()
         run_id = run_id or new_run_id(started, decision_id)
+        if (prior := self.store.run(run_id)) is not None and prior.status in FINISHED:
+            return prior  # timed out by the control loop before its job began
         record = RunRecord(run_id, decision_id, adapter, "building", reason or None, None, None, started, None,
                            {"focus_routes": list(focus_routes)})
         self.store.save_run(record)
@@ -80,6 +90,10 @@ class RetrainService:
             log.exception("retrain run %s failed", run_id)
             record = replace(record, status="failed", reason=f"{type(exc).__name__}: {exc}")
         record = replace(record, finished=self.clock())
+        if (now := self.store.run(run_id)) is not None and now.status in FINISHED:  # timed out by the control loop
+            log.info("retrain run %s ended %s after it was recorded %s: kept %s", run_id, record.status, now.status,
+                     now.status)
+            return now
         self.store.save_run(record)
         if self.metrics is not None:
             self.metrics.retrain_runs.labels(status=record.status).inc()

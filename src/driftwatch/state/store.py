@@ -248,6 +248,12 @@ class SqlStore(RegistryQueries):
                          (since, *status)).fetchall()
         return [HarvestedExample(*r) for r in rows]
 
+    def count_examples(self, since: float = 0.0, status: tuple[str, ...] = ("trusted", "approved")) -> int:
+        """How many examples :meth:`examples` would return."""
+        marks = ", ".join("?" * len(status))
+        return int(self._run(f"SELECT COUNT(*) FROM example WHERE COALESCE(reviewed_at, at) >= ? AND "
+                             f"COALESCE(status, 'trusted') IN ({marks})", (since, *status)).fetchone()[0])
+
     def review_example(self, request_id: str, source: str, status: str, who: str, at: float) -> bool:
         """A candidate approved or rejected (recorded with who and when); False when there is no such candidate."""
         if status not in ("approved", "rejected"):
