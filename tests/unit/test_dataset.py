@@ -146,7 +146,8 @@ def test_a_route_whose_prompts_are_long_is_not_an_outlier_of_the_others():
     summaries = [Example(f"Summarize report {i}: " + " ".join(rng.choice(["revenue", "team", "quarter", "churn", "plan"])
                                                                 for _ in range(400)), f"Summary: report {i}.",
                          "correction", "summarize") for i in range(30)]
-    cur = curate(good(100, source="replay") + summaries, [], ("summarize",), GateSettings(replay_fraction=0.5))
+    cur = curate(good(100, source="replay") + summaries, [], ("summarize",),
+                 GateSettings(replay_fraction=0.5, min_unique_prompts=30))
     assert cur.counts["length_outliers"] == 0
     assert sum(e.route == "summarize" for e in cur.train + cur.validation) == 30
 
@@ -200,3 +201,30 @@ def test_malformed_files_name_the_line(tmp_path):
     bad.write_text("not json\n")
     with pytest.raises(DataError, match="base.jsonl:1: not JSON"):
         read_examples(bad)
+
+
+def test_the_bad_target_and_outlier_shares_and_unique_prompts_count_the_harvest_not_the_replay():
+    """Finding 6: a harvest with 40 % garbage targets passed beside a large replay, and 26 harvested prompts passed
+    a minimum of 50."""
+    replay = [Example(e.prompt.replace("Which warehouse ships", "Which depot stocks"), e.target, "replay", "qa")
+              for e in good(1000)]
+    garbage = [Example(f"What does error code {i} mean?", "#$%^&*()_+{}|:<>?~" * 3, "correction", "qa")
+               for i in range(40)]
+    with pytest.raises(GateFailure) as exc:
+        curate(good(60) + garbage + replay, [], settings=GateSettings(replay_fraction=0.5))
+    assert gate(exc.value.report, "bad_targets").value == pytest.approx(40 / 100)
+    with pytest.raises(GateFailure) as exc:
+        curate(good(26) + replay, [], settings=GateSettings(replay_fraction=0.5))
+    assert gate(exc.value.report, "unique_prompts").value == 26
+
+
+def test_the_split_keeps_every_variant_of_a_prompt_on_one_side():
+    """Finding 7: the split was by each prompt's hash, so slot variants of one prompt cluster (kept one per distinct
+    prompt) could land on both sides."""
+    data = [Example(f"Extract the order id from ticket {t}: my lamp from order ORD-{t}{n} broke", f"ORD-{t}{n}",
+                    "correction") for t in range(40) for n in (111, 222, 333)]
+    cur = curate(data, [], settings=GateSettings(min_unique_prompts=10, validation_fraction=0.3))
+    assert cur.counts["train"] + cur.counts["validation"] == 120 and cur.counts["validation"] > 0
+    ids = clusters([e.prompt for e in cur.train + cur.validation])
+    assert len(set(ids)) == 40  # 40 clusters of 3 variants each
+    assert not set(ids[:len(cur.train)]) & set(ids[len(cur.train):])

@@ -28,11 +28,25 @@ def test_one_tenant_is_at_most_its_share_of_the_dataset():
     def ex(i, tenant):
         return HarvestedExample(f"r{i}", "correction", float(i), "v1", None, "p", "t", tenant)
 
-    flood = [ex(i, "mallory") for i in range(100)] + [ex(100 + i, "acme") for i in range(10)] + [ex(200, None)]
-    kept, dropped = cap_tenants(flood, others=100, share=0.2)
-    total = len(kept) + 100
+    flood = [ex(i, "mallory") for i in range(100)] + [ex(100 + i, "acme") for i in range(10)] + [
+        ex(200 + i, None) for i in range(40)]
+    kept, dropped = cap_tenants(flood, replay=100, share=0.2)
+    total = len(kept) + min(100, len(kept))  # replay_fraction 0.5: as many replayed lines as harvested
     by = lambda t: [e for e in kept if e.tenant == t]  # noqa: E731
-    assert len(by("mallory")) <= 0.2 * total and len(by("acme")) == 10 and len(by(None)) == 1
+    assert len(by("mallory")) <= 0.2 * total and len(by("acme")) == 10 and len(by(None)) == 40
     assert dropped == {"mallory": 100 - len(by("mallory"))} and len(by("mallory")) == int(0.2 * total)
     assert [e.request_id for e in by("mallory")] == [f"r{i}" for i in range(100 - len(by("mallory")), 100)]  # newest
-    assert cap_tenants(flood[100:], others=100, share=0.2) == (flood[100:], {})
+    assert cap_tenants(flood[100:], replay=100, share=0.2) == (flood[100:], {})
+
+
+def test_the_tenant_cap_counts_the_replay_curation_uses_not_the_whole_base_set():
+    """Finding 6: the cap counted the whole base set as others, but curation keeps only as many replay lines as
+    harvested ones: one tenant could be ~50 % of a set whose cap says 20 %."""
+    def ex(i, tenant):
+        return HarvestedExample(f"r{i}", "correction", float(i), "v1", None, "p", "t", tenant)
+
+    flood = [ex(i, "mallory") for i in range(60)] + [ex(100 + i, None) for i in range(40)]
+    kept, dropped = cap_tenants(flood, replay=5000, share=0.2, replay_fraction=0.5)
+    mallory = sum(e.tenant == "mallory" for e in kept)
+    final = len(kept) + min(5000, len(kept))  # what curation makes of it
+    assert mallory <= 0.2 * final and dropped == {"mallory": 60 - mallory}

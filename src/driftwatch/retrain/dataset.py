@@ -197,36 +197,64 @@ class Curated:
 
 def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_routes: Sequence[str] = (),
            settings: GateSettings | None = None) -> Curated:
-    """Apply every gate; return the split set and the report, or raise GateFailure with the report."""
+    """Apply every gate; return the split set and the report, or raise GateFailure with the report.
+
+    Every share, and the count of unique prompts, is of what was *harvested*: the replay was judged when it was
+    harvested, and hundreds of replayed lines would otherwise dilute a poisoned harvest under the bounds (a set of
+    replay alone, a first training, is judged whole)."""
     s = settings or GateSettings()
-    counts: dict[str, int] = {"candidates": len(candidates)}
-    for src in TRUST:
-        counts[f"from_{src}"] = sum(e.source == src for e in candidates)
-    pool = list(candidates)
+    judged = _judged(candidates)
+    counts: dict[str, int] = {"candidates": len(candidates),
+                              **{f"from_{src}": sum(e.source == src for e in candidates) for src in TRUST}}
+    pool, pii_hits = _mask_pii(candidates, s, counts)
+    pool, bad = _drop_bad_targets(pool, s, counts)
+    pool, outliers = _drop_length_outliers(pool, counts)
+    pool, leaked = _drop_golden(pool, golden, s, counts)
+    kept, collapse = _collapse(pool, s, judged, counts)
+    final = _with_replay(kept, s, counts)
+    report = _report(final, judged, len([e for e in candidates if judged(e)]), bad, outliers, leaked, collapse,
+                     pii_hits, focus_routes, s, counts)
+    if any(not g.passed for g in report):
+        raise GateFailure(report)
+    train, validation = _split(final, s)
+    counts.update(train=len(train), validation=len(validation))
+    return Curated(train, validation, report, counts)
 
-    # PII first, so nothing below sees it
-    pii_hits = 0
-    if s.pii != "allow":
-        masked = []
-        for e in pool:
-            prompt, a = mask_pii(e.prompt)
-            target, b = mask_pii(e.target)
-            pii_hits += a + b
-            masked.append(Example(prompt, target, e.source, e.route, e.system, e.ref))
-        if s.pii == "mask":
-            pool = masked
-    counts["pii_masked" if s.pii == "mask" else "pii_found"] = pii_hits
 
-    # empty / truncated / garbage targets
-    bad = [(e, bad_target(e.target, s.max_target_chars)) for e in pool]
+def _judged(candidates: Sequence[Example]):
+    """Which examples the gates' shares count: the harvested ones, or every one when nothing was harvested."""
+    if any(e.source != "replay" for e in candidates):
+        return lambda e: e.source != "replay"
+    return lambda e: True
+
+
+def _mask_pii(pool: Sequence[Example], s: GateSettings, counts: dict) -> tuple[list[Example], int]:
+    """PII first, so nothing below sees it: masked, or found (the ``pii`` gate refuses)."""
+    if s.pii == "allow":
+        counts["pii_found"] = 0
+        return list(pool), 0
+    masked, hits = [], 0
+    for e in pool:
+        prompt, a = mask_pii(e.prompt)
+        target, b = mask_pii(e.target)
+        hits += a + b
+        masked.append(Example(prompt, target, e.source, e.route, e.system, e.ref))
+    counts["pii_masked" if s.pii == "mask" else "pii_found"] = hits
+    return (masked if s.pii == "mask" else list(pool)), hits
+
+
+def _drop_bad_targets(pool: list[Example], s: GateSettings, counts: dict) -> tuple[list[Example], list[Example]]:
+    """Empty, truncated and garbage targets are removed."""
+    why = [(e, bad_target(e.target, s.max_target_chars)) for e in pool]
     for kind in ("empty", "truncated", "garbage"):
-        counts[f"bad_{kind}"] = sum(why == kind for _, why in bad)
-    n_bad = sum(why is not None for _, why in bad)
-    pool = [e for e, why in bad if why is None]
+        counts[f"bad_{kind}"] = sum(w == kind for _, w in why)
+    return [e for e, w in why if w is None], [e for e, w in why if w is not None]
 
-    # length outliers: text lengths are log-normal-ish, so robustly in log space: beyond median + 5 MAD (σ-scaled),
-    # per route (a summary's prompt is long by nature: when traffic drifts to summaries, its examples are not
-    # outliers against the replayed chat examples); a route with fewer than 10 examples is not judged
+
+def _drop_length_outliers(pool: list[Example], counts: dict) -> tuple[list[Example], list[Example]]:
+    """Text lengths are log-normal-ish, so robustly in log space: beyond median + 5 MAD (σ-scaled), per route (a
+    summary's prompt is long by nature: when traffic drifts to summaries, its examples are not outliers against the
+    replayed chat examples); a route with fewer than 10 examples is not judged."""
     size = lambda e: math.log1p(len(e.prompt) + len(e.target))  # noqa: E731
     limits: dict[str | None, float] = {}
     for route in {e.route for e in pool}:
@@ -235,90 +263,115 @@ def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_ro
             med = logs[len(logs) // 2]
             mad = sorted(abs(x - med) for x in logs)[len(logs) // 2] or 0.1
             limits[route] = med + 5 * 1.4826 * mad
-    kept = [e for e in pool if size(e) <= limits.get(e.route, math.inf)]
-    outliers, pool = len(pool) - len(kept), kept
-    counts["length_outliers"] = outliers
+    inside = [size(e) <= limits.get(e.route, math.inf) for e in pool]
+    counts["length_outliers"] = inside.count(False)
+    return [e for e, ok in zip(pool, inside) if ok], [e for e, ok in zip(pool, inside) if not ok]
 
-    # golden leakage: candidates whose prompt is (nearly) a golden prompt are removed
+
+def _drop_golden(pool: list[Example], golden: Sequence[GoldenItem], s: GateSettings,
+                 counts: dict) -> tuple[list[Example], list[Example]]:
+    """Examples whose prompt is (nearly) a golden prompt are removed: the golden set is never trained on."""
     golden_norm = {normalize(g.prompt) for g in golden}
-    leak_ids = _near_matches([e.prompt for e in pool], [g.prompt for g in golden], s.near_dup_threshold) \
-        if golden else set()
-    leaked = [e for i, e in enumerate(pool) if i in leak_ids or normalize(e.prompt) in golden_norm]
-    pool = [e for i, e in enumerate(pool) if not (i in leak_ids or normalize(e.prompt) in golden_norm)]
-    counts["golden_leaked"] = len(leaked)
+    near = _near_matches([e.prompt for e in pool], [g.prompt for g in golden], s.near_dup_threshold) if golden else set()
+    leaks = [i in near or normalize(e.prompt) in golden_norm for i, e in enumerate(pool)]
+    counts["golden_leaked"] = sum(leaks)
+    return [e for e, x in zip(pool, leaks) if not x], [e for e, x in zip(pool, leaks) if x]
 
-    # exact duplicates, near-duplicates and contradictions, by prompt cluster. Their shares are of what was
-    # harvested: the replay was judged when it was harvested, and hundreds of replayed clusters would otherwise
-    # dilute a poisoned harvest under the bounds. A set of replay alone (a first training) is judged whole.
-    judged = (lambda es: [e for e in es if e.source != "replay"]) if any(e.source != "replay" for e in candidates) \
-        else list
-    cluster_of = clusters([e.prompt for e in pool], s.near_dup_threshold)
+
+@dataclass
+class _Collapse:
+    """What collapsing the harvested examples' prompt clusters removed (the duplicate and contradiction gates)."""
+    exact: int = 0
+    near: int = 0
+    contradicting: int = 0
+    clusters: int = 0
+
+
+def _collapse(pool: list[Example], s: GateSettings, judged, counts: dict) -> tuple[list[tuple[str, Example]], _Collapse]:
+    """Exact duplicates, near-duplicates and contradictions, by prompt cluster: each cluster keeps its most trusted
+    examples, resolved (paraphrases → one, slot variants → one each, a contradiction → none). Returns the kept
+    examples with their cluster's key (its smallest normalized prompt: stable across inputs, so the split is too)."""
     groups: dict[int, list[Example]] = {}
-    for e, c in zip(pool, cluster_of):
+    for e, c in zip(pool, clusters([e.prompt for e in pool], s.near_dup_threshold)):
         groups.setdefault(c, []).append(e)
     exact = len(pool) - len({(normalize(e.prompt), normalize(e.target)) for e in pool})
-    judged_pool, n_judged = judged(pool), len(judged(candidates))
-    exact_judged = len(judged_pool) - len({(normalize(e.prompt), normalize(e.target)) for e in judged_pool})
-    kept_examples: list[tuple[int, Example]] = []
-    contradictions = collapsed = contradicting_judged = collapsed_judged = judged_clusters = 0
-    for c, members in groups.items():
-        best_trust = max(TRUST[m.source] for m in members)
-        keep = _resolve([m for m in members if TRUST[m.source] == best_trust])
-        judged_clusters += bool(judged(members))
+    ours = [e for e in pool if judged(e)]
+    out = _Collapse(exact=len(ours) - len({(normalize(e.prompt), normalize(e.target)) for e in ours}))
+    kept: list[tuple[str, Example]] = []
+    contradictions = collapsed = collapsed_judged = 0
+    for members in groups.values():
+        best = max(TRUST[m.source] for m in members)
+        keep = _resolve([m for m in members if TRUST[m.source] == best])
+        out.clusters += any(judged(m) for m in members)
         if keep is None:
             contradictions += 1
-            contradicting_judged += bool(judged(members))
-        else:
-            kept_examples.extend((c, e) for e in keep)
-            collapsed += len(members) - len(keep)
-            collapsed_judged += len(judged(members)) - len(judged(keep))
+            out.contradicting += any(judged(m) for m in members)
+            continue
+        key = min(normalize(m.prompt) for m in members)
+        kept.extend((key, e) for e in keep)
+        collapsed += len(members) - len(keep)
+        collapsed_judged += sum(map(judged, members)) - sum(map(judged, keep))
+    out.near = max(0, collapsed_judged - out.exact)
     counts.update(exact_duplicates=exact, near_duplicates=max(0, collapsed - exact), contradicting_clusters=contradictions)
-    near_judged = max(0, collapsed_judged - exact_judged)
+    return kept, out
 
-    # replay share: keep trusted examples, then replay up to the configured share of the final set
-    trusted = [(c, e) for c, e in kept_examples if e.source != "replay"]
-    replay = [(c, e) for c, e in kept_examples if e.source == "replay"]
-    rng = random.Random(s.seed)
-    rng.shuffle(replay)
+
+def _with_replay(kept: list[tuple[str, Example]], s: GateSettings, counts: dict) -> list[tuple[str, Example]]:
+    """Every harvested example, then replay up to ``replay_fraction`` of the final set (against forgetting)."""
+    trusted = [(c, e) for c, e in kept if e.source != "replay"]
+    replay = [(c, e) for c, e in kept if e.source == "replay"]
+    random.Random(s.seed).shuffle(replay)
     want = round(len(trusted) * s.replay_fraction / (1 - s.replay_fraction)) if trusted else len(replay)
-    final = sorted(trusted + replay[:want], key=lambda ce: (ce[1].prompt, ce[1].target))
     counts["replay_used"] = min(want, len(replay))
+    return sorted(trusted + replay[:want], key=lambda ce: (ce[1].prompt, ce[1].target))
 
-    total = max(1, len(candidates))
-    harvested = "harvested " if n_judged < len(candidates) else ""
+
+def _report(final: list[tuple[str, Example]], judged, n_judged: int, bad: list[Example], outliers: list[Example],
+            leaked: list[Example], collapse: _Collapse, pii_hits: int, focus_routes: Sequence[str], s: GateSettings,
+            counts: dict) -> list[Gate]:
+    """Every gate's value against its bound."""
+    of = max(1, n_judged)
+    harvested = "harvested " if n_judged < counts["candidates"] else ""
+    unique = sum(judged(e) for _, e in final)  # one per cluster, or one per slot variant
     routes = {r: sum(e.route == r for _, e in final) for r in focus_routes}
     thin = {r: n for r, n in routes.items() if n < s.min_route_examples}
-    report = [
-        Gate("duplicate_share", (exact_judged + near_judged) / max(1, n_judged), s.max_duplicate_share, "<=",
-             f"{exact_judged} exact + {near_judged} near-duplicate prompts of {n_judged} {harvested}collapsed"),
-        Gate("contradictions", contradicting_judged / max(1, judged_clusters), s.max_contradiction_share, "<=",
-             f"{contradicting_judged} of {judged_clusters} {harvested}prompt cluster(s) with disagreeing targets "
+    bad_judged = [e for e in bad if judged(e)]
+    return [
+        Gate("duplicate_share", (collapse.exact + collapse.near) / of, s.max_duplicate_share, "<=",
+             f"{collapse.exact} exact + {collapse.near} near-duplicate prompts of {n_judged} {harvested}collapsed"),
+        Gate("contradictions", collapse.contradicting / max(1, collapse.clusters), s.max_contradiction_share, "<=",
+             f"{collapse.contradicting} of {collapse.clusters} {harvested}prompt cluster(s) with disagreeing targets "
              "left out"),
-        Gate("unique_prompts", len(final), s.min_unique_prompts, ">=", f"{len(final)} distinct prompts after collapsing"),
+        Gate("unique_prompts", unique, s.min_unique_prompts, ">=",
+             f"{unique} distinct {harvested}prompts after collapsing"),
         Gate("route_coverage", min(routes.values(), default=s.min_route_examples), s.min_route_examples, ">=",
              f"examples per drifted route {routes}" + (f"; too few for {sorted(thin)}" if thin else "")),
-        Gate("golden_leakage", len(leaked) / total, s.max_golden_leakage_share, "<=",
-             f"{len(leaked)} example(s) matching the golden set removed"),
-        Gate("bad_targets", n_bad / total, s.max_bad_target_share, "<=",
-             ", ".join(f"{counts[f'bad_{k}']} {k}" for k in ("empty", "truncated", "garbage"))),
-        Gate("length_outliers", outliers / total, s.max_length_outlier_share, "<=", f"{outliers} removed"),
+        Gate("golden_leakage", max(sum(map(judged, leaked)) / of, (len(leaked) - sum(map(judged, leaked)))
+                                   / max(1, counts["candidates"] - n_judged)), s.max_golden_leakage_share, "<=",
+             f"{len(leaked)} example(s) matching the golden set removed (the share: of the harvest or of the "
+             "replay, whichever leaks more)"),
+        Gate("bad_targets", len(bad_judged) / of, s.max_bad_target_share, "<=",
+             f"of {n_judged} {harvested}targets: " + ", ".join(
+                 f"{sum(bad_target(e.target, s.max_target_chars) == k for e in bad_judged)} {k}"
+                 for k in ("empty", "truncated", "garbage"))),
+        Gate("length_outliers", sum(map(judged, outliers)) / of, s.max_length_outlier_share, "<=",
+             f"{len(outliers)} removed"),
         Gate("pii", pii_hits if s.pii == "refuse" else 0, 0, "<=",
              {"mask": f"{pii_hits} e-mail/phone string(s) masked", "refuse": f"{pii_hits} e-mail/phone string(s) found",
               "allow": "not checked (retrain.gates.pii = allow)"}[s.pii]),
     ]
-    if any(not g.passed for g in report):
-        raise GateFailure(report)
 
-    # by cluster: a cluster's hash decides its side, so it is never on both; a small set (19 examples: 13 % of
-    # the time at 0.1) can draw no validation example at all, and early stopping needs one: the lowest hash goes
-    sided = sorted(((int(hashlib.sha256(f"{s.seed}:{normalize(e.prompt)}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF, i)
-                    for i, (_, e) in enumerate(final)))
-    n_val = min(max(1, sum(side < s.validation_fraction for side, _ in sided)), len(final) - 1)
-    val_idx = {i for _, i in sided[:n_val]}
-    train = [e for i, (_, e) in enumerate(final) if i not in val_idx]
-    validation = [e for i, (_, e) in enumerate(final) if i in val_idx]
-    counts.update(train=len(train), validation=len(validation))
-    return Curated(train, validation, report, counts)
+
+def _split(final: list[tuple[str, Example]], s: GateSettings) -> tuple[list[Example], list[Example]]:
+    """By cluster: a cluster's key's hash decides its side, so its variants are never on both sides. A small set (19
+    examples: 13 % of the time at 0.1) can draw no validation example at all, and early stopping needs one: the
+    cluster with the lowest hash goes."""
+    side = {c: int(hashlib.sha256(f"{s.seed}:{c}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for c, _ in final}
+    ranked = sorted(side, key=lambda c: (side[c], c))
+    val = {c for c in ranked if side[c] < s.validation_fraction} or set(ranked[:1])
+    if len(val) == len(ranked):  # one cluster: it trains
+        val = set()
+    return [e for c, e in final if c not in val], [e for c, e in final if c in val]
 
 
 def _near_matches(texts: Sequence[str], probes: Sequence[str], threshold: float) -> set[int]:

@@ -32,21 +32,29 @@ def example(item, now: float | None = None, trusted_callers: frozenset[str] = fr
                             "trusted" if trusted else "candidate")
 
 
-def cap_tenants(examples: list[HarvestedExample], others: int, share: float) -> tuple[list[HarvestedExample], dict]:
-    """At most ``share`` of a dataset from any one tenant: of ``examples`` plus ``others`` (replay, examples without a
-    tenant), each tenant keeps its newest up to the cap; returns (kept, {tenant: dropped})."""
+def cap_tenants(examples: list[HarvestedExample], replay: int, share: float,
+                replay_fraction: float = 0.5) -> tuple[list[HarvestedExample], dict]:
+    """At most ``share`` of a dataset from any one tenant. The dataset is what is kept of ``examples`` plus the replay
+    lines curation will add to them (``replay_fraction`` of the set, at most the ``replay`` available): not the whole
+    base set, which curation never uses whole. Each tenant keeps its newest up to the cap; returns (kept, {tenant:
+    dropped})."""
     by_tenant: dict[str, list[HarvestedExample]] = {}
     for e in examples:
         if e.tenant is not None:
             by_tenant.setdefault(e.tenant, []).append(e)
-    free = others + sum(e.tenant is None for e in examples)
-    total = free + sum(map(len, by_tenant.values()))
+    untenanted = sum(e.tenant is None for e in examples)
+    ratio = replay_fraction / (1 - replay_fraction)
+
+    def size(harvest: int) -> int:
+        return harvest + min(replay, round(harvest * ratio))
+
+    harvest = untenanted + sum(map(len, by_tenant.values()))
     while True:  # the cap is a share of what is kept: shrink until it holds (it only decreases, so it ends)
-        cap = int(share * total)
-        kept = free + sum(min(len(v), cap) for v in by_tenant.values())
-        if kept == total:
+        cap = int(share * size(harvest))
+        kept = untenanted + sum(min(len(v), cap) for v in by_tenant.values())
+        if kept == harvest:
             break
-        total = kept
+        harvest = kept
     dropped = {t: len(v) - cap for t, v in by_tenant.items() if len(v) > cap}
     if not dropped:
         return examples, {}

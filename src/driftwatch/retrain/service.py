@@ -106,7 +106,7 @@ class RetrainService:
         since = self.clock() - cfg.window_hours * 3600
         replay = read_examples(cfg.base_training_set) if cfg.base_training_set else []
         usable = self.store.examples(since=since)  # trusted or approved: never an unreviewed end user's
-        usable, capped = cap_tenants(usable, len(replay), cfg.max_tenant_share)
+        usable, capped = cap_tenants(usable, len(replay), cfg.max_tenant_share, cfg.gates.replay_fraction)
         harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id) for e in usable]
         golden = read_golden(cfg.golden_set)
         sources = {"harvested_since": since, "harvested": len(harvested), "tenant_capped": capped,
