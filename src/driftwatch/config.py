@@ -619,11 +619,22 @@ def load_settings(path: str | os.PathLike[str] | None = None, env: Mapping[str, 
     try:
         settings = Settings.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_problem(err, env_paths) for err in exc.errors()], source) from None
-    problems = _cross_checks(settings)
-    if problems:
+        problems = [_problem(err, env_paths) for err in exc.errors()]
+    else:
+        problems = [_from_env(p, env_paths) for p in _cross_checks(settings)]
+    if problems:  # each problem names where its value came from: the file, or an environment variable
+        if all("(from environment variable" in p.message for p in problems):
+            source = "environment" if path is None else f"{path} (the values below came from the environment)"
         raise ConfigError(problems, source)
     return settings
+
+
+def _from_env(problem: ConfigProblem, env_paths: Mapping[tuple[str, ...], str]) -> ConfigProblem:
+    loc = tuple(problem.path.split("."))
+    origin = next((var for keys, var in env_paths.items() if loc[: len(keys)] == keys), None)
+    if origin is None:
+        return problem
+    return ConfigProblem(problem.path, f"{problem.message} (from environment variable {origin})", problem.fix)
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

@@ -93,7 +93,7 @@ class InferenceEvent(_Contract):
     prompt: Text | None = None
     messages: Annotated[list[Message], Field(max_length=MAX_MESSAGES)] | None = None
     response: Text | None = None
-    latency_ms: float = Field(ge=0, le=86_400_000)
+    latency_ms: float = Field(ge=0, le=86_400_000, allow_inf_nan=False)
     tokens_in: int | None = Field(None, ge=0)
     tokens_out: int | None = Field(None, ge=0)
     status: Literal["ok", "error", "timeout"]

@@ -167,3 +167,20 @@ def test_config_check_ends_with_a_verdict_and_quiet_prints_only_it(tmp_path):
     assert full.exit_code == quiet.exit_code == 0
     assert full.output.splitlines()[-1] == quiet.output.strip() and quiet.output.startswith(f"ok: {path} is valid")
     assert "kafka 10.0.0.5:9092" in quiet.output and len(full.output.splitlines()) > 50
+
+
+def test_a_bad_value_from_the_environment_is_reported_as_the_environment_s_not_the_file_s(tmp_path):
+    """A new user's run: `error: dw.yaml: ... control.token: ...` for a token set in the environment."""
+    from driftwatch.config import load_settings
+    from driftwatch.errors import ConfigError
+
+    path = tmp_path / "dw.yaml"
+    path.write_text("http: {port: 9108}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, env={"DRIFTWATCH__CONTROL__TOKEN": "short"})
+    assert "from environment variable DRIFTWATCH__CONTROL__TOKEN" in str(exc.value)
+    assert "the values below came from the environment" in str(exc.value)
+    path.write_text("control: {token: short}\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(path, env={})
+    assert "environment" not in str(exc.value)

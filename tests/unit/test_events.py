@@ -93,3 +93,11 @@ def test_encode_round_trips_and_omits_empty_fields():
     wire = encode(ev)
     assert b"error_type" not in wire
     assert decode("inference", wire, 10_000) == ev
+
+
+def test_a_nan_latency_is_dead_lettered_as_not_a_finite_number():
+    """It said 'Input should be less than or equal to 86400000' for NaN."""
+    raw = (b'{"schema_version":1,"request_id":"a","timestamp":1795514400000,"model":"m","adapter":"a","prompt":"p",'
+           b'"latency_ms":NaN,"status":"ok"}')
+    rejected = decode("inference", raw, 10_000)
+    assert rejected.detail == "latency_ms: Input should be a finite number"
