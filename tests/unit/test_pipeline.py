@@ -189,10 +189,11 @@ def test_feedback_read_before_its_request_waits_for_it_then_is_handed_on_alone()
                                    feedback_hold_s=10, clock=lambda: clock[0])
     step(ing)
     assert seen == [] and sample(m, "driftwatch_feedback_held") == 2
-    assert source.commits == [{("fb", 0): 3}]  # held in memory, committed: a crash loses it from the signals only
+    assert source.commits == [{("fb", 0): 1}]  # held: not committed past, so a crash reads it again
     step(ing)
     assert [(kind, e.request_id) for kind, e, *_ in seen] == [("inference", "r-8"), ("inference", "r-9"),
                                                           ("feedback", "r-9")]
+    assert source.commits[-1] == {("inf", 0): 9, ("fb", 0): 2}  # f-1 went on with its request; f-2 still waits
     assert sample(m, "driftwatch_feedback_held") == 1
     clock[0] = 9.9
     assert ing.poll() is None and len(seen) == 3
@@ -207,3 +208,40 @@ def test_held_feedback_is_bounded():
     ing, _, _, m, seen = make([batch], max_held=3)
     step(ing)
     assert [e.request_id for _, e, *_ in seen] == ["r-0", "r-1"] and sample(m, "driftwatch_feedback_held") == 3
+
+
+def test_a_kill_between_processing_and_the_journal_counts_the_batch_once(tmp_path):
+    """Finding 8: the counters moved in process(), the journal was written in finish(); a daemon killed in between
+    exported the batch, and the next process counted it again as new (100,500 accepted for 100,000 sent)."""
+    path = tmp_path / "offsets.json"
+    batch = [Rec("inf", 0, 100, ev("a")), Rec("inf", 0, 101, ev("b")), Rec("inf", 0, 102, b"bad")]
+    ing, _, _, m, _ = make([batch], journal=OffsetJournal(path))
+    ing.poll()  # processed ... then kill -9 before finish(): nothing journalled, nothing committed
+    ing2, _, sink2, m2, _ = make([batch], journal=OffsetJournal(path))
+    step(ing2)
+    accepted = lambda metrics: sample(metrics, "driftwatch_ingest_records_total", topic="inf", outcome="accepted")  # noqa: E731
+    assert accepted(m) + accepted(m2) == 2
+    assert sample(m, "driftwatch_dead_letters_total", reason="not_json") == 0 and len(sink2.delivered) == 1
+    # killed after the journal but before the commit: the redelivery is counted as duplicates, never as new
+    ing3, _, _, m3, _ = make([batch], journal=OffsetJournal(path))
+    step(ing3)
+    assert accepted(m3) == 0 and sample(m3, "driftwatch_duplicates_total", topic="inf", kind="redelivery") == 3
+
+
+def test_held_feedback_survives_a_crash_and_is_harvested_when_its_request_comes(tmp_path):
+    """Finding 5: feedback held for its request had its offset committed with the batch that read it, so a crash
+    lost that correction from harvesting."""
+    path = tmp_path / "offsets.json"
+    correction = Rec("fb", 0, 5, json.dumps({**FEEDBACK, "request_id": "r-1", "feedback_id": "f-1",
+                                              "correction": "The right answer."}).encode())
+    after = Rec("fb", 0, 6, json.dumps({**FEEDBACK, "request_id": "r-0", "feedback_id": "f-0"}).encode())
+    first = [Rec("inf", 0, 0, ev("r-0")), correction, after]
+    ing, source, *_ = make([first], journal=OffsetJournal(path))
+    step(ing)
+    assert source.commits == [{("inf", 0): 1, ("fb", 0): 5}]  # not past the held correction
+    # kill -9; a new process resumes at the committed offsets: the correction is read again, its request comes
+    ing2, source2, _, m2, seen2 = make([[correction, after, Rec("inf", 0, 1, ev("r-1"))]], journal=OffsetJournal(path))
+    step(ing2)
+    assert [(kind, e.request_id) for kind, e, *_ in seen2] == [("inference", "r-1"), ("feedback", "r-1")]
+    assert sample(m2, "driftwatch_duplicates_total", topic="fb", kind="redelivery") == 1  # f-0 was handed on before
+    assert source2.commits == [{("fb", 0): 7, ("inf", 0): 2}]

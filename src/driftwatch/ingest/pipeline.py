@@ -4,7 +4,9 @@
 no I/O: every record ends as exactly one of accepted, rejected (a dead letter) or duplicate, and each accepted one is
 an :class:`Accepted` carrying the adapter label it counts under. :meth:`Ingestor.finish` then does the batch's I/O:
 dead letters acknowledged by the broker, examples harvested from feedback saved, the offset journal written, the
-offsets committed (at-least-once: nothing is committed before the rest landed). The source and the dead-letter
+batch's counters moved (only now: a process killed before the journal counts nothing, and the next one counts the
+batch once), the offsets committed (at-least-once: nothing is committed before the rest landed). Feedback held for
+its request is not committed past: a crash re-reads it, and the journal lets it through as new. The source and the dead-letter
 sink are small protocols, so a confluent-kafka backend can replace kafka-python without touching this file.
 
 **The one request-id join.** The dedup window's entry for an inference event is a :class:`Served`: where it was
@@ -98,31 +100,38 @@ class OffsetJournal:
         self.path = path
         self._ranges: dict[TopicPartition, tuple[int, int]] = {}
         self._armed: dict[TopicPartition, tuple[int, int]] = {}
+        self._reread: dict[TopicPartition, set[int]] = {}  # held feedback inside a range: processed again
         if path is not None and path.exists():
             try:
                 raw = json.loads(path.read_text())
                 self._armed = {(t, int(p)): (int(a), int(b)) for t, p, a, b in raw.get("ranges", [])}
+                for t, p, offset in raw.get("reread", []):
+                    self._reread.setdefault((t, int(p)), set()).add(int(offset))
             except (ValueError, TypeError, OSError) as exc:
                 log.warning("ignoring unreadable offset journal %s: %s", path, exc)
             self._ranges = dict(self._armed)
 
     def redelivered(self, tp: TopicPartition, offset: int) -> bool:
-        """True if this record is one this replica already processed before a restart."""
+        """True if this record is one this replica already processed before a restart (feedback that was still
+        held for its request is not: it was never handed on)."""
         armed = self._armed.get(tp)
         if armed is None:
             return False
         start, end = armed
         if start <= offset < end:
-            return True
+            return offset not in self._reread.get(tp, ())
         del self._armed[tp]  # resumed elsewhere: the entry no longer describes this partition
         return False
 
-    def record(self, ranges: Mapping[TopicPartition, tuple[int, int]]) -> None:
+    def record(self, ranges: Mapping[TopicPartition, tuple[int, int]],
+               reread: Mapping[TopicPartition, Iterable[int]] | None = None) -> None:
         if self.path is None or not ranges:
             return
         self._ranges.update(ranges)
+        doc = {"ranges": [[t, p, a, b] for (t, p), (a, b) in self._ranges.items()],
+               "reread": [[t, p, o] for (t, p), offsets in (reread or {}).items() for o in sorted(offsets)]}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"ranges": [[t, p, a, b] for (t, p), (a, b) in self._ranges.items()]}))
+        tmp.write_text(json.dumps(doc))
         os.replace(tmp, self.path)
 
 
@@ -172,6 +181,9 @@ class Batch:
     offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to read
     ranges: dict[TopicPartition, tuple[int, int]] = field(default_factory=dict)
     started: float = 0.0
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, outcome): moved once journalled
+    duplicates: dict[tuple[str, str], int] = field(default_factory=dict)  # (topic, duplicate kind)
+    rejected: list[str] = field(default_factory=list)  # dead letters' reasons
 
 
 class Ingestor:
@@ -220,9 +232,10 @@ class Ingestor:
         self.head_bytes = dead_letter_head_bytes
         self.dl_max_bytes = dead_letter_max_bytes
         self.feedback_hold_s, self.max_held, self.clock = feedback_hold_s, max_held, clock
-        # request_id -> (read at, feedback read before the request's inference event); oldest first
-        self._held: OrderedDict[str, tuple[float, list[Event]]] = OrderedDict()
+        # request_id -> (read at, feedback read before the request's inference event, with where each was read)
+        self._held: OrderedDict[str, tuple[float, list[tuple[Event, tuple[TopicPartition, int]]]]] = OrderedDict()
         self._n_held = 0
+        self._capped: dict[TopicPartition, int] = {}  # partitions committed short of held feedback: their next offset
         self._outcome_children = {
             (topic, outcome): metrics.records.labels(topic=topic, outcome=outcome)
             for topic in self.kinds for outcome in ("accepted", "rejected", "duplicate")
@@ -251,8 +264,7 @@ class Ingestor:
     def process(self, records: Iterable[Record]) -> Batch:
         """Decode, deduplicate and join: each record becomes accepted, rejected or duplicate. No I/O."""
         batch = Batch(started=time.perf_counter())
-        counts: dict[tuple[str, str], int] = {}
-        dups: dict[tuple[str, str], int] = {}
+        counts, dups = batch.counts, batch.duplicates
         kinds, dedup, journal, max_bytes = self.kinds, self.dedup, self.journal, self.max_record_bytes
         feedback: list[Accepted] = []  # handed on after the batch's inference events (see _hold)
         for rec in records:
@@ -284,12 +296,7 @@ class Ingestor:
                 dups[dk] = dups.get(dk, 0) + 1
         batch.events.extend(feedback)
         batch.events.extend(self._release(self.clock()))
-        for key, n in counts.items():
-            self._outcome_children[key].inc(n)
-        for (topic, dup_kind), n in dups.items():
-            self.metrics.duplicates.labels(topic=topic, kind=dup_kind).inc(n)
-        for letter in batch.dead_letters:
-            self.metrics.dead_letters.labels(reason=letter.reason).inc()
+        batch.rejected = [letter.reason for letter in batch.dead_letters]
         self.metrics.dedup_entries.set(len(dedup))
         if batch.events:
             self.downstream(batch.events)
@@ -347,12 +354,12 @@ class Ingestor:
                 self._keep(served)
             if self._held and (held := self._held.pop(event.request_id, None)):
                 self._n_held -= len(held[1])
-                feedback.extend(Accepted("feedback", e, served.adapter, served.event) for e in held[1])
+                feedback.extend(Accepted("feedback", e, served.adapter, served.event) for e, _ in held[1])
         elif (request := dedup.get(("inference", event.request_id))
               or self.span_dedup.get(("inference", event.request_id))) is not None:
             feedback.append(Accepted(kind, event, request.adapter, request.event))
         else:
-            self._hold(event)
+            self._hold(event, where)
         return "accepted", ""
 
     def _keep(self, served: Served) -> None:
@@ -366,16 +373,16 @@ class Ingestor:
         if len(kept) > self.max_kept:
             kept.popleft().event = None
 
-    def _hold(self, event: Event) -> None:
+    def _hold(self, event: Event, where: tuple[TopicPartition, int]) -> None:
         """Feedback is joined to the adapter that served its request, so it is handed on after the request's
         inference event. The two topics are not read in lockstep (a poll returns partition by partition, and one
         topic can lag the other): feedback read first waits here for its request, up to ``feedback_hold_s``. Held
-        feedback is in memory only, like the monitor's windows: a crash loses it from the signals, not from Kafka."""
+        feedback is in memory, and its partition is not committed past it (:meth:`finish`): a crash reads it again."""
         entry = self._held.get(event.request_id)
         if entry is None:
-            self._held[event.request_id] = (self.clock(), [event])
+            self._held[event.request_id] = (self.clock(), [(event, where)])
         else:
-            entry[1].append(event)
+            entry[1].append((event, where))
         self._n_held += 1  # the gauge is set once per batch, by _release
 
     def _release(self, now: float) -> list[Accepted]:
@@ -388,7 +395,7 @@ class Ingestor:
                 break
             del held[request_id]
             self._n_held -= len(events)
-            out.extend(Accepted("feedback", e, UNKNOWN) for e in events)
+            out.extend(Accepted("feedback", e, UNKNOWN) for e, _ in events)
         self.metrics.feedback_held.set(self._n_held)
         return out
 
@@ -401,15 +408,43 @@ class Ingestor:
         if batch.examples and self.save_examples is not None:
             self.save_examples(batch.examples)
             batch.examples = []
-        self.journal.record(batch.ranges)
+        held = self._held_offsets()
+        offsets = self._offsets(batch.offsets, held)
+        self.journal.record({tp: (min(a, offsets.get(tp, a)), b) for tp, (a, b) in batch.ranges.items()}, held)
+        self._count(batch)
         try:
-            self.source.commit(batch.offsets)
+            self.source.commit(offsets)
         except CommitError as exc:
             self.metrics.commits.labels(outcome="failed").inc()
             log.warning("offset commit failed (kept and retried; records read again are counted as duplicates): %s", exc)
         else:
             self.metrics.commits.labels(outcome="ok").inc()
         self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
+
+    def _held_offsets(self) -> dict[TopicPartition, set[int]]:
+        out: dict[TopicPartition, set[int]] = {}
+        for _, events in self._held.values():
+            for _, (tp, offset) in events:
+                out.setdefault(tp, set()).add(offset)
+        return out
+
+    def _offsets(self, offsets: Mapping[TopicPartition, int], held: Mapping[TopicPartition, set[int]]) -> dict:
+        """What to commit: the batch's next offsets, each short of the partition's earliest held feedback; and a
+        partition held back before, as far as it may go now."""
+        wanted = {**self._capped, **offsets}
+        out = {tp: min(nxt, min(held[tp])) if tp in held else nxt for tp, nxt in wanted.items()}
+        self._capped = {tp: wanted[tp] for tp in wanted if tp in held}
+        return out
+
+    def _count(self, batch: Batch) -> None:
+        """The batch's outcomes, once it is journalled (a batch finished again after a failure counts nothing)."""
+        for key, n in batch.counts.items():
+            self._outcome_children[key].inc(n)
+        for (topic, dup_kind), n in batch.duplicates.items():
+            self.metrics.duplicates.labels(topic=topic, kind=dup_kind).inc(n)
+        for reason in batch.rejected:
+            self.metrics.dead_letters.labels(reason=reason).inc()
+        batch.counts, batch.duplicates, batch.rejected = {}, {}, []
 
     def _dead_letter(self, rec: Record, rejected: Rejected) -> DeadLetter:
         value = rec.value or b""
