@@ -170,3 +170,144 @@ def test_an_event_limit_below_the_events_own_fields_still_logs_and_never_hangs(t
         assert event.request_id == r.headers["x-request-id"] and "size" in event.metadata["fitted"]
     finally:
         g.close()
+
+
+# -- finding 10: an attacker against the real gateway ------------------------------------------------------------------
+RECEIPT = "x-driftwatch-feedback-token"
+CALLER_TOKEN = "crm-caller-token-0123456789"
+
+
+def receipt_of(g) -> str:
+    return post(g, {"model": "production", "messages": [{"role": "user", "content": "hi"}]}).headers[RECEIPT]
+
+
+def test_a_correction_longer_than_a_training_target_is_413_and_never_published(gateway):
+    """A correction becomes a candidate training example: one longer than retrain.gates.max_target_chars (8,000)
+    could never be a target, and is refused before anything is published."""
+    receipt = receipt_of(gateway)
+    limit = gateway.settings.retrain.gates.max_target_chars
+    too_long = httpx.post(gateway.url + "/v1/feedback", timeout=30,
+                          json={"feedback_token": receipt, "thumbs": "down", "correction": "x" * (limit + 1)})
+    assert too_long.status_code == 413 and too_long.json()["error"]["code"] == "correction_too_long"
+    fits = httpx.post(gateway.url + "/v1/feedback", timeout=30,
+                      json={"feedback_token": receipt, "thumbs": "down", "correction": "y" * limit})
+    assert fits.status_code == 202
+    published = gateway.events(kind="feedback")  # everything on the topic (until it is quiet for 3 s)
+    assert [len(e.correction) for e in published] == [limit]
+
+
+def test_corrections_are_bounded_an_hour_for_each_caller(tansu, upstream, tmp_path):
+    """One receipt (or one caller) posting corrections without end: past the hourly bound they are 429 and never
+    published; ratings are not corrections and still pass; another caller has its own bound."""
+    g = Gateway(tansu, tmp_path, upstream, feedback_callers=f"crm:{CALLER_TOKEN},other:{CALLER_TOKEN[::-1]}")
+    try:
+        receipt = receipt_of(g)
+        with httpx.Client(base_url=g.url, timeout=30) as client:
+            def flood(body, headers=None) -> int:
+                for n in range(5000):
+                    r = client.post("/v1/feedback", json=body, headers=headers or {})
+                    if r.status_code != 202:
+                        assert r.status_code == 429 and r.json()["error"]["code"] == "rate_limited", r.text
+                        assert int(r.headers["retry-after"]) >= 1
+                        return n
+                raise AssertionError("5,000 corrections in a row were accepted")
+
+            anonymous = flood({"feedback_token": receipt, "correction": "never."})
+            rid = receipt_of(g)  # a fresh receipt changes nothing: anonymous end users share their bound
+            assert client.post("/v1/feedback", json={"feedback_token": rid, "correction": "no."}).status_code == 429
+            assert client.post("/v1/feedback", json={"feedback_token": rid, "thumbs": "down"}).status_code == 202
+            crm = flood({"request_id": "r1", "correction": "better."}, {"authorization": f"Bearer {CALLER_TOKEN}"})
+            other = client.post("/v1/feedback", json={"request_id": "r1", "correction": "better."},
+                                headers={"authorization": f"Bearer {CALLER_TOKEN[::-1]}"})
+            assert other.status_code == 202
+        assert 10 <= anonymous <= 1000 and crm == anonymous
+        published = g.events(expect=anonymous + crm + 2, kind="feedback")
+        assert sum(e.correction is not None for e in published) == anonymous + crm + 1
+    finally:
+        g.close()
+
+
+class RawUpstream:
+    """A TCP server on a thread that plays a failing upstream: ``hang`` (accepts nothing, answers nothing) or
+    ``broken`` (answers a head, half a body, and hangs up)."""
+
+    def __init__(self, mode: str) -> None:
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        if mode == "broken":
+            threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"id\"")
+            conn.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_upstream_failures_tell_the_client_nothing_of_the_upstream_and_the_log_everything(tansu, tmp_path, caplog):
+    """503, 504 and 502 carried the upstream's URL, host, port and errno to any client; now a generic message and
+    the request id, the details in the gateway's log."""
+    import logging
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    hang, broken = RawUpstream("hang"), RawUpstream("broken")
+    ports = [str(dead), str(hang.port), str(broken.port)]
+    # round robin: the first request goes to the dead port, the second to the one that hangs, the third to the broken
+    g = Gateway(tansu, tmp_path, "", upstreams=[f"http://127.0.0.1:{p}" for p in ports], timeout_s=0.5)
+    caplog.set_level(logging.INFO, logger="driftwatch.serving.gateway")
+    try:
+        answers = [post(g, {"model": "production", "messages": [{"role": "user", "content": "hi"}]}) for _ in ports]
+        models = httpx.get(g.url + "/v1/models", timeout=30)  # the dead one again
+        assert [r.status_code for r in answers] + [models.status_code] == [503, 504, 502, 503]
+        for r in answers + [models]:
+            text = r.text.replace(r.headers["x-request-id"], "")
+            assert not any(p in text for p in ports) and "127.0.0.1" not in text and "http" not in text, text
+            assert "errno" not in text.lower() and "connect call" not in text.lower(), text
+            assert r.headers["x-request-id"] in r.json()["error"]["message"]
+        for r, port in zip(answers, ports):
+            logged = [rec.getMessage() for rec in caplog.records if r.headers["x-request-id"] in rec.getMessage()]
+            assert logged and port in logged[0], (port, logged)
+        # an outage under load is not a line a request: the dead upstream's second failure, 10 s within its first,
+        # waits to be counted in its next line
+        assert sum(f":{dead} failed" in rec.getMessage() for rec in caplog.records) == 1
+        events = g.events(expect=3)
+        assert sorted(e.error_type for e in events) == ["upstream_broken", "upstream_timeout", "upstream_unavailable"]
+    finally:
+        g.close()
+        hang.close()
+        broken.close()
+
+
+def test_a_60000_character_header_is_never_stored_in_full(gateway):
+    """x-driftwatch-user was stored in full at 60,000 characters (the daemon's control API); every header value the
+    gateway copies into an event is at most 256 characters, and the gateway serves no description without a token."""
+    huge = "u" * 60_000
+    headers = {"x-request-id": huge, "x-driftwatch-route": huge, "x-driftwatch-tenant": huge,
+               "x-driftwatch-user": huge}
+    served = post(gateway, {"model": "production", "messages": [{"role": "user", "content": "hi"}]}, headers=headers)
+    refused = post(gateway, {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, headers=headers)
+    assert [served.status_code, refused.status_code] == [200, 404]
+    rated = httpx.post(gateway.url + "/v1/feedback", timeout=30, headers=headers,
+                       json={"feedback_token": served.headers[RECEIPT], "correction": "ok."})
+    assert rated.status_code == 202
+    for event in gateway.events(expect=2):
+        values = [event.route, event.tenant, *map(str, event.metadata.values())]
+        assert max(len(v or "") for v in values) <= 256 and huge[:257] not in event.model_dump_json()
+    (fb,) = gateway.events(expect=1, kind="feedback")
+    assert huge[:257] not in fb.model_dump_json()
+    assert httpx.get(gateway.url + "/v1/openapi.json", timeout=30).status_code == 404

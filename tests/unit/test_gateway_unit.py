@@ -194,3 +194,46 @@ def test_the_buffer_is_bounded_in_bytes_too():
     producer, metrics = FakeProducer(), GatewayMetrics()  # Kafka down
     sink = EventSink(Kafka(), 1000, metrics, producer_factory=lambda: producer, retry_s=0.05, max_bytes=2**20)
     assert [sink.offer("t", b"k", b"x" * 400_000) for _ in range(3)] == [True, True, False]
+
+
+def test_a_broker_back_within_the_drain_grace_gets_every_buffered_event():
+    """SIGTERM while Kafka is down: the drain gave up after its first failed round, though the grace had time left.
+    It retries at a short interval (not retry_s) until the grace ends."""
+    import threading
+
+    producer, metrics = FakeProducer(), GatewayMetrics()  # Kafka down
+    sink = EventSink(Kafka(), 100, metrics, producer_factory=lambda: producer, retry_s=30).start()
+    for i in range(4):
+        sink.offer("t", b"k", f"e{i}".encode())
+    time.sleep(0.1)  # a first round failed: the sink waits retry_s (30 s) before the next
+    left: list[int] = []
+    drain = threading.Thread(target=lambda: left.append(sink.close(timeout_s=5)))
+    t0 = time.monotonic()
+    drain.start()
+    time.sleep(0.5)
+    producer.up = True  # the broker is back within the grace
+    drain.join(10)
+    assert left == [0] and time.monotonic() - t0 < 2.5
+    assert producer.sent == [f"e{i}".encode() for i in range(4)]
+    assert metrics.registry.get_sample_value("driftwatch_gateway_events_dropped_total",
+                                             {"topic": "t", "reason": "shutdown"}) is None
+
+
+def test_the_sinks_producer_reconnects_within_a_second(monkeypatch):
+    """kafka-python's reconnect backoff grows to 30 s: a broker back 2 s into a 20 s drain was reached after it."""
+    import driftwatch.ingest.kafka as kafka
+
+    given = {}
+    monkeypatch.setattr(kafka, "producer", lambda cfg, **kw: given.update(kw) or FakeProducer())
+    EventSink(Kafka(), 10, GatewayMetrics())._producer()
+    assert given["reconnect_backoff_max_ms"] <= 1000 and given["reconnect_backoff_ms"] <= given["reconnect_backoff_max_ms"]
+
+
+def test_the_hourly_quota_refills_evenly_and_holds_a_bounded_number_of_keys():
+    from driftwatch.serving.gateway import HourlyQuota
+
+    quota = HourlyQuota(3, max_keys=2)
+    assert [quota.take("a", now=0) for _ in range(4)] == [True, True, True, False]
+    assert quota.take("a", now=1199) is False and quota.take("a", now=1201) is True  # one back every 20 minutes
+    assert quota.take("b", now=1201) and quota.take("c", now=1201)  # a third key: "a" is forgotten, the oldest
+    assert len(quota._buckets) == 2 and "a" not in quota._buckets

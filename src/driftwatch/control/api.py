@@ -6,7 +6,7 @@ what a human (or Alertmanager) may ask the running daemon to do:
     POST /v1/rollback        {"reason"}                            -> 200 {"production"}
     POST /v1/pause|resume    {"reason"}                            -> 200 {"paused"}
     POST /v1/alertmanager    Alertmanager's webhook (version 4)    -> 200 what each alert became
-    GET  /v1/openapi.json    this description, machine-readable (no token needed)
+    GET  /v1/openapi.json    this description, machine-readable (the token too, like every call)
     GET  /report             Evidently's report of an adapter's window (?adapter=NAME&format=html|json)
 
 Every call but the description needs ``Authorization: Bearer <control.token>``, compared in constant time; with no
@@ -34,6 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from driftwatch.errors import ControlError, ReportError, RolloutError
+from driftwatch.events import MAX_NAME_CHARS, fit_text
 
 WHO_HEADER = "x-driftwatch-user"  # who is acting, for the event log (the CLI sends the login name)
 FORWARDED_HEADER = "x-driftwatch-forwarded"  # set on a call a follower passed on to the leader
@@ -144,7 +145,10 @@ def control_routes(control: Callable[[], Control | None], token: str | None,
             return JSONResponse(result, status_code=status)
         return endpoint
 
-    who = lambda request: request.headers.get(WHO_HEADER) or "control-api"  # noqa: E731
+    def who(request: Request) -> str:
+        """Who acts, for the event log: the header, bounded (it is stored); else 'control-api'."""
+        return fit_text(request.headers.get(WHO_HEADER) or "", MAX_NAME_CHARS, set(), "who") or "control-api"
+
 
     def status(c: Control, request: Request, body: dict):
         return 200, c.status()
@@ -167,6 +171,8 @@ def control_routes(control: Callable[[], Control | None], token: str | None,
         return 200, c.alertmanager(body)
 
     def openapi(request: Request) -> Response:
+        if (refused := _unauthorized(expected, request)) is not None:
+            return refused
         return JSONResponse(OPENAPI)
 
     def drift_report(request: Request) -> Response:
@@ -278,7 +284,8 @@ OPENAPI: dict = {
                 "type": "object", "required": ["status", "labels", "startsAt", "fingerprint"]}}}},
             _400="not a webhook payload, or an alert malformed (nothing recorded)",
             _413="over 1 MiB or 1,000 alerts", _429="over control.webhook_alerts_per_minute (nothing recorded)")},
-        "/v1/openapi.json": {"get": {"summary": "This description", "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/v1/openapi.json": {"get": {"summary": "This description", "security": [{"bearer": []}], "responses": {
+            "200": {"description": "OpenAPI 3.1"}, "401": {"description": "no or wrong bearer token"}}}},
         "/report": {"get": {**_op("Evidently's report of an adapter's current window (?adapter=NAME&format=html|json)",
                                   "200", {"type": "object"}, _400="no adapter or format", _404="no window for the adapter",
                                   _409="the report extra is not installed"),

@@ -11,14 +11,19 @@
   as ``metadata.client_request_id``), with the adapter version that served it and vLLM's token usage. Text over the
   contract's limits is cut and named in ``metadata.fitted``, never dropped. Events go into a
   bounded buffer drained by a sender thread: Kafka being down never blocks or fails a client request; what does
-  not fit the buffer is counted, never silently lost.
+  not fit the buffer is counted, never silently lost. On SIGTERM the sender retries every
+  ``EventSink.DRAIN_RETRY_S`` until the grace is spent (and reconnects within a second), so a broker back within
+  the grace gets every buffered event.
 * **Feedback is a receipt, not a claim.** Each served answer carries a receipt (``x-driftwatch-feedback-token``:
   the request id, the version that served it, an expiry, HMAC-signed with ``gateway.feedback_secret``).
   ``POST /v1/feedback`` takes a valid receipt and rates that request only (``origin: receipt``), or comes from an
   authenticated server-side caller (``gateway.feedback_callers``; ``origin: caller``); nothing else. The tenant is
-  the client's header only behind an authenticating proxy (``gateway.trust_tenant_header``).
-* **Errors** are OpenAI-style JSON: 400 bad request, 404 unknown model, 413 too large, 502 bad upstream answer,
-  503 no upstream reachable, 504 upstream timeout.
+  the client's header only behind an authenticating proxy (``gateway.trust_tenant_header``). A correction (a
+  candidate training example) is at most ``retrain.gates.max_target_chars`` characters (413), and at most
+  ``CORRECTIONS_PER_HOUR`` an hour come from one caller, one proxied tenant or all anonymous end users together (429).
+* **Errors** are OpenAI-style JSON: 400 bad request, 404 unknown model, 413 too large, 429 too many corrections,
+  502 bad upstream answer, 503 no upstream reachable, 504 upstream timeout. An upstream failure tells the client
+  the request id only; which upstream and why (address, errno) goes to the log.
 """
 
 from __future__ import annotations
@@ -59,6 +64,9 @@ log = logging.getLogger(__name__)
 
 ROUTE_HEADER, TENANT_HEADER, REQUEST_ID_HEADER = "x-driftwatch-route", "x-driftwatch-tenant", "x-request-id"
 RECEIPT_HEADER = "x-driftwatch-feedback-token"
+# corrections (candidate training examples) one caller, one tenant, or all anonymous end users together may post an
+# hour; beyond, 429 and nothing published
+CORRECTIONS_PER_HOUR = 600
 
 
 # -- feedback receipts --------------------------------------------------------------------------------------------------
@@ -114,6 +122,25 @@ class RequestIds:
         return b.hex()
 
 
+class HourlyQuota:
+    """At most ``per_hour`` takes an hour for each key: a token bucket of that size, refilled evenly. At most
+    ``max_keys`` keys are held (the one used longest ago is forgotten first). Not thread-safe: the event loop's alone."""
+
+    def __init__(self, per_hour: int, max_keys: int = 10_000) -> None:
+        self.per_hour, self.max_keys = per_hour, max_keys
+        self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, when), the most recently used last
+
+    def take(self, key: str, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        tokens, at = self._buckets.pop(key, (float(self.per_hour), now))
+        tokens = min(float(self.per_hour), tokens + (now - at) * self.per_hour / 3600)
+        if len(self._buckets) >= self.max_keys:
+            del self._buckets[next(iter(self._buckets))]
+        taken = tokens >= 1
+        self._buckets[key] = (tokens - 1 if taken else tokens, now)
+        return taken
+
+
 # -- alias table --------------------------------------------------------------------------------------------------------
 class AliasTable(NamedTuple):
     version: int
@@ -142,6 +169,9 @@ class AliasTable(NamedTuple):
 class EventSink:
     """A bounded buffer of (topic, key, value) drained to Kafka by one thread; ``offer`` never blocks."""
 
+    DRAIN_RETRY_S = 0.2  # while draining (SIGTERM), a failed round is retried this soon: the grace is short
+    RECONNECT_BACKOFF_MAX_MS = 1000  # kafka-python's default grows to 30 s: a broker back within the grace missed it
+
     def __init__(self, kafka: Kafka, max_events: int, metrics: GatewayMetrics,
                  producer_factory: Callable[[], Any] | None = None, retry_s: float = 1.0, linger_s: float = 0.02,
                  max_bytes: int = 256 * 2**20) -> None:
@@ -151,6 +181,7 @@ class EventSink:
         self._items: collections.deque[tuple[str, bytes, bytes]] = collections.deque()
         self._cond = threading.Condition()
         self._stop = False
+        self._drain_until = 0.0  # time.monotonic() at which the drain gives up (set by close)
         self._thread = threading.Thread(target=self._run, name="driftwatch-gateway-events", daemon=True)
         p = kafka.producer
         # every send resolves, acknowledged or failed, within this; a flush that waited less would re-send records
@@ -165,7 +196,8 @@ class EventSink:
         return producer(self.kafka, acks=p.acks if p.acks == "all" else int(p.acks),
                              linger_ms=p.linger_ms, max_request_size=p.max_request_size,
                              enable_idempotence=False, retries=5, max_block_ms=5000,
-                             delivery_timeout_ms=self.delivery_timeout_ms)
+                             delivery_timeout_ms=self.delivery_timeout_ms, reconnect_backoff_ms=50,
+                             reconnect_backoff_max_ms=self.RECONNECT_BACKOFF_MAX_MS)
 
     def start(self) -> EventSink:
         self._thread.start()
@@ -236,12 +268,14 @@ class EventSink:
                 self._items.extendleft(reversed(kept))
                 self._bytes += sum(len(item[2]) for item in kept)
                 self.metrics.events_buffered.set(len(self._items))
-                if kept and not self._stop:
+                if kept:
+                    left_s = self._drain_until - time.monotonic()
+                    if self._stop and left_s <= 0:
+                        break
                     for topic, _, _ in kept:
                         self.metrics.events_resent.labels(topic=topic).inc()
-                    self._cond.wait(self.retry_s)
-                elif kept and self._stop:
-                    break
+                    # draining (SIGTERM): retried soon, until the grace is spent
+                    self._cond.wait(min(self.DRAIN_RETRY_S, left_s) if self._stop else self.retry_s)
         if producer is not None:
             producer.close(timeout=5)
 
@@ -249,7 +283,7 @@ class EventSink:
         """Deliver what can be delivered within the timeout; count (reason ``shutdown``) and return how many events
         are left undelivered."""
         with self._cond:
-            self._stop = True
+            self._stop, self._drain_until = True, time.monotonic() + timeout_s
             self._cond.notify_all()
         self._thread.join(timeout_s)
         with self._cond:
@@ -401,9 +435,13 @@ def _count(value) -> int | None:
 
 class GatewayService:
     def __init__(self, cfg: Gateway, store: SqlStore, sink: EventSink, topics, metrics: GatewayMetrics,
-                 seed: int | None = None, max_event_bytes: int = 1_048_576 - 4096) -> None:
+                 seed: int | None = None, max_event_bytes: int = 1_048_576 - 4096, max_correction_chars: int = 8000,
+                 corrections_per_hour: int = CORRECTIONS_PER_HOUR) -> None:
         self.cfg, self.store, self.sink, self.topics, self.metrics = cfg, store, sink, topics, metrics
         self.max_event_bytes = max_event_bytes  # what Kafka takes and the daemon reads, less the record's overhead
+        self.max_correction_chars = max_correction_chars  # a training target's limit (retrain.gates.max_target_chars)
+        self.corrections = HourlyQuota(corrections_per_hour)
+        self._failures: dict[str, tuple[float, int]] = {}  # upstream → (last logged, failures since)
         self.rng = random.Random(seed)
         self._ids = RequestIds()
         secret = cfg.feedback_secret.get_secret_value().encode() if cfg.feedback_secret else None
@@ -525,11 +563,17 @@ class GatewayService:
 
     async def models(self, request: Request) -> Response:
         """vLLM's models (base and loaded adapters) plus the aliases, each with the version it points to."""
+        upstream = next(self._upstreams)
         try:
-            resp = await next(self._upstreams).request("GET", "/v1/models")
+            resp = await upstream.request("GET", "/v1/models")
             data = json.loads(await resp.read()).get("data", [])
         except (UpstreamError, TimeoutError, ValueError, AttributeError) as exc:
-            return openai_error(503, f"no upstream answered: {exc}", "service_unavailable", "upstream_unavailable")
+            request_id = self._ids()
+            self._upstream_failed(upstream, f"request {request_id}: /v1/models: {type(exc).__name__}: {exc}")
+            response = openai_error(503, f"no upstream answered (request {request_id})", "service_unavailable",
+                                    "upstream_unavailable")
+            response.headers[REQUEST_ID_HEADER] = request_id
+            return response
         known = self.known
         data = [m for m in data if isinstance(m, dict) and m.get("id") in known]
         table = self.table
@@ -548,6 +592,26 @@ class GatewayService:
             if hmac.compare_digest(given, known.encode()):
                 return name
         return None
+
+    def _upstream_failed(self, upstream, line: str, every_s: float = 10.0) -> None:
+        """An upstream failure's details (address, errno) for the log: at most one line per upstream every
+        ``every_s``, with how many more there were (an outage under load is not thousands of lines)."""
+        now = time.monotonic()
+        last, quiet = self._failures.get(upstream.base_url, (float("-inf"), 0))
+        if now - last < every_s:
+            self._failures[upstream.base_url] = (last, quiet + 1)
+            return
+        self._failures[upstream.base_url] = (now, 0)
+        log.warning("upstream %s failed: %s%s", upstream.base_url, line,
+                    f" (and {quiet} more failures in the last {now - last:.0f}s)" if quiet else "")
+
+    def _submitter(self, request: Request, caller: str | None) -> str:
+        """Whose corrections these are, for their hourly bound: the caller, else the tenant an authenticating proxy
+        set, else every anonymous end user together (anyone can collect receipts by asking)."""
+        if caller is not None:
+            return f"caller:{caller}"
+        tenant = _header(request, TENANT_HEADER, set(), "tenant") if self.cfg.trust_tenant_header else None
+        return f"tenant:{tenant}" if tenant else "anonymous"
 
     async def feedback(self, request: Request) -> Response:
         """Feedback is a receipt, not a claim: it carries the answer's receipt (body ``feedback_token`` or the
@@ -568,6 +632,10 @@ class GatewayService:
             origin, request_id = "receipt", claim[0]
             if body.get("request_id", request_id) != request_id:
                 return openai_error(403, "this receipt is for another request", "permission_error", "wrong_request")
+        correction = body.get("correction")
+        if isinstance(correction, str) and len(correction) > self.max_correction_chars:
+            return openai_error(413, f"'correction' is over {self.max_correction_chars} characters, the limit of a "
+                                     "training target", "invalid_request_error", "correction_too_long", "correction")
         doc = {"schema_version": SCHEMA_VERSION, "feedback_id": uuid.uuid4().hex, "timestamp": now_ms(),
                "request_id": request_id, "origin": origin, "caller": caller,
                **{k: body[k] for k in ("rating", "thumbs", "correction", "label") if k in body}}
@@ -579,6 +647,12 @@ class GatewayService:
         if len(value) > self.max_event_bytes:
             return openai_error(413, f"feedback over {self.max_event_bytes} bytes", "invalid_request_error",
                                 "request_too_large")
+        if event.correction is not None and not self.corrections.take(self._submitter(request, caller)):
+            per_hour = self.corrections.per_hour
+            response = openai_error(429, f"over {per_hour} corrections an hour; try again later", "rate_limit_error",
+                                    "rate_limited")
+            response.headers["retry-after"] = str(int(3600 / per_hour) + 1)
+            return response
         self.sink.offer(self.topics.feedback, event.request_id.encode(), value)
         return JSONResponse({"feedback_id": event.feedback_id, "request_id": event.request_id}, status_code=202)
 
@@ -626,20 +700,25 @@ class GatewayService:
         upstream = next(self._upstreams)
         up_t0 = time.perf_counter()
         resp = None
+        # the client learns that the upstream failed and the request's id; which upstream and why (its address,
+        # the errno) is the gateway's log's alone
         try:
             resp = await upstream.request("POST", f"/v1/{path}", json.dumps(body).encode(),
                                           {"content-type": "application/json", **headers}, read=not stream)
             if not (stream and resp.status == 200):
                 content = await resp.read()
         except TimeoutError:
+            self._upstream_failed(upstream, f"request {call.request_id}: no answer within {self.cfg.timeout_s:g}s")
             return self._fail(call, Outcome("timeout", 504, "upstream_timeout", upstream_s=time.perf_counter() - up_t0),
-                              openai_error(504, f"upstream {upstream.base_url} did not answer within "
-                                                f"{self.cfg.timeout_s:g}s", "timeout", "upstream_timeout"))
+                              openai_error(504, f"the upstream did not answer in time (request {call.request_id})",
+                                           "timeout", "upstream_timeout"))
         except UpstreamError as exc:
             reached = resp is not None or isinstance(exc, BrokenAnswer)  # it answered, then broke off
             code, status = ("upstream_broken", 502) if reached else ("upstream_unavailable", 503)
+            self._upstream_failed(upstream, f"request {call.request_id}: {exc} ({code})")
+            message = "the upstream's answer broke off" if reached else "no upstream reachable"
             return self._fail(call, Outcome("error", status, code, upstream_s=time.perf_counter() - up_t0),
-                              openai_error(status, str(exc) if reached else f"no upstream reachable: {exc}",
+                              openai_error(status, f"{message} (request {call.request_id})",
                                            "bad_gateway" if reached else "service_unavailable", code))
         if resp.status == 200:
             headers[RECEIPT_HEADER] = self.receipts.issue(call.request_id, call.version)
@@ -788,7 +867,8 @@ def build(settings, *, seed: int | None = None, producer_factory=None) -> tuple[
                      max_bytes=settings.gateway.buffer_max_bytes).start()
     limit = min(settings.kafka.producer.max_request_size, settings.ingest.max_record_bytes) - 4096
     service = GatewayService(settings.gateway, open_store(settings.registry_path), sink, settings.kafka.topics, metrics,
-                             seed=seed, max_event_bytes=limit).start()
+                             seed=seed, max_event_bytes=limit,
+                             max_correction_chars=settings.retrain.gates.max_target_chars).start()
     return service, sink
 
 
