@@ -56,6 +56,69 @@ DEAD_LETTER_HEADROOM = 64 * 1024  # room for headers and batch overhead under th
 POLL_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)  # after a failed poll: the broker is away
 
 
+class BrokerWatch:
+    """The broker's reachability in driftwatch's own words (kafka-python's lines are kept, not printed: log.KAFKA):
+    one line when the broker is lost (since when, what failed), one a minute while the loss lasts, one when it is
+    back (after how long); ``driftwatch_broker_up`` follows, 0 once unreachable for ``lost_after_s``. And a consumer
+    that is not a member of its group says so after a minute, and every three, with why."""
+
+    def __init__(self, metrics: Metrics, servers: str, group: str, lost_after_s: float = 5.0,
+                 clock=time.monotonic) -> None:
+        self.metrics, self.servers, self.group, self.lost_after_s, self.clock = metrics, servers, group, lost_after_s, clock
+        self.down_since: float | None = None  # unreachable or failing since
+        self.lost = False
+        self._next_line = 0.0
+        self._errors = 0  # kafka-python's error lines when the loss began
+        self._failed = 0  # failed polls since the loss began
+        self._unjoined_line = 0.0
+
+    def observe(self, reachable: bool, failure: Exception | None = None) -> None:
+        from driftwatch.log import KAFKA
+
+        now = self.clock()
+        if reachable and failure is None:
+            if self.lost:
+                log.warning("the broker is back after %s: reading goes on from the committed offsets (records read "
+                            "again count as duplicates); %d failed polls, %d client errors meanwhile",
+                            _span(now - self.down_since), self._failed, KAFKA.count - self._errors)
+            self.down_since, self.lost, self._failed = None, False, 0
+            self.metrics.broker_up.set(1)
+            return
+        self._failed += failure is not None
+        if self.down_since is None:
+            self.down_since, self._errors = now, KAFKA.count
+        if not self.lost and now - self.down_since >= self.lost_after_s:
+            self.lost, self._next_line = True, now + 60
+            self.metrics.broker_up.set(0)
+            since = time.strftime("%H:%M:%S", time.localtime(time.time() - (now - self.down_since)))
+            log.error("lost the broker (%s) at %s: %s; retrying, and saying so once a minute", self.servers, since,
+                      failure or KAFKA.last or "no live connection")
+        elif self.lost and now >= self.next_line:
+            self._next_line = now + 60
+            log.warning("the broker (%s) is still unreachable after %s (%d failed polls, %d client errors; last: "
+                        "%s); retrying", self.servers, _span(now - self.down_since), self._failed,
+                        KAFKA.count - self._errors, failure or KAFKA.last or "no live connection")
+
+    @property
+    def next_line(self) -> float:
+        return self._next_line
+
+    def unjoined(self, since: float | None, why) -> None:
+        """Not a member of the group since ``since`` (None: a member): a line after a minute, then every three."""
+        now = self.clock()
+        if since is None:
+            self._unjoined_line = 0.0
+            return
+        if now - since >= 60 and now >= self._unjoined_line:
+            self._unjoined_line = now + 180
+            log.warning("not a member of consumer group '%s' for %s: %s", self.group, _span(now - since), why())
+
+
+def _span(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes} min {s} s" if minutes else f"{s} s"
+
+
 class State(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
@@ -79,6 +142,7 @@ class Daemon:
     failing_since: float | None = None  # polls fail: the broker is away
     unjoined_since: float | None = None  # running, not (or no longer) a member of the consumer group
     last_tick: float = field(default_factory=time.monotonic)
+    broker: BrokerWatch | None = None
 
     # -- probes -------------------------------------------------------------------------------------------------------
     def health(self) -> tuple[bool, dict]:
@@ -93,10 +157,14 @@ class Daemon:
         return ok, {"state": self.state.value, "loop_age_s": round(age, 3), **stuck}
 
     def readiness(self) -> tuple[bool, dict]:
+        """Ready: ingesting. Running, a member of its group, the broker reachable, nothing blocked. The control API
+        is served whatever this says (the Service publishes not-ready addresses: pause and rollback are needed
+        exactly during an outage); docs/operations.md."""
         joined = self.source.joined
-        ok = self.state is State.RUNNING and joined and self.blocked_since is None and self.failing_since is None
+        unavailable = self.failing_since is not None or (self.broker is not None and self.broker.lost)
+        ok = self.state is State.RUNNING and joined and self.blocked_since is None and not unavailable
         return ok, {"state": self.state.value, "joined": joined, "dead_letter_blocked": self.blocked_since is not None,
-                    "broker_unavailable": self.failing_since is not None}
+                    "broker_unavailable": unavailable}
 
     # -- the ingest loop ----------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> int:
@@ -116,8 +184,10 @@ class Daemon:
                 except IngestError as exc:  # the broker went away mid-poll: wait, and poll again
                     failures += 1
                     self._failing(exc, failures)
+                    self._watch(exc)
                     stop.wait(POLL_BACKOFF_S[min(failures, len(POLL_BACKOFF_S)) - 1])
                     continue
+                self._watch(None)
                 if failures:
                     log.info("polling again after %d failed poll(s)", failures)
                     failures, self.failing_since = 0, None
@@ -139,12 +209,17 @@ class Daemon:
             self.state = State.STOPPED
         return code
 
+    def _watch(self, failure: Exception | None) -> None:
+        if self.broker is not None:
+            self.broker.observe(getattr(self.source, "reachable", lambda: True)(), failure)
+            self.broker.unjoined(self.unjoined_since,
+                                 getattr(self.source, "why_unjoined", lambda: "the group has not assigned partitions"))
+
     def _failing(self, exc: IngestError, failures: int) -> None:
         if self.failing_since is None:
             self.failing_since = time.monotonic()
         self.metrics.poll_failures.inc()
-        (log.warning if failures in (1, 10) or failures % 100 == 0 else log.debug)(
-            "poll failed (%d in a row; retrying with backoff): %s", failures, exc)
+        log.debug("poll failed (%d in a row; retrying with backoff): %s", failures, exc)  # BrokerWatch says it
 
     def _finish(self, batch: Batch, stop: threading.Event) -> bool:
         """Deliver dead letters, save examples and commit; while either cannot be written, retry and commit nothing."""
@@ -287,7 +362,9 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
                          leadership=leader.build(settings.leader, settings.daemon.state_dir, holder), identity=holder)
     control.advertise_url = advertise_url(settings, http)
     daemon = Daemon(settings, metrics, source, sink, ingestor, monitor, control, http,
-                    stores=(store,) if adapters is store else (store, adapters))
+                    stores=(store,) if adapters is store else (store, adapters),
+                    broker=BrokerWatch(metrics, ",".join(settings.kafka.bootstrap_servers),
+                                       settings.kafka.consumer.group_id))
     return daemon
 
 

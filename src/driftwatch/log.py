@@ -11,6 +11,23 @@ import time
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
+class Kept(logging.Handler):
+    """A library's warnings and errors kept rather than printed: the last one (what failed) and how many. kafka-python
+    logs every failed connection attempt (212 lines in two minutes of broker restarts); driftwatch's broker watch
+    (app.BrokerWatch) says the same in a line when the broker is lost, one a minute, and one when it is back."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.last: str | None = None
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last, self.count = record.getMessage()[:500], self.count + 1
+
+
+KAFKA = Kept()  # kafka-python's
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out = {
@@ -37,10 +54,18 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     quiet = os.environ.get("DRIFTWATCH_QUIET_LIBRARIES") == "1"
     # kafka-python warns about its own event loop under load ("blocking the event loop"): driftwatch reports what
     # matters (poll failures, readiness); --verbose lets it through
-    logging.getLogger("kafka").setLevel(logging.ERROR if quiet else max(logging.WARNING, logging.getLevelName(level)))
+    keep_kafka_logs(quiet, level)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     # httpx logs every request at INFO (an evaluation's hundreds, each vLLM call): driftwatch logs what they mean
     logging.getLogger("httpx").setLevel(logging.WARNING if quiet else logging.getLevelName(level))
+
+
+def keep_kafka_logs(quiet: bool = True, level: str = "INFO") -> None:
+    """kafka-python's lines go to :data:`KAFKA` (kept, not printed); --verbose prints them too."""
+    kafka = logging.getLogger("kafka")
+    kafka.setLevel(logging.WARNING if quiet else max(logging.WARNING, logging.getLevelName(level)))
+    kafka.handlers[:] = [KAFKA]
+    kafka.propagate = not quiet
 
 
 def quiet_libraries() -> None:

@@ -161,6 +161,10 @@ class Metrics:
         self.poll_failures = Counter(
             "driftwatch_poll_failures", "Polls that failed (the broker away); the loop retries with backoff", registry=r
         )
+        self.broker_up = Gauge(
+            "driftwatch_broker_up", "1 while the consumer holds a live connection to a broker and its polls succeed; "
+            "0 within seconds of losing them (the log says since when and why)", registry=r
+        )
         self.consumer_joined = Gauge(
             "driftwatch_consumer_joined", "1 once the consumer has joined its group and received an assignment", registry=r
         )

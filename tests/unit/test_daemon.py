@@ -100,3 +100,35 @@ def test_liveness_fails_once_the_loop_cannot_join_for_longer_than_the_bound():
     finally:
         stop.set()
         thread.join(5)
+
+
+def test_the_broker_watch_says_an_outage_in_a_few_lines_and_a_group_it_cannot_join_within_a_minute(caplog):
+    import logging
+
+    from driftwatch.app import BrokerWatch
+    from driftwatch.metrics import Metrics
+
+    now = [0.0]
+    metrics = Metrics()
+    watch = BrokerWatch(metrics, "kafka-0:9092", "driftwatch", clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="driftwatch")
+    watch.observe(True)
+    assert metrics.registry.get_sample_value("driftwatch_broker_up") == 1
+    for t in range(0, 200):  # a loop turn a second, the broker gone for 200 s
+        now[0] = 10.0 + t
+        watch.observe(False, ConnectionError("refused") if t % 2 else None)
+    assert metrics.registry.get_sample_value("driftwatch_broker_up") == 0
+    now[0] = 215.0
+    watch.observe(True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("lost the broker (kafka-0:9092)" in m for m in lines) == 1
+    assert sum("still unreachable" in m for m in lines) == 3  # once a minute
+    assert [m for m in lines if "is back" in m] == [
+        "the broker is back after 3 min 25 s: reading goes on from the committed offsets (records read again count "
+        "as duplicates); 100 failed polls, 0 client errors meanwhile"]
+    caplog.clear()
+    for t in range(0, 400, 5):  # restarted after a kill -9: the dead member holds the partitions
+        now[0] = 1000.0 + t
+        watch.unjoined(1000.0, lambda: "the coordinator has not assigned partitions")
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and lines[0].startswith("not a member of consumer group 'driftwatch' for 1 min 0 s")

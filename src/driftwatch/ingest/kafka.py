@@ -212,6 +212,26 @@ class KafkaSource:
     def joined(self) -> bool:
         return self._joined
 
+    def reachable(self) -> bool:
+        """Whether the client holds a live connection to any broker: kafka-python's own state, no I/O (a stopped
+        broker's sockets close at once; its polls alone would say so only after the group's session timed out)."""
+        try:
+            conns = self._consumer._client._manager._conns
+        except AttributeError:  # another kafka-python: the polls' failures alone tell
+            return True
+        return any(getattr(conn, "connected", False) for conn in list(conns.values()))
+
+    def why_unjoined(self) -> str:
+        """Why the consumer is not a member of its group, as far as the client can tell."""
+        if not self.reachable():
+            return "no broker is reachable"
+        coordinator = getattr(getattr(self._consumer, "_coordinator", None), "coordinator_id", "?")
+        if coordinator is None:
+            return "no group coordinator found yet"
+        return (f"the group coordinator (broker {coordinator}) has not assigned partitions: a member killed without "
+                "leaving holds them until kafka.consumer.session_timeout_ms, and some brokers never evict it (then "
+                "/healthz fails at daemon.stuck_after_s and the pod is restarted)")
+
     def poll(self) -> Sequence[Record]:
         timeout_ms = self._poll_timeout_ms
         if self._quiet and self._joined and not self._handover:
@@ -245,19 +265,29 @@ class KafkaSource:
         return [rec for recs in batches.values() for rec in recs]
 
     def _release_handovers(self) -> None:
+        """Partitions whose hold is over start from their committed offset. Asked only while a broker is reachable,
+        and with a short timeout: kafka-python's committed() waits for a broker that is gone, and the ingest loop
+        stopped turning for the whole outage. One that cannot be read stays paused and is asked again a second
+        later."""
         now = time.monotonic()
+        released = []
         due = [tp for tp, t in self._handover.items() if t <= now]
+        if due and not self.reachable():  # kafka-python's committed() waits out an outage whatever its timeout
+            self._handover.update({tp: now + 1.0 for tp in due})
+            return
         for tp in due:
-            del self._handover[tp]
             try:
-                committed = self._consumer.committed(tp)
+                committed = self._consumer.committed(tp, timeout_ms=min(self.cfg.request_timeout_ms, 2000))
             except kerr.KafkaError as exc:
-                log.warning("could not re-read the committed offset of %s: %s", tp, exc)
-                committed = None
+                log.debug("could not re-read the committed offset of %s yet: %s", tp, exc)
+                self._handover[tp] = now + 1.0
+                continue
+            del self._handover[tp]
             if committed is not None:
                 self._consumer.seek(tp, committed)
-        if due:
-            self._consumer.resume(*due)
+            released.append(tp)
+        if released:
+            self._consumer.resume(*released)
 
     def commit(self, offsets: Mapping[tuple[str, int], int]) -> None:
         self._commit({TopicPartition(t, p): o for (t, p), o in offsets.items()})
