@@ -58,7 +58,7 @@ from driftwatch.metrics import UNKNOWN, GatewayMetrics
 from driftwatch.state.store import SqlStore
 from driftwatch.serving.upstream import Response as UpstreamResponse
 from driftwatch.errors import UpstreamError
-from driftwatch.serving.upstream import BrokenAnswer, Upstream
+from driftwatch.serving.upstream import BrokenAnswer, Unreachable, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +139,28 @@ class HourlyQuota:
         taken = tokens >= 1
         self._buckets[key] = (tokens - 1 if taken else tokens, now)
         return taken
+
+
+def loaded_models(base_url: str, api_key: str | None, timeout_s: float) -> frozenset[str] | None:
+    """The model names an upstream serves (vLLM's /v1/models: the base model and every loaded LoRA), or None when it
+    cannot tell (down, slow, not vLLM)."""
+    import http.client
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(base_url)
+    conn = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=timeout_s)
+    try:
+        conn.request("GET", parts.path.rstrip("/") + "/v1/models",
+                     headers={"authorization": f"Bearer {api_key}"} if api_key else {})
+        resp = conn.getresponse()
+        body = resp.read()
+        if resp.status != 200:
+            return None
+        return frozenset(m["id"] for m in json.loads(body)["data"] if isinstance(m.get("id"), str))
+    except (OSError, http.client.HTTPException, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    finally:
+        conn.close()
 
 
 # -- alias table --------------------------------------------------------------------------------------------------------
@@ -455,13 +477,18 @@ class GatewayService:
         self._learn_names()
         self.upstreams = [Upstream(u, cfg.connect_timeout_s, cfg.timeout_s, api_key=cfg.upstream_key())
                           for u in cfg.upstreams]
-        self._upstreams = itertools.cycle(self.upstreams)  # round robin
+        self._upstreams = itertools.cycle(self.upstreams)  # round robin (/v1/models)
+        # what each upstream has loaded (its /v1/models), replaced whole; None: not heard from yet, or unreachable
+        self.serving: dict[str, frozenset[str] | None] = {u.base_url: None for u in self.upstreams}
+        self._turn = 0
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_aliases, name="driftwatch-gateway-aliases", daemon=True)
+        self._watcher = threading.Thread(target=self._poll_upstreams, name="driftwatch-gateway-upstreams", daemon=True)
         self.metrics.alias_table_version.set(self.table.version)
 
     def start(self) -> GatewayService:
         self._poller.start()
+        self._watcher.start()
         return self
 
     def _learn_names(self) -> None:
@@ -481,8 +508,40 @@ class GatewayService:
             except Exception:  # noqa: BLE001 - keep routing by the table in hand; log and retry
                 log.exception("cannot re-read the alias table")
 
+    def _poll_upstreams(self) -> None:
+        """Every ``alias_poll_s``, what each upstream has loaded. On its own thread: an upstream slow to answer
+        never delays an alias flip."""
+        while True:
+            self.learn_serving()
+            if self._stop.wait(self.cfg.alias_poll_s):
+                return
+
+    def learn_serving(self) -> dict[str, frozenset[str] | None]:
+        key = self.cfg.upstream_key()
+        serving = {u.base_url: loaded_models(u.base_url, key, self.cfg.connect_timeout_s) for u in self.upstreams}
+        if serving != self.serving:
+            log.info("upstreams serve: %s", {u: sorted(v) if v is not None else "unreachable"
+                                             for u, v in serving.items()})
+            self.serving = serving  # one reference swap
+        return serving
+
+    def _pick(self, version: str, skip: tuple[Upstream, ...] = ()) -> Upstream | None:
+        """Round robin over the upstreams that have ``version`` loaded; an upstream not heard from is tried only when
+        no other has it (a server that came back takes traffic for a version once it is loaded there). None: every
+        upstream that answered lacks it. ``skip``: upstreams this request could not connect to."""
+        serving = self.serving
+        upstreams = [u for u in self.upstreams if u not in skip]
+        pool = [u for u in upstreams if version in (serving.get(u.base_url) or ())] or [
+            u for u in upstreams if serving.get(u.base_url) is None]
+        if not pool:
+            return None
+        self._turn += 1
+        return pool[(self._turn - 1) % len(pool)]
+
     def reload(self) -> int:
         table = AliasTable.from_doc(*self.store.alias_table())
+        if table.version != self.table.version:
+            self.learn_serving()  # a flip's version was loaded before it: route by what each upstream has now
         self._learn_names()
         if table.version != self.table.version:
             self.table = table  # one reference swap: a request holds the old or the new table, never a mix
@@ -697,14 +756,27 @@ class GatewayService:
         if stream:
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         headers = {REQUEST_ID_HEADER: call.request_id}
-        upstream = next(self._upstreams)
         up_t0 = time.perf_counter()
         resp = None
+        tried: tuple[Upstream, ...] = ()
         # the client learns that the upstream failed and the request's id; which upstream and why (its address,
         # the errno) is the gateway's log's alone
         try:
-            resp = await upstream.request("POST", f"/v1/{path}", json.dumps(body).encode(),
-                                          {"content-type": "application/json", **headers}, read=not stream)
+            while True:  # an upstream that cannot be connected to never saw the request: the next one takes it
+                upstream = self._pick(call.version, tried)
+                if upstream is None and not tried:
+                    return self._fail(call, Outcome("error", 503, "version_not_loaded"), openai_error(
+                        503, f"no upstream has this version loaded yet (request {call.request_id})",
+                        "service_unavailable", "version_not_loaded"))
+                try:
+                    resp = await upstream.request("POST", f"/v1/{path}", json.dumps(body).encode(),
+                                                  {"content-type": "application/json", **headers}, read=not stream)
+                    break
+                except Unreachable:
+                    tried += (upstream,)
+                    if self._pick(call.version, tried) is None:
+                        raise
+                    self._upstream_failed(upstream, f"request {call.request_id}: unreachable; sent to another")
             if not (stream and resp.status == 200):
                 content = await resp.read()
         except TimeoutError:

@@ -22,6 +22,10 @@ class _Stale(Exception):
     """A kept-alive connection closed by the server before it answered: resend on a new one."""
 
 
+class Unreachable(UpstreamError):
+    """The connection could not be made: the upstream never saw the request (another may take it)."""
+
+
 class BrokenAnswer(UpstreamError):
     """The upstream answered, then broke off or sent a malformed body (a gateway answers 502, not 503)."""
 
@@ -140,7 +144,7 @@ class Upstream:
             async with asyncio.timeout(self.connect_timeout_s):
                 reader, writer = await asyncio.open_connection(self.host, self.port)
         except OSError as exc:
-            raise UpstreamError(f"cannot connect to {self.base_url}: {exc}") from None
+            raise Unreachable(f"cannot connect to {self.base_url}: {exc}") from None
         return await self._exchange(reader, writer, message, deadline, reused=False, read=read)
 
     async def _exchange(self, reader, writer, message: bytes, deadline: float, reused: bool,
