@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install -q -c ci/constraints.txt
 
-.PHONY: demo test unit integration bench efficacy docs install clean
+.PHONY: demo test unit integration bench efficacy soak docs install clean
 
 $(VENV)/.installed-%: pyproject.toml ci/constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ bench: $(VENV)/.installed-test
 
 efficacy: $(VENV)/.installed-test  # offline, long (see bench/efficacy.py); never part of `make test`
 	$(BIN)/python bench/efficacy.py
+
+soak: $(VENV)/.installed-test  # offline, long: 30 min of faults and invariants (see bench/soak.py); never part of `make test`
+	$(BIN)/python bench/soak.py
 
 docs: $(VENV)/.installed-test
 	$(BIN)/python -c "from driftwatch.config import reference; print(reference(), end='')" > docs/configuration.md

@@ -425,7 +425,8 @@ class Gateway(_Section):
                                    "counted in driftwatch_gateway_events_dropped_total")
     buffer_max_bytes: int = Field(256 * 2**20, ge=2**20, description="and at most this many bytes of them (size the "
                                   "pod's memory limit above it)")
-    alias_poll_s: float = Field(0.5, gt=0, description="how often the alias table is re-read from the state store")
+    alias_poll_s: float = Field(0.25, gt=0, description="how often the alias table's version is read from the state "
+                                "store (the table only when it changed), and each upstream asked what it has loaded")
     store_path: Path | None = Field(None, description="the state store holding the alias table; default: "
                                     "policy.store_path, else <daemon.state_dir>/state.db")
     upstream_api_key: SecretStr | None = Field(

@@ -198,7 +198,8 @@ def test_feedback_read_before_its_request_waits_for_it_then_is_handed_on_alone()
     clock[0] = 9.9
     assert ing.poll() is None and len(seen) == 3
     clock[0] = 10.0
-    assert ing.poll() is None and [(kind, e.request_id) for kind, e, *_ in seen[3:]] == [("feedback", "r-7")]
+    quiet = ing.poll()  # no records: f-2 goes on alone, and its partition may be committed past it now
+    assert quiet.events == [] and [(kind, e.request_id) for kind, e, *_ in seen[3:]] == [("feedback", "r-7")]
     assert sample(m, "driftwatch_feedback_held") == 0
 
 
@@ -245,3 +246,17 @@ def test_held_feedback_survives_a_crash_and_is_harvested_when_its_request_comes(
     assert [(kind, e.request_id) for kind, e, *_ in seen2] == [("inference", "r-1"), ("feedback", "r-1")]
     assert sample(m2, "driftwatch_duplicates_total", topic="fb", kind="redelivery") == 1  # f-0 was handed on before
     assert source2.commits == [{("fb", 0): 7, ("inf", 0): 2}]
+
+
+def test_a_partition_held_back_for_feedback_is_committed_once_the_feedback_goes_on_even_when_quiet():
+    clock = [0.0]
+    fb = Rec("fb", 0, 5, json.dumps({**FEEDBACK, "request_id": "r-1", "feedback_id": "f-1"}).encode())
+    ing, source, *_ = make([[fb], [], []], feedback_hold_s=10, clock=lambda: clock[0])
+    step(ing)
+    assert source.commits == [{("fb", 0): 5}]
+    assert ing.poll() is None  # still held, nothing new: nothing to commit
+    clock[0] = 10.0
+    quiet = ing.poll()  # no records, but the feedback waited its time and went on: its partition may move
+    assert quiet is not None and quiet.events == []
+    ing.finish(quiet)
+    assert source.commits[-1] == {("fb", 0): 6}

@@ -428,3 +428,18 @@ class Never:
 
     def cancel(self, key):
         self.cancelled.append(key)
+
+
+def test_a_bake_at_its_failed_check_threshold_is_rolled_back_even_if_the_rollback_was_not_committed(rig):
+    """Finding 2: the failed check was committed, the rollback was not (a store error, a kill); the next snapshot
+    passed, and the bake went on with failed_checks at its threshold."""
+    r = rig()
+    r.ctl.register("v2", r.tmp / "v2")
+    r.ctl.start("v2")
+    r.ctl.drive(lambda: snap(v1={}))
+    baking = r.store.rollouts(1)[0]
+    from dataclasses import replace as _replace
+
+    r.store.commit(r.clock(), "test", "check-failed", "v2", rollout=_replace(baking, failed_checks=2),
+                   expect_phase="baking")
+    assert r.ctl.step(snap(v2={})).phase == "rolled_back" and r.ctl.production() == "v1"

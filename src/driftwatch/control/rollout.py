@@ -354,6 +354,7 @@ class RolloutController:
 
     def _warming(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         try:
+            self._load_everywhere(r.candidate)  # a server that restarted since loading lost it: never warm a miss
             for client in self.clients:
                 for _ in range(self.cfg.warm_requests):
                     client.complete(r.candidate, WARM_PROMPT, max_tokens=4)
@@ -414,6 +415,8 @@ class RolloutController:
     def _judge(self, r: RolloutRecord, snapshot, prev: dict) -> RolloutRecord:
         """One round of the bake's checks: count failures, roll back at the threshold; no data holds to the deadline."""
         bake = self.cfg.bake
+        if r.failed_checks >= bake.failed_checks:  # counted, and the rollback not committed (a store error, a kill)
+            return self._roll_back(r, "bake", f"{r.failed_checks} failed checks (rolled back on a later tick)")
         if snapshot is not None:
             if self._judged.get(r.id) == snapshot.taken_at:
                 return r  # this snapshot was judged already: a failed check counts once per observation

@@ -23,8 +23,19 @@ from starlette.routing import Route
 from driftwatch.http import HttpServer
 
 
+def _prompt(body: dict) -> str:
+    """A completion's prompt, or a chat's last user message."""
+    prompt = body.get("prompt")
+    if isinstance(prompt, list):
+        prompt = prompt[0] if prompt else ""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content") for m in body.get("messages") or () if isinstance(m, dict) and m.get("role") == "user"]
+    return users[-1] if users and isinstance(users[-1], str) else ""
+
+
 class StandIn:
-    def __init__(self, base: str = "base", answer: Callable[[str], str] = lambda model: "ok",
+    def __init__(self, base: str = "base", answer: Callable[[str, str], str] = lambda model, prompt: "ok",
                  host: str = "127.0.0.1", port: int = 0) -> None:
         self.base, self.answer, self.host, self.port = base, answer, host, port
         self.adapters: dict[str, str] = {}  # name -> path
@@ -109,7 +120,7 @@ class StandIn:
             if not known:
                 return JSONResponse({"object": "error", "message": f"The model `{model}` does not exist.",
                                      "type": "NotFoundError", "code": 404}, 404)
-            text = self.answer(model)
+            text = self.answer(model, _prompt(body))
             usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
             if request.url.path.endswith("chat/completions"):
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}

@@ -236,6 +236,7 @@ class Ingestor:
         self._held: OrderedDict[str, tuple[float, list[tuple[Event, tuple[TopicPartition, int]]]]] = OrderedDict()
         self._n_held = 0
         self._capped: dict[TopicPartition, int] = {}  # partitions committed short of held feedback: their next offset
+        self._capped_at: dict[TopicPartition, int] = {}  # ... and where they were committed
         self._outcome_children = {
             (topic, outcome): metrics.records.labels(topic=topic, outcome=outcome)
             for topic in self.kinds for outcome in ("accepted", "rejected", "duplicate")
@@ -256,6 +257,8 @@ class Ingestor:
         if not records:
             if self._held and (late := self._release(self.clock())):
                 self.downstream(late)
+            if self._capped and self._offsets_can_move():  # held feedback went on: commit past it, quiet or not
+                return Batch(started=time.perf_counter())
             return None
         for decoder in self.spans.values():
             decoder.refresh()  # the registry's names, read again when due: I/O here, none in process()
@@ -434,7 +437,12 @@ class Ingestor:
         wanted = {**self._capped, **offsets}
         out = {tp: min(nxt, min(held[tp])) if tp in held else nxt for tp, nxt in wanted.items()}
         self._capped = {tp: wanted[tp] for tp in wanted if tp in held}
+        self._capped_at = {tp: out[tp] for tp in self._capped}
         return out
+
+    def _offsets_can_move(self) -> bool:
+        held = self._held_offsets()
+        return any(min(held.get(tp, {nxt})) != self._capped_at.get(tp) for tp, nxt in self._capped.items())
 
     def _count(self, batch: Batch) -> None:
         """The batch's outcomes, once it is journalled (a batch finished again after a failure counts nothing)."""

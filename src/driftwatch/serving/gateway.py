@@ -500,11 +500,18 @@ class GatewayService:
             self.metrics.version_cap.reserve(names)
 
     def _poll_aliases(self) -> None:
+        """Each poll reads the table's version alone (one indexed row); the table and the names only when it changed,
+        and the names every few seconds besides (a version registered since is served by its name)."""
+        names_every = 4 * self.cfg.alias_poll_s
+        names_at = time.monotonic() + names_every
         while not self._stop.wait(self.cfg.alias_poll_s):
             try:
                 if self.store.alias_table_version() != self.table.version:
                     self.reload()
-                self._learn_names()
+                    names_at = time.monotonic() + names_every
+                elif time.monotonic() >= names_at:
+                    self._learn_names()
+                    names_at = time.monotonic() + names_every
             except Exception:  # noqa: BLE001 - keep routing by the table in hand; log and retry
                 log.exception("cannot re-read the alias table")
 
@@ -541,7 +548,9 @@ class GatewayService:
     def reload(self) -> int:
         table = AliasTable.from_doc(*self.store.alias_table())
         if table.version != self.table.version:
-            self.learn_serving()  # a flip's version was loaded before it: route by what each upstream has now
+            seen = set().union(*(names for names in self.serving.values() if names))
+            if any(v not in seen for versions, _ in table.aliases.values() for v in versions):
+                self.learn_serving()  # a version new to the routing was loaded before the flip: ask where, first
         self._learn_names()
         if table.version != self.table.version:
             self.table = table  # one reference swap: a request holds the old or the new table, never a mix
