@@ -479,6 +479,7 @@ class Soak:
         self._check_once()
         totals = self._final_checks()
         report = self._report(totals, time.monotonic() - t_start)
+        (self.work / "report.txt").write_text(report + "\n")
         self.echo(report)
         return 1 if self.violations else 0
 
