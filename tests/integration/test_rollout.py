@@ -126,7 +126,8 @@ def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack,
     settings, url, daemon, ctl, store, adapters = stack
     ctl.register("bravo-0", adapters["v-b"])  # production starts out answering wrong: a candidate can do better
     first = ctl.start("bravo-0", who="test", why="first production version", force=True)  # vs the base: not a gate
-    assert ctl.drive().phase == "done" and ctl.production() == "bravo-0"  # no previous: no bake
+    # no previous: no canary, and a bake against absolute bounds (error, refusal, empty) on live traffic
+    assert ctl.drive().phase == "baking" and ctl.production() == "bravo-0"
     # the gateway learns of the new alias within gateway.alias_poll_s; the clients start once it has (a client of an
     # alias nobody has defined yet gets 404: that is not a swap)
     wait_for(lambda: httpx.get(f"{url}/healthz").json()["alias_table_version"] == store.alias_table_version(), 10,
@@ -135,6 +136,7 @@ def test_good_promoted_poisoned_refused_and_a_live_regression_rolled_back(stack,
     users.start()
     try:
         wait_for(lambda: daemon.value("driftwatch_feedback_total", adapter="bravo-0") >= 30, 60, "traffic on bravo-0")
+        assert wait_phase(store, first.id, ("done", "rolled_back"), 120).phase == "done"  # the daemon baked it
 
         # a good candidate: evaluated on vLLM (strictly better on the golden set), promoted, baked on live traffic,
         # the previous unloaded
@@ -203,7 +205,8 @@ def test_kill_9_mid_rollout_then_restart_ends_consistent(tansu, vllm, tmp_path):
     ctl = RolloutController(settings, store, drain_s=0)
     ctl.register("kill-0", adapters["v-a"])
     ctl.start("kill-0", who="test", force=True)  # the first version: nothing to evaluate it against but the base
-    assert ctl.drive().phase == "done" and ctl.production() == "kill-0"
+    # its bake against absolute bounds sees no traffic here: kept at bake.deadline_s (bake.on_no_data: keep)
+    assert ctl.drive(until=()).phase == "done" and ctl.production() == "kill-0"
     killed_in = []
     try:
         for k, (delay, force) in enumerate([(0.4, False), (3.0, False), (0.3, True), (0.8, True)], start=1):

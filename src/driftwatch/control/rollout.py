@@ -354,7 +354,7 @@ class RolloutController:
 
     def _warming(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         try:
-            self._load_everywhere(r.candidate)  # a server that restarted since loading lost it: never warm a miss
+            self._load_everywhere(r.candidate, missing_only=True)  # a server restarted since loading lost it
             for client in self.clients:
                 for _ in range(self.cfg.warm_requests):
                     client.complete(r.candidate, WARM_PROMPT, max_tokens=4)
@@ -546,12 +546,13 @@ class RolloutController:
     def _past_deadline(self, r: RolloutRecord) -> bool:
         return self.clock() - r.phase_since >= deadline_s(self.settings, r.phase)
 
-    def _load_everywhere(self, version: str) -> None:
+    def _load_everywhere(self, version: str, missing_only: bool = False) -> None:
         adapter = self.store.adapter(version)
         if adapter is None:
             return  # not ours (e.g. the base model, or an adapter loaded by vLLM's own flags)
         for client in self.clients:
-            _load_once(client, version, adapter.path)
+            if not (missing_only and version in client.adapters()):
+                _load_once(client, version, adapter.path)
 
     def reconcile(self) -> dict[str, list[str]]:
         """Make every server serve what the registry says: load what an alias or the rollout needs (after a vLLM

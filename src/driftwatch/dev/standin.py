@@ -40,7 +40,9 @@ class StandIn:
         self.base, self.answer, self.host, self.port = base, answer, host, port
         self.adapters: dict[str, str] = {}  # name -> path
         self.served: Counter[str] = Counter()
-        self.misses: list[tuple[float, str]] = []  # (when, model): a request for a model not loaded here
+        # (when, model, through the gateway): a request for a model not loaded here (the gateway's carry x-request-id;
+        # the daemon's own, an evaluation's or a warm-up's, do not)
+        self.misses: list[tuple[float, str, bool]] = []
         self.slow_s = 0.0  # each generation waits this long first
         self._lock = threading.Lock()
         self._http: HttpServer | None = None
@@ -114,7 +116,7 @@ class StandIn:
             with self._lock:
                 known = model == self.base or model in self.adapters
                 if not known:
-                    self.misses.append((time.time(), model))
+                    self.misses.append((time.time(), model, "x-request-id" in request.headers))
                 else:
                     self.served[model] += 1
             if not known:

@@ -369,6 +369,26 @@ class KafkaDeadLetterSink:
         self._producer.close(timeout=5)
 
 
+def end_offsets(cfg: Kafka, topics: Sequence[str]) -> dict[tuple[str, int], int]:
+    """Each partition's end (the next offset to be written), read without a consumer group."""
+    consumer = KafkaConsumer(**client_kwargs(cfg), group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
+        return {(tp.topic, tp.partition): o for tp, o in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close(autocommit=False)
+
+
+def committed_offsets(cfg: Kafka, group: str, partitions) -> dict[tuple[str, int], int]:
+    """A consumer group's committed offsets for ``partitions`` ((topic, partition) pairs; 0 where none), read
+    without joining the group."""
+    consumer = KafkaConsumer(**client_kwargs(cfg), group_id=group, enable_auto_commit=False)
+    try:
+        return {k: consumer.committed(TopicPartition(*k), timeout_ms=10_000) or 0 for k in partitions}
+    finally:
+        consumer.close(autocommit=False)
+
+
 def read_range(cfg: Kafka, topic: str, *, since_ms: int | None = None, until_ms: int | None = None,
                max_records: int | None = None, timeout_s: float = 120.0, idle_s: float = 5.0) -> list[bytes]:
     """Record values of ``topic`` with a broker timestamp in [since_ms, until_ms), read without a consumer group

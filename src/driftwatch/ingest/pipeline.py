@@ -5,9 +5,9 @@ no I/O: every record ends as exactly one of accepted, rejected (a dead letter) o
 an :class:`Accepted` carrying the adapter label it counts under. :meth:`Ingestor.finish` then does the batch's I/O:
 dead letters acknowledged by the broker, examples harvested from feedback saved, the offset journal written, the
 batch's counters moved (only now: a process killed before the journal counts nothing, and the next one counts the
-batch once), the offsets committed (at-least-once: nothing is committed before the rest landed). Feedback held for
-its request is not committed past: a crash re-reads it, and the journal lets it through as new. The source and the dead-letter
-sink are small protocols, so a confluent-kafka backend can replace kafka-python without touching this file.
+batch once), the offsets committed (at-least-once: nothing is committed before the rest landed). The source and the
+dead-letter sink are small protocols, so a confluent-kafka backend can replace kafka-python without touching this
+file.
 
 **The one request-id join.** The dedup window's entry for an inference event is a :class:`Served`: where it was
 read, the adapter label it counts under (resolved once, here), and the event itself while it is among the last
@@ -100,38 +100,31 @@ class OffsetJournal:
         self.path = path
         self._ranges: dict[TopicPartition, tuple[int, int]] = {}
         self._armed: dict[TopicPartition, tuple[int, int]] = {}
-        self._reread: dict[TopicPartition, set[int]] = {}  # held feedback inside a range: processed again
         if path is not None and path.exists():
             try:
                 raw = json.loads(path.read_text())
                 self._armed = {(t, int(p)): (int(a), int(b)) for t, p, a, b in raw.get("ranges", [])}
-                for t, p, offset in raw.get("reread", []):
-                    self._reread.setdefault((t, int(p)), set()).add(int(offset))
             except (ValueError, TypeError, OSError) as exc:
                 log.warning("ignoring unreadable offset journal %s: %s", path, exc)
             self._ranges = dict(self._armed)
 
     def redelivered(self, tp: TopicPartition, offset: int) -> bool:
-        """True if this record is one this replica already processed before a restart (feedback that was still
-        held for its request is not: it was never handed on)."""
+        """True if this record is one this replica already processed before a restart."""
         armed = self._armed.get(tp)
         if armed is None:
             return False
         start, end = armed
         if start <= offset < end:
-            return offset not in self._reread.get(tp, ())
+            return True
         del self._armed[tp]  # resumed elsewhere: the entry no longer describes this partition
         return False
 
-    def record(self, ranges: Mapping[TopicPartition, tuple[int, int]],
-               reread: Mapping[TopicPartition, Iterable[int]] | None = None) -> None:
+    def record(self, ranges: Mapping[TopicPartition, tuple[int, int]]) -> None:
         if self.path is None or not ranges:
             return
         self._ranges.update(ranges)
-        doc = {"ranges": [[t, p, a, b] for (t, p), (a, b) in self._ranges.items()],
-               "reread": [[t, p, o] for (t, p), offsets in (reread or {}).items() for o in sorted(offsets)]}
         tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc))
+        tmp.write_text(json.dumps({"ranges": [[t, p, a, b] for (t, p), (a, b) in self._ranges.items()]}))
         os.replace(tmp, self.path)
 
 
@@ -232,11 +225,9 @@ class Ingestor:
         self.head_bytes = dead_letter_head_bytes
         self.dl_max_bytes = dead_letter_max_bytes
         self.feedback_hold_s, self.max_held, self.clock = feedback_hold_s, max_held, clock
-        # request_id -> (read at, feedback read before the request's inference event, with where each was read)
-        self._held: OrderedDict[str, tuple[float, list[tuple[Event, tuple[TopicPartition, int]]]]] = OrderedDict()
+        # request_id -> (read at, feedback read before the request's inference event); oldest first
+        self._held: OrderedDict[str, tuple[float, list[Event]]] = OrderedDict()
         self._n_held = 0
-        self._capped: dict[TopicPartition, int] = {}  # partitions committed short of held feedback: their next offset
-        self._capped_at: dict[TopicPartition, int] = {}  # ... and where they were committed
         self._outcome_children = {
             (topic, outcome): metrics.records.labels(topic=topic, outcome=outcome)
             for topic in self.kinds for outcome in ("accepted", "rejected", "duplicate")
@@ -257,8 +248,6 @@ class Ingestor:
         if not records:
             if self._held and (late := self._release(self.clock())):
                 self.downstream(late)
-            if self._capped and self._offsets_can_move():  # held feedback went on: commit past it, quiet or not
-                return Batch(started=time.perf_counter())
             return None
         for decoder in self.spans.values():
             decoder.refresh()  # the registry's names, read again when due: I/O here, none in process()
@@ -357,12 +346,12 @@ class Ingestor:
                 self._keep(served)
             if self._held and (held := self._held.pop(event.request_id, None)):
                 self._n_held -= len(held[1])
-                feedback.extend(Accepted("feedback", e, served.adapter, served.event) for e, _ in held[1])
+                feedback.extend(Accepted("feedback", e, served.adapter, served.event) for e in held[1])
         elif (request := dedup.get(("inference", event.request_id))
               or self.span_dedup.get(("inference", event.request_id))) is not None:
             feedback.append(Accepted(kind, event, request.adapter, request.event))
         else:
-            self._hold(event, where)
+            self._hold(event)
         return "accepted", ""
 
     def _keep(self, served: Served) -> None:
@@ -376,16 +365,16 @@ class Ingestor:
         if len(kept) > self.max_kept:
             kept.popleft().event = None
 
-    def _hold(self, event: Event, where: tuple[TopicPartition, int]) -> None:
+    def _hold(self, event: Event) -> None:
         """Feedback is joined to the adapter that served its request, so it is handed on after the request's
         inference event. The two topics are not read in lockstep (a poll returns partition by partition, and one
         topic can lag the other): feedback read first waits here for its request, up to ``feedback_hold_s``. Held
-        feedback is in memory, and its partition is not committed past it (:meth:`finish`): a crash reads it again."""
+        feedback is in memory only, like the monitor's windows: a crash loses it from the signals, not from Kafka."""
         entry = self._held.get(event.request_id)
         if entry is None:
-            self._held[event.request_id] = (self.clock(), [(event, where)])
+            self._held[event.request_id] = (self.clock(), [event])
         else:
-            entry[1].append((event, where))
+            entry[1].append(event)
         self._n_held += 1  # the gauge is set once per batch, by _release
 
     def _release(self, now: float) -> list[Accepted]:
@@ -398,7 +387,7 @@ class Ingestor:
                 break
             del held[request_id]
             self._n_held -= len(events)
-            out.extend(Accepted("feedback", e, UNKNOWN) for e, _ in events)
+            out.extend(Accepted("feedback", e, UNKNOWN) for e in events)
         self.metrics.feedback_held.set(self._n_held)
         return out
 
@@ -411,38 +400,16 @@ class Ingestor:
         if batch.examples and self.save_examples is not None:
             self.save_examples(batch.examples)
             batch.examples = []
-        held = self._held_offsets()
-        offsets = self._offsets(batch.offsets, held)
-        self.journal.record({tp: (min(a, offsets.get(tp, a)), b) for tp, (a, b) in batch.ranges.items()}, held)
+        self.journal.record(batch.ranges)
         self._count(batch)
         try:
-            self.source.commit(offsets)
+            self.source.commit(batch.offsets)
         except CommitError as exc:
             self.metrics.commits.labels(outcome="failed").inc()
             log.warning("offset commit failed (kept and retried; records read again are counted as duplicates): %s", exc)
         else:
             self.metrics.commits.labels(outcome="ok").inc()
         self.metrics.batch_seconds.observe(time.perf_counter() - batch.started)
-
-    def _held_offsets(self) -> dict[TopicPartition, set[int]]:
-        out: dict[TopicPartition, set[int]] = {}
-        for _, events in self._held.values():
-            for _, (tp, offset) in events:
-                out.setdefault(tp, set()).add(offset)
-        return out
-
-    def _offsets(self, offsets: Mapping[TopicPartition, int], held: Mapping[TopicPartition, set[int]]) -> dict:
-        """What to commit: the batch's next offsets, each short of the partition's earliest held feedback; and a
-        partition held back before, as far as it may go now."""
-        wanted = {**self._capped, **offsets}
-        out = {tp: min(nxt, min(held[tp])) if tp in held else nxt for tp, nxt in wanted.items()}
-        self._capped = {tp: wanted[tp] for tp in wanted if tp in held}
-        self._capped_at = {tp: out[tp] for tp in self._capped}
-        return out
-
-    def _offsets_can_move(self) -> bool:
-        held = self._held_offsets()
-        return any(min(held.get(tp, {nxt})) != self._capped_at.get(tp) for tp, nxt in self._capped.items())
 
     def _count(self, batch: Batch) -> None:
         """The batch's outcomes, once it is journalled (a batch finished again after a failure counts nothing)."""
