@@ -205,3 +205,12 @@ def test_a_rollout_in_progress_holds_retrains_with_its_reason(tmp_path):
     p, requests = make(tmp_path, rules=(Rule(name="errors", signal="error_ratio", threshold=0.1, clear=0.05, min_samples=100),))
     (d,) = p.tick(snap(error_ratio=0.2), now=0, busy="rollout 3 of ft-x is in progress (baking)")
     assert d.action == "hold" and requests == [] and "held: rollout 3 of ft-x is in progress" in d.reasons[-1]
+
+
+def test_a_daily_maximum_of_zero_holds_every_automatic_retrain(tmp_path):
+    """max_retrains_per_day = 0 turns automatic retraining off: a hold, never an error (review: it raised
+    IndexError on every check)."""
+    p, requests = make(tmp_path, rules=(Rule(name="errors", signal="error_ratio", threshold=0.1, clear=0.05,
+                                             min_samples=100),), max_retrains_per_day=0)
+    (d,) = p.tick(snap(error_ratio=0.2), now=0)
+    assert d.action == "hold" and "policy.max_retrains_per_day = 0" in d.reasons[-1] and requests == []

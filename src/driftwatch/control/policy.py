@@ -243,7 +243,7 @@ class Policy:
 
     def _reset_at(self, slot: str) -> float:
         """When a person last asked for a retrain of this slot, or resumed retraining: attempts count from there."""
-        resumed = next((e.at for e in self.store.events(kind=PAUSE_EVENT, limit=1) if not e.detail.get("paused")), 0.0)
+        resumed = next((e.at for e in self.store.events(kind=PAUSE_EVENT, limit=50) if not e.detail.get("paused")), 0.0)
         manual = next((d.at for d in self.store.decisions(action="retrain", limit=50)
                        if d.rule == "manual" and (d.slot or d.adapter) == slot), 0.0)
         return max(resumed, manual)
@@ -286,11 +286,11 @@ class Policy:
         if self.paused:
             return Waiting("paused", "automatic retraining is paused; `driftwatch resume` lifts it", None, attempts)
         recent = [d for d in self.store.decisions(since=now - DAY, action="retrain") if (d.slot or d.adapter) == slot]
-        if len(recent) >= self.max_per_day:
-            at = recent[-1].at + DAY
+        if len(recent) >= self.max_per_day:  # 0: automatic retrains off
+            at = recent[self.max_per_day - 1].at + DAY if recent and self.max_per_day else None
             return Waiting("daily-cap", f"{len(recent)} retrains of serving slot '{slot}' in the last 24 h "
-                           f"(policy.max_retrains_per_day = {self.max_per_day}); next at {human_time(now, at)}",
-                           at, attempts)
+                           f"(policy.max_retrains_per_day = {self.max_per_day})"
+                           + (f"; next at {human_time(now, at)}" if at is not None else ""), at, attempts)
         start = max(([recent[0].at] if recent else []) + ([ended] if ended is not None else []), default=None)
         if start is not None and now - start < self.cooldown_s:
             at = start + self.cooldown_s

@@ -311,7 +311,10 @@ class Reconciler:
             return "unpromoted", run.finished
         version = version_name(run.id)
         rollout = next((x for x in self.registry.rollouts(limit=100) if x.candidate == version), None)
-        if rollout is None or rollout.phase in ROLLOUT_ACTIVE:  # a candidate waiting for its rollout is in flight
+        if rollout is None:  # a candidate waiting for its rollout (or a person) is in flight; anything else ended
+            adapter = self.registry.adapter(version)
+            return ("open", None) if adapter is None or adapter.state == "candidate" else ("unpromoted", run.finished)
+        if rollout.phase in ROLLOUT_ACTIVE:
             return "open", None
         return ("promoted", rollout.phase_since) if rollout.phase == "done" else ("unpromoted", rollout.phase_since)
 

@@ -313,6 +313,8 @@ class RolloutController:
                                   f"({self.cfg.evaluate_deadline_s:g}s): the evaluation was cancelled",
                                   states={r.candidate: "rejected"})
             if r.id in self._evaluations and not self.jobs.running(key):
+                if self.store.evaluation(eval_id) is not None:  # it recorded its verdict as it ended: take it
+                    return self._evaluating(r, snapshot)
                 return self._move(r, "rejected", "gate-failed", "the evaluation ended without a verdict (its error "
                                   "is in the log)", states={r.candidate: "rejected"})
             try:
@@ -512,7 +514,8 @@ class RolloutController:
                 self._move(r, "rejected", "cancelled", why or f"cancelled by {who}", who=who,
                            states={r.candidate: "rejected"})
                 return self.production() or ""
-            return self._roll_back(r, "manual", why or f"by {who}", who=who).previous or ""
+            self._roll_back(r, "manual", why or f"by {who}", who=who)
+            return self.production() or ""
         done = next((x for x in self.store.rollouts(limit=50) if x.phase == "done" and x.previous), None)
         current = self.production()
         if done is None or done.candidate != current:

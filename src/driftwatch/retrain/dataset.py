@@ -369,8 +369,8 @@ def _split(final: list[tuple[str, Example]], s: GateSettings) -> tuple[list[Exam
     side = {c: int(hashlib.sha256(f"{s.seed}:{c}".encode()).hexdigest()[:8], 16) / 0xFFFFFFFF for c, _ in final}
     ranked = sorted(side, key=lambda c: (side[c], c))
     val = {c for c in ranked if side[c] < s.validation_fraction} or set(ranked[:1])
-    if len(val) == len(ranked):  # one cluster: it trains
-        val = set()
+    if len(val) == len(ranked):  # every cluster drew validation: the last one trains (one cluster: it trains)
+        val = set(ranked[:-1])
     return [e for c, e in final if c not in val], [e for c, e in final if c in val]
 
 

@@ -481,6 +481,7 @@ class GatewayService:
         # what each upstream has loaded (its /v1/models), replaced whole; None: not heard from yet, or unreachable
         self.serving: dict[str, frozenset[str] | None] = {u.base_url: None for u in self.upstreams}
         self._turn = 0
+        self._serving_lock, self._asked, self._stored = threading.Lock(), 0, 0
         self._stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_aliases, name="driftwatch-gateway-aliases", daemon=True)
         self._watcher = threading.Thread(target=self._poll_upstreams, name="driftwatch-gateway-upstreams", daemon=True)
@@ -524,12 +525,21 @@ class GatewayService:
                 return
 
     def learn_serving(self) -> dict[str, frozenset[str] | None]:
+        """Ask every upstream; the watcher thread and the alias poller both do, so a poll never replaces the view of
+        one that started after it."""
+        with self._serving_lock:
+            self._asked += 1
+            ticket = self._asked
         key = self.cfg.upstream_key()
         serving = {u.base_url: loaded_models(u.base_url, key, self.cfg.connect_timeout_s) for u in self.upstreams}
-        if serving != self.serving:
-            log.info("upstreams serve: %s", {u: sorted(v) if v is not None else "unreachable"
-                                             for u, v in serving.items()})
-            self.serving = serving  # one reference swap
+        with self._serving_lock:
+            if ticket < self._stored:
+                return self.serving
+            self._stored = ticket
+            if serving != self.serving:
+                log.info("upstreams serve: %s", {u: sorted(v) if v is not None else "unreachable"
+                                                 for u, v in serving.items()})
+                self.serving = serving  # one reference swap
         return serving
 
     def _pick(self, version: str, skip: tuple[Upstream, ...] = ()) -> Upstream | None:
@@ -771,21 +781,23 @@ class GatewayService:
         # the client learns that the upstream failed and the request's id; which upstream and why (its address,
         # the errno) is the gateway's log's alone
         try:
+            upstream = self._pick(call.version)
+            if upstream is None:
+                return self._fail(call, Outcome("error", 503, "version_not_loaded"), openai_error(
+                    503, f"no upstream has this version loaded yet (request {call.request_id})",
+                    "service_unavailable", "version_not_loaded"))
             while True:  # an upstream that cannot be connected to never saw the request: the next one takes it
-                upstream = self._pick(call.version, tried)
-                if upstream is None and not tried:
-                    return self._fail(call, Outcome("error", 503, "version_not_loaded"), openai_error(
-                        503, f"no upstream has this version loaded yet (request {call.request_id})",
-                        "service_unavailable", "version_not_loaded"))
                 try:
                     resp = await upstream.request("POST", f"/v1/{path}", json.dumps(body).encode(),
                                                   {"content-type": "application/json", **headers}, read=not stream)
                     break
                 except Unreachable:
                     tried += (upstream,)
-                    if self._pick(call.version, tried) is None:
+                    following = self._pick(call.version, tried)
+                    if following is None:
                         raise
                     self._upstream_failed(upstream, f"request {call.request_id}: unreachable; sent to another")
+                    upstream = following
             if not (stream and resp.status == 200):
                 content = await resp.read()
         except TimeoutError:
