@@ -341,8 +341,11 @@ class Soak:
             conn.close()
 
     def _fault_server(self, span: float, why: str = "") -> None:
-        with self._lock:  # one server down at a time: the scheduled faults and the cued ones
-            if not all(s.is_up for s in self.servers):
+        with self._lock:  # one server down at a time, the scheduled faults and the cued ones: a server back from a
+            # restart counts as down until it has production loaded again (its restart emptied it)
+            production = set(self.gateway.table.aliases.get("production", ([], []))[0]) - {"base"}
+            if not all(s.is_up and production <= set(s.adapters) for s in self.servers):
+                self._note(f"model server fault skipped{why}: a server is down or still reloading")
                 return
             server = self.rng.choice(self.servers)
             self._note(f"model server {self.servers.index(server)} down for {span:g}s{why}")
