@@ -93,15 +93,11 @@ class BrokerWatch:
             since = time.strftime("%H:%M:%S", time.localtime(time.time() - (now - self.down_since)))
             log.error("lost the broker (%s) at %s: %s; retrying, and saying so once a minute", self.servers, since,
                       failure or KAFKA.last or "no live connection")
-        elif self.lost and now >= self.next_line:
+        elif self.lost and now >= self._next_line:
             self._next_line = now + 60
             log.warning("the broker (%s) is still unreachable after %s (%d failed polls, %d client errors; last: "
                         "%s); retrying", self.servers, _span(now - self.down_since), self._failed,
                         KAFKA.count - self._errors, failure or KAFKA.last or "no live connection")
-
-    @property
-    def next_line(self) -> float:
-        return self._next_line
 
     def unjoined(self, since: float | None, why) -> None:
         """Not a member of the group since ``since`` (None: a member): a line after a minute, then every three."""
