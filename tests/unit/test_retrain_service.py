@@ -177,3 +177,28 @@ def test_the_daemon_looks_up_the_adapter_to_continue_from_in_the_registry(tiny_m
     assert service.adapter_path("support-v3") == "/adapters/support-v3"
     assert service.adapter_path("production") == "/adapters/support-v2"
     assert service.adapter_path("base") is None and service.adapter_path("../../etc") is None
+
+
+def test_a_run_timed_out_while_its_set_is_built_is_never_trained_nor_overwritten(tiny_model, tmp_path):
+    """The control loop times a run out (retrain.timeout_s) while its job is still building the set: the job stops
+    there, and its `training` save does not overwrite the time-out (it was then saved `cancelled`)."""
+    store = SqliteStore(tmp_path / "state.db")
+    harvest(store)
+
+    class Runner:
+        calls: list = []
+
+        def run(self, spec, run_id, cancel):
+            self.calls.append(run_id)
+            raise AssertionError("a timed-out run was trained")
+
+    service = RetrainService(settings(tiny_model), tmp_path, store, Runner())
+    save_dataset = store.save_dataset
+
+    def timed_out_meanwhile(*args, **kwargs):
+        save_dataset(*args, **kwargs)
+        service.timed_out(store.runs()[0])
+
+    store.save_dataset = timed_out_meanwhile
+    run = service.run("support-v2", focus_routes=("summarize",))
+    assert run.status == "timed_out" and store.run(run.id).status == "timed_out" and Runner.calls == []

@@ -123,7 +123,9 @@ class StandIn:
                 return JSONResponse({"object": "error", "message": f"The model `{model}` does not exist.",
                                      "type": "NotFoundError", "code": 404}, 404)
             text = self.answer(model, _prompt(body))
-            usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+            prompt_tokens, completion_tokens = len(_prompt(body)) // 4, len(text) // 4  # as the simulator counts
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                     "total_tokens": prompt_tokens + completion_tokens}
             if request.url.path.endswith("chat/completions"):
                 choice = {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
             else:

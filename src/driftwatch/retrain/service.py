@@ -125,6 +125,8 @@ class RetrainService:
         record = replace(record, status="training", dataset=str(dataset), output=str(output),
                          detail={**record.detail, "gates": [g.line() for g in curated.report], "counts": curated.counts,
                                  "warm_start_from": init})
+        if (now := self.store.run(record.id)) is not None and now.status in FINISHED:
+            return now  # timed out by the control loop while its set was built: never trained, never overwritten
         self.store.save_run(record)
         spec = TrainSpec(base_model=str(cfg.base_model), dataset=str(dataset), output=str(output),
                          **cfg.lora.model_dump(), **cfg.training.model_dump(), price_per_gpu_hour=cfg.price_per_gpu_hour,
