@@ -342,7 +342,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
         group_id=k.consumer.group_id,
         dead_letter_head_bytes=ing.dead_letter_head_bytes,
         dead_letter_max_bytes=max(1024, k.producer.max_request_size - DEAD_LETTER_HEADROOM),
-        feedback_hold_s=ing.feedback_hold_s, max_held=max(1, ing.dedup_max_entries // 4), spans=spans,
+        feedback_hold_s=ing.feedback_hold_s, max_held=max(1, ing.dedup_max_entries // 4), held_feedback=store,
+        spans=spans,
     )
     pol = settings.policy
     policy = Policy(pol.rules, store, metrics, cooldown_s=pol.cooldown_s, max_retrains_per_day=pol.max_retrains_per_day,

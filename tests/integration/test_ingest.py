@@ -207,6 +207,53 @@ def test_kill_9_then_restart_redelivers_from_the_last_commit_and_counts_duplicat
         second.wait(20)
 
 
+def test_a_correction_held_for_its_request_survives_kill_9_and_is_harvested(tansu, tmp_path):
+    """Finding 5, on a real broker and daemon processes: a correction read before its request waits for it, and its
+    offset is committed with its batch. The daemon is killed with -9 before the request comes: the next one loads the
+    held correction from the state store, joins it when the request is read, and harvests it."""
+    from driftwatch.state.store import SqliteStore
+
+    raw = settings_dict(tansu, tmp_path, ingest={"feedback_hold_s": 600})
+    settings = make_settings(tansu, tmp_path, kafka={"topics": raw["kafka"]["topics"]})
+    t = settings.kafka.topics
+    request = {"schema_version": 1, "request_id": "held-1", "timestamp": 1795514400000, "model": "base",
+               "adapter": "support-v2", "prompt": "Where is my parcel?", "response": "No idea.", "latency_ms": 40,
+               "status": "ok", "route": "qa"}
+    correction = {"schema_version": 1, "feedback_id": "fb-held-1", "request_id": "held-1",
+                  "timestamp": 1795514401000, "correction": "It left the depot this morning."}
+    first = DaemonProcess(raw, tmp_path, "first")
+    try:
+        first.wait_ready(timeout_s=60)
+        with EventProducer(kafka=settings.kafka) as producer:
+            producer.send_raw(t.feedback, json.dumps(correction).encode(), key=b"held-1")
+            producer.flush()
+        wait_for(lambda: first.value("driftwatch_feedback_held") == 1, 30, "the correction to be held")
+        group = raw["kafka"]["consumer"]["group_id"]
+        wait_for(lambda: sum(committed_offsets(tansu.bootstrap, group, t.feedback, 4).values()) == 1, 30,
+                 "the held correction's offset to be committed")
+    finally:
+        first.kill()  # SIGKILL, with the correction held and its record committed: it is never read again
+    with EventProducer(kafka=settings.kafka) as producer:
+        producer.send_raw(t.inference, json.dumps(request).encode(), key=b"held-1")
+        producer.flush()
+    second = DaemonProcess(raw, tmp_path, "second")
+    try:
+        second.wait_ready(timeout_s=60)
+        wait_for(lambda: second.value("driftwatch_ingest_records_total", topic=t.inference) == 1, 60,
+                 "the second daemon to read the request")
+        wait_for(lambda: second.value("driftwatch_training_examples_total", source="correction") == 1, 30,
+                 "the held correction to be joined and harvested")
+        assert second.value("driftwatch_ingest_records_total", topic=t.feedback) == 0  # never read again
+        assert second.value("driftwatch_feedback_held") == 0
+    finally:
+        second.signal()
+        second.wait(20)
+    store = SqliteStore(settings.model_copy(update={"daemon": settings.daemon.model_copy(
+        update={"state_dir": Path(raw["daemon"]["state_dir"])})}).state_store_path)
+    assert [(e.request_id, e.source, e.target) for e in store.examples()] == [
+        ("held-1", "correction", "It left the depot this morning.")]
+
+
 def test_topic_layout_problems_stop_the_start_with_the_fix(tansu, tmp_path):
     settings = make_settings(tansu, tmp_path, kafka={"create_topics": False})
     t = settings.kafka.topics

@@ -22,6 +22,7 @@ class FakeSource:
         self.commits = []
         self.fail_commit = False
         self.joined = True
+        self.assigned = frozenset()
 
     def poll(self):
         return self.batches.pop(0) if self.batches else []

@@ -189,7 +189,7 @@ def test_feedback_read_before_its_request_waits_for_it_then_is_handed_on_alone()
                                    feedback_hold_s=10, clock=lambda: clock[0])
     step(ing)
     assert seen == [] and sample(m, "driftwatch_feedback_held") == 2
-    assert source.commits == [{("fb", 0): 3}]  # held in memory, committed: a crash loses it from the signals only
+    assert source.commits == [{("fb", 0): 3}]  # held and committed (with a store, saved first: see below)
     step(ing)
     assert [(kind, e.request_id) for kind, e, *_ in seen] == [("inference", "r-8"), ("inference", "r-9"),
                                                           ("feedback", "r-9")]
@@ -225,3 +225,63 @@ def test_a_kill_between_processing_and_the_journal_counts_the_batch_once(tmp_pat
     ing3, _, _, m3, _ = make([batch], journal=OffsetJournal(path))
     step(ing3)
     assert accepted(m3) == 0 and sample(m3, "driftwatch_duplicates_total", topic="inf", kind="redelivery") == 3
+
+
+def held_rig(store, batches, assigned, clock=lambda: 0.0):
+    """An ingestor that harvests into ``store`` and keeps held feedback there, on a source assigned ``assigned``."""
+    from driftwatch.retrain.harvest import example
+
+    ing, source, _, m, seen = make(batches, harvest=example, save_examples=store.add_examples, max_kept=100,
+                                   held_feedback=store, feedback_hold_s=10, clock=clock)
+    source.assigned = frozenset(assigned)
+    return ing, source, m, seen
+
+
+def test_feedback_held_for_its_request_survives_a_crash_and_is_harvested_when_the_request_comes(tmp_path):
+    """Finding 5: feedback held while it waits for its request had its offset committed with its batch, and lived in
+    memory only: a daemon killed meanwhile lost that correction from harvesting (its record is never read again)."""
+    from driftwatch.state.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "state.db")
+    fb = json.dumps({**FEEDBACK, "request_id": "r-9", "feedback_id": "f-9"}).encode()  # a correction
+    ing, source, m, _ = held_rig(store, [[Rec("fb", 0, 4, fb)]], {("fb", 0), ("inf", 0)})
+    step(ing)
+    assert source.commits == [{("fb", 0): 5}] and sample(m, "driftwatch_feedback_held") == 1
+    # kill -9: the request's inference event was not read yet (not committed: the next process reads it)
+    ing2, _, m2, seen2 = held_rig(store, [[Rec("inf", 0, 7, ev("r-9"))]], {("fb", 0), ("inf", 0)})
+    step(ing2)
+    assert [(kind, e.request_id, req is not None) for kind, e, _, req in seen2] == [
+        ("inference", "r-9", False), ("feedback", "r-9", True)]
+    assert [(e.request_id, e.source) for e in store.examples(status=("trusted", "candidate"))] == [
+        ("r-9", "correction")]
+    assert sample(m2, "driftwatch_feedback_held") == 0 and store.held_feedback("g", [("fb", 0)]) == []
+    # a third process holds nothing: the joined feedback was deleted with the batch that joined it
+    ing3, _, m3, seen3 = held_rig(store, [[]], {("fb", 0), ("inf", 0)})
+    ing3.poll()
+    assert sample(m3, "driftwatch_feedback_held") == 0 and seen3 == []
+
+
+def test_held_feedback_moves_with_its_partition_and_is_handed_on_once():
+    """A rebalance moves a feedback partition: the member that loses it forgets what it held from it (no hand-on:
+    the new owner loads it from the store); feedback whose request never comes is handed on once, then deleted."""
+    import tempfile
+    from pathlib import Path
+
+    from driftwatch.state.store import SqliteStore
+
+    store = SqliteStore(Path(tempfile.mkdtemp()) / "state.db")
+    clock = [0.0]
+    fb = lambda rid, p, o: Rec("fb", p, o, json.dumps({**FEEDBACK, "request_id": rid, "feedback_id": rid}).encode())  # noqa: E731
+    a, a_source, a_m, a_seen = held_rig(store, [[fb("r-1", 0, 1), fb("r-2", 1, 1)], [], []],
+                                        {("fb", 0), ("fb", 1)}, clock=lambda: clock[0])
+    step(a)
+    assert sample(a_m, "driftwatch_feedback_held") == 2
+    a_source.assigned = frozenset({("fb", 0)})  # fb-1 went to b
+    b, b_source, b_m, b_seen = held_rig(store, [[], []], {("fb", 1)}, clock=lambda: clock[0])
+    assert a.poll() is None and b.poll() is None
+    assert sample(a_m, "driftwatch_feedback_held") == 1 and sample(b_m, "driftwatch_feedback_held") == 1
+    clock[0] = 10.0  # neither request came: each is handed on once, by its partition's owner
+    a.poll(), b.poll()
+    assert [e.request_id for _, e, *_ in a_seen] == ["r-1"] and [e.request_id for _, e, *_ in b_seen] == ["r-2"]
+    assert store.held_feedback("g", [("fb", 0), ("fb", 1)]) == []  # deleted once handed on
+    assert a.poll() is None and b.poll() is None and len(a_seen) == len(b_seen) == 1

@@ -148,6 +148,7 @@ class _Listener(ConsumerRebalanceListener):
     def on_partitions_revoked(self, revoked: Any) -> None:
         log.info("partitions revoked: %s", sorted((tp.topic, tp.partition) for tp in revoked))
         self.source._joined = False  # until the group assigns again: not ready, and liveness counts from here
+        self.source.assigned = self.source.assigned - {(tp.topic, tp.partition) for tp in revoked}
         for tp in revoked:
             self.source._handover.pop(tp, None)
 
@@ -156,6 +157,7 @@ class _Listener(ConsumerRebalanceListener):
         src._joined = True
         src._rejoined = True
         log.info("partitions assigned: %s", sorted((tp.topic, tp.partition) for tp in assigned))
+        src.assigned = src.assigned | {(tp.topic, tp.partition) for tp in assigned}
         for tp in set(assigned) & set(src._pending):
             src._consumer.seek(tp, src._pending[tp])  # kept, and already processed up to there: do not re-read
         # Every other partition starts from its committed offset, read after a short hold. Not from the position
@@ -185,6 +187,7 @@ class KafkaSource:
         c = cfg.consumer
         self._joined = False
         self._rejoined = False
+        self.assigned: frozenset[tuple[str, int]] = frozenset()  # (topic, partition)s: the listener keeps it
         self._pending: dict[TopicPartition, int] = {}
         self._handover: dict[TopicPartition, float] = {}
         self._handover_s = c.handover_grace_ms / 1000

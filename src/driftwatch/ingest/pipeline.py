@@ -3,9 +3,9 @@
 :meth:`Ingestor.poll` takes one batch from the source and :meth:`Ingestor.process` turns it into plain values with
 no I/O: every record ends as exactly one of accepted, rejected (a dead letter) or duplicate, and each accepted one is
 an :class:`Accepted` carrying the adapter label it counts under. :meth:`Ingestor.finish` then does the batch's I/O:
-dead letters acknowledged by the broker, examples harvested from feedback saved, the offset journal written, the
-batch's counters moved (only now: a process killed before the journal counts nothing, and the next one counts the
-batch once), the offsets committed (at-least-once: nothing is committed before the rest landed). The source and the
+dead letters acknowledged by the broker, examples harvested from feedback saved (and feedback still waiting for its
+request: :meth:`Ingestor._hold`), the offset journal written, the batch's counters moved (only now: a process killed
+before the journal counts nothing, and the next one counts the batch once), the offsets committed (at-least-once: nothing is committed before the rest landed). The source and the
 dead-letter sink are small protocols, so a confluent-kafka backend can replace kafka-python without touching this
 file.
 
@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence
 
-from driftwatch.errors import CommitError
-from driftwatch.events import Event, Kind, Rejected, decode, now_ms
+from driftwatch.errors import CommitError, StoreError
+from driftwatch.events import Event, Kind, Rejected, decode, encode, now_ms
 from driftwatch.metrics import UNKNOWN, Metrics
 from driftwatch.ingest.recent import DedupWindow
 
@@ -63,12 +63,22 @@ class SpanDecoder(Protocol):
 
 
 class Source(Protocol):
+    assigned: frozenset[TopicPartition]  # the partitions the group gives this member now (what poll reads)
+
     def poll(self) -> Sequence[Record]: ...
     def commit(self, offsets: Mapping[TopicPartition, int]) -> None: ...  # next offset to read, per partition
     def lag(self) -> dict[TopicPartition, int]: ...
     @property
     def joined(self) -> bool: ...
     def close(self) -> None: ...
+
+
+class HeldFeedback(Protocol):
+    """Where held feedback outlives the process (the state store: state/store.py)."""
+
+    def save_held_feedback(self, group: str, held: list[tuple[str, int, str, bytes]], released: list[str],
+                           now: float) -> None: ...
+    def held_feedback(self, group: str, partitions: list[TopicPartition]) -> list[tuple[str, int, bytes]]: ...
 
 
 @dataclass(slots=True)
@@ -200,6 +210,7 @@ class Ingestor:
         dead_letter_max_bytes: int = 1_000_000,
         feedback_hold_s: float = 60.0,
         max_held: int = 50_000,
+        held_feedback: HeldFeedback | None = None,
         clock: Callable[[], float] = time.monotonic,
         spans: Mapping[str, SpanDecoder] | None = None,
         span_dedup: DedupWindow | None = None,
@@ -225,9 +236,13 @@ class Ingestor:
         self.head_bytes = dead_letter_head_bytes
         self.dl_max_bytes = dead_letter_max_bytes
         self.feedback_hold_s, self.max_held, self.clock = feedback_hold_s, max_held, clock
-        # request_id -> (read at, feedback read before the request's inference event); oldest first
-        self._held: OrderedDict[str, tuple[float, list[Event]]] = OrderedDict()
-        self._n_held = 0
+        # request_id -> (read at, [(its partition, feedback read before the request's inference event)]); oldest first
+        self._held: OrderedDict[str, tuple[float, list[tuple[TopicPartition, Event]]]] = OrderedDict()
+        self._held_keys: set[str] = set()  # their dedup keys: one held once, however often it is loaded or read
+        self.held_store = held_feedback
+        self._to_save: list[tuple[str, int, str, bytes]] = []  # held since the last save, saved before the commit
+        self._to_delete: list[str] = []  # joined or handed on since
+        self._assigned: frozenset[TopicPartition] = frozenset()
         self._outcome_children = {
             (topic, outcome): metrics.records.labels(topic=topic, outcome=outcome)
             for topic in self.kinds for outcome in ("accepted", "rejected", "duplicate")
@@ -245,9 +260,12 @@ class Ingestor:
     def poll(self) -> Batch | None:
         records = self.source.poll()
         self.metrics.set_lag(self.source.lag())
+        if self.held_store is not None and (assigned := self.source.assigned) != self._assigned:
+            self._reassigned(assigned)
         if not records:
             if self._held and (late := self._release(self.clock())):
                 self.downstream(late)
+                self._save_held(quiet=True)
             return None
         for decoder in self.spans.values():
             decoder.refresh()  # the registry's names, read again when due: I/O here, none in process()
@@ -345,13 +363,13 @@ class Ingestor:
             if keep:
                 self._keep(served)
             if self._held and (held := self._held.pop(event.request_id, None)):
-                self._n_held -= len(held[1])
-                feedback.extend(Accepted("feedback", e, served.adapter, served.event) for e in held[1])
+                self._unhold(held[1])
+                feedback.extend(Accepted("feedback", e, served.adapter, served.event) for _, e in held[1])
         elif (request := dedup.get(("inference", event.request_id))
               or self.span_dedup.get(("inference", event.request_id))) is not None:
             feedback.append(Accepted(kind, event, request.adapter, request.event))
         else:
-            self._hold(event)
+            self._hold(event, where[0])
         return "accepted", ""
 
     def _keep(self, served: Served) -> None:
@@ -365,17 +383,30 @@ class Ingestor:
         if len(kept) > self.max_kept:
             kept.popleft().event = None
 
-    def _hold(self, event: Event) -> None:
+    def _hold(self, event: Event, tp: TopicPartition, loaded: bool = False) -> None:
         """Feedback is joined to the adapter that served its request, so it is handed on after the request's
         inference event. The two topics are not read in lockstep (a poll returns partition by partition, and one
-        topic can lag the other): feedback read first waits here for its request, up to ``feedback_hold_s``. Held
-        feedback is in memory only, like the monitor's windows: a crash loses it from the signals, not from Kafka."""
+        topic can lag the other): feedback read first waits here for its request, up to ``feedback_hold_s``. With a
+        ``held_feedback`` store it is saved there before its offset is committed, deleted once joined or handed on,
+        and loaded by whichever member owns its partition next (a restart, a rebalance): a crash loses no
+        correction from harvesting."""
+        key = event.dedup_key
+        if key in self._held_keys:
+            return  # loaded from the store, and read again (its commit was refused before the rebalance)
+        self._held_keys.add(key)
         entry = self._held.get(event.request_id)
         if entry is None:
-            self._held[event.request_id] = (self.clock(), [event])
+            self._held[event.request_id] = (self.clock(), [(tp, event)])
         else:
-            entry[1].append(event)
-        self._n_held += 1  # the gauge is set once per batch, by _release
+            entry[1].append((tp, event))
+        if self.held_store is not None and not loaded:
+            self._to_save.append((*tp, key, encode(event)))
+
+    def _unhold(self, events: list[tuple[TopicPartition, Event]]) -> None:
+        for _, e in events:
+            self._held_keys.discard(e.dedup_key)
+            if self.held_store is not None:
+                self._to_delete.append(e.dedup_key)
 
     def _release(self, now: float) -> list[Accepted]:
         """Feedback that waited its time (or past ``max_held``, the oldest): handed on without its request."""
@@ -383,13 +414,57 @@ class Ingestor:
         held = self._held
         while held:
             request_id, (since, events) = next(iter(held.items()))
-            if since > now - self.feedback_hold_s and self._n_held <= self.max_held:
+            if since > now - self.feedback_hold_s and len(self._held_keys) <= self.max_held:
                 break
             del held[request_id]
-            self._n_held -= len(events)
-            out.extend(Accepted("feedback", e, UNKNOWN) for e in events)
-        self.metrics.feedback_held.set(self._n_held)
+            self._unhold(events)
+            out.extend(Accepted("feedback", e, UNKNOWN) for _, e in events)
+        self.metrics.feedback_held.set(len(self._held_keys))
         return out
+
+    def _reassigned(self, assigned: frozenset[TopicPartition]) -> None:
+        """The group moved partitions: feedback held from one this member lost is forgotten here (its new owner
+        loads it), and what is held on one it gained is loaded. A store that cannot be read is asked again on the
+        next poll."""
+        gone, new = self._assigned - assigned, sorted(tp for tp in assigned - self._assigned
+                                                      if self.kinds.get(tp[0]) == "feedback")
+        try:
+            rows = self.held_store.held_feedback(self.group_id, new) if new else []  # type: ignore[union-attr]
+        except StoreError as exc:
+            log.warning("could not load the feedback held on %s (asked again on the next poll): %s", new, exc)
+            return
+        self._assigned = assigned
+        for request_id, (since, events) in list(self._held.items()) if gone else ():
+            if any(tp in gone for tp, _ in events):
+                self._held_keys.difference_update(e.dedup_key for tp, e in events if tp in gone)
+                if kept := [(tp, e) for tp, e in events if tp not in gone]:
+                    self._held[request_id] = (since, kept)
+                else:
+                    del self._held[request_id]
+        loaded = 0
+        for topic, partition, body in rows:
+            event = decode("feedback", body, 1 << 30)
+            if not isinstance(event, Rejected):
+                self._hold(event, (topic, partition), loaded=True)
+                loaded += 1
+        if loaded:
+            log.info("loaded %d feedback event(s) held for their request on %s", loaded, new)
+        self.metrics.feedback_held.set(len(self._held_keys))
+
+    def _save_held(self, quiet: bool = False) -> None:
+        """What was held, joined or handed on since the last save, in the store. In a batch's finish a failure
+        raises (nothing is committed); between batches (``quiet``) it is kept for the next save."""
+        if not (self._to_save or self._to_delete):
+            return
+        try:
+            self.held_store.save_held_feedback(self.group_id, self._to_save, self._to_delete,  # type: ignore[union-attr]
+                                               time.time())
+        except StoreError as exc:
+            if not quiet:
+                raise
+            log.warning("could not save held feedback (kept for the next batch): %s", exc)
+            return
+        self._to_save, self._to_delete = [], []
 
     def finish(self, batch: Batch) -> None:
         """Dead letters acknowledged, harvested examples saved, then journal, then commit. Raises DeadLetterError (or
@@ -400,6 +475,7 @@ class Ingestor:
         if batch.examples and self.save_examples is not None:
             self.save_examples(batch.examples)
             batch.examples = []
+        self._save_held()
         self.journal.record(batch.ranges)
         self._count(batch)
         try:

@@ -1,5 +1,5 @@
 """driftwatch's state store: what must survive a restart (rule states, decisions and their evidence, examples
-harvested from feedback, retrain runs, the control requests the loop acts on, alert occurrences, the replicas'
+harvested from feedback, feedback the ingest holds for its request, retrain runs, the control requests the loop acts on, alert occurrences, the replicas'
 published windows and who leads), on the same connection as the registry's queries (state/registry.py).
 
 A small interface on SQL that SQLite and PostgreSQL both speak (``?`` parameters, ``ON CONFLICT``, ``RETURNING``):
@@ -47,6 +47,9 @@ CREATE TABLE IF NOT EXISTS replica_window (
     PRIMARY KEY (replica, adapter));
 CREATE TABLE IF NOT EXISTS leader (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, url TEXT, since REAL NOT NULL, renewed REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS held_feedback (
+    grp TEXT NOT NULL, dedup_key TEXT NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL, body BLOB NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (grp, dedup_key));
 CREATE TABLE IF NOT EXISTS request (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, adapter TEXT, reason TEXT NOT NULL,
     who TEXT NOT NULL, detail TEXT, status TEXT NOT NULL, outcome TEXT, done REAL);
@@ -262,6 +265,28 @@ class SqlStore(RegistryQueries):
                         "source = ? AND status = 'candidate'", (status, who, at, request_id, source))
         return cur.rowcount == 1
 
+    def save_held_feedback(self, group: str, held: list[tuple[str, int, str, bytes]], released: list[str],
+                           now: float) -> None:
+        """Feedback the ingest holds for its request ((topic, partition, dedup key, encoded event)), saved before the
+        offset that read it is committed; ``released`` (dedup keys): joined or handed on. One transaction."""
+        with self._transaction():
+            if held:
+                self._executemany("INSERT INTO held_feedback (grp, dedup_key, topic, part, body, at) "
+                                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (grp, dedup_key) DO NOTHING",
+                                  [(group, key, topic, part, body, now) for topic, part, key, body in held])
+            if released:
+                self._executemany("DELETE FROM held_feedback WHERE grp = ? AND dedup_key = ?",
+                                  [(group, key) for key in released])
+
+    def held_feedback(self, group: str, partitions: list[tuple[str, int]]) -> list[tuple[str, int, bytes]]:
+        """(topic, partition, encoded event) of the feedback held on these partitions, oldest first."""
+        if not partitions:
+            return []
+        where = " OR ".join("(topic = ? AND part = ?)" for _ in partitions)
+        rows = self._run(f"SELECT topic, part, body FROM held_feedback WHERE grp = ? AND ({where}) ORDER BY at",
+                         (group, *[x for tp in partitions for x in tp])).fetchall()
+        return [(topic, int(part), bytes(body)) for topic, part, body in rows]
+
     def save_run(self, run: RunRecord) -> None:
         self._run("INSERT INTO run (id, decision_id, adapter, status, reason, dataset, output, started, finished, "
                   "detail) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET "
@@ -314,7 +339,8 @@ class SqlStore(RegistryQueries):
 
     def prune(self, before: float) -> dict[str, int]:
         """Delete what is older than ``before``: decisions no run refers to (and their evidence rows), alert
-        occurrences, answered requests, examples never approved. Returns how many rows of each went."""
+        occurrences, answered requests, examples never approved, feedback held on a partition no member owned since.
+        Returns how many rows of each went."""
         unreferenced = "at < ? AND id NOT IN (SELECT decision_id FROM run WHERE decision_id IS NOT NULL)"
         with self._transaction():
             self._execute(f"DELETE FROM evidence WHERE decision_id IN (SELECT id FROM decision WHERE {unreferenced})",
@@ -323,6 +349,7 @@ class SqlStore(RegistryQueries):
                 "decisions": self._execute(f"DELETE FROM decision WHERE {unreferenced}", (before,)).rowcount,
                 "alert_occurrences": self._execute("DELETE FROM alert_occurrence WHERE received < ?", (before,)).rowcount,
                 "requests": self._execute("DELETE FROM request WHERE status != 'pending' AND at < ?", (before,)).rowcount,
+                "held_feedback": self._execute("DELETE FROM held_feedback WHERE at < ?", (before,)).rowcount,
                 "unreviewed_or_rejected_examples": self._execute(
                     "DELETE FROM example WHERE status IN ('candidate', 'rejected') AND at < ?", (before,)).rowcount,
             }
