@@ -138,6 +138,11 @@ class OffsetJournal:
         os.replace(tmp, self.path)
 
 
+def _row_key(dedup_key: str) -> str:
+    """A held feedback event's key in the store: its dedup key holds NUL separators, which PostgreSQL's text refuses."""
+    return hashlib.sha256(dedup_key.encode()).hexdigest()[:32]
+
+
 class Served:
     """The join's entry for a request: where it was read, the adapter label it counts under, and the event while it
     is among the last ``max_kept`` (None after, or when there is nothing to harvest from it)."""
@@ -400,13 +405,13 @@ class Ingestor:
         else:
             entry[1].append((tp, event))
         if self.held_store is not None and not loaded:
-            self._to_save.append((*tp, key, encode(event)))
+            self._to_save.append((*tp, _row_key(key), encode(event)))
 
     def _unhold(self, events: list[tuple[TopicPartition, Event]]) -> None:
         for _, e in events:
             self._held_keys.discard(e.dedup_key)
             if self.held_store is not None:
-                self._to_delete.append(e.dedup_key)
+                self._to_delete.append(_row_key(e.dedup_key))
 
     def _release(self, now: float) -> list[Accepted]:
         """Feedback that waited its time (or past ``max_held``, the oldest): handed on without its request."""
