@@ -96,12 +96,18 @@ def main() -> int:
         print(f"cost per 1,000 queries at {args.price_per_hour:g}/hour: serving {serve:.5f} (one request at a time, "
               f"p50) + training {train_cost * 1000 / args.volume:.5f} ({t['wall_s']:.0f} s, {t['tokens_seen']} "
               f"tokens, amortised over {args.volume:,} queries)")
-        print(f"the loop recovered {ef.recovered(rows):.0%} of the phase-B accuracy the incumbent lost "
-              f"(incumbent: phase A {inc.phase_a.rate[0]:.3f}, phase B {inc.phase_b.rate[0]:.3f}; "
-              f"loop: phase B {loop.phase_b.rate[0]:.3f})" if loop.phase_b else "the loop promoted nothing")
-        if loop.phase_a is not None:
-            print(f"phase A held: {loop.phase_a.rate[0] - inc.phase_a.rate[0]:+.3f}; battery vs base: "
+    if loop is not None:
+        now = ef.served(rows, loop)
+        print(f"served after the loop: {'the promoted candidate' if now is loop else 'the incumbent (nothing promoted)'}"
+              f" — recovered {ef.recovered(rows):.0%} of the phase-B accuracy the incumbent lost (incumbent: phase A "
+              f"{inc.phase_a.rate[0]:.3f}, phase B {inc.phase_b.rate[0]:.3f}; served: phase B {now.phase_b.rate[0]:.3f})")
+        if now is loop and loop.phase_a is not None:
+            print(f"served, phase A held: {loop.phase_a.rate[0] - inc.phase_a.rate[0]:+.3f}; battery vs base: "
                   f"{loop.evaluation.get('battery_score', math.nan) - base.evaluation.get('battery_score', math.nan):+.3f}")
+        if now is not loop and loop.phase_b is not None:
+            print(f"the candidate's own figures ({loop.decision}): would have recovered "
+                  f"{ef.recovered(rows, candidate=True):.0%}; phase B {loop.phase_b.rate[0]:.3f}, phase A "
+                  f"{loop.phase_a.rate[0]:.3f}, battery {_battery(loop):.3f} (base {_battery(base):.3f})")
     overfit = by.get("no early stopping")
     if overfit is not None and overfit.training.get("curves"):
         print("\nno early stopping, validation loss by step: " + ", ".join(
@@ -111,6 +117,10 @@ def main() -> int:
         args.out.write_text(json.dumps({"model": args.model, "seed": args.seed, "noise": args.noise, "wall_s": wall,
                                         "rows": ef.as_json(rows)}, indent=1, default=str))
     return 0
+
+
+def _battery(row) -> float:
+    return row.evaluation.get("battery_score", math.nan)
 
 
 if __name__ == "__main__":

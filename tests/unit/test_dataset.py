@@ -228,3 +228,20 @@ def test_the_split_keeps_every_variant_of_a_prompt_on_one_side():
     ids = clusters([e.prompt for e in cur.train + cur.validation])
     assert len(set(ids)) == 40  # 40 clusters of 3 variants each
     assert not set(ids[:len(cur.train)]) & set(ids[len(cur.train):])
+
+
+def test_the_study_measures_what_is_served_after_the_loop_not_a_refused_candidate():
+    """Issue 26: `recovered()` printed 113 % for a candidate the promotion gate refused, while production still served
+    the incumbent (0 % recovered). What is served after a row is its adapter when promoted, else the incumbent."""
+    from driftwatch.dev.efficacy import Accuracy, Row, recovered, served, table
+
+    base = Row("base model", None, "baseline", "no adapter", Accuracy(10, 100), Accuracy(20, 100))
+    inc = Row("no retrain (incumbent)", "v1", "baseline", "", Accuracy(10, 100), Accuracy(50, 100))
+    refused = Row("loop", "v2", "refused by the promotion gate", "forgetting", Accuracy(60, 100), Accuracy(70, 100))
+    rows = [base, inc, refused]
+    assert served(rows, refused) is inc and recovered(rows) == 0.0
+    assert recovered(rows, candidate=True) == pytest.approx(1.25)  # the candidate's own: labelled as such
+    line = table(rows).splitlines()[-1]
+    assert "| loop | the incumbent | 0.100 [" in line and "0.600 [" in line  # served first, the candidate's beside
+    promoted = Row("loop", "v2", "promoted", "every gate passed", Accuracy(40, 100), Accuracy(50, 100))
+    assert served([base, inc, promoted], promoted) is promoted and recovered([base, inc, promoted]) == pytest.approx(0.75)

@@ -745,25 +745,43 @@ def _training(m: dict) -> dict:
                                   "initial_validation_loss", "best_validation_loss", "curves")}
 
 
-def recovered(rows: list[Row], name: str = "loop") -> float:
-    """The share of the phase-B accuracy the incumbent lost (against its own phase A) that ``name`` wins back."""
+def served(rows: list[Row], row: Row) -> Row:
+    """What production serves after ``row``'s loop: its adapter when promoted (or a baseline row itself), else the
+    incumbent (a refused candidate changes nothing that is served)."""
+    if row.decision in ("promoted", "baseline"):
+        return row
+    return next(r for r in rows if r.name == "no retrain (incumbent)")
+
+
+def recovered(rows: list[Row], name: str = "loop", candidate: bool = False) -> float:
+    """The share of the phase-B accuracy the incumbent lost (against its own phase A) that what is served after
+    ``name``'s loop wins back: 0 when nothing was promoted. ``candidate``: the candidate's own, promoted or not."""
     by = {r.name: r for r in rows}
-    inc, cand = by["no retrain (incumbent)"], by.get(name)
-    if cand is None or cand.phase_b is None or inc.phase_a is None or inc.phase_b is None:
+    inc, row = by["no retrain (incumbent)"], by.get(name)
+    if row is None or inc.phase_a is None or inc.phase_b is None:
+        return math.nan
+    measured = row if candidate else served(rows, row)
+    if measured.phase_b is None:
         return math.nan
     lost = inc.phase_a.rate[0] - inc.phase_b.rate[0]
-    return (cand.phase_b.rate[0] - inc.phase_b.rate[0]) / lost if lost > 0 else math.nan
+    return (measured.phase_b.rate[0] - inc.phase_b.rate[0]) / lost if lost > 0 else math.nan
 
 
 def table(rows: list[Row]) -> str:
-    """One line a row: the accuracy figures with their intervals, the evaluator's off-task figures, training, decision."""
-    head = (f"| row | phase-B accuracy | phase-A accuracy | battery | distinct-2 | task confusion | p50 ms | "
-            f"train tokens | train s | decision — why |\n|{'---|' * 10}")
+    """One line a row: what is served after it (its adapter when promoted, else the incumbent) with that model's
+    accuracy figures and intervals, the candidate's own phase-B and phase-A beside them, the evaluator's off-task
+    figures of the candidate, training, decision."""
+    head = (f"| row | served after | phase-B accuracy (served) | phase-A accuracy (served) | candidate's phase B | "
+            f"candidate's phase A | candidate's battery | distinct-2 | task confusion | p50 ms | train tokens | "
+            f"train s | decision — why |\n|{'---|' * 13}")
     lines = [head]
     for r in rows:
-        e, t = r.evaluation, r.training
+        e, t, now = r.evaluation, r.training, served(rows, r)
+        own = r.decision != "baseline"
         lat = sorted((r.phase_b.latencies_ms if r.phase_b else []) + (r.phase_a.latencies_ms if r.phase_a else []))
-        cells = [r.name, r.phase_b.cell() if r.phase_b else "—", r.phase_a.cell() if r.phase_a else "—",
+        cells = [r.name, "its adapter" if now is r and r.adapter else "the base model" if now is r else "the incumbent",
+                 now.phase_b.cell() if now.phase_b else "—", now.phase_a.cell() if now.phase_a else "—",
+                 r.phase_b.cell() if own and r.phase_b else "—", r.phase_a.cell() if own and r.phase_a else "—",
                  _f(e.get("battery_score")), _f(e.get("distinct_2")), _f(e.get("confusion_rate")),
                  f"{lat[len(lat) // 2]:.1f}" if lat else "—", str(t.get("tokens_seen") or "—"),
                  f"{t['wall_s']:.0f}" if t.get("wall_s") else "—", f"{r.decision} — {r.why[:160]}"]
@@ -787,4 +805,4 @@ def as_json(rows: list[Row]) -> list[dict]:
 
 
 __all__ = ["InProcess", "Item", "Loop", "Row", "Scale", "SCALES", "Study", "VARIANTS", "Variant", "accuracy",
-           "corrections", "items", "poison", "recovered", "table", "wilson"]
+           "corrections", "items", "poison", "recovered", "served", "table", "wilson"]
