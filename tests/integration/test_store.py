@@ -100,12 +100,12 @@ def test_the_contract(location):
     assert s.published_windows(since=0.0, exclude="r1") == [("r2", "a", b"r2")]
 
     # feedback the ingest holds for its request, per group and partition; saved twice, held once
-    s.save_held_feedback("g", [("fb", 0, "k1", b"{}"), ("fb", 1, "k2", b"\x00")], [], now=1.0)
-    s.save_held_feedback("g", [("fb", 0, "k1", b"{}"), ("fb", 0, "k3", b"{3}")], ["k2"], now=2.0)
-    s.save_held_feedback("other", [("fb", 0, "k9", b"{9}")], [], now=3.0)
-    assert s.held_feedback("g", [("fb", 0), ("fb", 1)]) == [("fb", 0, b"{}"), ("fb", 0, b"{3}")]
+    s.save_held_feedback("g", [("fb", 0, 7, "k1", b"{}"), ("fb", 1, 3, "k2", b"\x00")], [], now=1.0)
+    s.save_held_feedback("g", [("fb", 0, 7, "k1", b"{}"), ("fb", 0, 9, "k3", b"{3}")], ["k2"], now=2.0)
+    s.save_held_feedback("other", [("fb", 0, 1, "k9", b"{9}")], [], now=3.0)
+    assert s.held_feedback("g", [("fb", 0), ("fb", 1)]) == [("fb", 0, 7, "k1", b"{}"), ("fb", 0, 9, "k3", b"{3}")]
     assert s.held_feedback("g", []) == [] and s.prune(before=1.5)["held_feedback"] == 1
-    assert s.held_feedback("g", [("fb", 0)]) == [("fb", 0, b"{3}")]
+    assert s.held_feedback("g", [("fb", 0)]) == [("fb", 0, 9, "k3", b"{3}")]
 
     assert s.leader("driftwatch") is None
     s.set_leader("driftwatch", "pod-a", "http://a", 1.0)

@@ -285,3 +285,50 @@ def test_held_feedback_moves_with_its_partition_and_is_handed_on_once():
     assert [e.request_id for _, e, *_ in a_seen] == ["r-1"] and [e.request_id for _, e, *_ in b_seen] == ["r-2"]
     assert store.held_feedback("g", [("fb", 0), ("fb", 1)]) == []  # deleted once handed on
     assert a.poll() is None and b.poll() is None and len(a_seen) == len(b_seen) == 1
+
+
+def test_held_feedback_read_again_after_it_was_loaded_is_a_redelivery_not_a_second_hand_on(tmp_path):
+    """The previous owner saved the held correction, then died before its commit: the next one loads it and reads
+    its record again. Handed on once, with its request; the record counts as a redelivery."""
+    from driftwatch.state.store import SqliteStore
+
+    store = SqliteStore(tmp_path / "state.db")
+    fb = Rec("fb", 0, 4, json.dumps({**FEEDBACK, "request_id": "r-9", "feedback_id": "f-9"}).encode())
+    ing, *_ = held_rig(store, [[fb]], {("fb", 0), ("inf", 0)})
+    batch = ing.poll()
+    ing._save_held()  # saved ... and killed before the journal and the commit
+    assert batch.offsets == {("fb", 0): 5}
+    ing2, _, m2, seen2 = held_rig(store, [[Rec("inf", 0, 7, ev("r-9")), fb]], {("fb", 0), ("inf", 0)})
+    step(ing2)
+    assert [(kind, e.request_id) for kind, e, *_ in seen2] == [("inference", "r-9"), ("feedback", "r-9")]
+    assert sample(m2, "driftwatch_duplicates_total", topic="fb", kind="redelivery") == 1
+
+
+def test_a_store_that_cannot_load_during_a_rebalance_still_forgets_the_lost_partition():
+    """Loading what a gained partition holds failed, and the member kept handing on what it held from the partition
+    it lost: the new owner handed it on too. The loss is applied first; the load alone is retried."""
+    import tempfile
+    from pathlib import Path
+
+    from driftwatch.errors import StoreError
+    from driftwatch.state.store import SqliteStore
+
+    class Flaky(SqliteStore):
+        fail = 0
+
+        def held_feedback(self, group, partitions):
+            if self.fail:
+                self.fail -= 1
+                raise StoreError("PostgresStore: OperationalError: the server closed the connection")
+            return super().held_feedback(group, partitions)
+
+    store = Flaky(Path(tempfile.mkdtemp()) / "state.db")
+    fb = lambda rid, p: Rec("fb", p, 1, json.dumps({**FEEDBACK, "request_id": rid, "feedback_id": rid}).encode())  # noqa: E731
+    a, a_source, a_m, _ = held_rig(store, [[fb("r-0", 0)], [], []], {("fb", 0), ("fb", 1)})
+    step(a)
+    b, *_ = held_rig(store, [[fb("r-2", 2)]], {("fb", 2)})
+    step(b)
+    store.fail = 1
+    a_source.assigned = frozenset({("fb", 1), ("fb", 2)})  # lost fb-0, gained fb-2, in one rebalance
+    assert a.poll() is None and sample(a_m, "driftwatch_feedback_held") == 0  # fb-0 forgotten, fb-2 not loaded yet
+    assert a.poll() is None and sample(a_m, "driftwatch_feedback_held") == 1  # loaded on the next poll

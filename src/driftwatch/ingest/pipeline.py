@@ -76,9 +76,9 @@ class Source(Protocol):
 class HeldFeedback(Protocol):
     """Where held feedback outlives the process (the state store: state/store.py)."""
 
-    def save_held_feedback(self, group: str, held: list[tuple[str, int, str, bytes]], released: list[str],
+    def save_held_feedback(self, group: str, held: list[tuple[str, int, int, str, bytes]], released: list[str],
                            now: float) -> None: ...
-    def held_feedback(self, group: str, partitions: list[TopicPartition]) -> list[tuple[str, int, bytes]]: ...
+    def held_feedback(self, group: str, partitions: list[TopicPartition]) -> list[tuple[str, int, int, str, bytes]]: ...
 
 
 @dataclass(slots=True)
@@ -245,8 +245,8 @@ class Ingestor:
         self._held: OrderedDict[str, tuple[float, list[tuple[TopicPartition, Event]]]] = OrderedDict()
         self._held_keys: set[str] = set()  # their dedup keys: one held once, however often it is loaded or read
         self.held_store = held_feedback
-        self._to_save: list[tuple[str, int, str, bytes]] = []  # held since the last save, saved before the commit
-        self._to_delete: list[str] = []  # joined or handed on since
+        self._to_save: list[tuple[str, int, int, str, bytes]] = []  # held since the last save: saved before the commit
+        self._to_delete: set[str] = set()  # row keys joined or handed on since
         self._assigned: frozenset[TopicPartition] = frozenset()
         self._outcome_children = {
             (topic, outcome): metrics.records.labels(topic=topic, outcome=outcome)
@@ -270,7 +270,7 @@ class Ingestor:
         if not records:
             if self._held and (late := self._release(self.clock())):
                 self.downstream(late)
-                self._save_held(quiet=True)
+                self._save_held(quiet=True)  # failing, the rows stay: a restart before the next save hands on again
             return None
         for decoder in self.spans.values():
             decoder.refresh()  # the registry's names, read again when due: I/O here, none in process()
@@ -374,7 +374,7 @@ class Ingestor:
               or self.span_dedup.get(("inference", event.request_id))) is not None:
             feedback.append(Accepted(kind, event, request.adapter, request.event))
         else:
-            self._hold(event, where[0])
+            self._hold(event, where)
         return "accepted", ""
 
     def _keep(self, served: Served) -> None:
@@ -388,30 +388,33 @@ class Ingestor:
         if len(kept) > self.max_kept:
             kept.popleft().event = None
 
-    def _hold(self, event: Event, tp: TopicPartition, loaded: bool = False) -> None:
+    def _hold(self, event: Event, where: tuple[TopicPartition, int], loaded: bool = False) -> None:
         """Feedback is joined to the adapter that served its request, so it is handed on after the request's
         inference event. The two topics are not read in lockstep (a poll returns partition by partition, and one
         topic can lag the other): feedback read first waits here for its request, up to ``feedback_hold_s``. With a
         ``held_feedback`` store it is saved there before its offset is committed, deleted once joined or handed on,
-        and loaded by whichever member owns its partition next (a restart, a rebalance): a crash loses no
-        correction from harvesting."""
+        and loaded by whichever member owns its partition next (a restart, a rebalance), so a crash loses no
+        correction from harvesting; its record read again after that is a redelivery (see _reassigned)."""
         key = event.dedup_key
         if key in self._held_keys:
-            return  # loaded from the store, and read again (its commit was refused before the rebalance)
+            return
         self._held_keys.add(key)
+        tp = where[0]
         entry = self._held.get(event.request_id)
         if entry is None:
             self._held[event.request_id] = (self.clock(), [(tp, event)])
         else:
             entry[1].append((tp, event))
         if self.held_store is not None and not loaded:
-            self._to_save.append((*tp, _row_key(key), encode(event)))
+            row = _row_key(key)
+            self._to_delete.discard(row)  # released, then read again before the save: held, not deleted
+            self._to_save.append((*tp, where[1], row, encode(event)))
 
     def _unhold(self, events: list[tuple[TopicPartition, Event]]) -> None:
         for _, e in events:
             self._held_keys.discard(e.dedup_key)
             if self.held_store is not None:
-                self._to_delete.append(_row_key(e.dedup_key))
+                self._to_delete.add(_row_key(e.dedup_key))
 
     def _release(self, now: float) -> list[Accepted]:
         """Feedback that waited its time (or past ``max_held``, the oldest): handed on without its request."""
@@ -428,17 +431,12 @@ class Ingestor:
         return out
 
     def _reassigned(self, assigned: frozenset[TopicPartition]) -> None:
-        """The group moved partitions: feedback held from one this member lost is forgotten here (its new owner
-        loads it), and what is held on one it gained is loaded. A store that cannot be read is asked again on the
-        next poll."""
+        """The group moved partitions. Feedback held from one this member lost is forgotten here: its new owner
+        loads it. What is held on one it gained is loaded, and its record is marked in the dedup window as read
+        where it was (the previous owner saved it, then died before its commit: read again, it is a redelivery, not
+        a second hand-on). A store that cannot be read is asked again on the next poll."""
         gone, new = self._assigned - assigned, sorted(tp for tp in assigned - self._assigned
                                                       if self.kinds.get(tp[0]) == "feedback")
-        try:
-            rows = self.held_store.held_feedback(self.group_id, new) if new else []  # type: ignore[union-attr]
-        except StoreError as exc:
-            log.warning("could not load the feedback held on %s (asked again on the next poll): %s", new, exc)
-            return
-        self._assigned = assigned
         for request_id, (since, events) in list(self._held.items()) if gone else ():
             if any(tp in gone for tp, _ in events):
                 self._held_keys.difference_update(e.dedup_key for tp, e in events if tp in gone)
@@ -446,12 +444,24 @@ class Ingestor:
                     self._held[request_id] = (since, kept)
                 else:
                     del self._held[request_id]
+        try:
+            rows = self.held_store.held_feedback(self.group_id, new) if new else []  # type: ignore[union-attr]
+        except StoreError as exc:
+            log.warning("could not load the feedback held on %s (asked again on the next poll): %s", new, exc)
+            self._assigned = assigned - set(new)
+            self.metrics.feedback_held.set(len(self._held_keys))
+            return
+        self._assigned = assigned
         loaded = 0
-        for topic, partition, body in rows:
+        for topic, partition, offset, row, body in rows:
             event = decode("feedback", body, 1 << 30)
-            if not isinstance(event, Rejected):
-                self._hold(event, (topic, partition), loaded=True)
-                loaded += 1
+            if isinstance(event, Rejected):  # written by another version: nothing to hold
+                self._to_delete.add(row)
+                continue
+            where = ((topic, partition), offset)
+            self.dedup.add(("feedback", event.dedup_key), where)
+            self._hold(event, where, loaded=True)
+            loaded += 1
         if loaded:
             log.info("loaded %d feedback event(s) held for their request on %s", loaded, new)
         self.metrics.feedback_held.set(len(self._held_keys))
@@ -462,14 +472,14 @@ class Ingestor:
         if not (self._to_save or self._to_delete):
             return
         try:
-            self.held_store.save_held_feedback(self.group_id, self._to_save, self._to_delete,  # type: ignore[union-attr]
-                                               time.time())
+            self.held_store.save_held_feedback(self.group_id, self._to_save,  # type: ignore[union-attr]
+                                               sorted(self._to_delete), time.time())
         except StoreError as exc:
             if not quiet:
                 raise
             log.warning("could not save held feedback (kept for the next batch): %s", exc)
             return
-        self._to_save, self._to_delete = [], []
+        self._to_save, self._to_delete = [], set()
 
     def finish(self, batch: Batch) -> None:
         """Dead letters acknowledged, harvested examples saved, then journal, then commit. Raises DeadLetterError (or

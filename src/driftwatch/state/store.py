@@ -48,8 +48,8 @@ CREATE TABLE IF NOT EXISTS replica_window (
 CREATE TABLE IF NOT EXISTS leader (
     name TEXT PRIMARY KEY, holder TEXT NOT NULL, url TEXT, since REAL NOT NULL, renewed REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS held_feedback (
-    grp TEXT NOT NULL, dedup_key TEXT NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL, body BLOB NOT NULL,
-    at REAL NOT NULL, PRIMARY KEY (grp, dedup_key));
+    grp TEXT NOT NULL, dedup_key TEXT NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL, off INTEGER NOT NULL,
+    body BLOB NOT NULL, at REAL NOT NULL, PRIMARY KEY (grp, dedup_key));
 CREATE TABLE IF NOT EXISTS request (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, adapter TEXT, reason TEXT NOT NULL,
     who TEXT NOT NULL, detail TEXT, status TEXT NOT NULL, outcome TEXT, done REAL);
@@ -265,27 +265,27 @@ class SqlStore(RegistryQueries):
                         "source = ? AND status = 'candidate'", (status, who, at, request_id, source))
         return cur.rowcount == 1
 
-    def save_held_feedback(self, group: str, held: list[tuple[str, int, str, bytes]], released: list[str],
+    def save_held_feedback(self, group: str, held: list[tuple[str, int, int, str, bytes]], released: list[str],
                            now: float) -> None:
-        """Feedback the ingest holds for its request ((topic, partition, dedup key, encoded event)), saved before the
-        offset that read it is committed; ``released`` (dedup keys): joined or handed on. One transaction."""
+        """Feedback the ingest holds for its request ((topic, partition, offset, key, encoded event)), saved before
+        the offset that read it is committed; ``released`` (keys): joined or handed on. One transaction."""
         with self._transaction():
             if held:
-                self._executemany("INSERT INTO held_feedback (grp, dedup_key, topic, part, body, at) "
-                                  "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (grp, dedup_key) DO NOTHING",
-                                  [(group, key, topic, part, body, now) for topic, part, key, body in held])
+                self._executemany("INSERT INTO held_feedback (grp, dedup_key, topic, part, off, body, at) "
+                                  "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (grp, dedup_key) DO NOTHING",
+                                  [(group, key, topic, part, off, body, now) for topic, part, off, key, body in held])
             if released:
                 self._executemany("DELETE FROM held_feedback WHERE grp = ? AND dedup_key = ?",
                                   [(group, key) for key in released])
 
-    def held_feedback(self, group: str, partitions: list[tuple[str, int]]) -> list[tuple[str, int, bytes]]:
-        """(topic, partition, encoded event) of the feedback held on these partitions, oldest first."""
+    def held_feedback(self, group: str, partitions: list[tuple[str, int]]) -> list[tuple[str, int, int, str, bytes]]:
+        """(topic, partition, offset, key, encoded event) of the feedback held on these partitions, oldest first."""
         if not partitions:
             return []
         where = " OR ".join("(topic = ? AND part = ?)" for _ in partitions)
-        rows = self._run(f"SELECT topic, part, body FROM held_feedback WHERE grp = ? AND ({where}) ORDER BY at",
-                         (group, *[x for tp in partitions for x in tp])).fetchall()
-        return [(topic, int(part), bytes(body)) for topic, part, body in rows]
+        rows = self._run(f"SELECT topic, part, off, dedup_key, body FROM held_feedback WHERE grp = ? AND ({where}) "
+                         "ORDER BY at, off", (group, *[x for tp in partitions for x in tp])).fetchall()
+        return [(topic, int(part), int(off), key, bytes(body)) for topic, part, off, key, body in rows]
 
     def save_run(self, run: RunRecord) -> None:
         self._run("INSERT INTO run (id, decision_id, adapter, status, reason, dataset, output, started, finished, "
@@ -339,7 +339,8 @@ class SqlStore(RegistryQueries):
 
     def prune(self, before: float) -> dict[str, int]:
         """Delete what is older than ``before``: decisions no run refers to (and their evidence rows), alert
-        occurrences, answered requests, examples never approved, feedback held on a partition no member owned since.
+        occurrences, answered requests, examples never approved, held feedback saved before then (a member kicked
+        from its group while its store was down can leave one behind).
         Returns how many rows of each went."""
         unreferenced = "at < ? AND id NOT IN (SELECT decision_id FROM run WHERE decision_id IS NOT NULL)"
         with self._transaction():
