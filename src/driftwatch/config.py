@@ -324,6 +324,9 @@ class PromotionGates(_Section):
                                                    "model's score (gateway.base_model) minus the candidate's, at most "
                                                    "this; null: not checked (an incumbent that already forgot hides "
                                                    "the next one's forgetting from forgetting_max_drop)")
+    forgetting_confidence: float = Field(0.95, gt=0.5, lt=1, description="both forgetting gates pair the battery "
+                                         "question by question: a loss significant at this confidence (one-sided "
+                                         "exact sign test on the questions that flipped) fails, whatever its size")
     distinct2_min_ratio: float = Field(0.8, ge=0, description="candidate distinct-2 over its outputs, as a share of "
                                        "the incumbent's: at least this (modal collapse)")
     self_similarity_max_delta: float = Field(0.15, ge=0, le=1, description="mean pairwise similarity of the "

@@ -190,3 +190,32 @@ def test_a_value_at_its_bound_by_arithmetic_is_at_the_bound():
     assert drop > 0.05 and Gate("forgetting_base_drop", drop, 0.05, "<=").passed
     assert not Gate("x", 0.0501, 0.05, "<=").passed and Gate("y", 0.05 - 1e-17, 0.05, ">=").passed
     assert not Gate("golden_delta", 0.1 + 0.2 - 0.3, 0.0, ">").passed  # 5.6e-17 is not strictly better
+
+
+def test_the_forgetting_gate_pairs_the_battery_question_by_question():
+    """Issue 26: two battery scores on 120 questions differ by ~6.4 points of noise; the questions that flipped
+    right → wrong against those that flipped wrong → right are what forgetting is. An exact sign test on the flips
+    (McNemar's exact test), its interval in the reason."""
+    from driftwatch.evaluate.gates import Flips
+
+    f = Flips.of([1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0], [0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 0])
+    assert (f.lost, f.gained, f.n) == (9, 1, 12) and f.drop == pytest.approx(8 / 12)
+    assert f.p_value() == pytest.approx(11 / 1024)  # P(at least 9 of 10 flips go one way by chance)
+    lo, hi = f.interval(0.95)
+    assert lo < f.drop < hi and 0 < lo
+    assert Flips.of([1, 0], [1, 0]).p_value() == 1.0 and Flips.of([1, 0], [1, 0]).interval(0.95) == (0.0, 0.0)
+    assert Flips.of([0.9, 0.2], [0.4, 0.6]) == Flips(1, 1, 2)  # partial credit: right from 0.5
+    # the interval of a large battery is narrow, and it brackets the drop
+    big = Flips(30, 10, 1000)
+    lo, hi = big.interval(0.95)
+    assert lo < 0.02 < hi and hi - lo < 0.05 and big.p_value() < 0.01
+
+
+def test_a_significant_loss_fails_the_gate_even_under_its_bound_and_a_noisy_one_does_not(tmp_path):
+    from driftwatch.evaluate.gates import Gate
+
+    significant = Gate("forgetting_drop", 0.04, 0.05, "<=", p_value=0.001, alpha=0.05)
+    assert not significant.passed and "p=0.001" in significant.line()
+    noisy = Gate("forgetting_drop", 0.04, 0.05, "<=", p_value=0.2, alpha=0.05)
+    assert noisy.passed
+    assert not Gate("forgetting_drop", 0.06, 0.05, "<=", p_value=0.2, alpha=0.05).passed  # over the bound

@@ -34,7 +34,7 @@ from typing import Any, Callable
 from driftwatch.config import Evaluate
 from driftwatch.errors import ServingError
 from driftwatch.evaluate import scoring
-from driftwatch.evaluate.gates import Gate, all_pass
+from driftwatch.evaluate.gates import Flips, Gate, all_pass
 from driftwatch.evaluate.golden import GoldenItem, read_golden
 from driftwatch.serving.vllm import VLLMClient
 
@@ -108,7 +108,7 @@ class Evaluator:
                  clock: Callable[[], float] = time.time, *, base: str | None = None) -> None:
         """``base``: the base model's served name (``gateway.base_model``): the battery's floor."""
         self.cfg, self.client, self.reports_dir, self.clock, self.base = cfg, client, reports_dir, clock, base
-        self._base_battery: float | None = None  # greedy answers of a model that does not change: asked once
+        self._base_battery: list[float] | None = None  # a model that does not change: asked once, scored per question
         self._base_lock = threading.Lock()
         self.suites: dict[str, list[GoldenItem]] = {
             "golden": read_golden(golden_set),
@@ -126,9 +126,13 @@ class Evaluator:
         try:
             outputs = self._generate(candidate, incumbent, cancel or threading.Event())
             metrics = {a: self._metrics(outputs[a]) for a in (candidate, incumbent)}
-            base = self._base_score(metrics, cancel or threading.Event())
+            battery = {a: self._battery(outputs[a]) for a in (candidate, incumbent)}
+            base_battery = battery.get(self.base) or self._base_battery_scores(cancel or threading.Event())
+            base = sum(base_battery) / len(base_battery) if base_battery else math.nan
+            flips = {"the incumbent": _flips(battery[incumbent], battery[candidate]),
+                     "the base model": _flips(base_battery, battery[candidate]) if base_battery else None}
             gates = self._gates(metrics[candidate], metrics[incumbent], self._golden_diff(outputs, candidate, incumbent),
-                                base)
+                                base, flips)
             error = None
         except Exception as exc:  # noqa: BLE001 - whatever happened, the report says so and nothing is promoted
             log.exception("evaluation %s could not be run", eval_id)
@@ -170,12 +174,10 @@ class Evaluator:
                 out[adapter][suite][i] = answer
         return out
 
-    def _base_score(self, metrics: dict[str, dict[str, float]], cancel: threading.Event) -> float:
-        """The base model's battery score (NaN without a base model); asked once, unless it is one of the two."""
+    def _base_battery_scores(self, cancel: threading.Event) -> list[float] | None:
+        """The base model's battery, scored per question (None without a base model); asked once."""
         if self.base is None or self.cfg.gates.forgetting_base_max_drop is None:
-            return math.nan
-        if self.base in metrics:
-            return metrics[self.base]["battery_score"]
+            return None
         with self._base_lock:
             if self._base_battery is None:
                 items = self.suites["battery"]
@@ -185,10 +187,14 @@ class Evaluator:
                 if failed or not items:  # the gate says so ("no answers to score"); asked again next time
                     log.warning("the base model '%s' did not answer %d battery questions: %s", self.base,
                                 len(failed), failed[0] if failed else "no battery")
-                    return math.nan
-                self._base_battery = sum(scoring.score(a["text"], it.answers, it.scoring or self.cfg.scoring)
-                                         for it, a in zip(items, answers)) / len(items)
+                    return None
+                self._base_battery = self._battery({"battery": answers})
             return self._base_battery
+
+    def _battery(self, outputs: dict[str, list[dict[str, Any]]]) -> list[float | None]:
+        """Each battery question's score; None where no answer came."""
+        return [None if o["text"] is None else scoring.score(o["text"], item.answers, item.scoring or self.cfg.scoring)
+                for item, o in zip(self.suites["battery"], outputs["battery"])]
 
     # -- metrics and gate -----------------------------------------------------------------------------------------------
     def _metrics(self, outputs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
@@ -230,18 +236,28 @@ class Evaluator:
         return mean, 1.96 * math.sqrt(var / len(diffs)), len(diffs)
 
     def _gates(self, cand: dict[str, float], inc: dict[str, float],
-               diff: tuple[float, float, int] = (math.nan, math.nan, 0), base: float = math.nan) -> list[Gate]:
+               diff: tuple[float, float, int] = (math.nan, math.nan, 0), base: float = math.nan,
+               flips: dict[str, Flips | None] | None = None) -> list[Gate]:
         g = self.cfg.gates
+        flips = flips or {}
 
         def gate(name: str, value: float, bound: float, op: str, detail: str) -> Gate:
             missing = math.isnan(value) or math.isnan(bound)
             return Gate(name, value, bound, op, detail, error="no answers to score" if missing else None)
 
+        def forgetting(name: str, reference: str, score: float, bound: float) -> Gate:
+            """The battery, paired: the drop in accuracy against ``bound``, and a significant loss fails too."""
+            f = flips.get(reference)
+            if f is None or not f.n:
+                return gate(name, math.nan, bound, "<=", "")
+            return Gate(name, f.drop, bound, "<=", f"general-knowledge battery: {reference} {score:.3f}, candidate "
+                        f"{cand['battery_score']:.3f}; {f.describe(reference, g.forgetting_confidence)}, exact sign "
+                        f"test", p_value=f.p_value(), alpha=1 - g.forgetting_confidence)
+
         d2_ratio = (cand["distinct_2"] / inc["distinct_2"] if inc["distinct_2"] > 0
                     else (math.inf if cand["distinct_2"] > 0 else 1.0))
         floor = [] if self.base is None or g.forgetting_base_max_drop is None else [
-            gate("forgetting_base_drop", base - cand["battery_score"], g.forgetting_base_max_drop, "<=",
-                 f"general-knowledge battery: base model {base:.3f}, candidate {cand['battery_score']:.3f}")]
+            forgetting("forgetting_base_drop", "the base model", base, g.forgetting_base_max_drop)]
         return [
             Gate("request_errors", cand["request_errors"] + inc["request_errors"], g.max_request_errors, "<=",
                  "evaluation requests that failed (either adapter)"),
@@ -249,8 +265,7 @@ class Evaluator:
             gate("golden_delta", cand["golden_score"] - inc["golden_score"], g.golden_min_delta, ">",
                  f"candidate {cand['golden_score']:.3f} vs incumbent {inc['golden_score']:.3f}; paired difference "
                  f"{diff[0]:+.3f} ± {diff[1]:.3f} (95 %, {diff[2]} items)"),
-            gate("forgetting_drop", inc["battery_score"] - cand["battery_score"], g.forgetting_max_drop, "<=",
-                 f"general-knowledge battery: incumbent {inc['battery_score']:.3f}, candidate {cand['battery_score']:.3f}"),
+            forgetting("forgetting_drop", "the incumbent", inc["battery_score"], g.forgetting_max_drop),
             *floor,
             gate("distinct2_ratio", d2_ratio, g.distinct2_min_ratio, ">=",
                  f"distinct-2 candidate {cand['distinct_2']:.3f} / incumbent {inc['distinct_2']:.3f}"),
@@ -263,3 +278,9 @@ class Evaluator:
             gate("latency_p95_ms", cand["latency_p95_ms"], inc["latency_p95_ms"] * g.latency_p95_max_ratio
                  + g.latency_slack_ms, "<=", f"incumbent p95 {inc['latency_p95_ms']:.1f} ms"),
         ]
+
+
+def _flips(reference: list[float | None], candidate: list[float | None]) -> Flips:
+    """The battery's flips over the questions both answered."""
+    both = [(r, c) for r, c in zip(reference, candidate) if r is not None and c is not None]
+    return Flips.of([r for r, _ in both], [c for _, c in both])
