@@ -336,7 +336,8 @@ def build(settings: Settings, registry: CollectorRegistry | None = None, *, serv
         downstream=(lambda items: (signals(items), monitor.observe(windowed(items)))) if spans
         else (lambda items: (signals(items), monitor.observe(items))),
         label=metrics.adapter_cap,
-        harvest=functools.partial(harvest.example, trusted_callers=frozenset(rt.trusted_callers))
+        harvest=functools.partial(harvest.example, trusted_callers=frozenset(rt.trusted_callers),
+                                  skipped=lambda reason: metrics.harvest_skipped.labels(reason=reason).inc())
         if rt.harvest_max_pending else None, save_examples=save_examples,
         max_kept=rt.harvest_max_pending,
         group_id=k.consumer.group_id,

@@ -249,6 +249,10 @@ class Metrics:
             "driftwatch_training_examples", "Examples harvested from feedback (correction, positive)", ["source"],
             registry=r,
         )
+        self.harvest_skipped = Counter(
+            "driftwatch_harvest_skipped", "Feedback that would have made an example, left out (fitted: its request "
+            "was cut to fit the event contract)", ["reason"], registry=r,
+        )
         self.retrain_runs = Counter(
             "driftwatch_retrain_runs", "Retrain runs finished, by status (succeeded, failed, timed_out, cancelled, "
             "refused by the data gates, unimproved: no checkpoint beat the adapter it started from)", ["status"], registry=r,

@@ -50,3 +50,18 @@ def test_the_tenant_cap_counts_the_replay_curation_uses_not_the_whole_base_set()
     mallory = sum(e.tenant == "mallory" for e in kept)
     final = len(kept) + min(5000, len(kept))  # what curation makes of it
     assert mallory <= 0.2 * final and dropped == {"mallory": 60 - mallory}
+
+
+def test_a_request_cut_to_fit_the_event_contract_is_not_harvested_and_is_counted():
+    """Issue 26: a prompt cut to fit (metadata.fitted) was harvested unmarked, so the adapter trained on an input the
+    server never saw. A cut prompt or messages leave the example out; a cut response leaves out the positive rating
+    whose target it is (a correction brings its own target)."""
+    skipped = []
+    cut = lambda *names: REQUEST.model_copy(update={"metadata": {"fitted": list(names)}})  # noqa: E731
+    harvest = lambda event, request: example(Accepted("feedback", event, "v1", request), 1.0,  # noqa: E731
+                                             skipped=skipped.append)
+    assert harvest(fb(), cut("prompt")) is None and harvest(fb(), cut("messages")) is None
+    assert harvest(fb(correction=None, thumbs="up"), cut("response")) is None
+    assert harvest(fb(), cut("response")) is not None  # the correction is the target, whole
+    assert harvest(fb(), cut("service")) is not None and harvest(fb(), REQUEST) is not None
+    assert skipped == ["fitted", "fitted", "fitted"]

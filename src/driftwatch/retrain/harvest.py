@@ -5,17 +5,21 @@ request it rates, from the ingestor's join) and saves what it returns before it 
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 from driftwatch.events import FeedbackEvent, InferenceEvent
 from driftwatch.monitor.features import prompt_text
 from driftwatch.state.store import HarvestedExample
 
 
-def example(item, now: float | None = None, trusted_callers: frozenset[str] = frozenset()) -> HarvestedExample | None:
+def example(item, now: float | None = None, trusted_callers: frozenset[str] = frozenset(),
+            skipped: Callable[[str], None] = lambda reason: None) -> HarvestedExample | None:
     """The example an accepted event (``ingest.pipeline.Accepted``) makes, if any: feedback on a request the join
     still keeps, that answered ok, with a correction (the target) or a positive rating (the response is the target).
     It is trusted when the feedback was written to the topic directly (the topic's ACLs guard it) or by a trusted
-    caller; an end user's (a receipt's) is a candidate until a person approves it (`driftwatch examples`)."""
+    caller; an end user's (a receipt's) is a candidate until a person approves it (`driftwatch examples`). A request
+    whose prompt (or, for a positive rating, its response) was cut to fit the event contract (``metadata.fitted``)
+    makes none, and ``skipped("fitted")`` counts it: the adapter would learn an input the server never saw."""
     feedback, request = item.event, item.request
     if item.kind != "feedback" or not isinstance(request, InferenceEvent) or request.status != "ok":
         return None
@@ -25,6 +29,10 @@ def example(item, now: float | None = None, trusted_callers: frozenset[str] = fr
     elif feedback.sentiment == "positive" and request.response:
         source, target = "positive", request.response
     else:
+        return None
+    cut = set(request.metadata.get("fitted") or ()) if isinstance(request.metadata, dict) else set()
+    if cut & {"prompt", "messages"} or (source == "positive" and "response" in cut):
+        skipped("fitted")  # cut to fit the event contract: not the input the server saw, or not the answer it gave
         return None
     trusted = feedback.origin is None or (feedback.origin == "caller" and feedback.caller in trusted_callers)
     return HarvestedExample(feedback.request_id, source, time.time() if now is None else now, item.adapter,
