@@ -46,10 +46,10 @@ def test_self_distilled_examples_are_replay_lines(tmp_path):
     base = Base()
     out = anchors.self_distill(base, "base", ["what is up?", "cut me", "fail me"], system="Be brief.")
     assert [(e.prompt, e.target, e.source, e.route, e.system) for e in out] == [
-        ("what is up?", "About what is up? I would say this.", "replay", "general", "Be brief."),
-        ("cut me", "It is so.", "replay", "general", "Be brief.")]  # one failed request leaves its prompt out
+        ("what is up?", "About what is up? I would say this.", "anchor", "general", "Be brief."),
+        ("cut me", "It is so.", "anchor", "general", "Be brief.")]  # one failed request leaves its prompt out
     assert base.asked == [("base", "system")] * 3
     path = anchors.write(out, tmp_path / "a" / "anchors.jsonl")
     assert [json.loads(line)["route"] for line in path.read_text().splitlines()] == ["general", "general"]
-    assert [(e.prompt, e.target, e.route, e.system) for e in read_examples(path)] == [
-        (e.prompt, e.target, e.route, e.system) for e in out]
+    assert [(e.prompt, e.target, e.route, e.system, e.source) for e in read_examples(path)] == [
+        (e.prompt, e.target, e.route, e.system, "anchor") for e in out]  # their own source, replayed as the rest

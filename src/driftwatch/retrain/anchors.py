@@ -62,12 +62,12 @@ def self_distill(client, base: str, questions: list[str], *, max_tokens: int = 6
 
     with ThreadPoolExecutor(concurrency) as pool:
         answers = list(pool.map(ask, questions))
-    return [Example(q, a, "replay", ROUTE, system, f"anchor:{i}") for i, (q, a) in enumerate(zip(questions, answers)) if a]
+    return [Example(q, a, "anchor", ROUTE, system, f"anchor:{i}") for i, (q, a) in enumerate(zip(questions, answers)) if a]
 
 
 def write(examples: list[Example], path: Path) -> Path:
     """Base-training-set lines (docs/training-data.md)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps({"prompt": e.prompt, "response": e.target, "route": e.route,
+    path.write_text("".join(json.dumps({"prompt": e.prompt, "response": e.target, "route": e.route, "source": e.source,
                                         **({"system": e.system} if e.system else {})}) + "\n" for e in examples))
     return path

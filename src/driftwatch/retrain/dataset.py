@@ -31,7 +31,8 @@ from driftwatch.errors import DataError, GateFailure
 from driftwatch.evaluate.gates import Gate
 from driftwatch.evaluate.golden import GoldenItem, normalize, read_golden, records, text_field
 
-TRUST = {"correction": 3, "positive": 2, "replay": 1}
+TRUST = {"correction": 3, "positive": 2, "replay": 1, "anchor": 1}
+REPLAYED = ("replay", "anchor")  # the base training set's lines: its own, and the base model's answers (anchors.py)
 _FILLERS = set("""a an the and or but of to in on at for with by from about into as is are was were be been being do does
 did done i me my we our you your it its this that these those there what which who whom how why when where can could would
 should will shall may might must please tell explain show give know want need help way best some any just really
@@ -44,18 +45,27 @@ PHONE = re.compile(r"(?<!\w)(?:\+?\d[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?)?\d{3,4}[\s.-
 class Example:
     prompt: str
     target: str
-    source: str  # correction | positive | replay
+    source: str  # correction | positive (harvested) | replay | anchor (the base training set's)
     route: str | None = None
     system: str | None = None
     ref: str = ""  # request_id for harvested examples, file:line for files
 
+    @property
+    def replayed(self) -> bool:
+        return self.source in REPLAYED
+
 
 # -- files ------------------------------------------------------------------------------------------------------------
-def read_examples(path: Path, source: str = "replay") -> list[Example]:
-    """The base training set: one {"prompt", "response", "route"?, "system"?} per line (docs/training-data.md)."""
+def read_examples(path: Path) -> list[Example]:
+    """The base training set: one {"prompt", "response", "route"?, "system"?, "source"?} per line
+    (docs/training-data.md); source ``anchor`` marks the base model's own answers (``driftwatch anchors``), else
+    ``replay``."""
     out = []
     for line_no, obj in records(path):
         where = f"{path}:{line_no}"
+        source = text_field(obj, "source", where, False) or "replay"
+        if source not in REPLAYED:
+            raise DataError(f"{where}: source {source!r} is not one of {', '.join(REPLAYED)}")
         out.append(Example(text_field(obj, "prompt", where), text_field(obj, "response", where), source,
                            text_field(obj, "route", where, False), text_field(obj, "system", where, False), where))
     return out
@@ -223,8 +233,8 @@ def curate(candidates: Sequence[Example], golden: Sequence[GoldenItem], focus_ro
 
 def _judged(candidates: Sequence[Example]):
     """Which examples the gates' shares count: the harvested ones, or every one when nothing was harvested."""
-    if any(e.source != "replay" for e in candidates):
-        return lambda e: e.source != "replay"
+    if any(not e.replayed for e in candidates):
+        return lambda e: not e.replayed
     return lambda e: True
 
 
@@ -318,8 +328,8 @@ def _collapse(pool: list[Example], s: GateSettings, judged, counts: dict) -> tup
 
 def _with_replay(kept: list[tuple[str, Example]], s: GateSettings, counts: dict) -> list[tuple[str, Example]]:
     """Every harvested example, then replay up to ``replay_fraction`` of the final set (against forgetting)."""
-    trusted = [(c, e) for c, e in kept if e.source != "replay"]
-    replay = [(c, e) for c, e in kept if e.source == "replay"]
+    trusted = [(c, e) for c, e in kept if not e.replayed]
+    replay = [(c, e) for c, e in kept if e.replayed]
     random.Random(s.seed).shuffle(replay)
     want = round(len(trusted) * s.replay_fraction / (1 - s.replay_fraction)) if trusted else len(replay)
     counts["replay_used"] = min(want, len(replay))
