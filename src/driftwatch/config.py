@@ -263,6 +263,15 @@ class Training(_Section):
     min_delta: float = Field(0.0, ge=0)
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    loss_per: Literal["token", "example"] = Field("token", description="how answer tokens weigh in the loss, in "
+                                                  "training and validation: every token the same (a long anchor "
+                                                  "answer outweighs a one-word label), or every example the same")
+    select_by: Literal["all", "task"] = Field("all", description="the validation loss that picks the best checkpoint "
+                                              "and decides early stopping: the whole split's, or the harvested "
+                                              "(task) lines' alone; the validation loss of each source (task, "
+                                              "replay, anchor) is in the run's manifest either way")
+    anchor_max_rise: float | None = Field(None, ge=0, description="with select_by task: a checkpoint whose anchors' "
+                                          "validation loss rose more than this share above step 0 is never chosen")
 
 
 class KubernetesRunner(_Section):

@@ -86,3 +86,43 @@ def test_a_dataset_without_validation_is_refused(tiny_model, tmp_path):
     (tmp_path / "validation.jsonl").write_text("")
     with pytest.raises(ValueError, match="early stopping needs a validation split"):
         train(TrainSpec(base_model=str(tiny_model), dataset=str(tmp_path), output=str(tmp_path / "o"), progress=False))
+
+
+def test_validation_loss_per_token_or_per_example_and_per_source():
+    """Issue 26: per token, a 170-character anchor answer outweighed an 8-character queue name ~20 times, so the
+    validation loss (and early stopping) watched the anchors, not the task."""
+    from driftwatch.retrain.trainer import aggregate
+
+    sums, counts, groups = [2.0, 40.0, 1.0], [2, 40, 1], ["task", "anchor", "task"]  # mean 1.0 / token everywhere
+    assert aggregate(sums, counts, groups, "token") == {"all": 1.0, "anchor": 1.0, "task": 1.0}
+    sums = [4.0, 40.0, 2.0]  # the task lines lose 2.0 a token, the long anchor 1.0
+    token, example = aggregate(sums, counts, groups, "token"), aggregate(sums, counts, groups, "example")
+    assert token["all"] == pytest.approx(46 / 43) and example["all"] == pytest.approx(5 / 3)
+    assert token["task"] == example["task"] == 2.0 and token["anchor"] == example["anchor"] == 1.0
+    assert aggregate([0.0], [0], ["task"], "example") == {}  # a line with no answer tokens weighs nothing
+
+
+def test_a_checkpoint_is_chosen_by_the_task_loss_while_the_anchors_hold():
+    from driftwatch.retrain.trainer import selection
+
+    first = {"all": 1.0, "task": 2.0, "anchor": 0.5}
+    assert selection({"all": 0.9, "task": 1.0, "anchor": 0.52}, first, "all", 0.1) == 0.9
+    assert selection({"all": 0.9, "task": 1.0, "anchor": 0.52}, first, "task", 0.1) == 1.0
+    assert selection({"all": 0.9, "task": 0.8, "anchor": 0.6}, first, "task", 0.1) == float("inf")  # anchors forgot
+    assert selection({"all": 0.9, "task": 0.8, "anchor": 0.6}, first, "task", None) == 0.8
+    assert selection({"all": 0.9, "anchor": 0.6}, first, "task", 0.1) == 0.9  # no task lines: the whole split
+
+
+def test_the_manifest_carries_the_validation_loss_of_each_source(tiny_model, tmp_path):
+    rows = [(f"Which word is {w}?", f"The word is {w}.") for w in WORDS]
+    for name, part in (("train.jsonl", rows[:12]), ("validation.jsonl", rows[12:])):
+        (tmp_path / name).write_text("".join(json.dumps({
+            "messages": [{"role": "user", "content": p}, {"role": "assistant", "content": a}],
+            "source": ["correction", "replay", "anchor", "positive"][i % 4]}) + "\n" for i, (p, a) in enumerate(part)))
+    m = train(TrainSpec(base_model=str(tiny_model), dataset=str(tmp_path), output=str(tmp_path / "run"), max_steps=4,
+                        eval_every=2, batch_size=4, progress=False, loss_per="example", select_by="task",
+                        anchor_max_rise=10.0))
+    by_source = m["curves"]["validation_by_source"]
+    assert [step for step, _ in by_source] == [0, 2, 4] and set(by_source[0][1]) == {"all", "task", "replay", "anchor"}
+    assert m["initial_validation_loss"] == by_source[0][1]["task"]  # chosen by the task's loss
+    assert m["hyperparameters"]["loss_per"] == "example" and m["steps"] == 4

@@ -50,6 +50,9 @@ class TrainSpec:
     price_per_gpu_hour: float = 0.0
     progress: bool = True
     init_adapter: str | None = None  # an adapter directory to continue from (its own r and modules), else a new one
+    loss_per: str = "token"  # token | example: how answer tokens are weighed, in training and validation
+    select_by: str = "all"  # all | task: the validation loss the best checkpoint is chosen by (see selection)
+    anchor_max_rise: float | None = None  # with select_by task: the anchors' loss may rise this share above step 0
 
     @classmethod
     def load(cls, path: Path) -> TrainSpec:
@@ -67,8 +70,17 @@ def _sha256_files(root: Path, patterns: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
-def _read(path: Path) -> list[list[dict]]:
-    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+TASK = "task"  # a dataset line's group when harvested (correction, positive) or unnamed; else its source
+
+
+def _read(path: Path) -> list[tuple[list[dict], str]]:
+    """(messages, group) per line: ``replay`` and ``anchor`` lines are their own groups, every other line the task."""
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            obj = json.loads(line)
+            rows.append((obj["messages"], obj.get("source") if obj.get("source") in ("replay", "anchor") else TASK))
+    return rows
 
 
 def _encode(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
@@ -83,21 +95,61 @@ def _encode(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int]
     return (full, labels) if any(t != -100 for t in labels) else None
 
 
-def train(spec: TrainSpec) -> dict:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, get_scheduler
+def aggregate(sums: list[float], counts: list[int], groups: list[str], per: str) -> dict[str, float]:
+    """Validation losses from each line's summed answer-token loss and its token count: ``all`` and one per group.
+    ``per`` token: every answer token weighs the same (a 170-character anchor outweighs an 8-character label ~20
+    times); per example: every line does."""
+    out: dict[str, float] = {}
+    for group in ["all", *sorted(set(groups))]:
+        rows = [(s, n) for s, n, g in zip(sums, counts, groups) if group in ("all", g) and n]
+        if rows:
+            out[group] = (sum(s for s, _ in rows) / sum(n for _, n in rows) if per == "token"
+                          else sum(s / n for s, n in rows) / len(rows))
+    return out
 
+
+def selection(val: dict[str, float], first: dict[str, float], by: str, anchor_max_rise: float | None) -> float:
+    """The loss a checkpoint is chosen (and early stopping decided) by: ``all``, or with ``by`` task the task's, where
+    a checkpoint whose anchor loss rose more than ``anchor_max_rise`` (a share) above its step-0 value is not a
+    candidate (inf)."""
+    if by != TASK or TASK not in val:
+        return val["all"]
+    if anchor_max_rise is not None and "anchor" in val and val["anchor"] > first["anchor"] * (1 + anchor_max_rise):
+        return math.inf
+    return val[TASK]
+
+
+def train(spec: TrainSpec) -> dict:
+    """Set up, encode the splits, fit with early stopping, describe, publish: a run's steps."""
     t0 = time.monotonic()
+    device, dtype = _device(spec)
+    tokenizer, model = _model(spec, device, dtype)
+    train_set, val_set = _splits(spec, tokenizer)
+    out = Path(spec.output)
+    fit = _Fit(spec, model, tokenizer.pad_token_id, device, out / ".work").run(train_set, val_set)
+    manifest = _manifest(spec, model, fit, device, dtype, len(train_set), len(val_set), time.monotonic() - t0)
+    _publish(out, manifest)
+    return manifest
+
+
+def _device(spec: TrainSpec):
+    import torch
+
     random.seed(spec.seed)
     torch.manual_seed(spec.seed)
     cuda = torch.cuda.is_available() and spec.device in ("auto", "cuda")
     if spec.device == "cuda" and not cuda:
         raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
     device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
+    return device, torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float32
 
-    base, data, out = Path(spec.base_model), Path(spec.dataset), Path(spec.output)
+
+def _model(spec: TrainSpec, device, dtype):
+    """The tokenizer, and the base model with a new LoRA (or the adapter it continues from) on ``device``."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = Path(spec.base_model)
     tokenizer = AutoTokenizer.from_pretrained(base)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -106,141 +158,212 @@ def train(spec: TrainSpec) -> dict:
     if spec.init_adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, spec.init_adapter, is_trainable=True)
-    else:
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=spec.r, lora_alpha=spec.alpha,
-                                                 lora_dropout=spec.dropout, target_modules=list(spec.target_modules)))
-    total_params = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        return tokenizer, PeftModel.from_pretrained(model, spec.init_adapter, is_trainable=True)
+    return tokenizer, get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=spec.r, lora_alpha=spec.alpha,
+                                                        lora_dropout=spec.dropout,
+                                                        target_modules=list(spec.target_modules)))
 
-    train_set = [x for x in (_encode(tokenizer, m, spec.max_length) for m in _read(data / "train.jsonl")) if x]
-    val_set = [x for x in (_encode(tokenizer, m, spec.max_length) for m in _read(data / "validation.jsonl")) if x]
+
+def _splits(spec: TrainSpec, tokenizer) -> tuple[list[tuple], list[tuple]]:
+    """Both splits as (ids, labels, group); each needs a line (early stopping needs a validation split)."""
+    data = Path(spec.dataset)
+
+    def encoded(name: str) -> list[tuple]:
+        rows = ((_encode(tokenizer, m, spec.max_length), g) for m, g in _read(data / name))
+        return [(*x, g) for x, g in rows if x]
+
+    train_set, val_set = encoded("train.jsonl"), encoded("validation.jsonl")
     if not train_set or not val_set:
         raise ValueError(f"dataset {data}: {len(train_set)} train / {len(val_set)} validation examples after "
                          "tokenizing; both splits need at least one (early stopping needs a validation split)")
+    return train_set, val_set
 
-    def batches(rows, shuffle: bool, rng: random.Random):
+
+@dataclass
+class _Result:
+    curves: dict
+    steps: int
+    planned_steps: int
+    best_step: int
+    best_loss: float
+    initial_loss: float
+    early_stopped: bool
+    tokens_seen: int
+    step_s: float  # time in training steps only (no evaluation, no checkpoints): for tokens/s and MFU
+
+
+class _Fit:
+    """The training loop: steps of ``grad_accum`` micro-batches, an evaluation every ``eval_every`` steps, the best
+    checkpoint (by :func:`selection`) saved to ``<work>/best``, early stopping after ``patience`` evaluations
+    without improvement."""
+
+    def __init__(self, spec: TrainSpec, model, pad_id: int, device, work: Path) -> None:
+        self.spec, self.model, self.pad_id, self.device, self.work = spec, model, pad_id, device, work
+        self.cuda = device.type == "cuda"
+
+    def batches(self, rows, shuffle: bool, rng: random.Random):
+        import torch
+
         order = list(range(len(rows)))
         if shuffle:
             rng.shuffle(order)
-        for i in range(0, len(order), spec.batch_size):
-            chunk = [rows[j] for j in order[i:i + spec.batch_size]]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), tokenizer.pad_token_id, dtype=torch.long)
+        for i in range(0, len(order), self.spec.batch_size):
+            chunk = [rows[j] for j in order[i:i + self.spec.batch_size]]
+            width = max(len(ids) for ids, _, _ in chunk)
+            ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
             labels = torch.full((len(chunk), width), -100, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for k, (x, y) in enumerate(chunk):
+            for k, (x, y, _) in enumerate(chunk):
                 ids[k, :len(x)], labels[k, :len(y)], mask[k, :len(x)] = torch.tensor(x), torch.tensor(y), 1
-            yield ids.to(device), labels.to(device), mask.to(device)
+            yield ids.to(self.device), labels.to(self.device), mask.to(self.device), [g for _, _, g in chunk]
 
-    def loss_of(ids, labels, mask):  # mean over answer tokens, and how many there were
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    def line_losses(self, ids, labels, mask):
+        """Each line's summed answer-token loss (a tensor) and its answer-token count."""
+        import torch
+
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), target.reshape(-1),
-                                                 ignore_index=-100, reduction="sum")
-        n = int((target != -100).sum())
-        return loss, n
+        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        return loss.sum(dim=1), (target != -100).sum(dim=1)
 
-    def evaluate() -> float:
-        model.eval()
-        total, count = 0.0, 0
+    def evaluate(self, val_set) -> dict[str, float]:
+        import torch
+
+        self.model.eval()
+        sums, counts, groups = [], [], []
         with torch.no_grad():
-            for ids, labels, mask in batches(val_set, False, random.Random(0)):
-                loss, n = loss_of(ids, labels, mask)
-                total, count = total + float(loss), count + n
-        model.train()
-        return total / max(1, count)
+            for ids, labels, mask, g in self.batches(val_set, False, random.Random(0)):
+                s, n = self.line_losses(ids, labels, mask)
+                sums += s.tolist()
+                counts += n.tolist()
+                groups += g
+        self.model.train()
+        return aggregate(sums, counts, groups, self.spec.loss_per)
 
-    per_epoch = math.ceil(len(train_set) / spec.batch_size / spec.grad_accum)
-    total_steps = spec.max_steps or max(1, math.ceil(per_epoch * spec.epochs))
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate)
-    scheduler = get_scheduler(spec.schedule, optimizer, num_warmup_steps=int(total_steps * spec.warmup_ratio),
-                              num_training_steps=total_steps)
-    work = out / ".work"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
+    def step(self, micro) -> tuple[float, int]:
+        """One optimizer step over ``micro``: the loss per answer token (or per line, ``loss_per`` example) of the
+        whole step, back-propagated; returns the step's loss and how many tokens it saw."""
+        import torch
 
-    curves: dict[str, list] = {"train": [], "validation": [[0, evaluate()]]}
-    best_loss, best_step, bad_evals, step, tokens_seen, early_stopped = curves["validation"][0][1], 0, 0, 0, 0, False
-    model.save_pretrained(work / "best")  # step 0 (the adapter it starts from) until something beats it
-    rng = random.Random(spec.seed)
-    bar = _progress(total_steps, spec.progress)
-    model.train()
-    stream = iter(())
-    step_s = 0.0  # time in training steps only (no evaluation, no checkpoints): for tokens/s and MFU
-    while step < total_steps and not early_stopped:
-        t_step = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        step_loss, step_tokens = 0.0, 0
-        micro = []
-        for _ in range(spec.grad_accum):
-            batch = next(stream, None)
-            if batch is None:
-                stream = batches(train_set, True, rng)
-                batch = next(stream)
-            micro.append(batch)
+        lines = sum(len(b[3]) for b in micro)
         answer_tokens = sum(int((b[1][:, 1:] != -100).sum()) for b in micro)
-        for ids, labels, mask in micro:
-            loss, n = loss_of(ids, labels, mask)
-            (loss / max(1, answer_tokens)).backward()
-            step_loss += float(loss.detach())
-            step_tokens += n
-            tokens_seen += int(mask.sum())
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
-        optimizer.step()
-        scheduler.step()
-        if cuda:
-            torch.cuda.synchronize()
-        step_s += time.perf_counter() - t_step
-        step += 1
-        curves["train"].append([step, step_loss / max(1, step_tokens)])
-        if step % spec.eval_every == 0 or step == total_steps:
-            val = evaluate()
-            curves["validation"].append([step, val])
-            if val < best_loss - spec.min_delta:
-                best_loss, best_step, bad_evals = val, step, 0
-                model.save_pretrained(work / "best")
+        step_loss, tokens = 0.0, 0
+        for ids, labels, mask, _ in micro:
+            sums, counts = self.line_losses(ids, labels, mask)
+            if self.spec.loss_per == "token":
+                loss = sums.sum() / max(1, answer_tokens)
             else:
-                bad_evals += 1
-                early_stopped = bad_evals >= spec.patience
-            bar.set_postfix(train=f"{curves['train'][-1][1]:.3f}", val=f"{val:.3f}", best=best_step)
-        bar.update(1)
-    bar.close()
-    if cuda:
-        torch.cuda.synchronize()
-    wall = time.monotonic() - t0
+                loss = (sums / counts.clamp(min=1)).sum() / max(1, lines)
+            loss.backward()
+            step_loss += float(loss.detach())
+            tokens += int(mask.sum())
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
+        return step_loss, tokens
+
+    def run(self, train_set, val_set) -> _Result:
+        import torch
+        from transformers import get_scheduler
+
+        spec, model = self.spec, self.model
+        per_epoch = math.ceil(len(train_set) / spec.batch_size / spec.grad_accum)
+        total_steps = spec.max_steps or max(1, math.ceil(per_epoch * spec.epochs))
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=spec.learning_rate)
+        scheduler = get_scheduler(spec.schedule, optimizer, num_warmup_steps=int(total_steps * spec.warmup_ratio),
+                                  num_training_steps=total_steps)
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        first = self.evaluate(val_set)
+        pick = lambda val: selection(val, first, spec.select_by, spec.anchor_max_rise)  # noqa: E731
+        curves: dict[str, list] = {"train": [], "validation": [[0, pick(first)]], "validation_by_source": [[0, first]]}
+        best_loss = initial = pick(first)
+        best_step, bad_evals, step, tokens_seen, early_stopped, step_s = 0, 0, 0, 0, False, 0.0
+        model.save_pretrained(self.work / "best")  # step 0 (the adapter it starts from) until something beats it
+        rng = random.Random(spec.seed)
+        bar = _progress(total_steps, spec.progress)
+        model.train()
+        stream = iter(())
+        while step < total_steps and not early_stopped:
+            t_step = time.perf_counter()
+            optimizer.zero_grad(set_to_none=True)
+            micro = []
+            for _ in range(spec.grad_accum):
+                batch = next(stream, None)
+                if batch is None:
+                    stream = self.batches(train_set, True, rng)
+                    batch = next(stream)
+                micro.append(batch)
+            step_loss, tokens = self.step(micro)
+            optimizer.step()
+            scheduler.step()
+            if self.cuda:
+                torch.cuda.synchronize()
+            step_s += time.perf_counter() - t_step
+            step, tokens_seen = step + 1, tokens_seen + tokens
+            curves["train"].append([step, step_loss])
+            if step % spec.eval_every == 0 or step == total_steps:
+                val = self.evaluate(val_set)
+                loss = pick(val)
+                curves["validation"].append([step, loss])
+                curves["validation_by_source"].append([step, val])
+                if loss < best_loss - spec.min_delta:
+                    best_loss, best_step, bad_evals = loss, step, 0
+                    model.save_pretrained(self.work / "best")
+                else:
+                    bad_evals += 1
+                    early_stopped = bad_evals >= spec.patience
+                bar.set_postfix(train=f"{step_loss:.3f}", val=f"{loss:.3f}", best=best_step)
+            bar.update(1)
+        bar.close()
+        if self.cuda:
+            torch.cuda.synchronize()
+        return _Result(curves, step, total_steps, best_step, best_loss, initial, early_stopped, tokens_seen, step_s)
+
+
+def _manifest(spec: TrainSpec, model, fit: _Result, device, dtype, n_train: int, n_val: int, wall: float) -> dict:
+    """What the run was and did: base model (hashed), dataset version, hyperparameters (a warm start's LoRA shape
+    is the adapter's own), curves, the chosen step, throughput, cost."""
+    import torch
+
+    base, data = Path(spec.base_model), Path(spec.dataset)
+    cuda = device.type == "cuda"
+    total_params = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     gpu_name = torch.cuda.get_device_name(0) if cuda else None
     peak = next((v for k, v in PEAK_BF16.items() if gpu_name and k in gpu_name), None)
-    flops = 6.0 * total_params * tokens_seen  # forward + backward, dense estimate
+    flops = 6.0 * total_params * fit.tokens_seen  # forward + backward, dense estimate
     dataset_manifest = json.loads((data / "manifest.json").read_text()) if (data / "manifest.json").exists() else {}
-    manifest = {
+    return {
         "status": "succeeded",
         "base_model": {"path": str(base.resolve()), "name": getattr(model.config, "_name_or_path", str(base)),
                        "architecture": (model.config.architectures or ["?"])[0],
                        "sha256": _sha256_files(base, ("config.json", "*.safetensors", "*.bin"))},
         "dataset": {"path": str(data.resolve()), "version": dataset_manifest.get("version"),
-                    "train_examples": len(train_set), "validation_examples": len(val_set)},
+                    "train_examples": n_train, "validation_examples": n_val},
         "hyperparameters": {k: v for k, v in asdict(spec).items() if k not in ("base_model", "dataset", "output", "progress")}
         | ({"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,  # a warm start's: the adapter's own
             "target_modules": sorted(lora.target_modules)} if (lora := model.peft_config.get("default")) else {}),
         "parameters": {"total": total_params, "trainable": trainable},
-        "curves": curves, "steps": step, "planned_steps": total_steps, "best_step": best_step,
-        "best_validation_loss": best_loss, "initial_validation_loss": curves["validation"][0][1],
-        "early_stopped": early_stopped, "tokens_seen": tokens_seen, "wall_s": wall, "train_step_s": step_s,
-        "tokens_per_s": tokens_seen / step_s if step_s else None,  # while training (evaluation excluded)
+        "curves": fit.curves, "steps": fit.steps, "planned_steps": fit.planned_steps, "best_step": fit.best_step,
+        "best_validation_loss": fit.best_loss, "initial_validation_loss": fit.initial_loss,
+        "early_stopped": fit.early_stopped, "tokens_seen": fit.tokens_seen, "wall_s": wall, "train_step_s": fit.step_s,
+        "tokens_per_s": fit.tokens_seen / fit.step_s if fit.step_s else None,  # while training (evaluation excluded)
         "device": str(device) + (f" ({gpu_name})" if gpu_name else ""), "dtype": str(dtype).replace("torch.", ""),
         "gpu_seconds": wall if cuda else 0.0,
         "cost": (wall / 3600 * spec.price_per_gpu_hour) if cuda else 0.0,
-        "mfu": flops / step_s / peak if peak and step_s else None,
+        "mfu": flops / fit.step_s / peak if peak and fit.step_s else None,
         "finished_at": time.time(),
     }
+
+
+def _publish(out: Path, manifest: dict) -> None:
+    """The best checkpoint becomes ``<out>/adapter``; the manifest is written last: its presence means success."""
+    work = out / ".work"
     shutil.rmtree(out / "adapter", ignore_errors=True)
     (work / "best").rename(out / "adapter")
     shutil.rmtree(work, ignore_errors=True)
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out / "manifest.json")  # last: its presence means the run succeeded
-    return manifest
+    tmp.replace(out / "manifest.json")
 
 
 def _progress(total: int, enabled: bool):
