@@ -408,6 +408,9 @@ def _print_status(doc: dict, limit: int) -> None:
         click.echo("\nretrain runs:")
         for r in doc["runs"][:limit]:
             click.echo(f"  {r['id']:<40} {r['status']:<10} {stamp(r['started'])}  {r['reason'] or ''}")
+            if r.get("collecting"):
+                c = r["collecting"]
+                click.echo(f"      collecting until {stamp(c['until'])}: lacks {c['lacking'] or '(not counted yet)'}")
     click.echo("\nlatest decisions:")
     for d in doc["decisions"][:limit]:
         click.echo(f"  #{d['id']} {stamp(d['at'])} {d['action']:<8} {d['adapter']:<16} {d['rule'] or '-'}: "

@@ -310,7 +310,13 @@ class Retrain(_Section):
     runs_dir: Path | None = Field(None, description="default: <daemon.state_dir>/runs (the shared volume for Jobs)")
     retention_days: float = Field(30.0, gt=0, description="datasets older than this are deleted")
     runner: Literal["local", "kubernetes"] = "local"
-    timeout_s: float = Field(3600.0, gt=0)
+    timeout_s: float = Field(3600.0, gt=0, description="a run's deadline, from when it was queued (after collecting)")
+    collect_deadline_s: float = Field(0.0, ge=0, description="an automatic retrain (a rule's or an alert's) first "
+                                      "collects, until the harvest since window_hours meets the data gates' minimums "
+                                      "(unique prompt clusters, examples of every drifted route) or this deadline "
+                                      "passes: the run then ends insufficient-data, nothing trained; 0: no collecting "
+                                      "(the run trains on what there is)")
+    collect_check_s: float = Field(30.0, gt=0, description="how often a collecting run counts the harvest")
     price_per_gpu_hour: float = Field(0.0, ge=0, description="for the run's cost in its manifest")
     warm_start: bool = Field(True, description="continue from the adapter being retrained (its registered path, "
                              "its own r and modules), not a new LoRA: what it learned stays where replay is short "

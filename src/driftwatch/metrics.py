@@ -255,7 +255,12 @@ class Metrics:
         )
         self.retrain_runs = Counter(
             "driftwatch_retrain_runs", "Retrain runs finished, by status (succeeded, failed, timed_out, cancelled, "
-            "refused by the data gates, unimproved: no checkpoint beat the adapter it started from)", ["status"], registry=r,
+            "refused by the data gates, unimproved: no checkpoint beat the adapter it started from, insufficient-data: "
+            "the harvest never met the gates' minimums by retrain.collect_deadline_s)", ["status"], registry=r,
+        )
+        self.retrain_collecting = Gauge(
+            "driftwatch_retrain_collecting", "Retrain runs collecting harvest before they train "
+            "(retrain.collect_deadline_s)", registry=r,
         )
         self.training_gpu_seconds = Counter(
             "driftwatch_training_gpu_seconds", "GPU-seconds spent by finished training runs", registry=r
@@ -298,7 +303,8 @@ class Metrics:
         # known label values exist from the start at 0: dashboards show them, and increase() sees the first event
         for metric, label, values in (
             (self.decisions, "action", ("retrain", "alert", "hold", "resolved")),
-            (self.retrain_runs, "status", ("succeeded", "failed", "timed_out", "cancelled", "refused", "unimproved")),
+            (self.retrain_runs, "status", ("succeeded", "failed", "timed_out", "cancelled", "refused", "unimproved",
+                                           "insufficient-data")),
             (self.webhook_alerts, "outcome", ("retrain", "held", "queued", "duplicate", "ignored",
                                                "unknown_adapter", "rate_limited")),
             (self.evaluations, "result", ("passed", "failed")),

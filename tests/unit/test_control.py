@@ -94,7 +94,8 @@ def test_manual_retrain_returns_its_run_and_one_at_a_time(rig):
     assert r.json() == {"decision_id": d.id, "run_id": run.id} and run.id.endswith(f"-d{d.id}")
     assert (d.action, d.rule, d.reasons) == ("retrain", "manual", ["manual, by ana: new product line"])
     assert (run.status, run.adapter, run.decision_id, run.detail) == ("queued", "support-v2", d.id,
-                                                                      {"focus_routes": ["summarize"]})
+                                                                      {"focus_routes": ["summarize"],
+                                                                       "queued_at": run.started})
     again = client.post("/v1/retrain", headers=AUTH, json={"adapter": "support-v2", "reason": "again"})
     assert again.status_code == 409 and f"{run.id} is queued" in again.json()["error"]
     assert len(daemon.store.decisions()) == 1

@@ -389,3 +389,64 @@ def test_a_run_past_retrain_timeout_is_timed_out_and_its_job_cancelled(loop):
     assert r.store.run(run.id).status == "timed_out" and r.jobs.cancelled == [f"train-{run.id}"]
     r.jobs.run(f"train-{run.id}")  # the job stops later and would record its own outcome: the time-out stays
     assert r.store.run(run.id).status == "timed_out"
+
+
+def collected(r, prompts, route):
+    from driftwatch.state.store import HarvestedExample
+
+    r.store.add_examples([HarvestedExample(f"req-c-{r.clock()}-{i}", "correction", r.clock(), "support-v1", route, p,
+                                           "an answer") for i, p in enumerate(prompts)])
+
+
+DISTINCT = ["Summarize the outage report for the billing team.", "Give me the gist of this refund thread.",
+            "Condense the meeting notes about the printer fleet.", "Shorten this complaint about late deliveries.",
+            "What are the key points of the warehouse audit?"]
+
+
+def test_an_automatic_retrain_collects_until_the_harvest_is_enough_then_trains(loop):
+    """Issue 26: the decision came on the first window, and the run trained at once on 32 examples (~4 epochs of a
+    tiny set). Now it collects until the harvest meets the gates' minimums, counted on harvested prompt clusters."""
+    r = loop(retrain={"collect_deadline_s": 600, "collect_check_s": 30,
+                      "gates": {"min_unique_prompts": 4, "min_route_examples": 2}})
+    assert [a for a, _ in check(r, 10, 340)] == ["retrain"]
+    (run,) = r.store.runs()
+    routes = run.detail["focus_routes"]
+    assert run.status == "collecting" and routes and f"train-{run.id}" not in r.jobs.pending
+    lacking = r.store.run(run.id).detail["lacking"]  # counted on the tick that decided
+    assert "0 of 4 unique harvested prompts" in lacking and f"route '{routes[0]}' 0 of 2 examples" in lacking
+    assert r.control.status()["runs"][0]["collecting"]["lacking"] == lacking
+    assert r.metrics.registry.get_sample_value("driftwatch_retrain_collecting") == 1
+    collected(r, DISTINCT[:1] * 3 + ["Summarize the outage report for the billing team!"], routes[0])  # one cluster
+    tick(r, 30)
+    assert r.store.run(run.id).status == "collecting" and "1 of 4 unique" in r.store.run(run.id).detail["lacking"]
+    r.clock.t += 1
+    collected(r, DISTINCT[1:], routes[0])
+    tick(r, 10)  # counted every collect_check_s only
+    assert r.store.run(run.id).status == "collecting"
+    tick(r, 19)
+    queued = r.store.run(run.id)
+    assert queued.status == "queued" and queued.detail["collected"]["unique_prompts"] == 5, queued.detail
+    tick(r)
+    assert f"train-{run.id}" in r.jobs.pending  # its job starts; retrain.timeout_s counts from the queueing
+    assert r.metrics.registry.get_sample_value("driftwatch_retrain_collecting") == 0
+
+
+def test_a_run_that_never_collects_enough_ends_insufficient_data_and_is_an_attempt(loop):
+    r = loop(retrain={"collect_deadline_s": 600, "collect_check_s": 30, "gates": {"min_unique_prompts": 4}})
+    assert [a for a, _ in check(r, 10, 350)] == ["retrain"]
+    (run,) = r.store.runs()
+    collected(r, DISTINCT[:2], "summarize")
+    tick(r, 599)
+    assert r.store.run(run.id).status == "collecting"
+    tick(r, 1)
+    done = r.store.run(run.id)
+    assert done.status == "insufficient-data" and "2 of 4 unique harvested prompts" in done.reason and done.finished
+    assert f"train-{run.id}" not in r.jobs.pending and not (r.settings.daemon.state_dir / "datasets").exists()
+    assert r.control._outcome(run.decision_id)[0] == "unpromoted"  # an attempt: the policy's cooldown and retries
+
+
+def test_a_persons_retrain_does_not_collect(loop):
+    r = loop(retrain={"collect_deadline_s": 600})
+    r.store.add_request(r.clock(), "retrain", "new product line", "ana", "support-v1", {"rule": "manual"})
+    tick(r)
+    assert r.store.runs()[0].status == "queued"

@@ -15,9 +15,11 @@ so it holds no lock across I/O; readers (the status API, /metrics) see values it
       check, when due    fresh windows from the ingest thread, merged with the followers' → the check
                          (monitor.snapshot) → the window gauges → the policy's decisions. A retrain decision
                          queues a run (a row) and starts its evidence job.
-      runs               a queued run starts its training job (one at a time); a run whose job is gone (the daemon
-                         that ran it stopped) is marked interrupted; a succeeded run's adapter is registered as a
-                         candidate and, with rollout.auto_promote, its rollout starts.
+      runs               a collecting run counts the harvest (every retrain.collect_check_s) until it is enough
+                         (queued) or its deadline passes (insufficient-data); a queued run starts its training job
+                         (one at a time); a run whose job is gone (the daemon that ran it stopped) is marked
+                         interrupted; a succeeded run's adapter is registered as a candidate and, with
+                         rollout.auto_promote, its rollout starts.
       rollout            one step of the rollout in progress, by its phase (control/rollout.py's phase table):
                          loading → evaluating (a job) → warming → canary → baking → rebaselining → done.
       serving state      vLLM serves what the registry says (control/rollout.py: reconcile).
@@ -29,8 +31,10 @@ Each stage's failure is logged and left to the next tick; the store holds where 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -73,6 +77,7 @@ class Reconciler:
         self._stopping, self._woken = threading.Event(), threading.Event()
         self._webhook_bucket = TokenBucket(settings.control.webhook_alerts_per_minute)
         self._next_prune: float | None = None
+        self._collect_checked: dict[str, float] = {}  # collecting run → when its harvest was last counted
 
     # -- the loop -------------------------------------------------------------------------------------------------------
     def tick(self) -> None:
@@ -247,7 +252,8 @@ class Reconciler:
             log.warning("retrain decided for adapter '%s' by %s (decision %d); recorded only: set retrain.base_model "
                         "and retrain.golden_set to run it", d.adapter, d.rule, d.id)
             return None
-        return self.retrain.queue(d.adapter, decision_id=d.id, focus_routes=d.routes, reason=" | ".join(d.reasons))
+        return self.retrain.queue(d.adapter, decision_id=d.id, focus_routes=d.routes, reason=" | ".join(d.reasons),
+                                  collect=d.rule != "manual")  # a person's asks for now; a rule's waits for data
 
     def _evidence(self, d: Decision, view, rows: list, reference: Profile | None) -> None:
         """The evidence job: driftwatch's verdicts and Evidently's report on the decided window's rows."""
@@ -259,8 +265,13 @@ class Reconciler:
         if self.retrain is None:
             return
         runs = self.store.runs(limit=20)
+        self.metrics.retrain_collecting.set(sum(r.status == "collecting" for r in runs))
         for run in reversed(runs):  # oldest first
-            if run.status in RUN_ACTIVE and self.clock() - run.started >= self.settings.retrain.timeout_s:
+            if run.status == "collecting":
+                self._collect(run)
+                continue
+            queued_at = run.detail.get("queued_at", run.started)
+            if run.status in RUN_ACTIVE and self.clock() - queued_at >= self.settings.retrain.timeout_s:
                 self.jobs.cancel(f"train-{run.id}")  # its job, if any, stops; the run's record stays timed_out
                 self.retrain.timed_out(run)
                 continue
@@ -273,6 +284,22 @@ class Reconciler:
                 if (fresh := self.store.run(run.id)) is not None and fresh.status in ("building", "training"):
                     self.retrain.interrupted(fresh)
         self._candidates(self.store.runs(limit=20))
+
+    def _collect(self, run) -> None:
+        """A collecting run, every retrain.collect_check_s: queued once the harvest is enough (started on a later
+        pass), insufficient-data past retrain.collect_deadline_s; meanwhile what it lacks is on the run."""
+        now, rt = self.clock(), self.settings.retrain
+        if now - self._collect_checked.get(run.id, -math.inf) < rt.collect_check_s and \
+                now - run.started < rt.collect_deadline_s:
+            return
+        self._collect_checked[run.id] = now
+        why, counts = self.retrain.shortfall(run)
+        if why is None:
+            self.retrain.collected(run, counts)
+        elif now - run.started >= rt.collect_deadline_s:
+            self.retrain.insufficient(run, why, counts)
+        elif run.detail.get("lacking") != why:
+            self.store.save_run(replace(run, detail={**run.detail, "lacking": why, "collected": counts}))
 
     def _train(self, run, cancel: threading.Event) -> None:
         """The training job: the run, recorded step by step by the retrain service."""
@@ -534,7 +561,10 @@ def status_document(settings: Settings, store: SqlStore, rollouts: RolloutContro
             a: {**live_signals(view), "drifted": view.drifted_features, "closed": view.window_closed}
             for a, view in sorted(snapshot.adapters.items())},
         "runs": [{"id": r.id, "adapter": r.adapter, "status": r.status, "decision_id": r.decision_id,
-                  "started": r.started, "finished": r.finished, "reason": r.reason} for r in store.runs(limit=10)],
+                  "started": r.started, "finished": r.finished, "reason": r.reason,
+                  "collecting": {"until": r.started + settings.retrain.collect_deadline_s,
+                                 "lacking": r.detail.get("lacking"), "counts": r.detail.get("collected")}
+                  if r.status == "collecting" else None} for r in store.runs(limit=10)],
         "decisions": [{"id": d.id, "at": d.at, "adapter": d.adapter, "slot": d.slot, "action": d.action,
                        "rule": d.rule, "reasons": d.reasons, "evidence": d.evidence} for d in store.decisions(limit=10)],
         "requests": [{"id": q.id, "at": q.at, "kind": q.kind, "adapter": q.adapter, "who": q.who, "status": q.status,

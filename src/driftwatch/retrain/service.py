@@ -1,7 +1,10 @@
 """A retrain run, end to end: harvested examples + replay → gates → versioned dataset → training run → candidate
 adapter. Every step is recorded in the state store; what follows a run is the reconciler's (control/reconciler.py).
 
-The run is recorded as ``queued`` (decided, its job not started) → ``building`` → ``training`` → ``succeeded`` |
+An automatic retrain first *collects* (``retrain.collect_deadline_s``): ``collecting`` until the harvest meets the
+data gates' minimums, counted on harvested prompt clusters alone (:meth:`RetrainService.shortfall`), or
+``insufficient-data`` at the deadline, nothing trained. Then it is recorded as ``queued`` (decided, its job not
+started) → ``building`` → ``training`` → ``succeeded`` |
 ``failed`` | ``timed_out`` | ``cancelled``; ``refused`` when the data failed a gate (nothing was trained; the gate
 report says why); ``unimproved`` when no checkpoint beat the adapter it started from (a new one, or with
 ``retrain.warm_start`` the one retrained) on the validation split (best step 0): training changed nothing worth
@@ -23,7 +26,7 @@ from driftwatch.config import Retrain
 from driftwatch.metrics import Metrics
 from driftwatch.errors import DataError, GateFailure
 from driftwatch.evaluate.golden import read_golden
-from driftwatch.retrain.dataset import Example, GateSettings, curate, read_examples, write_dataset
+from driftwatch.retrain.dataset import Example, GateSettings, clusters, curate, read_examples, write_dataset
 from driftwatch.retrain.harvest import cap_tenants
 from driftwatch.retrain.runner import Runner, RunStatus
 from driftwatch.retrain.trainer import TrainSpec
@@ -31,8 +34,8 @@ from driftwatch.state.store import RunRecord, SqlStore
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("queued", "building", "training")  # run states that will still change
-FINISHED = ("succeeded", "failed", "timed_out", "cancelled", "refused", "unimproved")
+ACTIVE = ("collecting", "queued", "building", "training")  # run states that will still change
+FINISHED = ("succeeded", "failed", "timed_out", "cancelled", "refused", "unimproved", "insufficient-data")
 
 
 class RetrainService:
@@ -48,13 +51,46 @@ class RetrainService:
         self.runs_dir = runs_dir(cfg, state_dir)
 
     def queue(self, adapter: str, *, decision_id: int | None = None, focus_routes: tuple[str, ...] = (),
-              reason: str = "") -> str:
-        """Record a run that will start when the worker reaches it (``queued``); returns its id for :meth:`run`."""
+              reason: str = "", collect: bool = False) -> str:
+        """Record a run that will start when the worker reaches it (``queued``), or, with ``collect`` and
+        ``retrain.collect_deadline_s``, once the harvest is enough (``collecting``); returns its id for :meth:`run`."""
         at = self.clock()
         run_id = new_run_id(at, decision_id)
-        self.store.save_run(RunRecord(run_id, decision_id, adapter, "queued", reason or None, None, None, at, None,
-                                      {"focus_routes": list(focus_routes)}))
+        status = "collecting" if collect and self.cfg.collect_deadline_s > 0 else "queued"
+        self.store.save_run(RunRecord(run_id, decision_id, adapter, status, reason or None, None, None, at, None,
+                                      {"focus_routes": list(focus_routes), "queued_at": at}))
         return run_id
+
+    def shortfall(self, run: RunRecord) -> tuple[str | None, dict]:
+        """What the harvest still lacks for ``run`` (None: enough), with the counts: unique prompt clusters of the
+        usable harvest since ``retrain.window_hours`` against ``gates.min_unique_prompts``, and examples of each
+        drifted route against ``gates.min_route_examples``. The replay is not counted: it was never the drift."""
+        g = self.cfg.gates
+        usable = self.store.examples(since=self.clock() - self.cfg.window_hours * 3600)
+        unique = len(set(clusters([e.prompt for e in usable], g.near_dup_threshold))) if usable else 0
+        routes = {r: sum(e.route == r for e in usable) for r in run.detail.get("focus_routes", ())}
+        lacking = ([f"{unique} of {g.min_unique_prompts} unique harvested prompts"] if unique < g.min_unique_prompts
+                   else []) + [f"route '{r}' {n} of {g.min_route_examples} examples" for r, n in routes.items()
+                               if n < g.min_route_examples]
+        return ("; ".join(lacking) or None), {"examples": len(usable), "unique_prompts": unique, "routes": routes}
+
+    def collected(self, run: RunRecord, counts: dict) -> None:
+        """Enough harvest: the run is queued (its deadline, retrain.timeout_s, counts from now)."""
+        now = self.clock()
+        self.store.save_run(replace(run, status="queued", detail={**run.detail, "queued_at": now, "collected": {
+            **counts, "after_s": round(now - run.started, 1)}}))
+        log.info("retrain run %s collected enough harvest in %.0fs (%d examples, %d unique prompts): queued", run.id,
+                 now - run.started, counts["examples"], counts["unique_prompts"])
+
+    def insufficient(self, run: RunRecord, why: str, counts: dict) -> None:
+        """retrain.collect_deadline_s passed without enough harvest: the run ends, nothing trained."""
+        self.store.save_run(replace(run, status="insufficient-data", finished=self.clock(), detail={
+            **run.detail, "collected": counts}, reason=f"not enough harvest after retrain.collect_deadline_s "
+                                                       f"({self.cfg.collect_deadline_s:g}s): {why}"))
+        if self.metrics is not None:
+            self.metrics.retrain_runs.labels(status="insufficient-data").inc()
+        log.warning("retrain run %s: insufficient data after %gs (%s): nothing trained", run.id,
+                    self.cfg.collect_deadline_s, why)
 
     def active(self) -> list[RunRecord]:
         return [r for r in self.store.runs(limit=20) if r.status in ACTIVE]
