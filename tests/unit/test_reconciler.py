@@ -445,8 +445,16 @@ def test_a_run_that_never_collects_enough_ends_insufficient_data_and_is_an_attem
     assert r.control._outcome(run.decision_id)[0] == "unpromoted"  # an attempt: the policy's cooldown and retries
 
 
-def test_a_persons_retrain_does_not_collect(loop):
+def test_a_persons_retrain_does_not_collect_nor_wait_for_a_collecting_run(loop):
     r = loop(retrain={"collect_deadline_s": 600})
-    r.store.add_request(r.clock(), "retrain", "new product line", "ana", "support-v1", {"rule": "manual"})
+    assert [a for a, _ in check(r, 10, 360)] == ["retrain"]
+    (collecting,) = r.store.runs()
+    r.store.add_request(r.clock(), "retrain", "new product line", "ana", "support-v2", {"rule": "manual"})
     tick(r)
-    assert r.store.runs()[0].status == "queued"
+    (manual,) = [x for x in r.store.runs() if x.id != collecting.id]
+    assert manual.status == "queued" and r.store.run(collecting.id).status == "collecting"
+    tick(r)
+    assert f"train-{manual.id}" in r.jobs.pending
+    r.jobs.run(f"train-{manual.id}")
+    assert r.store.run(manual.id).status == "succeeded"
+    assert r.store.run(manual.id).detail["queued_at"] == manual.started  # its queueing, kept through its run

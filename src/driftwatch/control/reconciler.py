@@ -265,7 +265,8 @@ class Reconciler:
         if self.retrain is None:
             return
         runs = self.store.runs(limit=20)
-        self.metrics.retrain_collecting.set(sum(r.status == "collecting" for r in runs))
+        self._collect_checked = {k: v for k, v in self._collect_checked.items()
+                                 if any(r.id == k and r.status == "collecting" for r in runs)}
         for run in reversed(runs):  # oldest first
             if run.status == "collecting":
                 self._collect(run)
@@ -283,7 +284,9 @@ class Reconciler:
                 # read again after the job was seen gone: one that finished in between has recorded its outcome
                 if (fresh := self.store.run(run.id)) is not None and fresh.status in ("building", "training"):
                     self.retrain.interrupted(fresh)
-        self._candidates(self.store.runs(limit=20))
+        runs = self.store.runs(limit=20)
+        self.metrics.retrain_collecting.set(sum(r.status == "collecting" for r in runs))
+        self._candidates(runs)
 
     def _collect(self, run) -> None:
         """A collecting run, every retrain.collect_check_s: queued once the harvest is enough (started on a later
@@ -350,8 +353,8 @@ class Reconciler:
         """Why acting now would collide: a rollout in progress, or a retrain run not finished."""
         if (r := self.rollouts.active()) is not None:
             return f"rollout {r.id} of {r.candidate} is in progress ({r.phase})"
-        active = [r for r in self.store.runs(limit=20) if r.status in RUN_ACTIVE]
-        if active:
+        active = [r for r in self.store.runs(limit=20) if r.status in RUN_ACTIVE and r.status != "collecting"]
+        if active:  # a collecting run holds nothing: it waits for data, and a person's retrain may go first
             return f"retrain run {active[0].id} is {active[0].status}"
         return None
 

@@ -779,7 +779,8 @@ def table(rows: list[Row]) -> str:
         e, t, now = r.evaluation, r.training, served(rows, r)
         own = r.decision != "baseline"
         lat = sorted((r.phase_b.latencies_ms if r.phase_b else []) + (r.phase_a.latencies_ms if r.phase_a else []))
-        cells = [r.name, "its adapter" if now is r and r.adapter else "the base model" if now is r else "the incumbent",
+        cells = [r.name, {"promoted": "its adapter (promoted)", "baseline": "the base model" if r.adapter is None else
+                          "the incumbent"}.get(r.decision, "the incumbent") if now is r else "the incumbent",
                  now.phase_b.cell() if now.phase_b else "—", now.phase_a.cell() if now.phase_a else "—",
                  r.phase_b.cell() if own and r.phase_b else "—", r.phase_a.cell() if own and r.phase_a else "—",
                  _f(e.get("battery_score")), _f(e.get("distinct_2")), _f(e.get("confusion_rate")),

@@ -128,7 +128,8 @@ class Evaluator:
             metrics = {a: self._metrics(outputs[a]) for a in (candidate, incumbent)}
             battery = {a: self._battery(outputs[a]) for a in (candidate, incumbent)}
             base_battery = battery.get(self.base) or self._base_battery_scores(cancel or threading.Event())
-            base = sum(base_battery) / len(base_battery) if base_battery else math.nan
+            answered = [x for x in base_battery or () if x is not None]  # a missing answer fails request_errors
+            base = sum(answered) / len(answered) if answered else math.nan
             flips = {"the incumbent": _flips(battery[incumbent], battery[candidate]),
                      "the base model": _flips(base_battery, battery[candidate]) if base_battery else None}
             gates = self._gates(metrics[candidate], metrics[incumbent], self._golden_diff(outputs, candidate, incumbent),

@@ -88,9 +88,12 @@ class Flips:
         return m / self.n * (2 * low - 1), m / self.n * (2 * high - 1)
 
     def describe(self, reference: str, confidence: float) -> str:
-        low, high = self.interval(confidence)
+        """The counts and the drop, with the two-sided interval whose lower end is the one-sided test's bound at
+        ``confidence`` (a 95 % test, a 90 % interval): the interval excludes 0 exactly when the test finds a loss."""
+        level = 1 - 2 * (1 - confidence)
+        low, high = self.interval(level)
         return (f"{self.lost} right for {reference} and wrong for the candidate, {self.gained} the reverse, of "
-                f"{self.n}: drop {self.drop:+.3f} [{low:+.3f}, {high:+.3f}] ({confidence * 100:g} %)")
+                f"{self.n}: drop {self.drop:+.3f} [{low:+.3f}, {high:+.3f}] ({level * 100:.3g} %)")
 
 
 def _binomial_tail(k: int, m: int, p: float) -> float:

@@ -115,8 +115,9 @@ class RetrainService:
         run_id = run_id or new_run_id(started, decision_id)
         if (prior := self.store.run(run_id)) is not None and prior.status in FINISHED:
             return prior  # timed out by the control loop before its job began
-        record = RunRecord(run_id, decision_id, adapter, "building", reason or None, None, None, started, None,
-                           {"focus_routes": list(focus_routes)})
+        record = RunRecord(run_id, decision_id, adapter, "building", reason or None, None, None,
+                           prior.started if prior else started, None,  # its queueing (and collecting) is kept
+                           {**(prior.detail if prior else {}), "focus_routes": list(focus_routes)})
         self.store.save_run(record)
         try:
             record = self._run(record, focus_routes, cancel or threading.Event())

@@ -273,6 +273,9 @@ class _Fit:
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
         first = self.evaluate(val_set)
+        if spec.select_by == TASK and spec.anchor_max_rise is not None and "anchor" not in first:
+            print("anchor_max_rise: no validation line has source 'anchor' (anchor files written before anchors had "
+                  "their own source replay as 'replay'): the anchors are not guarded", file=sys.stderr)
         pick = lambda val: selection(val, first, spec.select_by, spec.anchor_max_rise)  # noqa: E731
         curves: dict[str, list] = {"train": [], "validation": [[0, pick(first)]], "validation_by_source": [[0, first]]}
         best_loss = initial = pick(first)
@@ -303,7 +306,7 @@ class _Fit:
             if step % spec.eval_every == 0 or step == total_steps:
                 val = self.evaluate(val_set)
                 loss = pick(val)
-                curves["validation"].append([step, loss])
+                curves["validation"].append([step, loss if math.isfinite(loss) else None])  # None: not a candidate
                 curves["validation_by_source"].append([step, val])
                 if loss < best_loss - spec.min_delta:
                     best_loss, best_step, bad_evals = loss, step, 0
