@@ -473,7 +473,8 @@ def train(base_model, dataset, out, config, max_steps, epochs, learning_rate) ->
                  if v is not None}
     training = {**rt.training.model_dump(), **overrides}
     spec = TrainSpec(base_model=str(base), dataset=dataset, output=out, **rt.lora.model_dump(), **training,
-                     price_per_gpu_hour=rt.price_per_gpu_hour)
+                     price_per_gpu_hour=rt.price_per_gpu_hour,
+                     chat_template=str(rt.chat_template) if rt.chat_template else None)
     m = run_training(spec)
     click.echo(f"{out}/adapter\nsteps {m['steps']} (best {m['best_step']}{', early stop' if m['early_stopped'] else ''}), "
                f"validation loss {m['initial_validation_loss']:.4f} -> {m['best_validation_loss']:.4f}, "

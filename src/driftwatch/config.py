@@ -317,6 +317,9 @@ class Retrain(_Section):
                                       "passes: the run then ends insufficient-data, nothing trained; 0: no collecting "
                                       "(the run trains on what there is)")
     collect_check_s: float = Field(30.0, gt=0, description="how often a collecting run counts the harvest")
+    chat_template: Path | None = Field(None, description="the Jinja chat template vLLM serves with (its "
+                                       "--chat-template), when not the base model's own: training renders a harvested "
+                                       "conversation as the server did")
     price_per_gpu_hour: float = Field(0.0, ge=0, description="for the run's cost in its manifest")
     warm_start: bool = Field(True, description="continue from the adapter being retrained (its registered path, "
                              "its own r and modules), not a new LoRA: what it learned stays where replay is short "

@@ -251,7 +251,7 @@ class Metrics:
         )
         self.harvest_skipped = Counter(
             "driftwatch_harvest_skipped", "Feedback that would have made an example, left out (fitted: its request "
-            "was cut to fit the event contract)", ["reason"], registry=r,
+            "was cut to fit the event contract; unrenderable: a conversation with a tool turn)", ["reason"], registry=r,
         )
         self.retrain_runs = Counter(
             "driftwatch_retrain_runs", "Retrain runs finished, by status (succeeded, failed, timed_out, cancelled, "

@@ -3,6 +3,7 @@ v-a learned to answer "alpha alpha alpha." to "Say something N", v-b "bravo brav
 
 import json
 
+import httpx
 import pytest
 
 from driftwatch.config import Evaluate
@@ -121,3 +122,55 @@ def test_anchors_command_asks_the_served_base_model(vllm, tmp_path):
     assert done.returncode == (0 if written else 1), done.stdout + done.stderr
     assert f"{len(written)} of 12 prompts answered in whole sentences by 'base'" in done.stdout
     assert all(e.prompt in asked and e.route == "general" and e.target[-1] in ".!?" for e in written)
+
+
+TEMPLATE = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}"
+            "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+
+
+def test_training_inputs_are_token_for_token_what_vllm_saw(vllm, tiny_model, tmp_path):
+    """Issue 26: the training input of a harvested example is what the server tokenized, checked against vLLM's own
+    /tokenize: chat with and without a system prompt and with earlier turns, a completion, and a vLLM started with
+    --chat-template (retrain.chat_template)."""
+    from driftwatch.dev.localvllm import LocalVLLM
+    from driftwatch.events import InferenceEvent
+    from driftwatch.retrain.dataset import Example, _line
+    from driftwatch.retrain.harvest import served
+    from driftwatch.retrain.trainer import load_tokenizer, prompt_ids
+
+    def request(**kw):
+        return InferenceEvent.model_validate({"schema_version": 1, "request_id": "r", "timestamp": 1795514400000,
+                                              "model": "base", "adapter": "base", "latency_ms": 1.0, "status": "ok",
+                                              **kw})
+
+    requests = [
+        request(messages=[{"role": "user", "content": "Say something 3"}]),
+        request(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+                          {"role": "assistant", "content": "alpha alpha."}, {"role": "user", "content": "And now?"}]),
+        request(prompt="Q: what comes after alpha?\nA:"),
+    ]
+
+    def check(url, tokenizer, chats_only=False):
+        for r in requests:
+            line = json.loads(_line(Example("text", "bravo.", "correction", None, None, "r", served(r))))
+            if "prompt" in line:
+                if chats_only:
+                    continue
+                body = {"model": "base", "prompt": line["prompt"]}
+            else:
+                body = {"model": "base", "messages": line["messages"][:-1], "add_generation_prompt": True}
+            answer = httpx.post(f"{url}/tokenize", json=body, timeout=30)
+            assert answer.status_code == 200, answer.text
+            assert prompt_ids(tokenizer, line) == answer.json()["tokens"], body
+
+    server, _ = vllm
+    check(server.url, load_tokenizer(tiny_model))
+    template = tmp_path / "template.jinja"
+    template.write_text(TEMPLATE)
+    custom = LocalVLLM(tiny_model, chat_template=template, max_loras=1).start()
+    try:
+        check(custom.url, load_tokenizer(tiny_model, str(template)), chats_only=True)
+        with pytest.raises(AssertionError):  # the base model's own template is not what this server renders
+            check(custom.url, load_tokenizer(tiny_model), chats_only=True)
+    finally:
+        custom.stop()

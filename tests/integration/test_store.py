@@ -155,3 +155,33 @@ def test_a_lost_connection_is_opened_again(postgres):
     assert len(s.decisions()) == 1  # the next one reconnects
     s.close()
     other.close()
+
+
+def test_examples_harvested_before_the_served_request_was_kept_stay_usable(location):
+    """Issue 26: the example table gained `served` (the request as served). A store written before it opens with the
+    column added, its examples read back with none (single-turn chats of their prompt text), new ones keep theirs."""
+    old = ("CREATE TABLE example (request_id TEXT NOT NULL, source TEXT NOT NULL, at REAL NOT NULL, adapter TEXT, "
+           "route TEXT, prompt TEXT NOT NULL, target TEXT NOT NULL, tenant TEXT, status TEXT, reviewed_by TEXT, "
+           "reviewed_at REAL, PRIMARY KEY (request_id, source))")
+    row = "INSERT INTO example VALUES ('q0', 'correction', 1.0, 'a', 'qa', 'old prompt', 'old target', NULL, " \
+          "'trusted', NULL, NULL)"
+    if str(location).startswith("postgresql"):
+        import psycopg
+
+        with psycopg.connect(str(location), autocommit=True) as db:
+            db.execute(old.replace(" REAL", " DOUBLE PRECISION"))
+            db.execute(row)
+    else:
+        import sqlite3
+
+        db = sqlite3.connect(location)
+        db.execute(old)
+        db.execute(row)
+        db.commit()
+        db.close()
+    s = open_store(location)
+    s.add_examples([HarvestedExample("q1", "correction", 2.0, "a", "qa", "p", "t", None, "trusted",
+                                     '{"messages": [{"role": "user", "content": "p"}]}')])
+    assert [(e.request_id, e.served) for e in s.examples()] == [
+        ("q0", None), ("q1", '{"messages": [{"role": "user", "content": "p"}]}')]
+    s.close()

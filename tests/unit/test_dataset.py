@@ -245,3 +245,23 @@ def test_the_study_measures_what_is_served_after_the_loop_not_a_refused_candidat
     assert "| loop | the incumbent | 0.100 [" in line and "0.600 [" in line  # served first, the candidate's beside
     promoted = Row("loop", "v2", "promoted", "every gate passed", Accuracy(40, 100), Accuracy(50, 100))
     assert served([base, inc, promoted], promoted) is promoted and recovered([base, inc, promoted]) == pytest.approx(0.75)
+
+
+def test_a_training_line_is_the_request_as_served():
+    """A chat keeps its roles and earlier turns, a completion its raw prompt (no chat template), an example without
+    its served request (a file's, or harvested before it was kept) is a single-turn chat; PII is masked in all."""
+    from driftwatch.retrain.dataset import _line, _mask_served
+
+    turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+             {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Mail bob@example.com?"}]
+    chat = Example("Be brief.\nHi\nMail bob@example.com?", "Done.", "correction", "qa", None, "r1",
+                   json.dumps({"messages": turns}))
+    assert json.loads(_line(chat))["messages"] == [*turns, {"role": "assistant", "content": "Done."}]
+    completion = Example("Q: 2+2\nA:", " 4", "correction", "qa", None, "r2", json.dumps({"prompt": "Q: 2+2\nA:"}))
+    assert {k: v for k, v in json.loads(_line(completion)).items() if k in ("prompt", "completion", "messages")} == {
+        "prompt": "Q: 2+2\nA:", "completion": " 4"}
+    legacy = Example("Hi", "Hello.", "correction", "qa", "Be brief.", "r3")
+    assert json.loads(_line(legacy))["messages"] == [{"role": "system", "content": "Be brief."},
+                                                     {"role": "user", "content": "Hi"},
+                                                     {"role": "assistant", "content": "Hello."}]
+    assert "bob@example.com" not in _mask_served(chat.served) and "<EMAIL>" in _mask_served(chat.served)

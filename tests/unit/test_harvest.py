@@ -1,6 +1,6 @@
 """Who vouches for an example, and how much of a dataset one tenant may be."""
 
-from driftwatch.events import FeedbackEvent, InferenceEvent
+from driftwatch.events import FeedbackEvent, InferenceEvent, Message
 from driftwatch.ingest.pipeline import Accepted
 from driftwatch.retrain.harvest import cap_tenants, example
 from driftwatch.state.store import HarvestedExample
@@ -65,3 +65,23 @@ def test_a_request_cut_to_fit_the_event_contract_is_not_harvested_and_is_counted
     assert harvest(fb(), cut("response")) is not None  # the correction is the target, whole
     assert harvest(fb(), cut("service")) is not None and harvest(fb(), REQUEST) is not None
     assert skipped == ["fitted", "fitted", "fitted"]
+
+
+def test_an_example_keeps_the_request_as_served_and_leaves_out_a_tool_conversation():
+    """Issue 26: the harvest joined the system prompt and every user turn into one text and dropped the assistant
+    turns: the adapter trained on an input the server never saw."""
+    import json
+
+    chat = REQUEST.model_copy(update={"prompt": None, "messages": [
+        Message(role="system", content="Be brief."), Message(role="user", content="Hi"),
+        Message(role="assistant", content="Hello."), Message(role="user", content="Where is my parcel?")]})
+    ex = example(Accepted("feedback", fb(), "v1", chat), 1.0)
+    assert json.loads(ex.served) == {"messages": [{"role": "system", "content": "Be brief."},
+                                                  {"role": "user", "content": "Hi"},
+                                                  {"role": "assistant", "content": "Hello."},
+                                                  {"role": "user", "content": "Where is my parcel?"}]}
+    assert json.loads(example(Accepted("feedback", fb(), "v1", REQUEST), 1.0).served) == {"prompt": "p"}
+    skipped = []
+    tool = chat.model_copy(update={"messages": [*chat.messages, Message(role="tool", content="{}")]})
+    assert example(Accepted("feedback", fb(), "v1", tool), 1.0, skipped=skipped.append) is None
+    assert skipped == ["unrenderable"]

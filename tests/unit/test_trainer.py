@@ -126,3 +126,26 @@ def test_the_manifest_carries_the_validation_loss_of_each_source(tiny_model, tmp
     assert [step for step, _ in by_source] == [0, 2, 4] and set(by_source[0][1]) == {"all", "task", "replay", "anchor"}
     assert m["initial_validation_loss"] == by_source[0][1]["task"]  # chosen by the task's loss
     assert m["hyperparameters"]["loss_per"] == "example" and m["steps"] == 4
+
+
+def test_training_renders_a_completion_raw_and_a_chat_through_the_template(tiny_model, tmp_path):
+    """What the server saw, token for token (tests/integration/test_evaluate.py checks it against vLLM's /tokenize):
+    a completion's prompt with the tokenizer's special tokens, its answer then EOS; a chat through the template, or
+    through retrain.chat_template when vLLM serves with --chat-template."""
+    from transformers import AutoTokenizer
+
+    from driftwatch.retrain.trainer import _encode, prompt_ids
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    completion = {"prompt": "Q: alpha\nA:", "completion": " bravo"}
+    ids, labels = _encode(tok, completion, 512)
+    prompt = list(tok("Q: alpha\nA:")["input_ids"])
+    assert prompt_ids(tok, completion) == prompt and ids[:len(prompt)] == prompt and ids[-1] == tok.eos_token_id
+    assert labels[:len(prompt)] == [-100] * len(prompt) and labels[len(prompt):] == ids[len(prompt):]
+    chat = {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                         {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "alpha?"},
+                         {"role": "assistant", "content": "bravo."}]}
+    rendered = list(tok.apply_chat_template(chat["messages"][:-1], add_generation_prompt=True, tokenize=True)["input_ids"])
+    assert prompt_ids(tok, chat) == rendered
+    tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    assert prompt_ids(tok, chat) != rendered  # another template, another input: retrain.chat_template must match vLLM's

@@ -689,7 +689,7 @@ class Loop:
                         sent += 8
                 decisions = state.decisions(action="retrain")
                 run = next(iter(state.runs(limit=1)), None)
-                harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id)
+                harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id, e.served)
                              for e in state.examples(since=0)]
                 evaluation = next(iter(registry.evaluations(outcome.candidate)), None) if outcome else None
                 metrics = {}

@@ -49,6 +49,7 @@ class Example:
     route: str | None = None
     system: str | None = None
     ref: str = ""  # request_id for harvested examples, file:line for files
+    served: str | None = None  # a harvested request as served (retrain/harvest.served); None: prompt (+ system) only
 
     @property
     def replayed(self) -> bool:
@@ -247,10 +248,20 @@ def _mask_pii(pool: Sequence[Example], s: GateSettings, counts: dict) -> tuple[l
     for e in pool:
         prompt, a = mask_pii(e.prompt)
         target, b = mask_pii(e.target)
-        hits += a + b
-        masked.append(Example(prompt, target, e.source, e.route, e.system, e.ref))
+        hits += a + b  # the served request holds the prompt's text again: masked alike, not counted twice
+        masked.append(Example(prompt, target, e.source, e.route, e.system, e.ref, _mask_served(e.served)))
     counts["pii_masked" if s.pii == "mask" else "pii_found"] = hits
     return (masked if s.pii == "mask" else list(pool)), hits
+
+
+def _mask_served(served: str | None) -> str | None:
+    if served is None:
+        return None
+    doc = json.loads(served)
+    if "prompt" in doc:
+        return json.dumps({"prompt": mask_pii(doc["prompt"])[0]}, ensure_ascii=False)
+    return json.dumps({"messages": [{**m, "content": mask_pii(m["content"])[0]} for m in doc["messages"]]},
+                      ensure_ascii=False)
 
 
 def _drop_bad_targets(pool: list[Example], s: GateSettings, counts: dict) -> tuple[list[Example], list[Example]]:
@@ -393,9 +404,17 @@ def _near_matches(texts: Sequence[str], probes: Sequence[str], threshold: float)
 
 # -- versioned dataset on disk ------------------------------------------------------------------------------------------
 def _line(e: Example) -> str:
-    messages = ([{"role": "system", "content": e.system}] if e.system else []) + [
-        {"role": "user", "content": e.prompt}, {"role": "assistant", "content": e.target}]
-    return json.dumps({"messages": messages, "source": e.source, "route": e.route}, sort_keys=True, ensure_ascii=False)
+    """A training line as the request was served: a completion's prompt and its completion, or the chat's messages
+    with their roles and the answer; an example without its served request (a file's, or harvested before it was
+    kept) is a single-turn chat."""
+    served = json.loads(e.served) if e.served else None
+    if served is not None and "prompt" in served:
+        doc: dict = {"prompt": served["prompt"], "completion": e.target}
+    else:
+        turns = served["messages"] if served is not None else (
+            [{"role": "system", "content": e.system}] if e.system else []) + [{"role": "user", "content": e.prompt}]
+        doc = {"messages": [*turns, {"role": "assistant", "content": e.target}]}
+    return json.dumps({**doc, "source": e.source, "route": e.route}, sort_keys=True, ensure_ascii=False)
 
 
 def write_dataset(curated: Curated, root: Path, *, sources: dict, retention_days: float | None = None) -> Path:

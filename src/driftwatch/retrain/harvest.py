@@ -4,6 +4,7 @@ request it rates, from the ingestor's join) and saves what it returns before it 
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Callable
 
@@ -19,7 +20,9 @@ def example(item, now: float | None = None, trusted_callers: frozenset[str] = fr
     It is trusted when the feedback was written to the topic directly (the topic's ACLs guard it) or by a trusted
     caller; an end user's (a receipt's) is a candidate until a person approves it (`driftwatch examples`). A request
     whose prompt (or, for a positive rating, its response) was cut to fit the event contract (``metadata.fitted``)
-    makes none, and ``skipped("fitted")`` counts it: the adapter would learn an input the server never saw."""
+    makes none, and ``skipped("fitted")`` counts it: the adapter would learn an input the server never saw; so does a
+    conversation with a tool turn (``skipped("unrenderable")``). The example keeps the request as served
+    (:func:`served`)."""
     feedback, request = item.event, item.request
     if item.kind != "feedback" or not isinstance(request, InferenceEvent) or request.status != "ok":
         return None
@@ -34,10 +37,25 @@ def example(item, now: float | None = None, trusted_callers: frozenset[str] = fr
     if cut & {"prompt", "messages"} or (source == "positive" and "response" in cut):
         skipped("fitted")  # cut to fit the event contract: not the input the server saw, or not the answer it gave
         return None
+    if request.prompt is None and any(m.role not in RENDERED for m in request.messages or ()):
+        skipped("unrenderable")  # a tool turn: no single chat template renders it the same everywhere
+        return None
     trusted = feedback.origin is None or (feedback.origin == "caller" and feedback.caller in trusted_callers)
     return HarvestedExample(feedback.request_id, source, time.time() if now is None else now, item.adapter,
                             request.route, prompt_text(request), target, request.tenant,
-                            "trusted" if trusted else "candidate")
+                            "trusted" if trusted else "candidate", served(request))
+
+
+RENDERED = ("system", "user", "assistant")  # the roles a harvested conversation may hold
+
+
+def served(request: InferenceEvent) -> str:
+    """The request as the server saw it, JSON: a chat's messages with their roles (system, user, earlier assistant
+    turns), or a completion's prompt. Training renders it as the server did (retrain/trainer.py)."""
+    if request.prompt is not None:
+        return json.dumps({"prompt": request.prompt}, ensure_ascii=False)
+    return json.dumps({"messages": [{"role": m.role, "content": m.content} for m in request.messages or ()]},
+                      ensure_ascii=False)
 
 
 def cap_tenants(examples: list[HarvestedExample], replay: int, share: float,

@@ -204,6 +204,7 @@ class KubernetesJobRunner:
         return TrainSpec(**{**asdict(spec), "base_model": self._pod_path(spec.base_model),
                             "dataset": self._pod_path(spec.dataset), "output": self._pod_path(spec.output),
                             "init_adapter": self._pod_path(spec.init_adapter) if spec.init_adapter else None,
+                            "chat_template": self._pod_path(spec.chat_template) if spec.chat_template else None,
                             "progress": False})
 
     def run(self, spec: TrainSpec, run_id: str, cancel: threading.Event) -> RunResult:

@@ -144,7 +144,7 @@ class RetrainService:
         replay = read_examples(cfg.base_training_set) if cfg.base_training_set else []
         usable = self.store.examples(since=since)  # trusted or approved: never an unreviewed end user's
         usable, capped = cap_tenants(usable, len(replay), cfg.max_tenant_share, cfg.gates.replay_fraction)
-        harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id) for e in usable]
+        harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id, e.served) for e in usable]
         golden = read_golden(cfg.golden_set)
         sources = {"harvested_since": since, "harvested": len(harvested), "tenant_capped": capped,
                    "base_training_set": str(cfg.base_training_set) if cfg.base_training_set else None,
@@ -167,6 +167,7 @@ class RetrainService:
         self.store.save_run(record)
         spec = TrainSpec(base_model=str(cfg.base_model), dataset=str(dataset), output=str(output),
                          **cfg.lora.model_dump(), **cfg.training.model_dump(), price_per_gpu_hour=cfg.price_per_gpu_hour,
+                         chat_template=str(cfg.chat_template) if cfg.chat_template else None,
                          progress=False, init_adapter=str(output / "init") if init else None)
         result = self.runner.run(spec, record.id, cancel)
         detail = dict(record.detail)

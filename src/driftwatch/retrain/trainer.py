@@ -1,7 +1,8 @@
 """LoRA training with transformers + peft — the only module that imports torch (lazily, inside functions).
 
-``train(spec)`` reads a dataset written by retrain/dataset.py (chat messages per line), trains a LoRA adapter with
-the loss on assistant tokens only, evaluates on the validation split every ``eval_every`` steps, keeps the best
+``train(spec)`` reads a dataset written by retrain/dataset.py (a chat's messages, or a completion's prompt and
+completion, per line), renders each as vLLM does when serving it (:func:`prompt_ids`), trains a LoRA adapter with
+the loss on the answer's tokens only, evaluates on the validation split every ``eval_every`` steps, keeps the best
 adapter and stops early after ``patience`` evaluations without improvement. It writes ``<output>/adapter/`` and,
 last, ``<output>/manifest.json`` (status "succeeded"): a run without that manifest produced nothing to promote.
 
@@ -53,6 +54,7 @@ class TrainSpec:
     loss_per: str = "token"  # token | example: how answer tokens are weighed, in training and validation
     select_by: str = "all"  # all | task: the validation loss the best checkpoint is chosen by (see selection)
     anchor_max_rise: float | None = None  # with select_by task: the anchors' loss may rise this share above step 0
+    chat_template: str | None = None  # a Jinja file: the template vLLM serves with, when not the base model's own
 
     @classmethod
     def load(cls, path: Path) -> TrainSpec:
@@ -73,23 +75,37 @@ def _sha256_files(root: Path, patterns: tuple[str, ...]) -> str:
 TASK = "task"  # a dataset line's group when harvested (correction, positive) or unnamed; else its source
 
 
-def _read(path: Path) -> list[tuple[list[dict], str]]:
-    """(messages, group) per line: ``replay`` and ``anchor`` lines are their own groups, every other line the task."""
+def _read(path: Path) -> list[tuple[dict, str]]:
+    """(line, group) per line: ``replay`` and ``anchor`` lines are their own groups, every other line the task."""
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         if line.strip():
             obj = json.loads(line)
-            rows.append((obj["messages"], obj.get("source") if obj.get("source") in ("replay", "anchor") else TASK))
+            rows.append((obj, obj.get("source") if obj.get("source") in ("replay", "anchor") else TASK))
     return rows
 
 
-def _encode(tokenizer, messages: list[dict], max_length: int) -> tuple[list[int], list[int]] | None:
-    """Token ids and labels with the loss on the assistant's answer only (prompt tokens are -100)."""
-    prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=True)
-    prompt, full = list(getattr(prompt, "input_ids", prompt)), list(getattr(full, "input_ids", full))
-    if full[:len(prompt)] != prompt:  # a template that renders the prompt differently inside the conversation
-        raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
+def prompt_ids(tokenizer, line: dict) -> list[int]:
+    """The prompt's token ids as vLLM tokenizes the request: a completion's prompt with the tokenizer's special tokens
+    (BOS); a chat's messages through the chat template, with the generation prompt."""
+    if "prompt" in line:
+        return list(tokenizer(line["prompt"])["input_ids"])
+    ids = tokenizer.apply_chat_template(line["messages"][:-1], add_generation_prompt=True, tokenize=True)
+    return list(getattr(ids, "input_ids", ids))
+
+
+def _encode(tokenizer, line: dict, max_length: int) -> tuple[list[int], list[int]] | None:
+    """Token ids and labels with the loss on the answer only (prompt tokens are -100): a completion's text and EOS
+    after its prompt, or a chat's last assistant turn as the template renders it."""
+    prompt = prompt_ids(tokenizer, line)
+    if "prompt" in line:
+        full = prompt + list(tokenizer(line["completion"], add_special_tokens=False)["input_ids"]) + [
+            tokenizer.eos_token_id]
+    else:
+        ids = tokenizer.apply_chat_template(line["messages"], tokenize=True)
+        full = list(getattr(ids, "input_ids", ids))
+        if full[:len(prompt)] != prompt:  # a template that renders the prompt differently inside the conversation
+            raise ValueError("the chat template does not render the prompt as a prefix of the conversation")
     full = full[:max_length]
     labels = [-100] * min(len(prompt), len(full)) + full[len(prompt):]
     return (full, labels) if any(t != -100 for t in labels) else None
@@ -147,12 +163,10 @@ def _device(spec: TrainSpec):
 def _model(spec: TrainSpec, device, dtype):
     """The tokenizer, and the base model with a new LoRA (or the adapter it continues from) on ``device``."""
     from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     base = Path(spec.base_model)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = load_tokenizer(base, spec.chat_template)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype).to(device)
     model.config.use_cache = False
     if spec.init_adapter:
@@ -162,6 +176,18 @@ def _model(spec: TrainSpec, device, dtype):
     return tokenizer, get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=spec.r, lora_alpha=spec.alpha,
                                                         lora_dropout=spec.dropout,
                                                         target_modules=list(spec.target_modules)))
+
+
+def load_tokenizer(base: Path, chat_template: str | None = None):
+    """The base model's tokenizer, with the chat template vLLM serves with (its --chat-template) when given."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    if chat_template:
+        tokenizer.chat_template = Path(chat_template).read_text(encoding="utf-8")
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _splits(spec: TrainSpec, tokenizer) -> tuple[list[tuple], list[tuple]]:

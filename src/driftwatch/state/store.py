@@ -35,7 +35,7 @@ CREATE TABLE IF NOT EXISTS evidence (decision_id INTEGER PRIMARY KEY REFERENCES 
 CREATE TABLE IF NOT EXISTS example (
     request_id TEXT NOT NULL, source TEXT NOT NULL, at REAL NOT NULL, adapter TEXT, route TEXT,
     prompt TEXT NOT NULL, target TEXT NOT NULL, tenant TEXT, status TEXT, reviewed_by TEXT, reviewed_at REAL,
-    PRIMARY KEY (request_id, source));
+    served TEXT, PRIMARY KEY (request_id, source));
 CREATE INDEX IF NOT EXISTS example_at ON example (at);
 CREATE TABLE IF NOT EXISTS run (
     id TEXT PRIMARY KEY, decision_id INTEGER, adapter TEXT NOT NULL, status TEXT NOT NULL, reason TEXT,
@@ -55,7 +55,7 @@ CREATE TABLE IF NOT EXISTS request (
     who TEXT NOT NULL, detail TEXT, status TEXT NOT NULL, outcome TEXT, done REAL);
 """ + REGISTRY_SCHEMA
 MIGRATIONS = (("decision", "slot", "TEXT"), ("example", "tenant", "TEXT"), ("example", "status", "TEXT"),
-              ("example", "reviewed_by", "TEXT"), ("example", "reviewed_at", "REAL"))  # columns added since the first release: (table, column, type)
+              ("example", "reviewed_by", "TEXT"), ("example", "reviewed_at", "REAL"), ("example", "served", "TEXT"))  # columns added since the first release: (table, column, type)
 REQUEST_KINDS = ("retrain", "rollback", "pause", "resume")
 
 
@@ -91,10 +91,12 @@ class HarvestedExample:
     target: str
     tenant: str | None = None  # as the gateway authenticated it (never a client's header alone)
     status: str = "trusted"  # trusted | candidate (awaits review) | approved | rejected; trusted and approved train
+    served: str | None = None  # the request as served, JSON: {"messages": [...]} or {"prompt": ...}; None: text only
 
 
 EXAMPLE_STATUSES = ("trusted", "candidate", "approved", "rejected")
-_EXAMPLE_COLUMNS = "request_id, source, at, adapter, route, prompt, target, tenant, COALESCE(status, 'trusted')"
+_EXAMPLE_COLUMNS = ("request_id, source, at, adapter, route, prompt, target, tenant, COALESCE(status, 'trusted'), "
+                    "served")
 
 
 @dataclass(frozen=True)
@@ -234,11 +236,11 @@ class SqlStore(RegistryQueries):
         stays (a redelivered batch writes nothing new), except that a trusted example replaces a candidate."""
         with self._transaction():
             self._executemany(
-                "INSERT INTO example (request_id, source, at, adapter, route, prompt, target, tenant, status) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, source) DO UPDATE SET at = excluded.at, "
+                "INSERT INTO example (request_id, source, at, adapter, route, prompt, target, tenant, status, served) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id, source) DO UPDATE SET at = excluded.at, "
                 "target = excluded.target, status = excluded.status "  # a trusted one replaces an unreviewed candidate
                 "WHERE example.status = 'candidate' AND excluded.status = 'trusted'",
-                [(e.request_id, e.source, e.at, e.adapter, e.route, e.prompt, e.target, e.tenant, e.status)
+                [(e.request_id, e.source, e.at, e.adapter, e.route, e.prompt, e.target, e.tenant, e.status, e.served)
                  for e in examples])
 
     def examples(self, since: float = 0.0, status: tuple[str, ...] = ("trusted", "approved"),
