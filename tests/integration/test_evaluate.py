@@ -143,9 +143,10 @@ def test_training_inputs_are_token_for_token_what_vllm_saw(vllm, tiny_model, tmp
                                               "model": "base", "adapter": "base", "latency_ms": 1.0, "status": "ok",
                                               **kw})
 
-    requests = [
-        request(messages=[{"role": "user", "content": "Say something 3"}]),
-        request(messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
+    requests = [  # as the gateway logs them: a chat's system and user text is its `prompt` too
+        request(prompt="Say something 3", messages=[{"role": "user", "content": "Say something 3"}]),
+        request(prompt="Be brief.\nHi there\nAnd now?",
+                messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
                           {"role": "assistant", "content": "alpha alpha."}, {"role": "user", "content": "And now?"}]),
         request(prompt="Q: what comes after alpha?\nA:"),
     ]

@@ -72,7 +72,7 @@ def test_an_example_keeps_the_request_as_served_and_leaves_out_a_tool_conversati
     turns: the adapter trained on an input the server never saw."""
     import json
 
-    chat = REQUEST.model_copy(update={"prompt": None, "messages": [
+    chat = REQUEST.model_copy(update={"prompt": "Be brief.\nHi\nWhere is my parcel?", "messages": [  # as the gateway logs
         Message(role="system", content="Be brief."), Message(role="user", content="Hi"),
         Message(role="assistant", content="Hello."), Message(role="user", content="Where is my parcel?")]})
     ex = example(Accepted("feedback", fb(), "v1", chat), 1.0)

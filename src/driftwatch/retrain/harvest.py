@@ -37,7 +37,7 @@ def example(item, now: float | None = None, trusted_callers: frozenset[str] = fr
     if cut & {"prompt", "messages"} or (source == "positive" and "response" in cut):
         skipped("fitted")  # cut to fit the event contract: not the input the server saw, or not the answer it gave
         return None
-    if request.prompt is None and any(m.role not in RENDERED for m in request.messages or ()):
+    if any(m.role not in RENDERED for m in request.messages or ()):
         skipped("unrenderable")  # a tool turn: no single chat template renders it the same everywhere
         return None
     trusted = feedback.origin is None or (feedback.origin == "caller" and feedback.caller in trusted_callers)
@@ -51,11 +51,12 @@ RENDERED = ("system", "user", "assistant")  # the roles a harvested conversation
 
 def served(request: InferenceEvent) -> str:
     """The request as the server saw it, JSON: a chat's messages with their roles (system, user, earlier assistant
-    turns), or a completion's prompt. Training renders it as the server did (retrain/trainer.py)."""
-    if request.prompt is not None:
-        return json.dumps({"prompt": request.prompt}, ensure_ascii=False)
-    return json.dumps({"messages": [{"role": m.role, "content": m.content} for m in request.messages or ()]},
-                      ensure_ascii=False)
+    turns), or a completion's prompt. A chat is known by its messages: the gateway logs its system and user text as
+    ``prompt`` too. Training renders it as the server did (retrain/trainer.py)."""
+    if request.messages:
+        return json.dumps({"messages": [{"role": m.role, "content": m.content} for m in request.messages]},
+                          ensure_ascii=False)
+    return json.dumps({"prompt": request.prompt or ""}, ensure_ascii=False)
 
 
 def cap_tenants(examples: list[HarvestedExample], replay: int, share: float,
