@@ -265,8 +265,8 @@ class Reconciler:
         if self.retrain is None:
             return
         runs = self.store.runs(limit=20)
-        self._collect_checked = {k: v for k, v in self._collect_checked.items()
-                                 if any(r.id == k and r.status == "collecting" for r in runs)}
+        collecting = {r.id for r in runs if r.status == "collecting"}
+        self._collect_checked = {k: v for k, v in self._collect_checked.items() if k in collecting}
         for run in reversed(runs):  # oldest first
             if run.status == "collecting":
                 self._collect(run)
