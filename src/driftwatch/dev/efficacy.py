@@ -351,24 +351,33 @@ class Variant:
     anchors: bool = True  # the replay carries the base training set's anchors (route "general")
     shipped: bool = False  # the shipped retrain.training and retrain.lora defaults, not the scale's
     warm: bool | None = None  # continue from the incumbent's adapter (retrain.warm_start); None: the shipped default
+    training: tuple[tuple[str, Any], ...] = ()  # retrain.training settings of this row, over the study's recipe
 
 
 VARIANTS = [Variant("loop"), Variant("no replay", replay=0.0), Variant("poisoned, gates on", poisoned=True),
             Variant("poisoned, gates off", poisoned=True, gates=False), Variant("no early stopping", early_stopping=False),
             Variant("no anchors in the replay", anchors=False), Variant("a new LoRA (no warm start)", warm=False),
-            Variant("shipped training defaults", shipped=True)]
+            Variant("shipped training defaults", shipped=True),
+            # the recipe's levers (docs/evaluation.md), one a row
+            Variant("loss per example", training=(("loss_per", "example"),)),
+            Variant("chosen by task loss, anchors held", training=(("select_by", "task"), ("anchor_max_rise", 0.1))),
+            Variant("KL to the base on anchors", training=(("kl_anchor", 1.0),)),
+            Variant("KL to the incumbent on replay", training=(("kl_replay", 1.0),))]
 
 
 class Study:
     """One base model served by one vLLM; the incumbent and the data shared by every row."""
 
     def __init__(self, base_model: Path, vllm, work: Path, scale: Scale, *, seed: int = 0, noise: float = 0.05,
-                 poison_share: float = 0.2, anchors: bool = True, echo: Callable[[str], None] = print) -> None:
+                 poison_share: float = 0.2, anchors: bool = True, recipe: dict[str, Any] | None = None,
+                 echo: Callable[[str], None] = print) -> None:
         """``anchors``: the base training set carries the base model's answers to general prompts
-        (driftwatch/retrain/anchors.py), as docs/training-data.md advises; without, the recipe that forgot."""
+        (driftwatch/retrain/anchors.py), as docs/training-data.md advises; without, the recipe that forgot.
+        ``recipe``: retrain.training settings over the scale's, for every retrain (the loop's and each row's)."""
         from driftwatch.retrain import anchors as an
 
         self.base, self.vllm, self.work, self.scale, self.seed = Path(base_model), vllm, Path(work), scale, seed
+        self.recipe = dict(recipe or {})
         self.noise, self.poison_share, self.echo = noise, poison_share, echo
         self.work.mkdir(parents=True, exist_ok=True)
         self.client = vllm.client(timeout_s=300)
@@ -394,20 +403,29 @@ class Study:
         self.evaluator = None
 
     # -- training ---------------------------------------------------------------------------------------------------------
+    def training(self, steps: int | None = None, recipe: bool = True, **overrides) -> dict[str, Any]:
+        """The retrain.training settings of a retrain: the scale's, the study's recipe (not the incumbent's: every
+        recipe retrains the same incumbent), then ``overrides``."""
+        s = self.scale
+        return {"max_steps": steps or s.steps, "eval_every": s.eval_every, "learning_rate": s.learning_rate,
+                "batch_size": s.batch_size, "max_length": s.max_length, "warmup_ratio": 0.1,
+                **(self.recipe if recipe else {}), **overrides}
+
     def _spec(self, dataset: Path, out: Path, steps: int, early_stopping: bool = True, shipped: bool = False,
-              init: Path | None = None):
+              init: Path | None = None, incumbent: Path | None = None, training: dict[str, Any] | None = None,
+              recipe: bool = True):
         from driftwatch.config import Lora, Training
         from driftwatch.retrain.trainer import TrainSpec
 
-        s = self.scale
+        s, adapters = self.scale, {"init_adapter": str(init) if init else None,
+                                   "incumbent_adapter": str(incumbent) if incumbent else None}
         if shipped:  # what a user who sets nothing trains with (epochs, not steps)
             return TrainSpec(base_model=str(self.base), dataset=str(dataset), output=str(out), **Lora().model_dump(),
-                             **Training().model_dump(), progress=False, init_adapter=str(init) if init else None)
+                             **Training().model_dump(), progress=False, **adapters)
         return TrainSpec(base_model=str(self.base), dataset=str(dataset), output=str(out), r=s.r, alpha=2 * s.r,
-                         target_modules=list(s.target_modules), learning_rate=s.learning_rate, max_steps=steps,
-                         batch_size=s.batch_size, eval_every=s.eval_every, max_length=s.max_length, seed=self.seed,
-                         patience=3 if early_stopping else 10**9, warmup_ratio=0.1, progress=False,
-                         init_adapter=str(init) if init else None)
+                         target_modules=list(s.target_modules), seed=self.seed, progress=False,
+                         **{**self.training(steps, recipe, **dict(training or {})),
+                            **({} if early_stopping else {"patience": 10**9})}, **adapters)
 
     def _load(self, name: str, out: Path) -> str:
         self.vllm.load_adapter(name, out / "adapter")
@@ -422,7 +440,7 @@ class Study:
                                                                                 min_route_examples=0))
         data = write_dataset(curated, self.work / "datasets", sources={"efficacy": "phase A"})
         out = self.work / "incumbent"
-        m = train(self._spec(data, out, self.scale.incumbent_steps))
+        m = train(self._spec(data, out, self.scale.incumbent_steps, recipe=False))
         self.incumbent_training = _training(m)
         return self._load("incumbent", out)
 
@@ -455,8 +473,9 @@ class Study:
         out = self.work / "runs" / re.sub(r"[^a-z0-9]+", "-", v.name.lower()).strip("-")  # a module name: no "."
         steps = self.scale.steps if v.early_stopping else self.scale.steps * 2
         warm = Retrain().warm_start if v.warm is None else v.warm
-        m = train(self._spec(data, out, steps, v.early_stopping, v.shipped,
-                             self.work / "incumbent" / "adapter" if warm else None))
+        incumbent = self.work / "incumbent" / "adapter"
+        m = train(self._spec(data, out, steps, v.early_stopping, v.shipped, incumbent if warm else None, incumbent,
+                             dict(v.training)))
         if m["best_step"] == 0:
             return None, "unimproved: no checkpoint beat the adapter it started from", _training(m), curated.counts
         name = "cand-" + out.name
@@ -482,9 +501,11 @@ class Study:
         why = "; ".join(failed) if failed else f"every gate passed ({golden.detail if golden else ''})"
         return report.passed, why, report.metrics[candidate], report.metrics[incumbent]
 
-    def run(self, variants: list[Variant] = VARIANTS, *, daemon: bool = False, base: bool = True) -> list[Row]:
+    def run(self, variants: list[Variant] = VARIANTS, *, daemon: bool = False, base: bool = True,
+            on_row: Callable[[list[Row]], None] = lambda rows: None) -> list[Row]:
         """The rows. ``daemon``: the "loop" row is made by the daemon itself (:class:`Loop`), and what it harvested
-        is every other row's data; else the loop's parts are called directly on the users' corrections."""
+        is every other row's data; else the loop's parts are called directly on the users' corrections.
+        ``on_row``: called with the rows so far as each finishes (a long study keeps what it measured)."""
         t0 = time.monotonic()
         incumbent = self.incumbent()
         self.echo(f"incumbent trained on phase A in {time.monotonic() - t0:.0f}s "
@@ -500,6 +521,7 @@ class Study:
                                            training=self.incumbent_training)))
         for row in self.rows:  # a run stopped later keeps these in its log
             self.echo(f"{row.name}: {_brief(row)}")
+        on_row(self.rows)
         for v in variants:
             t = time.monotonic()
             if daemon and v.name == "loop":
@@ -510,6 +532,7 @@ class Study:
                 row = self._row(v, incumbent)
             self.rows.append(row)
             self.echo(f"{v.name}: {row.decision} in {time.monotonic() - t:.0f}s; " + _brief(row))
+            on_row(self.rows)
         return self.rows
 
     def _row(self, v: Variant, incumbent: str) -> Row:
@@ -555,8 +578,7 @@ class Loop:
             "retrain": {"base_model": str(st.base), "golden_set": str(st.golden), "base_training_set": str(st.base_set),
                         "trusted_callers": [CALLER], "window_hours": 24,
                         "lora": {"r": s.r, "alpha": 2 * s.r, "target_modules": list(s.target_modules)},
-                        "training": {"max_steps": s.steps, "eval_every": s.eval_every, "learning_rate": s.learning_rate,
-                                     "batch_size": s.batch_size, "max_length": s.max_length, "warmup_ratio": 0.1},
+                        "training": st.training(),
                         "gates": {"min_unique_prompts": 20, "seed": st.seed}},  # the shipped replay_fraction
             "evaluate": {"max_tokens": EVAL_MAX_TOKENS, "scoring": "normalized", "concurrency": 8},
             "rollout": {"alias": "production", "tick_s": 0.5, "lease_s": 10,

@@ -158,17 +158,19 @@ class RetrainService:
         dataset = write_dataset(curated, self.datasets_dir, sources=sources, retention_days=cfg.retention_days)
         self.store.save_dataset(dataset.name, str(dataset), self.clock(), curated.counts)
         output = self.runs_dir / record.id
-        init = self._warm_start(record, output)
+        incumbent = self._incumbent(record, output)  # copied into <output>/init when the run needs it
+        warm = incumbent if cfg.warm_start else None
         record = replace(record, status="training", dataset=str(dataset), output=str(output),
                          detail={**record.detail, "gates": [g.line() for g in curated.report], "counts": curated.counts,
-                                 "warm_start_from": init})
+                                 "warm_start_from": warm})
         if (now := self.store.run(record.id)) is not None and now.status in FINISHED:
             return now  # timed out by the control loop while its set was built: never trained, never overwritten
         self.store.save_run(record)
         spec = TrainSpec(base_model=str(cfg.base_model), dataset=str(dataset), output=str(output),
                          **cfg.lora.model_dump(), **cfg.training.model_dump(), price_per_gpu_hour=cfg.price_per_gpu_hour,
                          chat_template=str(cfg.chat_template) if cfg.chat_template else None,
-                         progress=False, init_adapter=str(output / "init") if init else None)
+                         progress=False, init_adapter=str(output / "init") if warm else None,
+                         incumbent_adapter=str(output / "init") if incumbent else None)
         result = self.runner.run(spec, record.id, cancel)
         detail = dict(record.detail)
         if result.manifest is not None:
@@ -188,11 +190,13 @@ class RetrainService:
         return replace(record, status=result.status.value, reason=result.reason or None, detail=detail)
 
 
-    def _warm_start(self, record: RunRecord, output: Path) -> str | None:
-        """With retrain.warm_start, the adapter the run continues from (the registry's path of the version it
-        retrains), copied into ``<output>/init``: where a trainer Job reads it (the run's directory is on the shared
-        volume), and what the run started from, kept with it. None: a new LoRA."""
-        path = self.adapter_path(record.adapter) if self.cfg.warm_start else None  # None: no adapter (the base model)
+    def _incumbent(self, record: RunRecord, output: Path) -> str | None:
+        """The adapter of the version the run retrains (the registry's path), copied into ``<output>/init`` when the
+        run needs it: to continue from (retrain.warm_start) or as the replay's KL reference
+        (retrain.training.kl_replay). There a trainer Job reads it (the run's directory is on the shared volume), and
+        what the run started from is kept with it. None: none needed, or the base model serves (a new LoRA)."""
+        needed = self.cfg.warm_start or self.cfg.training.kl_replay > 0
+        path = self.adapter_path(record.adapter) if needed else None  # None: no adapter (the base model)
         if path is None:
             return None
         if not (Path(path) / "adapter_config.json").is_file():

@@ -2,7 +2,8 @@
 
 ``train(spec)`` reads a dataset written by retrain/dataset.py (a chat's messages, or a completion's prompt and
 completion, per line), renders each as vLLM does when serving it (:func:`prompt_ids`), trains a LoRA adapter with
-the loss on the answer's tokens only, evaluates on the validation split every ``eval_every`` steps, keeps the best
+the loss on the answer's tokens only (an anchor or replay line's with, when weighted, its KL to the base model or
+the incumbent), evaluates on the validation split every ``eval_every`` steps, keeps the best
 adapter and stops early after ``patience`` evaluations without improvement. It writes ``<output>/adapter/`` and,
 last, ``<output>/manifest.json`` (status "succeeded"): a run without that manifest produced nothing to promote.
 
@@ -55,6 +56,9 @@ class TrainSpec:
     select_by: str = "all"  # all | task: the validation loss the best checkpoint is chosen by (see selection)
     anchor_max_rise: float | None = None  # with select_by task: the anchors' loss may rise this share above step 0
     chat_template: str | None = None  # a Jinja file: the template vLLM serves with, when not the base model's own
+    kl_anchor: float = 0.0  # weight of KL(base || tuned) on the anchor lines' answer tokens (the base: adapter disabled)
+    kl_replay: float = 0.0  # weight of KL(incumbent || tuned) on the replay lines' answer tokens
+    incumbent_adapter: str | None = None  # the adapter served now, frozen: replay's reference (None: the base serves)
 
     @classmethod
     def load(cls, path: Path) -> TrainSpec:
@@ -72,6 +76,7 @@ def _sha256_files(root: Path, patterns: tuple[str, ...]) -> str:
     return h.hexdigest()
 
 
+INCUMBENT = "incumbent"  # the frozen incumbent's adapter name, beside the trained one ("default")
 TASK = "task"  # a dataset line's group when harvested (correction, positive) or unnamed; else its source
 
 
@@ -172,10 +177,14 @@ def _model(spec: TrainSpec, device, dtype):
     if spec.init_adapter:
         from peft import PeftModel
 
-        return tokenizer, PeftModel.from_pretrained(model, spec.init_adapter, is_trainable=True)
-    return tokenizer, get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=spec.r, lora_alpha=spec.alpha,
-                                                        lora_dropout=spec.dropout,
-                                                        target_modules=list(spec.target_modules)))
+        model = PeftModel.from_pretrained(model, spec.init_adapter, is_trainable=True)
+    else:
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=spec.r, lora_alpha=spec.alpha,
+                                                 lora_dropout=spec.dropout, target_modules=list(spec.target_modules)))
+    if spec.kl_replay and spec.incumbent_adapter:  # a second, frozen adapter: the replay's reference distribution
+        model.load_adapter(spec.incumbent_adapter, adapter_name=INCUMBENT, is_trainable=False)
+        model.set_adapter("default")
+    return tokenizer, model
 
 
 def load_tokenizer(base: Path, chat_template: str | None = None):
@@ -243,14 +252,53 @@ class _Fit:
                 ids[k, :len(x)], labels[k, :len(y)], mask[k, :len(x)] = torch.tensor(x), torch.tensor(y), 1
             yield ids.to(self.device), labels.to(self.device), mask.to(self.device), [g for _, _, g in chunk]
 
-    def line_losses(self, ids, labels, mask):
-        """Each line's summed answer-token loss (a tensor) and its answer-token count."""
+    def line_losses(self, ids, labels, mask, groups: list[str] | None = None):
+        """Each line's summed answer-token loss (a tensor) and its answer-token count. With ``groups`` (training), an
+        anchor or replay line's loss adds its weighted KL to its reference (:meth:`references`)."""
         import torch
 
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
+        refs = self.references(ids, mask, groups) if groups else {}  # first: the reference passes toggle adapters
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
-        return loss.sum(dim=1), (target != -100).sum(dim=1)
+        sums = loss.sum(dim=1)
+        for rows, (weight, ref) in refs.items():
+            idx = torch.tensor(rows, device=ids.device)
+            answer = target[idx] != -100
+            log_p, log_q = torch.log_softmax(ref[answer], -1), torch.log_softmax(logits[idx][answer], -1)
+            per_token = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(reference || tuned) at each answer token
+            line = torch.zeros(len(rows), device=sums.device).index_add(0, answer.nonzero()[:, 0], per_token)
+            sums = sums.index_add(0, idx, weight * line)
+        return sums, (target != -100).sum(dim=1)
+
+    def references(self, ids, mask, groups: list[str]) -> dict[tuple[int, ...], tuple[float, object]]:
+        """The reference logits of a batch's anchor lines (the base model: the adapter disabled, peft's
+        ``disable_adapter``) and replay lines (the incumbent: its frozen adapter, or the base when none serves; not
+        the base when one does, which scores 0 on the traffic it was trained for), each with its weight, by row."""
+        import torch
+
+        out, training = {}, self.model.training
+        self.model.eval()  # no dropout in a reference
+        try:
+            for group, weight in (("anchor", self.spec.kl_anchor), ("replay", self.spec.kl_replay)):
+                rows = tuple(k for k, g in enumerate(groups) if g == group)
+                if not weight or not rows:
+                    continue
+                idx = torch.tensor(rows, device=ids.device)
+                with torch.no_grad():
+                    if group == "replay" and self.spec.incumbent_adapter:
+                        self.model.set_adapter(INCUMBENT, inference_mode=True)
+                        try:
+                            ref = self.model(input_ids=ids[idx], attention_mask=mask[idx]).logits
+                        finally:
+                            self.model.set_adapter("default")  # trainable again
+                    else:
+                        with self.model.disable_adapter():
+                            ref = self.model(input_ids=ids[idx], attention_mask=mask[idx]).logits
+                out[rows] = (weight, ref[:, :-1].float())
+        finally:
+            self.model.train(training)
+        return out
 
     def evaluate(self, val_set) -> dict[str, float]:
         import torch
@@ -267,15 +315,15 @@ class _Fit:
         return aggregate(sums, counts, groups, self.spec.loss_per)
 
     def step(self, micro) -> tuple[float, int]:
-        """One optimizer step over ``micro``: the loss per answer token (or per line, ``loss_per`` example) of the
-        whole step, back-propagated; returns the step's loss and how many tokens it saw."""
+        """One optimizer step over ``micro``: the loss (with its KL terms) per answer token (or per line, ``loss_per``
+        example) of the whole step, back-propagated; returns the step's loss and how many tokens it saw."""
         import torch
 
         lines = sum(len(b[3]) for b in micro)
         answer_tokens = sum(int((b[1][:, 1:] != -100).sum()) for b in micro)
         step_loss, tokens = 0.0, 0
-        for ids, labels, mask, _ in micro:
-            sums, counts = self.line_losses(ids, labels, mask)
+        for ids, labels, mask, groups in micro:
+            sums, counts = self.line_losses(ids, labels, mask, groups)
             if self.spec.loss_per == "token":
                 loss = sums.sum() / max(1, answer_tokens)
             else:
@@ -285,6 +333,9 @@ class _Fit:
             tokens += int(mask.sum())
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
         return step_loss, tokens
+
+    def save_best(self) -> None:
+        self.model.save_pretrained(self.work / "best", selected_adapters=["default"])  # not the frozen incumbent
 
     def run(self, train_set, val_set) -> _Result:
         import torch
@@ -306,7 +357,7 @@ class _Fit:
         curves: dict[str, list] = {"train": [], "validation": [[0, pick(first)]], "validation_by_source": [[0, first]]}
         best_loss = initial = pick(first)
         best_step, bad_evals, step, tokens_seen, early_stopped, step_s = 0, 0, 0, 0, False, 0.0
-        model.save_pretrained(self.work / "best")  # step 0 (the adapter it starts from) until something beats it
+        self.save_best()  # step 0 (the adapter it starts from) until something beats it
         rng = random.Random(spec.seed)
         bar = _progress(total_steps, spec.progress)
         model.train()
@@ -336,7 +387,7 @@ class _Fit:
                 curves["validation_by_source"].append([step, val])
                 if loss < best_loss - spec.min_delta:
                     best_loss, best_step, bad_evals = loss, step, 0
-                    model.save_pretrained(self.work / "best")
+                    self.save_best()
                 else:
                     bad_evals += 1
                     early_stopped = bad_evals >= spec.patience
