@@ -279,6 +279,25 @@ class Training(_Section):
                              "incumbent adapter (the base model when none serves): keeps what production serves now")
 
 
+class Review(_Section):
+    candidates: int = Field(1, ge=1, le=8, description="adapters a retrain offers the promotion gate: its best "
+                            "checkpoint, then it interpolated toward the incumbent, then earlier best checkpoints; "
+                            "ranked on one part of the golden set and the battery, the best gated on the other part "
+                            "(1: the best checkpoint alone, gated on every item)")
+    interpolate: list[float] = Field(default_factory=lambda: [0.75, 0.5, 0.25], description="α of each interpolation "
+                                     "α·best + (1-α)·incumbent (exact, as a LoRA of the concatenated rank)")
+    keep_checkpoints: int = Field(1, ge=0, description="earlier best checkpoints kept as candidates")
+    max_rank: int = Field(32, ge=1, description="vLLM's --max-lora-rank: an interpolation of a larger concatenated "
+                          "rank is truncated to it by SVD (and no longer exact)")
+
+    @field_validator("interpolate")
+    @classmethod
+    def _alphas(cls, v: list[float]) -> list[float]:
+        if any(not 0 < a < 1 for a in v):
+            raise ValueError("each α is between 0 and 1, exclusive")
+        return v
+
+
 class KubernetesRunner(_Section):
     namespace: str = "driftwatch"
     image: str | None = Field(None, description="trainer image (driftwatch with the train extra)")
@@ -333,6 +352,7 @@ class Retrain(_Section):
     gates: Gates = Gates()
     lora: Lora = Lora()
     training: Training = Training()
+    review: Review = Review()
     kubernetes: KubernetesRunner = KubernetesRunner()
 
 

@@ -219,3 +219,47 @@ def test_a_significant_loss_fails_the_gate_even_under_its_bound_and_a_noisy_one_
     noisy = Gate("forgetting_drop", 0.04, 0.05, "<=", p_value=0.2, alpha=0.05)
     assert noisy.passed
     assert not Gate("forgetting_drop", 0.06, 0.05, "<=", p_value=0.2, alpha=0.05).passed  # over the bound
+
+
+def test_a_review_ranks_every_candidate_on_one_part_and_gates_the_chosen_on_the_held_out_part(tmp_path):
+    """Issue 26: a run offers its best checkpoint and that checkpoint interpolated toward the incumbent. The best
+    learned the task and forgot a third of the battery; the half-way one learned most of it and forgot nothing. The
+    review ranks all on one part of the golden set and the battery, and the gate decides on the other part alone."""
+    from driftwatch.evaluate.evaluator import parts
+
+    right = {it.prompt: it.answers[0] for it in read_golden(shipped("battery.jsonl"))}
+
+    def adapter(orders_known: int, forgets_every: int = 0):
+        def answer(p):
+            if p.startswith("Order"):
+                n = int(p.split()[1].rstrip(":"))
+                return f"The id is ORD-{n}" if n < orders_known else "No idea which order."
+            forgot = forgets_every and len(p) % forgets_every == 0
+            return right[p] if p in right and not forgot else f"About {p.lower()} I would say"
+        return answer
+
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text("".join(json.dumps({"prompt": f"Order {i}: where is ORD-{i}?", "expected": f"ORD-{i}",
+                                          "scoring": "contains"}) + "\n" for i in range(40)))
+    client = Scripted({"inc": adapter(20), "best": adapter(40, forgets_every=3), "best~a50": adapter(36),
+                       "best~a25": adapter(26)})
+    ev = Evaluator(Evaluate(), client, golden, tmp_path / "evals")
+    report = ev.run("best", "inc", eval_id="r1", siblings=("best~a50", "best~a25"))
+    review = report.context["review"]
+    assert report.candidate == review["chosen"] == "best~a50" and report.passed, report.table()
+    judged = {c["candidate"]: c for c in review["candidates"]}
+    assert not judged["best"]["passed"] and "forgetting_drop" in judged["best"]["failed"]
+    assert judged["best~a50"]["passed"] and judged["best~a25"]["passed"]
+    assert judged["best~a50"]["golden_score"] > judged["best~a25"]["golden_score"]
+    # the gate's golden and battery items are the held-out part: none of them was used to choose
+    ranking, held_out = parts(ev.suites)
+    gated = {(i["suite"], i["prompt"]) for i in report.items}
+    ranked = {(s, ev.suites[s][i].prompt) for s in ("golden", "battery") for i in ranking[s]}
+    assert gated and not gated & ranked and len(ranking["golden"]) + len(held_out["golden"]) == 40
+    assert 10 <= len(held_out["golden"]) <= 30 and 30 <= len(held_out["battery"]) <= 90
+    assert "review: ranked on" in (tmp_path / "evals" / "r1.txt").read_text()
+    # the rejected candidates were asked the ranking part only; the chosen and the incumbent both parts
+    asked = len(ranking["golden"]) + len(ranking["battery"]) + 20
+    assert client.calls.count("best") == client.calls.count("best~a25") == asked
+    assert client.calls.count("best~a50") == client.calls.count("inc") == asked + len(held_out["golden"]) + len(
+        held_out["battery"]) + 20

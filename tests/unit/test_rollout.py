@@ -56,12 +56,14 @@ class ScriptedVLLM:
 
 class ScriptedEvaluator:
     def __init__(self, tmp):
-        self.reports_dir, self.passing, self.runs = tmp, True, []
+        self.reports_dir, self.passing, self.runs, self.choose, self.siblings = tmp, True, [], None, []
 
-    def run(self, candidate, incumbent, eval_id, context=None, cancel=None):
+    def run(self, candidate, incumbent, eval_id, context=None, cancel=None, siblings=()):
         self.runs.append((candidate, incumbent))
+        self.siblings.append(siblings)
         gate = Gate("golden_delta", 0.2 if self.passing else -0.5, 0.0, ">=")
-        return SimpleNamespace(id=eval_id, at=1.0, passed=self.passing, gates=[gate], error=None)
+        return SimpleNamespace(id=eval_id, at=1.0, passed=self.passing, gates=[gate], error=None,
+                               candidate=self.choose or candidate)
 
 
 class Clock:
@@ -443,3 +445,50 @@ def test_a_bake_at_its_failed_check_threshold_is_rolled_back_even_if_the_rollbac
     r.store.commit(r.clock(), "test", "check-failed", "v2", rollout=_replace(baking, failed_checks=2),
                    expect_phase="baking")
     assert r.ctl.step(snap(v2={})).phase == "rolled_back" and r.ctl.production() == "v1"
+
+
+def offering(tmp, names, listed_only=()):
+    """A run's directory as the trainer leaves it: its best adapter, the other candidates and the manifest."""
+    import json
+
+    run = tmp / "run-7"
+    for name in ("adapter", *(f"candidates/{n}" for n in names)):
+        (run / name).mkdir(parents=True, exist_ok=True)
+        (run / name / "adapter_config.json").write_text("{}")
+    (run / "manifest.json").write_text(json.dumps({"status": "succeeded", "candidates": [
+        {"name": n} for n in (*names, *listed_only)]}))
+    return run / "adapter"
+
+
+def test_a_review_loads_the_runs_other_candidates_and_the_chosen_one_goes_on(rig):
+    """Issue 26: the run's siblings (registered <version>--<name>, loaded beside it) are judged in the same
+    evaluation; the one it chooses becomes the rollout's candidate, the others are rejected (and unloaded)."""
+    r = rig()
+    r.ctl.register("v2", offering(r.tmp, ["a50", "step-3"], listed_only=["a25"]), run_id="run-7", parent="v1")
+    r.vllm.reject.add("v2--step-3")  # vLLM refuses one (a rank above --max-lora-rank): left out of the review
+    r.ctl.evaluator().choose = "v2--a50"
+    r.ctl.start("v2")
+    assert r.ctl.step().phase == "evaluating" and set(r.vllm.loaded) == {"v1", "v2", "v2--a50"}
+    moved = r.ctl.step()
+    assert moved.phase == "warming" and moved.candidate == "v2--a50"
+    assert r.ctl.evaluator().siblings == [("v2--a50",)]  # "a25" was listed, never written: not a candidate
+    states = {a.version: a.state for a in r.store.adapters()}
+    assert states == {"v1": "production", "v2": "rejected", "v2--a50": "candidate", "v2--step-3": "rejected"}
+    assert r.store.adapter("v2--a50").run_id == "run-7" and r.store.adapter("v2--a50").parent == "v1"
+    assert "review chose v2--a50" in r.store.events()[0].why
+    assert r.ctl.drive(lambda: snap(v1={})).phase == "baking"
+    assert r.store.alias_table()[1]["production"] == {"v2--a50": 1.0}
+    r.clock.t += 11
+    assert "v2" in r.ctl.reconcile()["unloaded"] and "v2" not in r.vllm.loaded
+
+
+def test_a_failed_review_rejects_every_candidate_of_the_run(rig):
+    r = rig()
+    r.ctl.register("v2", offering(r.tmp, ["a50", "a25"]), run_id="run-7", parent="v1")
+    r.ctl.evaluator().passing = False
+    r.ctl.start("v2")
+    assert r.ctl.drive().phase == "rejected"
+    assert [set(x) for x in r.ctl.evaluator().siblings] == [{"v2--a25", "v2--a50"}]
+    assert {a.version: a.state for a in r.store.adapters()} == {"v1": "production", "v2": "rejected",
+                                                                  "v2--a50": "rejected", "v2--a25": "rejected"}
+    assert r.store.alias_table()[1] == {"production": {"v1": 1.0}}

@@ -252,3 +252,48 @@ def test_the_replay_reference_is_the_frozen_incumbent_and_only_the_trained_adapt
     m = train(spec)
     saved = sorted(p.name for p in (tmp_path / "o" / "adapter").iterdir())
     assert saved == ["README.md", "adapter_config.json", "adapter_model.safetensors"] and m["status"] == "succeeded"
+
+
+def lora_deltas(adapter):
+    """Each module's update B·A·(alpha/r), read from the saved files (not through peft)."""
+    from safetensors.torch import load_file
+
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    weights = load_file(adapter / "adapter_model.safetensors")
+    scale = cfg["lora_alpha"] / cfg["r"]
+    return {k.replace(".lora_A.weight", ""): weights[k.replace("lora_A", "lora_B")] @ weights[k] * scale
+            for k in weights if k.endswith("lora_A.weight")}, cfg["r"]
+
+
+def test_a_run_offers_its_best_interpolated_toward_the_incumbent_and_an_earlier_checkpoint(tiny_model, tmp_path):
+    """α·best + (1-α)·incumbent as one LoRA of the concatenated rank (peft's add_weighted_adapter "cat"): exact, up
+    to float error; above max_rank it is an SVD truncation and says so; an earlier best checkpoint is offered too."""
+    import torch
+
+    data = kl_dataset(tmp_path / "data")
+    common = dict(base_model=str(tiny_model), dataset=str(data), batch_size=8, learning_rate=1e-2, eval_every=3,
+                  patience=100, target_modules=["q_proj", "v_proj"], progress=False)
+    train(TrainSpec(output=str(tmp_path / "inc"), max_steps=4, **common))
+    incumbent = tmp_path / "inc" / "adapter"
+    m = train(TrainSpec(output=str(tmp_path / "cand"), max_steps=9, r=4, alpha=8, candidates=4, interpolate=[0.5, 0.25],
+                        keep_checkpoints=1, incumbent_adapter=str(incumbent), max_rank=12, **common))
+    offered = {c["name"]: c for c in m["candidates"]}
+    assert [c["kind"] for c in m["candidates"]] == ["interpolation", "interpolation", "checkpoint"], offered
+    assert list(offered)[:2] == ["a50", "a25"] and offered["a50"]["exact"] and offered["a50"]["rank"] == 4 + 8, offered
+    run = tmp_path / "cand"
+    assert json.loads((run / "manifest.json").read_text())["candidates"] == m["candidates"]
+    best, _ = lora_deltas(run / "adapter")
+    inc, _ = lora_deltas(incumbent)
+    for name, alpha in (("a50", 0.5), ("a25", 0.25)):
+        mixed, r = lora_deltas(run / "candidates" / name)
+        assert r == 12 and set(mixed) == set(best)
+        for k in best:
+            assert torch.allclose(mixed[k], alpha * best[k] + (1 - alpha) * inc[k], atol=1e-6), (name, k)
+    checkpoints = [c for c in m["candidates"] if c["kind"] == "checkpoint"]
+    assert checkpoints and 0 < checkpoints[0]["step"] < m["best_step"]
+    assert (run / "candidates" / checkpoints[0]["name"] / "adapter_model.safetensors").is_file()
+    # above vLLM's --max-lora-rank: truncated by SVD to it, not exact
+    m = train(TrainSpec(output=str(tmp_path / "svd"), max_steps=3, r=8, alpha=16, candidates=2, interpolate=[0.5],
+                        incumbent_adapter=str(incumbent), max_rank=8, **common))
+    assert m["best_step"] > 0 and m["candidates"][0]["exact"] is False and m["candidates"][0]["rank"] == 8
+    assert lora_deltas(tmp_path / "svd" / "candidates" / "a50")[1] == 8

@@ -43,7 +43,7 @@ from driftwatch.control.jobs import InlineJobs, Jobs
 from driftwatch.control.leader import Always, Leadership
 from driftwatch.control.policy import Decision, Policy, Waiting, paused_in
 from driftwatch.control.rollout import ACTIVE as ROLLOUT_ACTIVE
-from driftwatch.control.rollout import RolloutController, live_signals, version_name
+from driftwatch.control.rollout import RolloutController, family, live_signals, version_name
 from driftwatch.errors import ControlError, RolloutError
 from driftwatch.metrics import Metrics
 from driftwatch.monitor.monitor import Monitor, MonitorSnapshot, Windows, merge_views, window_samples
@@ -312,7 +312,7 @@ class Reconciler:
     def _candidates(self, runs) -> None:
         """A succeeded run's adapter is registered as a candidate, and rolled out with rollout.auto_promote (the
         rollout evaluates it, and promotes it only if every gate passes)."""
-        started = {r.candidate for r in self.registry.rollouts(limit=50)}
+        started = {family(r.candidate) for r in self.registry.rollouts(limit=50)}  # a sibling chosen: its run's
         for run in reversed(runs):
             if run.status != "succeeded" or run.output is None:
                 continue
@@ -340,7 +340,7 @@ class Reconciler:
         if run.status != "succeeded":
             return "unpromoted", run.finished
         version = version_name(run.id)
-        rollout = next((x for x in self.registry.rollouts(limit=100) if x.candidate == version), None)
+        rollout = next((x for x in self.registry.rollouts(limit=100) if family(x.candidate) == version), None)
         if rollout is None:  # a candidate waiting for its rollout (or a person) is in flight; anything else ended
             adapter = self.registry.adapter(version)
             return ("open", None) if adapter is None or adapter.state == "candidate" else ("unpromoted", run.finished)

@@ -43,6 +43,7 @@ adapter. A process acts on a rollout only while it holds its lease (a crashed ho
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -90,6 +91,26 @@ def deadline_s(settings: Settings, phase: str) -> float:
 
 def version_name(run_id: str) -> str:
     return f"ft-{run_id}"
+
+
+SIBLING = "--"  # a run's other candidate is registered as <version>--<name> (ft-<run>--a50: interpolated, α 0.5)
+
+
+def family(version: str) -> str:
+    """The version a run registered first, for a candidate the review chose among its siblings."""
+    return version.split(SIBLING)[0]
+
+
+def offered(adapter: AdapterRecord) -> dict[str, str]:
+    """The other candidates the run of ``adapter`` offered (retrain.review: its manifest's ``candidates``, each in
+    ``<run>/candidates/<name>``), by the version each is registered as."""
+    run = Path(adapter.path).parent
+    try:
+        listed = json.loads((run / "manifest.json").read_text()).get("candidates") or []
+    except (OSError, ValueError):
+        return {}
+    return {f"{adapter.version}{SIBLING}{c['name']}": str(run / "candidates" / c["name"]) for c in listed
+            if (run / "candidates" / c["name"] / "adapter_config.json").is_file()}
 
 
 # -- bake checks (pure) -------------------------------------------------------------------------------------------------
@@ -291,15 +312,49 @@ class RolloutController:
     def _loading(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         try:
             self._load_everywhere(r.candidate)
+            dropped = {} if r.forced else self._load_siblings(r)
         except VLLMUnavailable as exc:
             if not self._past_deadline(r):
                 log.warning("rollout %d: cannot load %s yet: %s", r.id, r.candidate, exc)
                 return r
             return self._move(r, "failed", "load-failed", f"{exc}; past rollout.load_deadline_s",
-                              states={r.candidate: "rejected"})
+                              states=self._rejected(r))
         except ServingError as exc:  # rejected by vLLM, or the path is gone: production untouched
-            return self._move(r, "failed", "load-failed", str(exc), states={r.candidate: "rejected"})
-        return self._move(r, "warming" if r.forced else "evaluating", "loaded", f"on {len(self.clients)} server(s)")
+            return self._move(r, "failed", "load-failed", str(exc), states=self._rejected(r))
+        siblings = [a.version for a in self._siblings(r)]
+        return self._move(r, "warming" if r.forced else "evaluating", "loaded", f"on {len(self.clients)} server(s)"
+                          + (f" with {len(siblings)} sibling candidate(s) to review" if siblings else ""),
+                          states=dropped or None)
+
+    def _load_siblings(self, r: RolloutRecord) -> dict[str, str]:
+        """Register and load the other candidates the candidate's run offered (each once: a version is never
+        reused); one vLLM refuses (a rank above --max-lora-rank, say) is left out of the review, rejected."""
+        adapter = self.store.adapter(r.candidate)
+        if adapter is None or SIBLING in r.candidate:
+            return {}
+        dropped = {}
+        for version, path in offered(adapter).items():
+            if self.store.adapter(version) is None:
+                self.register(version, path, run_id=adapter.run_id, parent=adapter.parent)
+            if self.store.adapter(version).state != "candidate":
+                continue
+            try:
+                self._load_everywhere(version)
+            except VLLMUnavailable:
+                raise
+            except ServingError as exc:
+                log.warning("rollout %d: sibling %s left out of the review: %s", r.id, version, exc)
+                dropped[version] = "rejected"
+        return dropped
+
+    def _siblings(self, r: RolloutRecord) -> list[AdapterRecord]:
+        """The other candidates of the candidate's run, registered and still candidates."""
+        return [a for a in self.store.adapters() if a.version.startswith(r.candidate + SIBLING)
+                and a.state == "candidate"]
+
+    def _rejected(self, r: RolloutRecord) -> dict[str, str]:
+        """The candidate and its siblings, rejected."""
+        return {r.candidate: "rejected", **{a.version: "rejected" for a in self._siblings(r)}}
 
     def _evaluating(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         """Start the evaluation job, or take its result once it is in the store."""
@@ -311,28 +366,34 @@ class RolloutController:
                 self.jobs.cancel(key)
                 return self._move(r, "rejected", "gate-failed", "no verdict within rollout.evaluate_deadline_s "
                                   f"({self.cfg.evaluate_deadline_s:g}s): the evaluation was cancelled",
-                                  states={r.candidate: "rejected"})
+                                  states=self._rejected(r))
             if r.id in self._evaluations and not self.jobs.running(key):
                 if self.store.evaluation(eval_id) is not None:  # it recorded its verdict as it ended: take it
                     return self._evaluating(r, snapshot)
                 return self._move(r, "rejected", "gate-failed", "the evaluation ended without a verdict (its error "
-                                  "is in the log)", states={r.candidate: "rejected"})
+                                  "is in the log)", states=self._rejected(r))
             try:
                 evaluator = self.evaluator()
             except Exception as exc:  # noqa: BLE001 - a bad golden set, say: a failed evaluation, recorded once
                 return self._move(r, "rejected", "gate-failed", f"evaluation error: {type(exc).__name__}: {exc}",
-                                  states={r.candidate: "rejected"})
+                                  states=self._rejected(r))
             incumbent = r.previous or self.settings.gateway.base_model
             self._evaluations.add(r.id)
             self.jobs.submit(key, lambda cancel: self._evaluate(evaluator, r, incumbent, cancel))
             return r if self.store.evaluation(eval_id) is None else self._evaluating(r, snapshot)
         if self.metrics is not None:
             self.metrics.evaluations.labels(result="passed" if record.passed else "failed").inc()
-        detail = {"evaluation": record.id, "failed": record.failed}
+        detail = {"evaluation": record.id, "failed": record.failed, "chosen": record.candidate}
         if not record.passed:
             return self._move(r, "rejected", "gate-failed", "; ".join(record.failed) or "evaluation failed",
-                              states={r.candidate: "rejected"}, detail_event=detail)
+                              states=self._rejected(r), detail_event=detail)
+        if record.candidate != r.candidate:  # the review chose a sibling: it goes on, the others are rejected
+            states = {v: s for v, s in self._rejected(r).items() if v != record.candidate}
+            return self._move(r, "warming", "gate-passed", f"evaluation {record.id}: review chose "
+                              f"{record.candidate}; every check passed on the held-out part", states=states,
+                              detail_event=detail, candidate=record.candidate)
         return self._move(r, "warming", "gate-passed", f"evaluation {record.id}: every check passed",
+                          states={v: "rejected" for v in self._rejected(r) if v != r.candidate} or None,
                           detail_event=detail)
 
     def _evaluate(self, evaluator, r: RolloutRecord, incumbent: str, cancel) -> None:
@@ -340,7 +401,7 @@ class RolloutController:
         rollout was cancelled meanwhile: then nothing is recorded, and nothing waits for it)."""
         try:
             report = evaluator.run(r.candidate, incumbent, eval_id=evaluation_id(r), context={"rollout": r.id},
-                                   cancel=cancel)
+                                   cancel=cancel, siblings=tuple(a.version for a in self._siblings(r)))
         except Exception as exc:  # noqa: BLE001 - outside the evaluator's own handling: a failed evaluation
             log.exception("evaluation %s failed", evaluation_id(r))
             if not cancel.is_set():
@@ -351,7 +412,7 @@ class RolloutController:
             log.info("evaluation %s cancelled: not recorded", report.id)
             return
         failed = [g.line() for g in report.gates if not g.passed] or ([report.error] if report.error else [])
-        self.store.save_evaluation(EvaluationRecord(report.id, report.at, r.candidate, incumbent, report.passed,
+        self.store.save_evaluation(EvaluationRecord(report.id, report.at, report.candidate, incumbent, report.passed,
                                                     str(evaluator.reports_dir / f"{report.id}.json"), failed))
 
     def _warming(self, r: RolloutRecord, snapshot) -> RolloutRecord:
@@ -512,7 +573,7 @@ class RolloutController:
             if r.phase not in FLIPPED:  # nothing was flipped yet
                 self.jobs.cancel(f"evaluate-{r.id}")
                 self._move(r, "rejected", "cancelled", why or f"cancelled by {who}", who=who,
-                           states={r.candidate: "rejected"})
+                           states=self._rejected(r))
                 return self.production() or ""
             self._roll_back(r, "manual", why or f"by {who}", who=who)
             return self.production() or ""
@@ -568,6 +629,8 @@ class RolloutController:
         r = self.active()
         if r is not None and r.phase != "loading":
             needed |= {r.candidate} | ({r.previous} if r.previous else set())
+        if r is not None and r.phase == "evaluating":  # the review asks them too
+            needed |= {a.version for a in self._siblings(r)}
         for client in self.clients:
             try:
                 loaded = client.adapters()

@@ -14,12 +14,16 @@ Suites (the same prompts for both adapters, greedy, requests interleaved so that
 * **latency** — p50/p95 of the requests.
 
 The promotion gate is a list of :class:`~driftwatch.evaluate.gates.Gate`, every one with value, bound, verdict and reason;
-all must pass. An evaluation that cannot finish (vLLM gone, an adapter missing) fails its gates — it never promotes.
+all must pass. **A review** judges a run's other candidates with it (its earlier checkpoints, its best interpolated
+toward the incumbent: retrain/trainer.py): every candidate is ranked on one part of the golden set and the battery,
+and the best is gated on the other part, held out from the choice (choosing among candidates on the items that gate
+them would pick the luckiest; :func:`parts`). An evaluation that cannot finish (vLLM gone, an adapter missing) fails its gates — it never promotes.
 The report is written as JSON and as a table (``<reports_dir>/<id>.json`` / ``.txt``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -41,6 +45,18 @@ from driftwatch.serving.vllm import VLLMClient
 log = logging.getLogger(__name__)
 
 SUITES = ("golden", "battery", "probes")
+Index = dict[str, list[int]]  # the items of each suite an evaluation asks, by position
+
+
+def parts(suites: dict[str, list[GoldenItem]], share: float = 0.5) -> tuple[Index, Index]:
+    """A review's ranking part and held-out part of the golden set and the battery, by a stable hash of each prompt
+    (the same split in every evaluation); the probes, 20 by default, are asked in both."""
+    def held(item: GoldenItem) -> bool:
+        return int(hashlib.sha256(item.prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+    rank: Index = {s: [i for i, it in enumerate(suites[s]) if s == "probes" or not held(it)] for s in SUITES}
+    gate: Index = {s: [i for i, it in enumerate(suites[s]) if s == "probes" or held(it)] for s in SUITES}
+    return rank, gate
 
 
 def reports_dir(cfg: Evaluate, state_dir: Path) -> Path:
@@ -80,7 +96,12 @@ class EvalReport:
                 f"{'metric':<{width}}  {'candidate':>10}  {'incumbent':>10}"]
         rows = [f"{n:<{width}}  {self.metrics[self.candidate].get(n, math.nan):>10.4g}  "
                 f"{self.metrics[self.incumbent].get(n, math.nan):>10.4g}" for n in names]
-        return "\n".join(head + rows + ["", "gate:"] + [f"  {g.line()}" for g in self.gates]) + "\n"
+        review = self.context.get("review")
+        ranked = ["", f"review: ranked on {review['ranked_on']}, gated on the held-out {review['gated_on']}"] + [
+            f"  {c['candidate']}: golden {c['golden_score']:.3f}, battery {c['battery_score']:.3f}, "
+            + ("passed" if c["passed"] else "failed " + ", ".join(c["failed"])) for c in review["candidates"]
+        ] if review else []
+        return "\n".join(head + rows + ranked + ["", "gate:"] + [f"  {g.line()}" for g in self.gates]) + "\n"
 
     def write(self, directory: Path) -> Path:
         directory.mkdir(parents=True, exist_ok=True)
@@ -117,38 +138,70 @@ class Evaluator:
         }
 
     def run(self, candidate: str, incumbent: str, *, eval_id: str | None = None,
-            context: dict[str, Any] | None = None, cancel: threading.Event | None = None) -> EvalReport:
+            context: dict[str, Any] | None = None, cancel: threading.Event | None = None,
+            siblings: tuple[str, ...] = ()) -> EvalReport:
         """Evaluate, gate, write the report. Never raises for what vLLM does: a failed run is a failed report. Set
-        ``cancel`` to stop early (the requests not yet sent are not sent; the report fails)."""
+        ``cancel`` to stop early (the requests not yet sent are not sent; the report fails). With ``siblings`` (the
+        run's other candidates, served under those names), the review: the report's candidate is the one chosen."""
         started = self.clock()
         eval_id = eval_id or f"eval-{candidate}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}"
         t0 = time.perf_counter()
+        cancel = cancel or threading.Event()
+        context, every = dict(context or {}), {s: list(range(len(self.suites[s]))) for s in SUITES}
+        idx, outputs, base = every, {}, math.nan
         try:
-            outputs = self._generate(candidate, incumbent, cancel or threading.Event())
-            metrics = {a: self._metrics(outputs[a]) for a in (candidate, incumbent)}
-            battery = {a: self._battery(outputs[a]) for a in (candidate, incumbent)}
-            base_battery = battery.get(self.base) or self._base_battery_scores(cancel or threading.Event())
-            answered = [x for x in base_battery or () if x is not None]  # a missing answer fails request_errors
-            base = sum(answered) / len(answered) if answered else math.nan
-            flips = {"the incumbent": _flips(battery[incumbent], battery[candidate]),
-                     "the base model": _flips(base_battery, battery[candidate]) if base_battery else None}
-            gates = self._gates(metrics[candidate], metrics[incumbent], self._golden_diff(outputs, candidate, incumbent),
-                                base, flips)
+            if siblings:
+                ranking, idx = parts(self.suites)
+                candidate, context["review"] = self._review((candidate, *siblings), incumbent, ranking, idx, cancel)
+            outputs = self._generate((candidate, incumbent), idx, cancel)
+            metrics, gates, base = self._judge(outputs, candidate, incumbent, idx, cancel)
             error = None
         except Exception as exc:  # noqa: BLE001 - whatever happened, the report says so and nothing is promoted
             log.exception("evaluation %s could not be run", eval_id)
-            outputs, metrics, base = {}, {candidate: {}, incumbent: {}}, math.nan
+            outputs, metrics = {}, {candidate: {}, incumbent: {}}
             error = f"{type(exc).__name__}: {exc}"
             gates = [Gate("evaluation", math.nan, 0, "<=", error=error)]
-        items = [{"suite": suite, "prompt": item.prompt, "expected": list(item.answers),
-                  **{role: outputs[a][suite][i] for role, a in (("candidate", candidate), ("incumbent", incumbent))}}
-                 for suite in SUITES for i, item in enumerate(self.suites[suite])] if outputs else []
+        items = [{"suite": suite, "prompt": self.suites[suite][i].prompt,
+                  "expected": list(self.suites[suite][i].answers),
+                  **{role: outputs[a][suite][k] for role, a in (("candidate", candidate), ("incumbent", incumbent))}}
+                 for suite in SUITES for k, i in enumerate(idx[suite])] if outputs else []
         report = EvalReport(eval_id, started, candidate, incumbent, all_pass(gates), gates, metrics, items,
-                            context or {}, time.perf_counter() - t0, error,
+                            context, time.perf_counter() - t0, error,
                             {"model": self.base, "battery_score": base} if self.base else {})
         report.write(self.reports_dir)
         log.info("evaluation %s: %s vs %s %s", eval_id, candidate, incumbent, "passed" if report.passed else "FAILED")
         return report
+
+    def _judge(self, outputs: dict, candidate: str, incumbent: str, idx: Index,
+               cancel: threading.Event) -> tuple[dict[str, dict[str, float]], list[Gate], float]:
+        """Metrics of both, the gates, and the base model's battery score, on the items ``idx``."""
+        metrics = {a: self._metrics(outputs[a], idx) for a in (candidate, incumbent)}
+        battery = {a: self._battery(outputs[a], idx) for a in (candidate, incumbent)}
+        full = self._base_battery_scores(cancel) if self.base not in battery else None
+        base_battery = battery.get(self.base) or ([full[i] for i in idx["battery"]] if full else None)
+        answered = [x for x in base_battery or () if x is not None]  # a missing answer fails request_errors
+        base = sum(answered) / len(answered) if answered else math.nan
+        flips = {"the incumbent": _flips(battery[incumbent], battery[candidate]),
+                 "the base model": _flips(base_battery, battery[candidate]) if base_battery else None}
+        diff = self._golden_diff(outputs, candidate, incumbent, idx)
+        return metrics, self._gates(metrics[candidate], metrics[incumbent], diff, base, flips), base
+
+    def _review(self, candidates: tuple[str, ...], incumbent: str, ranking: Index, held_out: Index,
+                cancel: threading.Event) -> tuple[str, dict[str, Any]]:
+        """Every candidate gated on the ranking part; the chosen: the best golden score among those that pass every
+        gate there (else among all), then the better battery. Returns it and what the report says of the review."""
+        outputs = self._generate((*candidates, incumbent), ranking, cancel)
+        judged = []
+        for c in candidates:
+            metrics, gates, _ = self._judge(outputs, c, incumbent, ranking, cancel)
+            judged.append({"candidate": c, "passed": all_pass(gates), "golden_score": metrics[c]["golden_score"],
+                           "battery_score": metrics[c]["battery_score"],
+                           "failed": [g.name for g in gates if not g.passed]})
+        key = lambda j: (j["passed"], _num(j["golden_score"]), _num(j["battery_score"]))  # noqa: E731
+        chosen = max(judged, key=key)["candidate"]
+        log.info("review: %s chosen of %d candidates", chosen, len(candidates))
+        return chosen, {"chosen": chosen, "ranked_on": _count(ranking), "gated_on": _count(held_out),
+                        "candidates": judged}
 
     # -- generation -----------------------------------------------------------------------------------------------------
     def _ask(self, adapter: str, prompt: str, cancel: threading.Event) -> dict[str, Any]:
@@ -162,17 +215,20 @@ class Evaluator:
         except ServingError as exc:
             return {"text": None, "error": str(exc)}
 
-    def _generate(self, candidate: str, incumbent: str,
+    def _generate(self, adapters: tuple[str, ...], idx: Index,
                   cancel: threading.Event) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Each adapter's answers to the items ``idx`` (in that order), the requests interleaved: the same item asked
+        of every adapter together, in an order that rotates (none always goes first)."""
         jobs = []
         for suite in SUITES:
-            for i, item in enumerate(self.suites[suite]):
-                pair = (candidate, incumbent) if i % 2 == 0 else (incumbent, candidate)  # neither always goes first
-                jobs += [(adapter, suite, i, item.prompt) for adapter in pair]
-        out = {a: {s: [None] * len(self.suites[s]) for s in SUITES} for a in (candidate, incumbent)}
+            for k, i in enumerate(idx[suite]):
+                turn = k % len(adapters)
+                jobs += [(adapter, suite, k, self.suites[suite][i].prompt)
+                         for adapter in adapters[turn:] + adapters[:turn]]
+        out = {a: {s: [None] * len(idx[s]) for s in SUITES} for a in adapters}
         with ThreadPoolExecutor(self.cfg.concurrency) as pool:
-            for (adapter, suite, i, _), answer in zip(jobs, pool.map(lambda j: self._ask(j[0], j[3], cancel), jobs)):
-                out[adapter][suite][i] = answer
+            for (adapter, suite, k, _), answer in zip(jobs, pool.map(lambda j: self._ask(j[0], j[3], cancel), jobs)):
+                out[adapter][suite][k] = answer
         return out
 
     def _base_battery_scores(self, cancel: threading.Event) -> list[float] | None:
@@ -189,22 +245,25 @@ class Evaluator:
                     log.warning("the base model '%s' did not answer %d battery questions: %s", self.base,
                                 len(failed), failed[0] if failed else "no battery")
                     return None
-                self._base_battery = self._battery({"battery": answers})
+                self._base_battery = self._battery({"battery": answers}, {"battery": list(range(len(items)))})
             return self._base_battery
 
-    def _battery(self, outputs: dict[str, list[dict[str, Any]]]) -> list[float | None]:
-        """Each battery question's score; None where no answer came."""
+    def _items(self, suite: str, idx: Index) -> list[GoldenItem]:
+        return [self.suites[suite][i] for i in idx[suite]]
+
+    def _battery(self, outputs: dict[str, list[dict[str, Any]]], idx: Index) -> list[float | None]:
+        """Each asked battery question's score; None where no answer came."""
         return [None if o["text"] is None else scoring.score(o["text"], item.answers, item.scoring or self.cfg.scoring)
-                for item, o in zip(self.suites["battery"], outputs["battery"])]
+                for item, o in zip(self._items("battery", idx), outputs["battery"])]
 
     # -- metrics and gate -----------------------------------------------------------------------------------------------
-    def _metrics(self, outputs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    def _metrics(self, outputs: dict[str, list[dict[str, Any]]], idx: Index) -> dict[str, float]:
         def texts(suite: str) -> list[str]:
             return [o["text"] for o in outputs[suite] if o["text"] is not None]
 
         def accuracy(suite: str) -> float:
             scores = [scoring.score(o["text"], item.answers, item.scoring or self.cfg.scoring)
-                      for item, o in zip(self.suites[suite], outputs[suite]) if o["text"] is not None]
+                      for item, o in zip(self._items(suite, idx), outputs[suite]) if o["text"] is not None]
             return sum(scores) / len(scores) if scores else math.nan
 
         everything = [o for suite in SUITES for o in outputs[suite]]
@@ -222,11 +281,11 @@ class Evaluator:
             "request_errors": float(sum(o["text"] is None for o in everything)),
         }
 
-    def _golden_diff(self, outputs: dict, candidate: str, incumbent: str) -> tuple[float, float, int]:
+    def _golden_diff(self, outputs: dict, candidate: str, incumbent: str, idx: Index) -> tuple[float, float, int]:
         """The golden-set score difference, candidate minus incumbent, paired by item: (mean, 95 % half-width, n)."""
         diffs = []
-        for i, item in enumerate(self.suites["golden"]):
-            c, n = outputs[candidate]["golden"][i], outputs[incumbent]["golden"][i]
+        for k, item in enumerate(self._items("golden", idx)):
+            c, n = outputs[candidate]["golden"][k], outputs[incumbent]["golden"][k]
             if c["text"] is not None and n["text"] is not None:
                 how = item.scoring or self.cfg.scoring
                 diffs.append(scoring.score(c["text"], item.answers, how) - scoring.score(n["text"], item.answers, how))
@@ -279,6 +338,14 @@ class Evaluator:
             gate("latency_p95_ms", cand["latency_p95_ms"], inc["latency_p95_ms"] * g.latency_p95_max_ratio
                  + g.latency_slack_ms, "<=", f"incumbent p95 {inc['latency_p95_ms']:.1f} ms"),
         ]
+
+
+def _num(x: float) -> float:
+    return -math.inf if x is None or math.isnan(x) else x
+
+
+def _count(idx: Index) -> str:
+    return ", ".join(f"{len(v)} {s}" for s, v in idx.items())
 
 
 def _flips(reference: list[float | None], candidate: list[float | None]) -> Flips:

@@ -167,7 +167,8 @@ class RetrainService:
             return now  # timed out by the control loop while its set was built: never trained, never overwritten
         self.store.save_run(record)
         spec = TrainSpec(base_model=str(cfg.base_model), dataset=str(dataset), output=str(output),
-                         **cfg.lora.model_dump(), **cfg.training.model_dump(), price_per_gpu_hour=cfg.price_per_gpu_hour,
+                         **cfg.lora.model_dump(), **cfg.training.model_dump(), **cfg.review.model_dump(),
+                         price_per_gpu_hour=cfg.price_per_gpu_hour,
                          chat_template=str(cfg.chat_template) if cfg.chat_template else None,
                          progress=False, init_adapter=str(output / "init") if warm else None,
                          incumbent_adapter=str(output / "init") if incumbent else None)
@@ -178,6 +179,8 @@ class RetrainService:
             detail["training"] = {k: m[k] for k in ("steps", "best_step", "best_validation_loss",
                                                     "initial_validation_loss", "early_stopped", "tokens_seen",
                                                     "wall_s", "device", "gpu_seconds", "cost")}
+            if m.get("candidates"):  # the other candidates it offers the review
+                detail["candidates"] = m["candidates"]
             if self.metrics is not None:
                 self.metrics.training_gpu_seconds.inc(m["gpu_seconds"])
                 self.metrics.training_tokens.inc(m["tokens_seen"])
@@ -192,10 +195,11 @@ class RetrainService:
 
     def _incumbent(self, record: RunRecord, output: Path) -> str | None:
         """The adapter of the version the run retrains (the registry's path), copied into ``<output>/init`` when the
-        run needs it: to continue from (retrain.warm_start) or as the replay's KL reference
-        (retrain.training.kl_replay). There a trainer Job reads it (the run's directory is on the shared volume), and
+        run needs it: to continue from (retrain.warm_start), as the replay's KL reference
+        (retrain.training.kl_replay), or to interpolate toward (retrain.review). There a trainer Job reads it (the run's directory is on the shared volume), and
         what the run started from is kept with it. None: none needed, or the base model serves (a new LoRA)."""
-        needed = self.cfg.warm_start or self.cfg.training.kl_replay > 0
+        needed = self.cfg.warm_start or self.cfg.training.kl_replay > 0 or (
+            self.cfg.review.candidates > 1 and bool(self.cfg.review.interpolate))
         path = self.adapter_path(record.adapter) if needed else None  # None: no adapter (the base model)
         if path is None:
             return None

@@ -59,6 +59,10 @@ class TrainSpec:
     kl_anchor: float = 0.0  # weight of KL(base || tuned) on the anchor lines' answer tokens (the base: adapter disabled)
     kl_replay: float = 0.0  # weight of KL(incumbent || tuned) on the replay lines' answer tokens
     incumbent_adapter: str | None = None  # the adapter served now, frozen: replay's reference (None: the base serves)
+    candidates: int = 1  # adapters the run offers the gate's review: the best checkpoint, then interpolations, then
+    interpolate: list[float] = field(default_factory=lambda: [0.75, 0.5, 0.25])  # α: α·best + (1-α)·incumbent
+    keep_checkpoints: int = 1  # earlier best checkpoints offered too, after the interpolations
+    max_rank: int = 32  # vLLM's --max-lora-rank: an interpolation of a larger concatenated rank is SVD-truncated
 
     @classmethod
     def load(cls, path: Path) -> TrainSpec:
@@ -148,9 +152,10 @@ def train(spec: TrainSpec) -> dict:
     train_set, val_set = _splits(spec, tokenizer)
     out = Path(spec.output)
     fit = _Fit(spec, model, tokenizer.pad_token_id, device, out / ".work").run(train_set, val_set)
+    offered = _candidates(spec, model, fit, out / ".work")
     manifest = _manifest(spec, model, fit, device, dtype, len(train_set), len(val_set), time.monotonic() - t0)
-    _publish(out, manifest)
-    return manifest
+    _publish(out, manifest | {"candidates": offered})
+    return manifest | {"candidates": offered}
 
 
 def _device(spec: TrainSpec):
@@ -234,7 +239,7 @@ class _Fit:
 
     def __init__(self, spec: TrainSpec, model, pad_id: int, device, work: Path) -> None:
         self.spec, self.model, self.pad_id, self.device, self.work = spec, model, pad_id, device, work
-        self.cuda = device.type == "cuda"
+        self.cuda, self.best_step = device.type == "cuda", 0
 
     def batches(self, rows, shuffle: bool, rng: random.Random):
         import torch
@@ -334,8 +339,18 @@ class _Fit:
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
         return step_loss, tokens
 
-    def save_best(self) -> None:
-        self.model.save_pretrained(self.work / "best", selected_adapters=["default"])  # not the frozen incumbent
+    def save_best(self, step: int) -> None:
+        """The new best checkpoint; the one it replaces is kept as ``step-<n>`` while ``keep_checkpoints`` allow."""
+        best = self.work / "best"
+        if best.exists() and self.spec.candidates > 1 and self.spec.keep_checkpoints:
+            kept = sorted(self.work.glob("step-*"), key=lambda d: int(d.name[5:]))
+            for old in kept[:max(0, len(kept) - self.spec.keep_checkpoints + 1)]:
+                shutil.rmtree(old)
+            best.rename(self.work / f"step-{self.best_step}")
+        else:
+            shutil.rmtree(best, ignore_errors=True)
+        self.model.save_pretrained(best, selected_adapters=["default"])  # not the frozen incumbent
+        self.best_step = step
 
     def run(self, train_set, val_set) -> _Result:
         import torch
@@ -357,7 +372,7 @@ class _Fit:
         curves: dict[str, list] = {"train": [], "validation": [[0, pick(first)]], "validation_by_source": [[0, first]]}
         best_loss = initial = pick(first)
         best_step, bad_evals, step, tokens_seen, early_stopped, step_s = 0, 0, 0, 0, False, 0.0
-        self.save_best()  # step 0 (the adapter it starts from) until something beats it
+        self.save_best(0)  # step 0 (the adapter it starts from) until something beats it
         rng = random.Random(spec.seed)
         bar = _progress(total_steps, spec.progress)
         model.train()
@@ -387,7 +402,7 @@ class _Fit:
                 curves["validation_by_source"].append([step, val])
                 if loss < best_loss - spec.min_delta:
                     best_loss, best_step, bad_evals = loss, step, 0
-                    self.save_best()
+                    self.save_best(step)
                 else:
                     bad_evals += 1
                     early_stopped = bad_evals >= spec.patience
@@ -397,6 +412,47 @@ class _Fit:
         if self.cuda:
             torch.cuda.synchronize()
         return _Result(curves, step, total_steps, best_step, best_loss, initial, early_stopped, tokens_seen, step_s)
+
+
+def _candidates(spec: TrainSpec, model, fit: _Result, work: Path) -> list[dict]:
+    """What the run offers the gate besides its best checkpoint (``<work>/best``), at most ``candidates - 1``, each in
+    ``<work>/candidates/<name>``: the best interpolated toward the incumbent (``a<α·100>``: α·best + (1-α)·incumbent,
+    the base model's 0 when none serves), then the earlier best checkpoints kept (``step-<n>``), latest first. No
+    candidate when the run never beat its start (step 0 is the adapter it started from)."""
+    if spec.candidates <= 1 or fit.best_step == 0:
+        return []
+    offered: list[dict] = []
+    for alpha in sorted(spec.interpolate, reverse=True)[:spec.candidates - 1]:
+        offered.append(interpolate(model, work / "best", spec.incumbent_adapter, alpha, work / "candidates",
+                                   f"a{round(alpha * 100)}", spec.max_rank))
+    kept = [d for d in sorted(work.glob("step-*"), key=lambda d: -int(d.name[5:]))
+            if int(d.name[5:]) > 0]  # step 0 is the adapter it started from: never a candidate
+    for d in kept[:spec.candidates - 1 - len(offered)]:
+        (work / "candidates").mkdir(exist_ok=True)
+        d.rename(work / "candidates" / d.name)
+        offered.append({"name": d.name, "kind": "checkpoint", "step": int(d.name[5:])})
+    return offered
+
+
+def interpolate(model, best: Path, incumbent: str | None, alpha: float, out: Path, name: str, max_rank: int) -> dict:
+    """α·best + (1-α)·incumbent as one LoRA in ``out/name`` (WiSE-FT's weight interpolation, arXiv 2309.06256; a
+    LoRA's update is linear in B·A, so the sum is exact as a LoRA of the concatenated rank: peft's
+    ``add_weighted_adapter(combination_type="cat")``). Above ``max_rank`` (vLLM's --max-lora-rank) it is truncated
+    by SVD to that rank, and says so. Without an incumbent (the base model serves) it is α·best."""
+    names, weights = ["best"], [alpha]
+    model.load_adapter(str(best), adapter_name="best")
+    if incumbent:
+        model.load_adapter(incumbent, adapter_name="toward")
+        names, weights = ["best", "toward"], [alpha, 1 - alpha]
+    rank = sum(model.peft_config[n].r for n in names)
+    exact = rank <= max_rank
+    model.add_weighted_adapter(names, weights, name, combination_type="cat" if exact else "svd",
+                               **({} if exact else {"svd_rank": max_rank}))
+    model.save_pretrained(out, selected_adapters=[name])  # peft writes a named adapter to out/name
+    for n in (name, *names):
+        model.delete_adapter(n)
+    return {"name": name, "kind": "interpolation", "alpha": alpha, "rank": min(rank, max_rank), "exact": exact,
+            "toward": "incumbent" if incumbent else "base model"}
 
 
 def _manifest(spec: TrainSpec, model, fit: _Result, device, dtype, n_train: int, n_val: int, wall: float) -> dict:
@@ -436,10 +492,14 @@ def _manifest(spec: TrainSpec, model, fit: _Result, device, dtype, n_train: int,
 
 
 def _publish(out: Path, manifest: dict) -> None:
-    """The best checkpoint becomes ``<out>/adapter``; the manifest is written last: its presence means success."""
+    """The best checkpoint becomes ``<out>/adapter``, the other candidates ``<out>/candidates/<name>``; the manifest
+    is written last: its presence means success."""
     work = out / ".work"
     shutil.rmtree(out / "adapter", ignore_errors=True)
+    shutil.rmtree(out / "candidates", ignore_errors=True)
     (work / "best").rename(out / "adapter")
+    if (work / "candidates").is_dir():
+        (work / "candidates").rename(out / "candidates")
     shutil.rmtree(work, ignore_errors=True)
     tmp = out / "manifest.json.tmp"
     tmp.write_text(json.dumps(manifest, indent=1))
