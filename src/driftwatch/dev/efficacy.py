@@ -376,8 +376,14 @@ class Study:
         ``recipe``: retrain.training settings over the scale's, for every retrain (the loop's and each row's)."""
         from driftwatch.retrain import anchors as an
 
+        from driftwatch.config import Review
+
         self.base, self.vllm, self.work, self.scale, self.seed = Path(base_model), vllm, Path(work), scale, seed
-        self.recipe = dict(recipe or {})
+        recipe = dict(recipe or {})
+        self.review = {k: recipe.pop(k) for k in list(recipe) if k in Review.model_fields}  # retrain.review
+        if self.review:  # the review's interpolations must fit the server's --max-lora-rank
+            self.review.setdefault("max_rank", getattr(vllm, "max_lora_rank", Review().max_rank))
+        self.recipe = recipe  # retrain.training
         self.noise, self.poison_share, self.echo = noise, poison_share, echo
         self.work.mkdir(parents=True, exist_ok=True)
         self.client = vllm.client(timeout_s=300)
@@ -425,10 +431,11 @@ class Study:
         return TrainSpec(base_model=str(self.base), dataset=str(dataset), output=str(out), r=s.r, alpha=2 * s.r,
                          target_modules=list(s.target_modules), seed=self.seed, progress=False,
                          **{**self.training(steps, recipe, **dict(training or {})),
-                            **({} if early_stopping else {"patience": 10**9})}, **adapters)
+                            **({} if early_stopping else {"patience": 10**9})}, **(self.review if recipe else {}),
+                         **adapters)
 
-    def _load(self, name: str, out: Path) -> str:
-        self.vllm.load_adapter(name, out / "adapter")
+    def _load(self, name: str, out: Path, adapter: bool = True) -> str:
+        self.vllm.load_adapter(name, out / "adapter" if adapter else out)
         return name
 
     def incumbent(self) -> str:
@@ -488,18 +495,23 @@ class Study:
         row.phase_a = accuracy(self.client, model, self.test_a, max_tokens=self.scale.max_tokens)
         return row
 
-    def _evaluate(self, candidate: str, incumbent: str) -> tuple[bool, str, dict, dict]:
+    def _evaluate(self, candidate: str, incumbent: str,
+                  siblings: tuple[str, ...] = ()) -> tuple[bool, str, dict, dict, str]:
+        """The promotion gate (with ``siblings``, the review): passed, why, the chosen candidate's metrics and the
+        incumbent's, the chosen candidate."""
         from driftwatch.config import Evaluate
         from driftwatch.evaluate.evaluator import Evaluator
 
         if self.evaluator is None:  # one, so the base model's battery is asked once
             self.evaluator = Evaluator(Evaluate(max_tokens=EVAL_MAX_TOKENS, scoring="normalized", concurrency=8),
                                        self.client, self.golden, self.work / "evals", base="base")
-        report = self.evaluator.run(candidate, incumbent)
+        report = self.evaluator.run(candidate, incumbent, siblings=siblings)
         failed = [g.line() for g in report.gates if not g.passed]
         golden = next(g for g in report.gates if g.name == "golden_delta") if not report.error else None
         why = "; ".join(failed) if failed else f"every gate passed ({golden.detail if golden else ''})"
-        return report.passed, why, report.metrics[candidate], report.metrics[incumbent]
+        if siblings:
+            why = f"review chose {report.candidate} of {1 + len(siblings)}; {why}"
+        return report.passed, why, report.metrics[report.candidate], report.metrics[incumbent], report.candidate
 
     def run(self, variants: list[Variant] = VARIANTS, *, daemon: bool = False, base: bool = True,
             on_row: Callable[[list[Row]], None] = lambda rows: None) -> list[Row]:
@@ -512,7 +524,7 @@ class Study:
                   f"({self.incumbent_training['steps']} steps, best {self.incumbent_training['best_step']})")
         self.rows = []
         if base:
-            _, _, base_metrics, inc_metrics = self._evaluate("base", incumbent)
+            _, _, base_metrics, inc_metrics, _ = self._evaluate("base", incumbent)
             self.rows.append(self._measure(Row("base model", None, "baseline", "no adapter", evaluation=base_metrics)))
         else:
             inc_metrics = {}
@@ -540,8 +552,11 @@ class Study:
         if name is None:
             return Row(v.name, None, "refused by the data gates" if "unimproved" not in why else "not a candidate",
                        why, training=training, counts=counts)
-        passed, why, cand_metrics, _ = self._evaluate(name, incumbent)
-        return self._measure(Row(v.name, name, "promoted" if passed else "refused by the promotion gate", why,
+        out = self.work / "runs" / name.removeprefix("cand-")
+        siblings = tuple(self._load(f"{name}--{c['name']}", out / "candidates" / c["name"], adapter=False)
+                         for c in training.get("candidates") or ())
+        passed, why, cand_metrics, _, chosen = self._evaluate(name, incumbent, siblings)
+        return self._measure(Row(v.name, chosen, "promoted" if passed else "refused by the promotion gate", why,
                                  evaluation=cand_metrics, training=training, counts=counts))
 
 
@@ -578,7 +593,7 @@ class Loop:
             "retrain": {"base_model": str(st.base), "golden_set": str(st.golden), "base_training_set": str(st.base_set),
                         "trusted_callers": [CALLER], "window_hours": 24,
                         "lora": {"r": s.r, "alpha": 2 * s.r, "target_modules": list(s.target_modules)},
-                        "training": st.training(),
+                        "training": st.training(), "review": st.review,
                         "gates": {"min_unique_prompts": 20, "seed": st.seed}},  # the shipped replay_fraction
             "evaluate": {"max_tokens": EVAL_MAX_TOKENS, "scoring": "normalized", "concurrency": 8},
             "rollout": {"alias": "production", "tick_s": 0.5, "lease_s": 10,
@@ -719,6 +734,7 @@ class Loop:
                     metrics = json.loads(Path(evaluation.report).read_text())["metrics"].get(outcome.candidate, {})
                 promoted = registry.events(outcome.candidate, kind="promoted") if outcome else []
                 failed = list(evaluation.failed) if evaluation is not None else []
+                served_path = registry.adapter(outcome.candidate).path if outcome else None
             finally:
                 stop.set()
                 runner.join(60)
@@ -746,8 +762,8 @@ class Loop:
         if decisions:
             why = f"decision #{decisions[-1].id} ({decisions[-1].reasons[0][:90]}...); {why}"
         row = Row("loop", outcome.candidate, decided, why, evaluation=metrics, training=training, counts=counts)
-        if run is not None and run.output and outcome.candidate not in st.client.adapters():
-            st.vllm.load_adapter(outcome.candidate, Path(run.output) / "adapter")  # a rejected one is unloaded
+        if served_path and outcome.candidate not in st.client.adapters():
+            st.vllm.load_adapter(outcome.candidate, Path(served_path))  # a rejected one is unloaded
         st._measure(row)  # the candidate as vLLM serves it, promoted or not
         return row, harvested
 
@@ -764,7 +780,7 @@ def _held_out_text(prompt: str, share: float) -> bool:
 
 def _training(m: dict) -> dict:
     return {k: m.get(k) for k in ("steps", "best_step", "early_stopped", "tokens_seen", "wall_s", "device",
-                                  "initial_validation_loss", "best_validation_loss", "curves")}
+                                  "initial_validation_loss", "best_validation_loss", "curves", "candidates")}
 
 
 def served(rows: list[Row], row: Row) -> Row:
