@@ -175,3 +175,39 @@ def test_training_inputs_are_token_for_token_what_vllm_saw(vllm, tiny_model, tmp
             check(custom.url, load_tokenizer(tiny_model), chats_only=True)
     finally:
         custom.stop()
+
+
+def test_an_interpolated_candidate_is_served_by_vllm_as_the_sum_it_is_and_a_review_runs_there(vllm, tiny_model,
+                                                                                              golden, tmp_path):
+    """Issue 26: peft's concatenated-rank interpolation is a LoRA vLLM serves, and it is exactly the sum: at α 1 it
+    answers as the adapter it interpolates from, at α 0 as the one it goes toward (greedy, token for token); the
+    review asks every candidate and the incumbent together on the real server."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from driftwatch.retrain.trainer import interpolate
+
+    server, adapters = vllm
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model), str(adapters["v-a"]))
+    made = {alpha: interpolate(model, adapters["v-a"], str(adapters["v-b"]), alpha, tmp_path / "mix",
+                               f"m{round(alpha * 100)}", max_rank=16) for alpha in (1.0, 0.0, 0.5)}
+    assert all(m["exact"] and m["rank"] == 16 for m in made.values())
+    with VLLMClient(server.url) as client:
+        for alpha in made:
+            client.load_adapter(f"v-mix-{alpha:g}", str(tmp_path / "mix" / f"m{round(alpha * 100)}"))
+        try:
+            def say(name, i):
+                return client.chat(name, [{"role": "user", "content": f"Say something {i}"}], max_tokens=8).text
+
+            for i in (100, 101, 102):
+                assert say("v-mix-1", i) == say("v-a", i) and say("v-mix-0", i) == say("v-b", i)
+            report = Evaluator(Evaluate(max_tokens=12, concurrency=4), client, golden, tmp_path / "evals").run(
+                "v-a", "v-b", siblings=("v-mix-0.5", "v-mix-0"))
+            review = report.context["review"]
+            assert [c["candidate"] for c in review["candidates"]] == ["v-a", "v-mix-0.5", "v-mix-0"]
+            assert report.metrics[report.candidate]["request_errors"] == 0 and report.error is None
+            scores = {c["candidate"]: c["golden_score"] for c in review["candidates"]}
+            assert scores["v-a"] == 1.0 and scores["v-mix-0"] == 0.0 and report.candidate != "v-mix-0"
+        finally:
+            for alpha in made:
+                client.unload_adapter(f"v-mix-{alpha:g}")

@@ -492,3 +492,19 @@ def test_a_failed_review_rejects_every_candidate_of_the_run(rig):
     assert {a.version: a.state for a in r.store.adapters()} == {"v1": "production", "v2": "rejected",
                                                                   "v2--a50": "rejected", "v2--a25": "rejected"}
     assert r.store.alias_table()[1] == {"production": {"v1": 1.0}}
+
+
+def test_a_run_manifest_offers_only_the_trainers_candidate_names(tmp_path):
+    import json
+
+    from driftwatch.control.rollout import offered
+    from driftwatch.state.registry import AdapterRecord
+
+    adapter = offering(tmp_path, ["a50"])
+    record = AdapterRecord("v2", str(adapter), "run-7", None, "candidate", 0.0, 0.0)
+    assert offered(record) == {"v2--a50": str(tmp_path / "run-7" / "candidates" / "a50")}
+    for manifest in ([1, 2], {"candidates": "a50"}, {"candidates": [{"name": "../../v1"}, {"name": 5}, "a50"]}):
+        (tmp_path / "run-7" / "manifest.json").write_text(json.dumps(manifest))
+        assert offered(record) == {}
+    (tmp_path / "run-7" / "manifest.json").write_text("{not json")
+    assert offered(record) == {}

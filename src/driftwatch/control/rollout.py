@@ -47,6 +47,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import time
 from dataclasses import replace
@@ -106,11 +107,14 @@ def offered(adapter: AdapterRecord) -> dict[str, str]:
     ``<run>/candidates/<name>``), by the version each is registered as."""
     run = Path(adapter.path).parent
     try:
-        listed = json.loads((run / "manifest.json").read_text()).get("candidates") or []
+        manifest = json.loads((run / "manifest.json").read_text())
     except (OSError, ValueError):
         return {}
-    return {f"{adapter.version}{SIBLING}{c['name']}": str(run / "candidates" / c["name"]) for c in listed
-            if (run / "candidates" / c["name"] / "adapter_config.json").is_file()}
+    listed = manifest.get("candidates") if isinstance(manifest, dict) else None
+    names = [c.get("name") for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
+    return {f"{adapter.version}{SIBLING}{n}": str(run / "candidates" / n) for n in names
+            if isinstance(n, str) and re.fullmatch(r"[a-z0-9-]{1,32}", n)  # the trainer's names, nothing else
+            and (run / "candidates" / n / "adapter_config.json").is_file()}
 
 
 # -- bake checks (pure) -------------------------------------------------------------------------------------------------
