@@ -18,8 +18,9 @@ The base training set is phase A plus the base model's answers to 64 general pro
 Phase-A/B accuracy (95 % Wilson intervals), the general-knowledge battery, distinct-2, task confusion, latency with
 and without the adapter, training tokens/seconds, cost per 1,000 queries, and what driftwatch decided and why.
 
-    python bench/efficacy.py [--model smollm2|tiny] [--noise 0.05] [--seed 0] [--price-per-hour 0.10]
-                             [--volume 100000] [--set KEY=VALUE ...] [--quick] [--out efficacy.json]
+    python bench/efficacy.py [--model smollm2|tiny] [--noise 0.05] [--seed 0] [--shift queues|json]
+                             [--price-per-hour 0.10] [--volume 100000] [--set KEY=VALUE ...] [--quick]
+                             [--out efficacy.json]
 
 ``--quick``: the loop row alone (the daemon's own loop, one seed), with the base model and the incumbent beside it.
 ``--set``: a retrain.training or retrain.review setting for every retrain of the study (``--set kl_anchor=1.0``,
@@ -54,6 +55,8 @@ def main() -> int:
     ap.add_argument("--direct", action="store_true", help="the loop row from its parts called directly, not the daemon")
     ap.add_argument("--no-anchors", action="store_true", help="the base training set without the base model's answers "
                     "to general prompts (the recipe that forgot: docs/evaluation.md)")
+    ap.add_argument("--shift", choices=("queues", "json"), default="queues", help="where phase B moves: new queues "
+                    "and phrasing, or the same queues answered as a JSON object with two fields")
     ap.add_argument("--quick", action="store_true", help="the loop row alone (with the base model and the incumbent)")
     ap.add_argument("--set", dest="recipe", action="append", default=[], metavar="KEY=VALUE",
                     help="a retrain.training or retrain.review setting for every retrain but the incumbent's "
@@ -85,7 +88,7 @@ def main() -> int:
         vllm = LocalVLLM(model, max_loras=4).start()  # a review asks up to 4 candidates and the incumbent together
         try:
             study = ef.Study(model, vllm, root / "study", ef.SCALES[args.model], seed=args.seed, noise=args.noise,
-                             poison_share=args.poison, anchors=not args.no_anchors, recipe=recipe,
+                             poison_share=args.poison, anchors=not args.no_anchors, recipe=recipe, shift=args.shift,
                              echo=lambda s: print(s, flush=True))
             variants = [v for v in ef.VARIANTS if (not args.rows or v.name in args.rows)
                         and not (args.no_anchors and not v.anchors)]
@@ -124,7 +127,8 @@ def main() -> int:
     if overfit is not None and overfit.training.get("curves"):
         print("\nno early stopping, validation loss by step: " + ", ".join(
             f"{s}:{v:.3f}" for s, v in overfit.training["curves"]["validation"]))
-    print(f"\nefficacy took {wall / 60:.1f} min ({args.model}, seed {args.seed}, noise {args.noise:g})")
+    print(f"\nefficacy took {wall / 60:.1f} min ({args.model}, seed {args.seed}, shift {args.shift}, noise "
+          f"{args.noise:g}{', recipe ' + json.dumps(recipe) if recipe else ''})")
     _write(args, recipe, rows, t0)
     return 0
 
@@ -134,7 +138,7 @@ def _write(args, recipe: dict, rows: list, t0: float) -> None:
     from driftwatch.dev import efficacy as ef
 
     if args.out:
-        args.out.write_text(json.dumps({"model": args.model, "seed": args.seed, "noise": args.noise,
+        args.out.write_text(json.dumps({"model": args.model, "seed": args.seed, "shift": args.shift, "noise": args.noise,
                                         "wall_s": time.monotonic() - t0, "recipe": recipe, "rows": ef.as_json(rows)},
                                        indent=1, default=str))
 

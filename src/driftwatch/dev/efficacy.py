@@ -62,6 +62,14 @@ TEMPLATES = {
     "B": ["Hi support, my {device} {problem} - who handles this?",
           "URGENT from a client: the {device} {problem}!! Where should this go?"],
 }
+# the second shift, of another kind (issue 26: guards against tuning to one task): the same queues, asked for a small
+# JSON object with two fields, {"queue": ..., "device": ...}; the incumbent answers one word, right queue or not
+# (measured on seed 0: templates that repeat phase A's words leaked 9 % of the golden set into the replay, and longer
+# ones made a device swap a near-duplicate, 52 % of the harvest collapsed; these: 0 % and 6.5 %)
+JSON_TEMPLATES = ["Dear helpdesk, the {device} {problem}; reply in JSON please.",
+                  "Triage this for me as JSON: {device} {problem}"]
+SHIFTS = ("queues", "json")
+JSON_MAX_TOKENS = 24  # {"queue": "billing", "device": "printer"} and an end token
 ROUTE = "routing"
 # the promotion gate's answers: long enough for the battery's and the probes' (a 4-token cut scored the battery 0
 # and distinct-2 0 for every adapter, measured); the task's answer is one word and an end token either way
@@ -72,15 +80,24 @@ SHIFT_NEW_SHARE = 0.6  # phase B: the share of traffic on the new queues (the re
 @dataclass(frozen=True)
 class Item:
     prompt: str
-    label: str
+    label: str  # the answer: a queue, or with the json shift a JSON object (label_of)
     phase: str
     problem: str = ""
     template: int = 0
+    device: str = ""
 
 
-def _space(phase: str) -> list[Item]:
+def label_of(queue: str, device: str, shift: str) -> str:
+    return json.dumps({"queue": queue, "device": device}) if shift == "json" else queue
+
+
+def _space(phase: str, shift: str = "queues") -> list[Item]:
+    if phase == "B" and shift == "json":
+        return [Item(t.format(device=d, problem=p), label_of(q, d, shift), phase, p, k, d)
+                for q, problems in QUEUES_A.items() for p in problems for d in DEVICES
+                for k, t in enumerate(JSON_TEMPLATES)]
     queues = QUEUES_A if phase == "A" else {**QUEUES_A, **QUEUES_B}
-    return [Item(t.format(device=d, problem=p), q, phase, p, k) for q, problems in queues.items() for p in problems
+    return [Item(t.format(device=d, problem=p), q, phase, p, k, d) for q, problems in queues.items() for p in problems
             for d in DEVICES for k, t in enumerate(TEMPLATES[phase])]
 
 
@@ -95,16 +112,18 @@ def _held_out(item: Item) -> bool:
 
 def vocabulary() -> list[str]:
     """The task's words, for a tokenizer built here (the tiny Llama's) to know them as a real model's does."""
-    return ([t.format(device=d, problem=p) for t in TEMPLATES["A"] + TEMPLATES["B"] for d in DEVICES
+    return ([t.format(device=d, problem=p) for t in TEMPLATES["A"] + TEMPLATES["B"] + JSON_TEMPLATES for d in DEVICES
              for p in (p for ps in {**QUEUES_A, **QUEUES_B}.values() for p in ps)]
-            + sorted({**QUEUES_A, **QUEUES_B}) * 50)  # an answer opens a message: as a word of its own
+            + sorted({**QUEUES_A, **QUEUES_B}) * 50  # an answer opens a message: as a word of its own
+            + [label_of(q, d, "json") for q in QUEUES_A for d in DEVICES])
 
 
-def items(phase: str, n: int, seed: int, *, test: bool) -> list[Item]:
-    """``n`` distinct prompts of a phase, train or test side. Phase B draws SHIFT_NEW_SHARE of them from new queues."""
-    pool = [i for i in _space(phase) if _held_out(i) == test]
+def items(phase: str, n: int, seed: int, *, test: bool, shift: str = "queues") -> list[Item]:
+    """``n`` distinct prompts of a phase, train or test side. Phase B draws SHIFT_NEW_SHARE of them from new queues
+    (the json shift: every one asks for JSON)."""
+    pool = [i for i in _space(phase, shift) if _held_out(i) == test]
     rng = random.Random(f"{phase}:{seed}:{test}")
-    if phase == "A":
+    if phase == "A" or shift == "json":
         return rng.sample(pool, min(n, len(pool)))
     new = [i for i in pool if i.label in QUEUES_B]
     old = [i for i in pool if i.label not in QUEUES_B]
@@ -121,12 +140,19 @@ def corrections(traffic: list[Item], *, noise: float, seed: int) -> list:
     from driftwatch.retrain.dataset import Example
 
     rng = random.Random(f"noise:{seed}")
-    labels = sorted({**QUEUES_A, **QUEUES_B})
     out = []
     for i, it in enumerate(traffic):
-        label = rng.choice([q for q in labels if q != it.label]) if rng.random() < noise else it.label
+        label = wrong_label(it.label, rng) if rng.random() < noise else it.label
         out.append(Example(it.prompt, label, "correction", ROUTE, None, f"user-{i}"))
     return out
+
+
+def wrong_label(label: str, rng: random.Random) -> str:
+    """The answer with another queue (a JSON answer keeps its other field)."""
+    parsed = json.loads(label) if label.startswith("{") else None
+    queue = parsed["queue"] if parsed else label
+    other = rng.choice([q for q in sorted({**QUEUES_A, **QUEUES_B}) if q != queue])
+    return json.dumps({**parsed, "queue": other}) if parsed else other
 
 
 def poison(harvest: list, *, share: float, seed: int) -> list:
@@ -135,10 +161,9 @@ def poison(harvest: list, *, share: float, seed: int) -> list:
     from driftwatch.retrain.dataset import Example
 
     rng = random.Random(f"poison:{seed}")
-    labels = sorted({**QUEUES_A, **QUEUES_B})
     out = list(harvest)
     for e in rng.sample(harvest, round(len(harvest) * share)):
-        wrong = rng.choice([q for q in labels if q != e.target])
+        wrong = wrong_label(e.target, rng)
         out.append(Example(e.prompt, wrong, "correction", e.route, None, e.ref + "-contra"))
         out.append(Example(e.prompt.replace("?", " please?").replace("!!", "!!!"), wrong, "correction", e.route, None,
                            e.ref + "-para"))
@@ -159,6 +184,17 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float, float]:
 def answer_of(text: str) -> str:
     words = text.strip().lower().split()
     return words[0].strip(".,:;!?\"'") if words else ""
+
+
+def correct(text: str, it: Item) -> bool:
+    """A queue answer by its first word; a JSON answer by its first object, parsed, field for field."""
+    if not it.label.startswith("{"):
+        return answer_of(text) == it.label
+    m = re.search(r"\{.*?\}", text, re.S)
+    try:
+        return m is not None and json.loads(m.group(0)) == json.loads(it.label)
+    except ValueError:
+        return False
 
 
 @dataclass
@@ -182,7 +218,7 @@ def accuracy(client, adapter: str, test: list[Item], *, max_tokens: int, concurr
 
     def ask(it: Item):
         g = client.chat(adapter, [{"role": "user", "content": it.prompt}], max_tokens=max_tokens, temperature=0.0)
-        return answer_of(g.text) == it.label, g.latency_s * 1000
+        return correct(g.text, it), g.latency_s * 1000
 
     with ThreadPoolExecutor(concurrency) as pool:
         results = list(pool.map(ask, test))
@@ -370,15 +406,20 @@ class Study:
 
     def __init__(self, base_model: Path, vllm, work: Path, scale: Scale, *, seed: int = 0, noise: float = 0.05,
                  poison_share: float = 0.2, anchors: bool = True, recipe: dict[str, Any] | None = None,
-                 echo: Callable[[str], None] = print) -> None:
+                 shift: str = "queues", echo: Callable[[str], None] = print) -> None:
         """``anchors``: the base training set carries the base model's answers to general prompts
         (driftwatch/retrain/anchors.py), as docs/training-data.md advises; without, the recipe that forgot.
-        ``recipe``: retrain.training settings over the scale's, for every retrain (the loop's and each row's)."""
+        ``recipe``: retrain.training and retrain.review settings over the scale's, for every retrain (the loop's and
+        each row's). ``shift``: where phase B moves, ``queues`` (new queues, new phrasing) or ``json`` (the same
+        queues, the answer a JSON object with two fields)."""
+        from driftwatch.config import Review
         from driftwatch.retrain import anchors as an
 
-        from driftwatch.config import Review
-
+        if shift not in SHIFTS:
+            raise ValueError(f"shift {shift!r} is not one of {SHIFTS}")
         self.base, self.vllm, self.work, self.scale, self.seed = Path(base_model), vllm, Path(work), scale, seed
+        self.shift = shift
+        self.max_tokens = JSON_MAX_TOKENS if shift == "json" else scale.max_tokens  # a task answer's tokens
         recipe = dict(recipe or {})
         self.review = {k: recipe.pop(k) for k in list(recipe) if k in Review.model_fields}  # retrain.review
         if self.review:  # the review's interpolations must fit the server's --max-lora-rank
@@ -390,7 +431,7 @@ class Study:
         # the golden set covers the traffic the adapter must keep serving as well as the traffic it moves to: with
         # phase B alone, a candidate that lost 30 points on phase A passed every gate (measured)
         held_a = items("A", scale.test + scale.golden // 2, seed, test=True)
-        held_b = items("B", scale.test + scale.golden, seed, test=True)
+        held_b = items("B", scale.test + scale.golden, seed, test=True, shift=shift)
         self.test_a, self.test_b = held_a[:scale.test], held_b[:scale.test]
         golden = held_b[scale.test:] + held_a[scale.test:]
         self.golden = self.work / "golden.jsonl"
@@ -403,7 +444,7 @@ class Study:
         an.write(self.anchors, self.work / "anchors.jsonl")
         with self.base_set.open("a") as f:
             f.write((self.work / "anchors.jsonl").read_text())
-        self.traffic = items("B", scale.harvest, seed, test=False)
+        self.traffic = items("B", scale.harvest, seed, test=False, shift=shift)
         self.harvest = corrections(self.traffic, noise=noise, seed=seed)
         self.rows: list[Row] = []
         self.evaluator = None
@@ -491,7 +532,7 @@ class Study:
     # -- rows -------------------------------------------------------------------------------------------------------------
     def _measure(self, row: Row) -> Row:
         model = row.adapter or "base"
-        row.phase_b = accuracy(self.client, model, self.test_b, max_tokens=self.scale.max_tokens)
+        row.phase_b = accuracy(self.client, model, self.test_b, max_tokens=self.max_tokens)
         row.phase_a = accuracy(self.client, model, self.test_a, max_tokens=self.scale.max_tokens)
         return row
 
@@ -605,14 +646,14 @@ class Loop:
 
         r = http.post(f"{url}/v1/chat/completions", headers={"x-driftwatch-route": ROUTE}, json={
             "model": "production", "messages": [{"role": "user", "content": it.prompt}],
-            "max_tokens": self.study.scale.max_tokens, "temperature": 0.0})
+            "max_tokens": self.study.max_tokens, "temperature": 0.0})
         if r.status_code != 200:
             self.feedback[f"inference {r.status_code}"] = self.feedback.get(f"inference {r.status_code}", 0) + 1
             return
         self.served += 1
-        right = answer_of(r.json()["choices"][0]["message"]["content"]) == it.label
+        right = correct(r.json()["choices"][0]["message"]["content"], it)
         if rng.random() < self.study.noise:  # a user who names the wrong queue
-            doc = {"correction": rng.choice([q for q in sorted({**QUEUES_A, **QUEUES_B}) if q != it.label])}
+            doc = {"correction": wrong_label(it.label, rng)}
         else:
             doc = {"thumbs": "up"} if right else {"thumbs": "down", "correction": it.label}
         f = http.post(f"{url}/v1/feedback", headers={"authorization": f"Bearer {self.token}"},
@@ -843,5 +884,5 @@ def as_json(rows: list[Row]) -> list[dict]:
     return out
 
 
-__all__ = ["InProcess", "Item", "Loop", "Row", "Scale", "SCALES", "Study", "VARIANTS", "Variant", "accuracy",
-           "corrections", "items", "poison", "recovered", "served", "table", "wilson"]
+__all__ = ["InProcess", "Item", "Loop", "Row", "Scale", "SCALES", "SHIFTS", "Study", "VARIANTS", "Variant", "accuracy",
+           "correct", "corrections", "items", "poison", "recovered", "served", "table", "wilson"]
