@@ -41,8 +41,14 @@ bench: $(VENV)/.installed-test
 	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/swap.py
 
+EFFICACY = .bench/efficacy
 efficacy: $(VENV)/.installed-test  # offline, long (see bench/efficacy.py); never part of `make test`
-	$(BIN)/python bench/efficacy.py
+	mkdir -p $(EFFICACY)
+	$(BIN)/python bench/efficacy.py --seed 0 --out $(EFFICACY)/queues-0.json  # every row
+	for seed in 1 2; do $(BIN)/python bench/efficacy.py --quick --seed $$seed --out $(EFFICACY)/queues-$$seed.json; done
+	for seed in 0 1 2; do $(BIN)/python bench/efficacy.py --quick --shift json --seed $$seed \
+	  --out $(EFFICACY)/json-$$seed.json; done
+	$(BIN)/python bench/efficacy_goals.py $(EFFICACY)/*.json
 
 soak: $(VENV)/.installed-test  # offline, long: 30 min of faults and invariants (see bench/soak.py); never part of `make test`
 	$(BIN)/python bench/soak.py

@@ -247,6 +247,39 @@ def test_the_study_measures_what_is_served_after_the_loop_not_a_refused_candidat
     assert served([base, inc, promoted], promoted) is promoted and recovered([base, inc, promoted]) == pytest.approx(0.75)
 
 
+def test_the_efficacy_goals_judge_what_is_served_and_fail_a_missed_requirement(tmp_path, capsys):
+    """bench/efficacy_goals.py (make efficacy's verdict): a refused candidate recovers nothing, however good it was;
+    the requirement is 2 of seeds 0-2 promoted with 50 % recovered on the routing shift, no poisoned promotion."""
+    import importlib.util
+    import json
+
+    from driftwatch.dev.efficacy import Accuracy, Row, as_json
+
+    spec = importlib.util.spec_from_file_location("efficacy_goals", Path(__file__).parents[2] / "bench" /
+                                                  "efficacy_goals.py")
+    goals = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(goals)
+
+    def run(seed, decision, phase_b, shift="queues", poisoned="refused by the data gates"):
+        rows = [Row("base model", None, "baseline", "", Accuracy(0, 100), Accuracy(0, 100), {"battery_score": 0.5}),
+                Row("no retrain (incumbent)", "v1", "baseline", "", Accuracy(10, 100), Accuracy(60, 100)),
+                Row("loop", "v2", decision, "why", Accuracy(phase_b, 100), Accuracy(60, 100), {"battery_score": 0.5}),
+                Row("poisoned, gates off", "v3", poisoned, "")]
+        path = tmp_path / f"{shift}-{seed}.json"
+        path.write_text(json.dumps({"seed": seed, "shift": shift, "rows": as_json(rows)}))
+        return str(path)
+
+    met = [run(0, "promoted", 40), run(1, "promoted", 36), run(2, "refused by the promotion gate", 90)]
+    assert goals.main(met) == 0 and "on 2 of 3 seeds" in capsys.readouterr().out
+    missed = [run(0, "promoted", 40), run(1, "refused by the promotion gate", 90), run(2, "promoted", 20)]
+    assert goals.main(missed) == 1  # 20 % recovered is not enough; the refused 90 % counts as 0
+    poisoned = [run(0, "promoted", 40), run(1, "promoted", 40, poisoned="promoted")]
+    capsys.readouterr()
+    assert goals.main(poisoned) == 1
+    out = capsys.readouterr().out
+    assert "poisoned harvests promoted: ['poisoned, gates off']" in out and "MISSED" in out
+
+
 def test_a_training_line_is_the_request_as_served():
     """A chat keeps its roles and earlier turns, a completion its raw prompt (no chat template), an example without
     its served request (a file's, or harvested before it was kept) is a single-turn chat; PII is masked in all."""
