@@ -43,11 +43,12 @@ bench: $(VENV)/.installed-test
 
 EFFICACY = .bench/efficacy
 efficacy: $(VENV)/.installed-test  # offline, long (see bench/efficacy.py); never part of `make test`
-	mkdir -p $(EFFICACY)
+	rm -rf $(EFFICACY) && mkdir -p $(EFFICACY)
 	$(BIN)/python bench/efficacy.py --seed 0 --out $(EFFICACY)/queues-0.json  # every row
-	for seed in 1 2; do $(BIN)/python bench/efficacy.py --quick --seed $$seed --out $(EFFICACY)/queues-$$seed.json; done
+	for seed in 1 2; do $(BIN)/python bench/efficacy.py --quick --seed $$seed \
+	  --out $(EFFICACY)/queues-$$seed.json || exit 1; done
 	for seed in 0 1 2; do $(BIN)/python bench/efficacy.py --quick --shift json --seed $$seed \
-	  --out $(EFFICACY)/json-$$seed.json; done
+	  --out $(EFFICACY)/json-$$seed.json || exit 1; done
 	$(BIN)/python bench/efficacy_goals.py $(EFFICACY)/*.json
 
 soak: $(VENV)/.installed-test  # offline, long: 30 min of faults and invariants (see bench/soak.py); never part of `make test`

@@ -117,8 +117,9 @@ def main() -> int:
               f" — recovered {ef.recovered(rows):.0%} of the phase-B accuracy the incumbent lost (incumbent: phase A "
               f"{inc.phase_a.rate[0]:.3f}, phase B {inc.phase_b.rate[0]:.3f}; served: phase B {now.phase_b.rate[0]:.3f})")
         if now is loop and loop.phase_a is not None:
-            print(f"served, phase A held: {loop.phase_a.rate[0] - inc.phase_a.rate[0]:+.3f}; battery vs base: "
-                  f"{loop.evaluation.get('battery_score', math.nan) - base.evaluation.get('battery_score', math.nan):+.3f}")
+            floor = loop.evaluation.get("base_battery_score") or base.evaluation.get("battery_score", math.nan)
+            print(f"served, phase A held: {loop.phase_a.rate[0] - inc.phase_a.rate[0]:+.3f}; battery vs base (the "
+                  f"same questions): {loop.evaluation.get('battery_score', math.nan) - floor:+.3f}")
         if now is not loop and loop.phase_b is not None:
             print(f"the candidate's own figures ({loop.decision}): would have recovered "
                   f"{ef.recovered(rows, candidate=True):.0%}; phase B {loop.phase_b.rate[0]:.3f}, phase A "
@@ -147,14 +148,19 @@ def _setting(kv: str) -> tuple[str, object]:
     """``key=value``: the value as JSON when it parses (numbers, true, null, lists), else the string."""
     from driftwatch.config import Review, Training
 
-    key, _, value = kv.partition("=")
-    if key not in Training.model_fields and key not in Review.model_fields:
-        raise SystemExit(f"--set {kv}: not a retrain.training or retrain.review setting "
-                         f"({', '.join([*Training.model_fields, *Review.model_fields])})")
+    key, _, text = kv.partition("=")
+    section = Training if key in Training.model_fields else Review if key in Review.model_fields else None
+    if section is None or key == "seed":
+        raise SystemExit(f"--set {kv}: not a retrain.training or retrain.review setting (--seed is the study's): "
+                         f"{', '.join([*Training.model_fields, *Review.model_fields])}")
     try:
-        return key, json.loads(value)
+        value = json.loads(text)
     except ValueError:
-        return key, value
+        value = text
+    try:
+        return key, getattr(section.model_validate({key: value}), key)
+    except ValueError as exc:
+        raise SystemExit(f"--set {kv}: {exc}") from None
 
 
 def _battery(row) -> float:

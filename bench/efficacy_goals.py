@@ -39,7 +39,9 @@ def loop_figures(run: dict) -> dict | None:
     inc, now, base = rows[INCUMBENT], served(rows, "loop"), rows.get("base model")
     lost = _rate(inc, "phase_a") - _rate(inc, "phase_b")
     battery = (now.get("evaluation") or {}).get("battery_score", math.nan)
-    base_battery = ((base or {}).get("evaluation") or {}).get("battery_score", math.nan)
+    base_battery = (now.get("evaluation") or {}).get("base_battery_score")  # on the same items (a review: half)
+    if base_battery is None:
+        base_battery = ((base or {}).get("evaluation") or {}).get("battery_score", math.nan)
     return {"shift": run.get("shift", "queues"), "seed": run["seed"], "decision": rows["loop"]["decision"],
             "recovered": (_rate(now, "phase_b") - _rate(inc, "phase_b")) / lost if lost > 0 else math.nan,
             "phase_a_vs_incumbent": _rate(now, "phase_a") - _rate(inc, "phase_a"),

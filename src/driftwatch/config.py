@@ -293,8 +293,9 @@ class Review(_Section):
     @field_validator("interpolate")
     @classmethod
     def _alphas(cls, v: list[float]) -> list[float]:
-        if any(not 0 < a < 1 for a in v):
-            raise ValueError("each α is between 0 and 1, exclusive")
+        names = [round(a * 100) for a in v]  # a candidate is named a<α·100>
+        if any(not 0 < n < 100 for n in names) or len(set(names)) != len(names):
+            raise ValueError("each α is between 0.01 and 0.99, and no two round to the same hundredth")
         return v
 
 

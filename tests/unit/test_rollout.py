@@ -475,7 +475,8 @@ def test_a_review_loads_the_runs_other_candidates_and_the_chosen_one_goes_on(rig
     states = {a.version: a.state for a in r.store.adapters()}
     assert states == {"v1": "production", "v2": "rejected", "v2--a50": "candidate", "v2--step-3": "rejected"}
     assert r.store.adapter("v2--a50").run_id == "run-7" and r.store.adapter("v2--a50").parent == "v1"
-    assert "review chose v2--a50" in r.store.events()[0].why
+    assert "the review chose v2--a50 over v2" in r.store.events()[0].why and r.store.events()[0].version == "v2--a50"
+    assert r.store.evaluations("v2--a50")[0].passed  # a passed review: under the one it chose
     assert r.ctl.drive(lambda: snap(v1={})).phase == "baking"
     assert r.store.alias_table()[1]["production"] == {"v2--a50": 1.0}
     r.clock.t += 11
@@ -485,12 +486,15 @@ def test_a_review_loads_the_runs_other_candidates_and_the_chosen_one_goes_on(rig
 def test_a_failed_review_rejects_every_candidate_of_the_run(rig):
     r = rig()
     r.ctl.register("v2", offering(r.tmp, ["a50", "a25"]), run_id="run-7", parent="v1")
+    r.ctl.register("v2--canary", r.tmp / "v3")  # named like a sibling by a person: not the run's, never reviewed
     r.ctl.evaluator().passing = False
     r.ctl.start("v2")
     assert r.ctl.drive().phase == "rejected"
     assert [set(x) for x in r.ctl.evaluator().siblings] == [{"v2--a25", "v2--a50"}]
     assert {a.version: a.state for a in r.store.adapters()} == {"v1": "production", "v2": "rejected",
-                                                                  "v2--a50": "rejected", "v2--a25": "rejected"}
+                                                                  "v2--a50": "rejected", "v2--a25": "rejected",
+                                                                  "v2--canary": "candidate"}
+    assert r.store.evaluations("v2")[0].passed is False  # a failed review is recorded under the run's candidate
     assert r.store.alias_table()[1] == {"production": {"v1": 1.0}}
 
 

@@ -221,8 +221,9 @@ def test_a_kl_weight_on_the_anchors_keeps_them_on_the_base_distribution(tiny_mod
     kls = {}
     for weight in (0.0, 20.0):
         out = tmp_path / f"run-{weight}"
-        train(TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(out), max_steps=20, batch_size=8,
-                        learning_rate=1e-2, eval_every=20, target_modules=ALL, progress=False, kl_anchor=weight))
+        m = train(TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(out), max_steps=20, batch_size=8,
+                            learning_rate=1e-2, eval_every=20, target_modules=ALL, progress=False, kl_anchor=weight))
+        assert m["best_step"] == 20  # trained: not the untouched step 0, whose KL is 0
         kls[weight] = kl_to_base(tiny_model, out / "adapter", data, "anchor")
     assert kls[20.0] < 0.5 * kls[0.0], kls
 

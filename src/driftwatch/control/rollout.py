@@ -95,11 +95,20 @@ def version_name(run_id: str) -> str:
 
 
 SIBLING = "--"  # a run's other candidate is registered as <version>--<name> (ft-<run>--a50: interpolated, α 0.5)
+MAX_SIBLINGS = 7  # retrain.review.candidates is at most 8
 
 
 def family(version: str) -> str:
     """The version a run registered first, for a candidate the review chose among its siblings."""
     return version.split(SIBLING)[0]
+
+
+def offered_versions(store, version: str) -> list[str]:
+    """The versions the run of ``version`` offered and the registry holds (registered by the loading step)."""
+    adapter = store.adapter(version)
+    if adapter is None or adapter.run_id is None:
+        return []
+    return [v for v in offered(adapter) if (a := store.adapter(v)) is not None and a.run_id == adapter.run_id]
 
 
 def offered(adapter: AdapterRecord) -> dict[str, str]:
@@ -112,9 +121,10 @@ def offered(adapter: AdapterRecord) -> dict[str, str]:
         return {}
     listed = manifest.get("candidates") if isinstance(manifest, dict) else None
     names = [c.get("name") for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
-    return {f"{adapter.version}{SIBLING}{n}": str(run / "candidates" / n) for n in names
+    return {f"{adapter.version}{SIBLING}{n}": str(run / "candidates" / n) for n in names[:MAX_SIBLINGS]
             if isinstance(n, str) and re.fullmatch(r"[a-z0-9-]{1,32}", n)  # the trainer's names, nothing else
-            and (run / "candidates" / n / "adapter_config.json").is_file()}
+            and (run / "candidates" / n / "adapter_config.json").is_file()
+            and (run / "candidates" / n).resolve().is_relative_to(run.resolve())}  # no link out of the run
 
 
 # -- bake checks (pure) -------------------------------------------------------------------------------------------------
@@ -325,22 +335,23 @@ class RolloutController:
                               states=self._rejected(r))
         except ServingError as exc:  # rejected by vLLM, or the path is gone: production untouched
             return self._move(r, "failed", "load-failed", str(exc), states=self._rejected(r))
-        siblings = [a.version for a in self._siblings(r)]
+        siblings = [] if r.forced else [v for v in offered_versions(self.store, r.candidate) if v not in dropped]
         return self._move(r, "warming" if r.forced else "evaluating", "loaded", f"on {len(self.clients)} server(s)"
                           + (f" with {len(siblings)} sibling candidate(s) to review" if siblings else ""),
-                          states=dropped or None)
+                          states=dropped or None, detail={**r.detail, "siblings": siblings})
 
     def _load_siblings(self, r: RolloutRecord) -> dict[str, str]:
         """Register and load the other candidates the candidate's run offered (each once: a version is never
         reused); one vLLM refuses (a rank above --max-lora-rank, say) is left out of the review, rejected."""
         adapter = self.store.adapter(r.candidate)
-        if adapter is None or SIBLING in r.candidate:
+        if adapter is None:
             return {}
         dropped = {}
         for version, path in offered(adapter).items():
             if self.store.adapter(version) is None:
                 self.register(version, path, run_id=adapter.run_id, parent=adapter.parent)
             if self.store.adapter(version).state != "candidate":
+                dropped[version] = "rejected"
                 continue
             try:
                 self._load_everywhere(version)
@@ -352,13 +363,17 @@ class RolloutController:
         return dropped
 
     def _siblings(self, r: RolloutRecord) -> list[AdapterRecord]:
-        """The other candidates of the candidate's run, registered and still candidates."""
-        return [a for a in self.store.adapters() if a.version.startswith(r.candidate + SIBLING)
-                and a.state == "candidate"]
+        """The other candidates the loading step recorded for this rollout (its run's, none by name alone), while
+        they are candidates."""
+        found = (self.store.adapter(v) for v in r.detail.get("siblings") or ())
+        return [a for a in found if a is not None and a.state == "candidate"]
 
     def _rejected(self, r: RolloutRecord) -> dict[str, str]:
-        """The candidate and its siblings, rejected."""
-        return {r.candidate: "rejected", **{a.version: "rejected" for a in self._siblings(r)}}
+        """The candidate and its siblings (the ones registered, also before the loading step recorded them),
+        rejected."""
+        siblings = {a.version for a in self._siblings(r)} | {
+            v for v in offered_versions(self.store, r.candidate) if self.store.adapter(v).state == "candidate"}
+        return {r.candidate: "rejected", **{v: "rejected" for v in sorted(siblings)}}
 
     def _evaluating(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         """Start the evaluation job, or take its result once it is in the store."""
@@ -393,9 +408,9 @@ class RolloutController:
                               states=self._rejected(r), detail_event=detail)
         if record.candidate != r.candidate:  # the review chose a sibling: it goes on, the others are rejected
             states = {v: s for v, s in self._rejected(r).items() if v != record.candidate}
-            return self._move(r, "warming", "gate-passed", f"evaluation {record.id}: review chose "
-                              f"{record.candidate}; every check passed on the held-out part", states=states,
-                              detail_event=detail, candidate=record.candidate)
+            return self._move(replace(r, candidate=record.candidate), "warming", "gate-passed",
+                              f"evaluation {record.id}: the review chose {record.candidate} over {r.candidate}; every "
+                              "check passed on the held-out part", states=states, detail_event=detail)
         return self._move(r, "warming", "gate-passed", f"evaluation {record.id}: every check passed",
                           states={v: "rejected" for v in self._rejected(r) if v != r.candidate} or None,
                           detail_event=detail)
@@ -416,7 +431,8 @@ class RolloutController:
             log.info("evaluation %s cancelled: not recorded", report.id)
             return
         failed = [g.line() for g in report.gates if not g.passed] or ([report.error] if report.error else [])
-        self.store.save_evaluation(EvaluationRecord(report.id, report.at, report.candidate, incumbent, report.passed,
+        judged = report.candidate if report.passed else r.candidate  # a failed review promotes nothing: the run's
+        self.store.save_evaluation(EvaluationRecord(report.id, report.at, judged, incumbent, report.passed,
                                                     str(evaluator.reports_dir / f"{report.id}.json"), failed))
 
     def _warming(self, r: RolloutRecord, snapshot) -> RolloutRecord:

@@ -470,8 +470,8 @@ class Study:
             return TrainSpec(base_model=str(self.base), dataset=str(dataset), output=str(out), **Lora().model_dump(),
                              **Training().model_dump(), progress=False, **adapters)
         return TrainSpec(base_model=str(self.base), dataset=str(dataset), output=str(out), r=s.r, alpha=2 * s.r,
-                         target_modules=list(s.target_modules), seed=self.seed, progress=False,
-                         **{**self.training(steps, recipe, **dict(training or {})),
+                         target_modules=list(s.target_modules), progress=False,
+                         **{"seed": self.seed, **self.training(steps, recipe, **dict(training or {})),
                             **({} if early_stopping else {"patience": 10**9})}, **(self.review if recipe else {}),
                          **adapters)
 
@@ -552,7 +552,9 @@ class Study:
         why = "; ".join(failed) if failed else f"every gate passed ({golden.detail if golden else ''})"
         if siblings:
             why = f"review chose {report.candidate} of {1 + len(siblings)}; {why}"
-        return report.passed, why, report.metrics[report.candidate], report.metrics[incumbent], report.candidate
+        # the base model's battery on the items the candidate's was scored on (a review's: the held-out half)
+        measured = {**report.metrics[report.candidate], "base_battery_score": report.base.get("battery_score")}
+        return report.passed, why, measured, report.metrics[incumbent], report.candidate
 
     def run(self, variants: list[Variant] = VARIANTS, *, daemon: bool = False, base: bool = True,
             on_row: Callable[[list[Row]], None] = lambda rows: None) -> list[Row]:
@@ -772,7 +774,9 @@ class Loop:
                 evaluation = next(iter(registry.evaluations(outcome.candidate)), None) if outcome else None
                 metrics = {}
                 if evaluation is not None and evaluation.report and Path(evaluation.report).exists():
-                    metrics = json.loads(Path(evaluation.report).read_text())["metrics"].get(outcome.candidate, {})
+                    saved = json.loads(Path(evaluation.report).read_text())
+                    metrics = {**saved["metrics"].get(saved["candidate"], {}),
+                               "base_battery_score": (saved.get("base") or {}).get("battery_score")}
                 promoted = registry.events(outcome.candidate, kind="promoted") if outcome else []
                 failed = list(evaluation.failed) if evaluation is not None else []
                 served_path = registry.adapter(outcome.candidate).path if outcome else None

@@ -64,7 +64,7 @@ def collect(run_id: str, output: Path, status: RunStatus, reason: str, log_tail:
         except (OSError, ValueError) as exc:
             reason = f"the trainer exited 0 but its manifest cannot be read: {exc}"
         status = RunStatus.FAILED
-    for leftover in (output / "adapter", output / ".work"):
+    for leftover in (output / "adapter", output / "candidates", output / ".work"):
         shutil.rmtree(leftover, ignore_errors=True)
     manifest_path.unlink(missing_ok=True)
     (output / "failure.json").write_text(json.dumps({"status": status.value, "reason": reason, "at": time.time(),

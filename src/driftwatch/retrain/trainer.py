@@ -263,44 +263,46 @@ class _Fit:
         import torch
 
         target = labels[:, 1:]
-        refs = self.references(ids, mask, groups) if groups else {}  # first: the reference passes toggle adapters
-        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        loss = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        refs = self.references(ids, mask, target, groups) if groups else []  # first: they toggle adapters
+        logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), target, ignore_index=-100,
+                                                 reduction="none")
         sums = loss.sum(dim=1)
-        for rows, (weight, ref) in refs.items():
-            idx = torch.tensor(rows, device=ids.device)
-            answer = target[idx] != -100
-            log_p, log_q = torch.log_softmax(ref[answer], -1), torch.log_softmax(logits[idx][answer], -1)
+        for at, weight, log_p in refs:  # at: (batch, position) of each of those lines' answer tokens
+            log_q = torch.log_softmax(logits[at].float(), -1)
             per_token = (log_p.exp() * (log_p - log_q)).sum(-1)  # KL(reference || tuned) at each answer token
-            line = torch.zeros(len(rows), device=sums.device).index_add(0, answer.nonzero()[:, 0], per_token)
-            sums = sums.index_add(0, idx, weight * line)
+            sums = sums.index_add(0, at.nonzero()[:, 0], weight * per_token)
         return sums, (target != -100).sum(dim=1)
 
-    def references(self, ids, mask, groups: list[str]) -> dict[tuple[int, ...], tuple[float, object]]:
-        """The reference logits of a batch's anchor lines (the base model: the adapter disabled, peft's
-        ``disable_adapter``) and replay lines (the incumbent: its frozen adapter, or the base when none serves; not
-        the base when one does, which scores 0 on the traffic it was trained for), each with its weight, by row."""
+    def references(self, ids, mask, target, groups: list[str]) -> list[tuple]:
+        """(where, weight, reference log-probabilities at the answer tokens there) for a batch's anchor lines (the
+        base model: the adapter disabled, peft's ``disable_adapter``) and its replay lines (the incumbent: its frozen
+        adapter, or the base when none serves; not the base when one does, which scores 0 on the traffic it was
+        trained for). Only the answer positions are kept: a vocabulary-wide copy of every position is not."""
         import torch
 
-        out, training = {}, self.model.training
+        out, training = [], self.model.training
         self.model.eval()  # no dropout in a reference
         try:
             for group, weight in (("anchor", self.spec.kl_anchor), ("replay", self.spec.kl_replay)):
-                rows = tuple(k for k, g in enumerate(groups) if g == group)
+                rows = [k for k, g in enumerate(groups) if g == group]
                 if not weight or not rows:
                     continue
+                picked = torch.zeros(len(groups), dtype=torch.bool, device=ids.device)
+                picked[rows] = True
+                at = picked[:, None] & (target != -100)
                 idx = torch.tensor(rows, device=ids.device)
                 with torch.no_grad():
                     if group == "replay" and self.spec.incumbent_adapter:
                         self.model.set_adapter(INCUMBENT, inference_mode=True)
                         try:
-                            ref = self.model(input_ids=ids[idx], attention_mask=mask[idx]).logits
+                            ref = self.model(input_ids=ids[idx], attention_mask=mask[idx]).logits[:, :-1]
                         finally:
                             self.model.set_adapter("default")  # trainable again
                     else:
                         with self.model.disable_adapter():
-                            ref = self.model(input_ids=ids[idx], attention_mask=mask[idx]).logits
-                out[rows] = (weight, ref[:, :-1].float())
+                            ref = self.model(input_ids=ids[idx], attention_mask=mask[idx]).logits[:, :-1]
+                    out.append((at, weight, torch.log_softmax(ref[at[idx]].float(), -1)))
         finally:
             self.model.train(training)
         return out
@@ -342,7 +344,7 @@ class _Fit:
     def save_best(self, step: int) -> None:
         """The new best checkpoint; the one it replaces is kept as ``step-<n>`` while ``keep_checkpoints`` allow."""
         best = self.work / "best"
-        if best.exists() and self.spec.candidates > 1 and self.spec.keep_checkpoints:
+        if best.exists() and self.best_step > 0 and self.spec.candidates > 1 and self.spec.keep_checkpoints:
             kept = sorted(self.work.glob("step-*"), key=lambda d: int(d.name[5:]))
             for old in kept[:max(0, len(kept) - self.spec.keep_checkpoints + 1)]:
                 shutil.rmtree(old)
@@ -423,8 +425,14 @@ def _candidates(spec: TrainSpec, model, fit: _Result, work: Path) -> list[dict]:
         return []
     offered: list[dict] = []
     for alpha in sorted(spec.interpolate, reverse=True)[:spec.candidates - 1]:
-        offered.append(interpolate(model, work / "best", spec.incumbent_adapter, alpha, work / "candidates",
-                                   f"a{round(alpha * 100)}", spec.max_rank))
+        try:
+            offered.append(interpolate(model, work / "best", spec.incumbent_adapter, alpha, work / "candidates",
+                                       f"a{round(alpha * 100)}", spec.max_rank))
+        except Exception as exc:  # noqa: BLE001 - the run's best is still good: it is offered without this one
+            print(f"interpolation at α {alpha} left out: {type(exc).__name__}: {exc}", file=sys.stderr)
+            for name in (f"a{round(alpha * 100)}", "best", "toward"):
+                if name in model.peft_config:
+                    model.delete_adapter(name)
     kept = [d for d in sorted(work.glob("step-*"), key=lambda d: -int(d.name[5:]))
             if int(d.name[5:]) > 0]  # step 0 is the adapter it started from: never a candidate
     for d in kept[:spec.candidates - 1 - len(offered)]:
@@ -435,8 +443,8 @@ def _candidates(spec: TrainSpec, model, fit: _Result, work: Path) -> list[dict]:
 
 
 def interpolate(model, best: Path, incumbent: str | None, alpha: float, out: Path, name: str, max_rank: int) -> dict:
-    """α·best + (1-α)·incumbent as one LoRA in ``out/name`` (WiSE-FT's weight interpolation, arXiv 2309.06256; a
-    LoRA's update is linear in B·A, so the sum is exact as a LoRA of the concatenated rank: peft's
+    """α·best + (1-α)·incumbent as one LoRA in ``out/name`` (weight interpolation, model averaging in arXiv
+    2309.06256; a LoRA's update is linear in B·A, so the sum is exact as a LoRA of the concatenated rank: peft's
     ``add_weighted_adapter(combination_type="cat")``). Above ``max_rank`` (vLLM's --max-lora-rank) it is truncated
     by SVD to that rank, and says so. Without an incumbent (the base model serves) it is α·best."""
     names, weights = ["best"], [alpha]
