@@ -239,7 +239,7 @@ def test_the_replay_reference_is_the_frozen_incumbent_and_only_the_trained_adapt
                     learning_rate=1e-2, eval_every=5, target_modules=ALL, progress=False))
     spec = TrainSpec(base_model=str(tiny_model), dataset=str(data), output=str(tmp_path / "o"), kl_replay=1.0,
                      init_adapter=str(incumbent / "adapter"), incumbent_adapter=str(incumbent / "adapter"),
-                     progress=False)
+                     max_steps=3, eval_every=3, progress=False)
     tok, model = _model(spec, torch.device("cpu"), torch.float32)
     assert model.active_adapter == "default" and not any(p.requires_grad for n, p in model.named_parameters()
                                                          if INCUMBENT in n)
