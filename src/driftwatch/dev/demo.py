@@ -36,7 +36,8 @@ class Scale:
     bake_min_events: int
     bake_s: float  # rollout.bake.duration_s: long enough for min_samples events, so the promoted window can re-baseline
     new_window: int  # the promoted adapter's window before the bad one is forced
-    loop_timeout_s: float  # for each rollout of the loop: a bound, not a pace (beside a CPU hog training alone took 150 s)
+    loop_timeout_s: float  # for each rollout of the loop: a bound, not a pace (beside `stress-ng --cpu 2` the retrain
+    # was still training at 600 s on 2026-12-07, where it took 150 s beside a hog before and 114 s quiet that day)
     bad_steps: int  # training steps that teach the bad adapter to answer nothing
     min_unique_prompts: int  # the data gate on what the loop harvests before its decision (the default wants 50)
     feedback_rate: float  # share of requests the simulated users rate: the harvest, at the loop's few requests
@@ -48,7 +49,7 @@ class Scale:
 
 
 SCALES = {
-    "tiny": Scale(25.0, 400, 250, 100, 200, 40, 15.0, 60, 600.0, 60, 10, 0.2, 200, 5e-3, 300),
+    "tiny": Scale(25.0, 400, 250, 100, 200, 40, 15.0, 60, 1800.0, 60, 10, 0.2, 200, 5e-3, 300),
     "smollm2": Scale(1.0, 100, 100, 20, 80, 15, 190.0, 20, 1500.0, 20, 10, 1.0, 8, 2e-4, 0),
 }
 DRIFTED_ROUTES = {"qa": 0.05, "summarize": 0.8, "code": 0.05, "chat": 0.05, "extract": 0.05}
