@@ -326,7 +326,7 @@ class RolloutController:
     def _loading(self, r: RolloutRecord, snapshot) -> RolloutRecord:
         try:
             self._load_everywhere(r.candidate)
-            dropped = {} if r.forced else self._load_siblings(r)
+            siblings, dropped = ([], {}) if r.forced else self._load_siblings(r)
         except VLLMUnavailable as exc:
             if not self._past_deadline(r):
                 log.warning("rollout %d: cannot load %s yet: %s", r.id, r.candidate, exc)
@@ -335,18 +335,18 @@ class RolloutController:
                               states=self._rejected(r))
         except ServingError as exc:  # rejected by vLLM, or the path is gone: production untouched
             return self._move(r, "failed", "load-failed", str(exc), states=self._rejected(r))
-        siblings = [] if r.forced else [v for v in offered_versions(self.store, r.candidate) if v not in dropped]
         return self._move(r, "warming" if r.forced else "evaluating", "loaded", f"on {len(self.clients)} server(s)"
                           + (f" with {len(siblings)} sibling candidate(s) to review" if siblings else ""),
                           states=dropped or None, detail={**r.detail, "siblings": siblings})
 
-    def _load_siblings(self, r: RolloutRecord) -> dict[str, str]:
+    def _load_siblings(self, r: RolloutRecord) -> tuple[list[str], dict[str, str]]:
         """Register and load the other candidates the candidate's run offered (each once: a version is never
-        reused); one vLLM refuses (a rank above --max-lora-rank, say) is left out of the review, rejected."""
+        reused); one vLLM refuses (a rank above --max-lora-rank, say) is left out of the review, rejected.
+        Returns the ones loaded, and the states of the ones left out."""
         adapter = self.store.adapter(r.candidate)
         if adapter is None:
-            return {}
-        dropped = {}
+            return [], {}
+        loaded, dropped = [], {}
         for version, path in offered(adapter).items():
             if self.store.adapter(version) is None:
                 self.register(version, path, run_id=adapter.run_id, parent=adapter.parent)
@@ -355,12 +355,13 @@ class RolloutController:
                 continue
             try:
                 self._load_everywhere(version)
+                loaded.append(version)
             except VLLMUnavailable:
                 raise
             except ServingError as exc:
                 log.warning("rollout %d: sibling %s left out of the review: %s", r.id, version, exc)
                 dropped[version] = "rejected"
-        return dropped
+        return loaded, dropped
 
     def _siblings(self, r: RolloutRecord) -> list[AdapterRecord]:
         """The other candidates the loading step recorded for this rollout (its run's, none by name alone), while
