@@ -2,6 +2,7 @@
 v-a learned to answer "alpha alpha alpha." to "Say something N", v-b "bravo bravo bravo."."""
 
 import json
+import os
 
 import httpx
 import pytest
@@ -25,6 +26,7 @@ def golden(tmp_path):
 
 def test_client_maps_vllm_errors(vllm, tiny_model, tmp_path):
     server, adapters = vllm
+    assert os.getpriority(os.PRIO_PROCESS, server.proc.pid) == 10  # the local server yields to a trainer beside it
     with VLLMClient(server.url) as client:
         assert client.health() and {"v-a", "v-b"} <= set(client.adapters())
         assert client.adapters()["v-a"] == str(adapters["v-a"])

@@ -47,6 +47,17 @@ def test_local_runner_trains_in_a_subprocess(tiny_model, dataset, tmp_path):
     assert '"status": "succeeded"' in (result.output / "train.log").read_text()  # the trainer's output captured
 
 
+def test_the_trainer_sleeps_at_openmp_barriers_unless_the_operator_says_otherwise(tmp_path):
+    """A CPU trainer whose OpenMP threads spin starves beside any busy neighbour (see LocalRunner.run)."""
+    python = tmp_path / "python"
+    python.write_text('#!/bin/sh\necho "$OMP_WAIT_POLICY" > "$(dirname "$0")/policy"\nexit 3\n')
+    python.chmod(0o755)
+    for env, expected in ((None, "PASSIVE"), ({"OMP_WAIT_POLICY": "ACTIVE"}, "ACTIVE")):
+        result = LocalRunner(tmp_path, python=str(python), env=env).run(spec("m", "d", tmp_path / "r"), "r",
+                                                                         threading.Event())
+        assert result.status is RunStatus.FAILED and (tmp_path / "policy").read_text().strip() == expected
+
+
 def test_a_crashed_run_is_failed_with_its_reason(tiny_model, tmp_path):
     result = LocalRunner(tmp_path).run(spec(tiny_model, tmp_path / "missing", tmp_path / "r2"), "r2", threading.Event())
     assert result.status is RunStatus.FAILED and "exited 1" in result.reason and "missing" in result.reason

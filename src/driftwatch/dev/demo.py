@@ -37,7 +37,8 @@ class Scale:
     bake_s: float  # rollout.bake.duration_s: long enough for min_samples events, so the promoted window can re-baseline
     new_window: int  # the promoted adapter's window before the bad one is forced
     loop_timeout_s: float  # for each rollout of the loop: a bound, not a pace (beside `stress-ng --cpu 2` the retrain
-    # was still training at 600 s on 2026-12-07, where it took 150 s beside a hog before and 114 s quiet that day)
+    # was still training at 600 s on 2026-12-07: the loaded local vLLM starved it and its OpenMP threads spun; see
+    # LocalVLLM's nice and LocalRunner's OMP_WAIT_POLICY)
     bad_steps: int  # training steps that teach the bad adapter to answer nothing
     min_unique_prompts: int  # the data gate on what the loop harvests before its decision (the default wants 50)
     feedback_rate: float  # share of requests the simulated users rate: the harvest, at the loop's few requests
