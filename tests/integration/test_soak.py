@@ -24,8 +24,9 @@ def test_the_chaos_soak_holds_every_invariant(tmp_path):
     report = "\n".join(lines)
     assert code == 0, report
     assert "all held" in report and "VIOLATION" not in report, report
-    # the faults were injected, and the loop did its work under them: a drift answered by a promotion, and the
-    # bad candidate's bake rolled back
+    # the faults were injected, and the loop did its work under them: a drift answered by a promotion whose bake
+    # passed (done, or still re-baselining when the 4 minutes end: beside `stress-ng --cpu 2` on 2026-12-07 the
+    # promoted adapter's window was still filling then), and the bad candidate's bake rolled back
     for kind in ("broker stopped", "daemon killed", "training job", "state store held", "model server"):
         assert kind in report, (kind, report)
-    assert "'done'" in report and "'rolled_back'" in report, report
+    assert ("'done'" in report or "'rebaselining'" in report) and "'rolled_back'" in report, report
