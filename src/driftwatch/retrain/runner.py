@@ -91,10 +91,8 @@ class LocalRunner:
         spec_path = out / "spec.json"
         spec_path.write_text(json.dumps(asdict(spec), indent=1))
         log_path = out / "train.log"
-        # OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep at a barrier instead of spinning. A CPU trainer beside
-        # anything else busy (a local vLLM, the daemon, a CPU hog) otherwise waits on a descheduled sibling thread at
-        # every op: measured on 2 cores beside `stress-ng --cpu 2` and a loaded vLLM, 40 steps of the tiny Llama took
-        # 21 s with it and over 200 s without; quiet, it costs 4.0 -> 5.6 s. An operator's own setting wins.
+        # torch's OpenMP threads sleep at barriers rather than spin: a CPU trainer beside anything busy otherwise
+        # waits on a descheduled sibling at every op (figures: docs/operations.md). An operator's own setting wins.
         env = {**os.environ, "HF_HUB_OFFLINE": "1", **(self.env or {})}
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         with open(log_path, "wb") as logf:
