@@ -1,5 +1,5 @@
 """The paired forgetting gate's power (docs/evaluation.md): how often it refuses a candidate that truly lost 0, 1, 2
-and 5 points of the battery, by battery size. Simulated, seconds, no model:
+and 5 points of the battery, by battery size (the shipped battery, and the half of it that gates a review). Simulated, seconds, no model:
 
     python bench/gate_power.py [--trials 2000] [--churn 0.03]
 
@@ -16,7 +16,9 @@ import random
 
 def main() -> int:
     from driftwatch.config import PromotionGates
+    from driftwatch.evaluate.evaluator import parts, shipped
     from driftwatch.evaluate.gates import Flips, Gate
+    from driftwatch.evaluate.golden import read_golden
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--trials", type=int, default=2000)
@@ -28,7 +30,10 @@ def main() -> int:
     print(f"refused, of {args.trials} trials (paired gate / unpaired score difference), churn {args.churn:g}")
     print("| battery | " + " | ".join(f"true loss {x * 100:g} point{'s' if x != 0.01 else ''}" for x in losses) + " |")
     print("|---|" + "---|" * len(losses))
-    for n in (120, 300, 600, 1000):
+    battery = read_golden(shipped("battery.jsonl"))
+    half = len(parts({"golden": [], "battery": battery, "probes": []})[1]["battery"])
+    names = {half: "the review's held-out part", len(battery): "shipped"}
+    for n in (120, half, len(battery), 1000, 1500):
         cells = []
         for loss in losses:
             rng = random.Random(1)
@@ -45,7 +50,7 @@ def main() -> int:
                 paired += not Gate("forgetting_drop", f.drop, bound, "<=", p_value=f.p_value(), alpha=alpha).passed
                 unpaired += not Gate("forgetting_drop", f.drop, bound, "<=").passed
             cells.append(f"{paired / args.trials * 100:.1f} % / {unpaired / args.trials * 100:.1f} %")
-        print(f"| {n:,} | " + " | ".join(cells) + " |")
+        print(f"| {n:,}{f' ({names[n]})' if n in names else ''} | " + " | ".join(cells) + " |")
     return 0
 
 

@@ -14,6 +14,7 @@ from driftwatch.evaluate.golden import read_golden
 from driftwatch.serving.vllm import Generation
 
 BATTERY = len(read_golden(shipped("battery.jsonl")))  # the shipped general-knowledge questions
+RIGHT = {it.prompt: it.answers[0] for it in read_golden(shipped("battery.jsonl"))}  # each question's first answer
 
 
 def test_scorings():
@@ -130,7 +131,7 @@ def test_forgetting_is_caught(tmp_path):
         return knows(p) if p.startswith("Order") else f"Something else entirely about {p.lower()}"
 
     def remembers(p):
-        return "Eight legs, seven days, the answer is 63, Jupiter, Mars" if not p.startswith("Order") else knows(p)
+        return RIGHT.get(p, "Eight legs, seven days") if not p.startswith("Order") else knows(p)
 
     report = evaluator(tmp_path, Scripted({"cand": forgot, "inc": remembers}), distinct2_min_ratio=0,
                        self_similarity_max_delta=1).run("cand", "inc")
@@ -144,7 +145,7 @@ def test_forgetting_is_measured_against_the_base_model_too(tmp_path):
     def one_word(answer):
         return lambda p: answer(p) if p.startswith("Order") else "billing"
 
-    base = lambda p: "Eight legs, seven days, the answer is 63, Jupiter, Mars, Paris"  # noqa: E731
+    base = lambda p: RIGHT.get(p, "Eight legs, seven days")  # noqa: E731
     client = Scripted({"cand": one_word(knows), "inc": one_word(knows_but_one), "base": base})
     ev = evaluator(tmp_path, client, base="base", distinct2_min_ratio=0, self_similarity_max_delta=1)
     report = ev.run("cand", "inc")
@@ -227,7 +228,7 @@ def test_a_review_ranks_every_candidate_on_one_part_and_gates_the_chosen_on_the_
     review ranks all on one part of the golden set and the battery, and the gate decides on the other part alone."""
     from driftwatch.evaluate.evaluator import parts
 
-    right = {it.prompt: it.answers[0] for it in read_golden(shipped("battery.jsonl"))}
+    right = RIGHT
 
     def adapter(orders_known: int, forgets_every: int = 0):
         def answer(p):
@@ -256,7 +257,7 @@ def test_a_review_ranks_every_candidate_on_one_part_and_gates_the_chosen_on_the_
     gated = {(i["suite"], i["prompt"]) for i in report.items}
     ranked = {(s, ev.suites[s][i].prompt) for s in ("golden", "battery") for i in ranking[s]}
     assert gated and not gated & ranked and len(ranking["golden"]) + len(held_out["golden"]) == 40
-    assert 10 <= len(held_out["golden"]) <= 30 and 30 <= len(held_out["battery"]) <= 90
+    assert 10 <= len(held_out["golden"]) <= 30 and 0.35 * BATTERY <= len(held_out["battery"]) <= 0.65 * BATTERY
     assert "review: ranked on" in (tmp_path / "evals" / "r1.txt").read_text()
     # the rejected candidates were asked the ranking part only; the chosen and the incumbent both parts
     asked = len(ranking["golden"]) + len(ranking["battery"]) + 20
