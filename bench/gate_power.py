@@ -1,5 +1,5 @@
 """The paired forgetting gate's power (docs/evaluation.md): how often it refuses a candidate that truly lost 0, 1, 2
-and 5 points of the battery, by battery size (the shipped battery, and the half of it that gates a review). Simulated, seconds, no model:
+and 5 points of the battery, by battery size (the default battery, the large one, and the part of it that gates a review). Simulated, seconds, no model:
 
     python bench/gate_power.py [--trials 2000] [--churn 0.03]
 
@@ -30,9 +30,9 @@ def main() -> int:
     print(f"refused, of {args.trials} trials (paired gate / unpaired score difference), churn {args.churn:g}")
     print("| battery | " + " | ".join(f"true loss {x * 100:g} point{'s' if x != 0.01 else ''}" for x in losses) + " |")
     print("|---|" + "---|" * len(losses))
-    battery = read_golden(shipped("battery.jsonl"))
+    battery = read_golden(shipped("battery-large.jsonl"))
     half = len(parts({"golden": [], "battery": battery, "probes": []})[1]["battery"])
-    names = {half: "the review's held-out part", len(battery): "shipped"}
+    names = {120: "the default battery", half: "battery-large's held-out part in a review", len(battery): "battery-large"}
     for n in (120, half, len(battery), 1000, 1500):
         cells = []
         for loss in losses:

@@ -1,13 +1,15 @@
-"""The general-knowledge battery's generated part: questions whose answers are facts a small instruction model knows
-some of the time (arithmetic, the calendar, capitals, opposites, plurals, past tenses, animals, colours), each with
-its accepted answers, scored ``contains`` (whole words, in order).
+"""The large general-knowledge battery (``defaults/eval/battery-large.jsonl``): the 120 questions of the default
+battery, written by hand, then questions whose answers are facts a small instruction model knows some of the time
+(arithmetic, the calendar, capitals, languages, opposites, plurals, past tenses, animals, colours, chemical symbols),
+each with its accepted answers, scored ``contains`` (whole words, in order).
 
 The forgetting gates count the questions that flip between two models (docs/evaluation.md): their power grows with
 the battery, and a 5-point loss is caught 4 times in 5 only with ~300 questions on the side of the split that gates
-(the checkpoint review halves the battery). The first 120 questions of ``defaults/eval/battery.jsonl`` were written
-by hand; the rest is this module's output, fixed by its seed (``tests/unit/test_battery.py`` checks that they agree):
+(the checkpoint review halves the battery). Every question costs each rollout's evaluation 2-3 requests, so the
+default stays the 120 and the large one is opt-in (``evaluate.battery``; the efficacy study uses it). The generated
+part is this module's output, fixed by its seed (``tests/unit/test_battery.py`` checks that they agree):
 
-    python -m driftwatch.dev.battery --write   # rewrites the generated part of the shipped battery
+    python -m driftwatch.dev.battery --write   # rewrites battery-large.jsonl
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import random
 import sys
 from pathlib import Path
 
-HAND_WRITTEN = 120  # the shipped battery's first lines
 SEED = 26
 
 NUMBERS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve",
@@ -144,8 +145,11 @@ def generate(seed: int = SEED) -> list[dict]:
     return out
 
 
-def shipped() -> Path:
-    return Path(__file__).resolve().parent.parent / "defaults" / "eval" / "battery.jsonl"
+def shipped(name: str = "battery.jsonl") -> Path:
+    return Path(__file__).resolve().parent.parent / "defaults" / "eval" / name
+
+
+LARGE = "battery-large.jsonl"
 
 
 def questions(hand: list[dict]) -> list[dict]:
@@ -167,16 +171,15 @@ def questions(hand: list[dict]) -> list[dict]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--write", action="store_true", help="rewrite the generated part of the shipped battery")
+    ap.add_argument("--write", action="store_true", help=f"rewrite {LARGE}")
     args = ap.parse_args()
-    path = shipped()
-    hand = [json.loads(line) for line in path.read_text().splitlines()[:HAND_WRITTEN]]
+    hand = [json.loads(line) for line in shipped().read_text().splitlines()]
     lines = [json.dumps(q) for q in hand + questions(hand)]
     if args.write:
-        path.write_text("".join(line + "\n" for line in lines))
-        print(f"{path}: {len(lines)} questions ({HAND_WRITTEN} written by hand)")
+        shipped(LARGE).write_text("".join(line + "\n" for line in lines))
+        print(f"{shipped(LARGE)}: {len(lines)} questions ({len(hand)} written by hand)")
     else:
-        sys.stdout.write("".join(line + "\n" for line in lines[HAND_WRITTEN:]))
+        sys.stdout.write("".join(line + "\n" for line in lines[len(hand):]))
     return 0
 
 
