@@ -56,7 +56,7 @@ class TrainSpec:
     select_by: str = "all"  # all | task: the validation loss the best checkpoint is chosen by (see selection)
     anchor_max_rise: float | None = None  # with select_by task: the anchors' loss may rise this share above step 0
     chat_template: str | None = None  # a Jinja file: the template vLLM serves with, when not the base model's own
-    kl_anchor: float = 0.0  # weight of KL(base || tuned) on the anchor lines' answer tokens (the base: adapter disabled)
+    kl_anchor: float = 4.0  # weight of KL(base || tuned) on the anchor lines' answer tokens (the base: adapter disabled)
     kl_replay: float = 0.0  # weight of KL(incumbent || tuned) on the replay lines' answer tokens
     incumbent_adapter: str | None = None  # the adapter served now, frozen: replay's reference (None: the base serves)
     candidates: int = 1  # adapters the run offers the gate's review: the best checkpoint, then interpolations, then
