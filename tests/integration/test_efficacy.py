@@ -35,5 +35,9 @@ def test_the_retrained_candidate_beats_the_incumbent_on_shifted_traffic_and_pois
     assert incumbent.phase_a.rate[0] > incumbent.phase_b.rate[0], table
     # the direction: the candidate's phase-B accuracy is above the incumbent's whole 95 % interval
     assert loop.phase_b is not None and loop.phase_b.rate[0] > incumbent.phase_b.rate[2], table
+    # what is served after the loop: the candidate only if promoted, else the incumbent, which recovered nothing
+    served = ef.served(list(rows.values()), loop)
+    assert served is (loop if loop.decision == "promoted" else incumbent), table
+    assert loop.decision == "promoted" or ef.recovered(list(rows.values())) == 0, table
     # contradicting corrections and their paraphrases are refused before any training
     assert poisoned.decision == "refused by the data gates" and "contradictions" in poisoned.why, table

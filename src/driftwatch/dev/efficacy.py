@@ -24,6 +24,7 @@ import math
 import random
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -348,6 +349,7 @@ class Scale:
     max_tokens: int = 4
     max_length: int = 128
     window: int = 60  # the daemon's window (monitor.window_events); a verdict wants half of it
+    battery: str = "battery-large.jsonl"  # the shipped battery the gate asks (the large one: docs/evaluation.md)
 
 
 SCALES = {
@@ -355,8 +357,10 @@ SCALES = {
                   learning_rate=1e-2, batch_size=8, eval_every=15,
                   target_modules=("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")),
     # SmolLM2 on 2 CPU cores: ~8 s an optimizer step of 8 examples (46 tokens each) on a quiet machine, 16 beside load
+    # the default battery (120): answered in-process, the large one's 649 took the suite's check past 20 min
     "ci": Scale(phase_a_train=160, harvest=120, test=60, golden=40, steps=20, incumbent_steps=20,
-                learning_rate=2e-3, batch_size=8, eval_every=5, target_modules=("q_proj", "k_proj", "v_proj", "o_proj")),
+                learning_rate=2e-3, batch_size=8, eval_every=5, target_modules=("q_proj", "k_proj", "v_proj", "o_proj"),
+                battery="battery.jsonl"),
     "smollm2": Scale(phase_a_train=200, harvest=200, test=120, golden=60, steps=30, incumbent_steps=30,
                      learning_rate=2e-3, batch_size=8, eval_every=10,
                      target_modules=("q_proj", "k_proj", "v_proj", "o_proj")),
@@ -397,7 +401,7 @@ VARIANTS = [Variant("loop"), Variant("no replay", replay=0.0), Variant("poisoned
             # the recipe's levers (docs/evaluation.md), one a row
             Variant("loss per example", training=(("loss_per", "example"),)),
             Variant("chosen by task loss, anchors held", training=(("select_by", "task"), ("anchor_max_rise", 0.1))),
-            Variant("KL to the base on anchors", training=(("kl_anchor", 1.0),)),
+            Variant("no KL to the base on anchors", training=(("kl_anchor", 0.0),)),
             Variant("KL to the incumbent on replay", training=(("kl_replay", 1.0),))]
 
 
@@ -541,10 +545,11 @@ class Study:
         """The promotion gate (with ``siblings``, the review): passed, why, the chosen candidate's metrics and the
         incumbent's, the chosen candidate."""
         from driftwatch.config import Evaluate
-        from driftwatch.evaluate.evaluator import Evaluator
+        from driftwatch.evaluate.evaluator import Evaluator, shipped
 
         if self.evaluator is None:  # one, so the base model's battery is asked once
-            self.evaluator = Evaluator(Evaluate(max_tokens=EVAL_MAX_TOKENS, scoring="normalized", concurrency=8),
+            self.evaluator = Evaluator(Evaluate(max_tokens=EVAL_MAX_TOKENS, scoring="normalized", concurrency=8,
+                                                battery=shipped(self.scale.battery)),
                                        self.client, self.golden, self.work / "evals", base="base")
         report = self.evaluator.run(candidate, incumbent, siblings=siblings)
         failed = [g.line() for g in report.gates if not g.passed]
@@ -622,6 +627,8 @@ class Loop:
         self.feedback: dict[str, int] = {}
 
     def settings(self, broker, topics: dict[str, str], work: Path) -> dict:
+        from driftwatch.evaluate.evaluator import shipped
+
         st, s = self.study, self.study.scale
         return {
             "kafka": {"bootstrap_servers": [broker.bootstrap], "create_topics": True, "topics": topics,
@@ -638,7 +645,8 @@ class Loop:
                         "lora": {"r": s.r, "alpha": 2 * s.r, "target_modules": list(s.target_modules)},
                         "training": st.training(), "review": st.review,
                         "gates": {"min_unique_prompts": 20, "seed": st.seed}},  # the shipped replay_fraction
-            "evaluate": {"max_tokens": EVAL_MAX_TOKENS, "scoring": "normalized", "concurrency": 8},
+            "evaluate": {"max_tokens": EVAL_MAX_TOKENS, "scoring": "normalized", "concurrency": 8,
+                         "battery": str(shipped(s.battery))},
             "rollout": {"alias": "production", "tick_s": 0.5, "lease_s": 10,
                         "bake": {"duration_s": 30, "deadline_s": 600, "min_events": 20, "min_feedback": 10}},
         }
@@ -673,144 +681,204 @@ class Loop:
                 time.sleep(max(0.0, t0 + (k + 1) / self.rate - time.monotonic()))
 
     def run(self) -> tuple[Row, list]:
-        """The row, and the examples the daemon harvested (the ablations' data)."""
-        import threading
-
-        import httpx
-
-        from driftwatch import app
+        """The row, and the examples the daemon harvested (the ablations' data): the reference from phase-A traffic,
+        then the daemon, then phase-B traffic until a rollout finishes, then what happened."""
         from driftwatch.config import Settings
-        from driftwatch.control.rollout import FINISHED
         from driftwatch.dev.localbroker import LocalBroker
+
+        work = self.study.work / "loop"
+        work.mkdir(parents=True, exist_ok=True)
+        http, rng, t0 = _http_client(), random.Random(f"users:{self.study.seed}"), time.monotonic()
+        with LocalBroker(self.broker_kind) as broker, _Gateways(self) as gateways:  # type: ignore[arg-type]
+            settings = Settings.model_validate(self.settings(broker, LOOP_TOPICS, work))
+            self._reference(settings, gateways, http, rng, work)
+            with _running(settings) as daemon:
+                outcome = self._drive(daemon, gateways.start(settings, {}), http, rng)
+                found = _Found.of(daemon, outcome)
+        self.study.echo(f"loop: {self.served} requests served through the gateway, feedback {self.feedback}; "
+                        f"{len(found.decisions)} retrain decision(s); run {found.run.status if found.run else 'none'}; "
+                        f"rollout {outcome.phase if outcome else 'none'} in {time.monotonic() - t0:.0f}s")
+        return self._row(found), found.harvested
+
+    def _reference(self, settings, gateways: _Gateways, http, rng: random.Random, work: Path) -> None:
+        """The daemon's reference: phase-A traffic, served by the incumbent and logged by a gateway, read back from
+        Kafka."""
         from driftwatch.events import decode
-        from driftwatch.http import HttpServer
         from driftwatch.ingest.kafka import ensure_topics, read_range
         from driftwatch.monitor.monitor import build_profile
-        from driftwatch.retrain.dataset import Example
+
+        kafka = settings.kafka.model_copy(update={"topics": settings.kafka.topics.model_copy(update=REFERENCE_TOPICS)})
+        ensure_topics(kafka)
+        url = gateways.start(settings, REFERENCE_TOPICS)
+        phase_a = items("A", self.study.scale.window * 2, self.study.seed + 1, test=False)
+        self._traffic(http, url, phase_a, len(phase_a), rng)
+        sink, deadline = gateways.started[-1][1], time.monotonic() + 120
+        while sink.pending and time.monotonic() < deadline:
+            time.sleep(0.1)
+        reference = build_profile([decode("inference", v, 256 * 1024) for v in read_range(
+            kafka, REFERENCE_TOPICS["inference"])], source="efficacy: phase A through the gateway")
+        reference.save(work / "reference.json")
+        self.study.echo(f"loop: reference from {int(reference.baselines['events'])} phase-A requests through the "
+                        "gateway")
+
+    def _drive(self, daemon, url: str, http, rng: random.Random):
+        """Phase-B traffic, 8 requests at a time while the daemon is not training or evaluating, until a rollout
+        finishes (returned), a run ends without one (None), or ``timeout_s``."""
+        from driftwatch.control.rollout import FINISHED
         from driftwatch.retrain.service import ACTIVE
-        from driftwatch.serving import gateway as gw
-        from driftwatch.state.registry import AdapterRecord
 
-        st, echo, work = self.study, self.study.echo, self.study.work / "loop"
-        work.mkdir(parents=True, exist_ok=True)
-        rng = random.Random(f"users:{st.seed}")
-        http = httpx.Client(timeout=300)
-        t_start = time.monotonic()
-        with LocalBroker(self.broker_kind) as broker:  # type: ignore[arg-type]
-            ref_topics = {"inference": "eff.reference.v1", "feedback": "eff.reference-feedback.v1",
-                          "dead_letter": "eff.reference-dlq.v1"}
-            topics = {"inference": "eff.inference.v1", "feedback": "eff.feedback.v1", "dead_letter": "eff.dlq.v1"}
-            settings = Settings.model_validate(self.settings(broker, topics, work))
-            gateways = []
+        control = daemon.control
+        traffic = [it for _ in range(100) for it in self.study.traffic]  # the same phase-B prompts, again and again
+        sent, deadline = 0, time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            rollout = next((r for r in control.registry.rollouts(5) if r.phase in FINISHED), None)
+            runs = control.store.runs(limit=1)
+            if rollout is not None:
+                return rollout
+            if runs and runs[0].status not in (*ACTIVE, "succeeded"):
+                return None
+            active = control.rollouts.active()
+            if (runs and runs[0].status in ACTIVE) or (
+                    active is not None and active.phase in ("loading", "evaluating", "warming")):
+                time.sleep(0.5)
+            else:
+                self._traffic(http, url, traffic[sent:], 8, rng)
+                sent += 8
+        return None
 
-            def gateway(topics: dict[str, str]) -> str:
-                service, sink = gw.build(settings.model_copy(update={"kafka": settings.kafka.model_copy(update={
-                    "topics": settings.kafka.topics.model_copy(update=topics)})}))
-                if service.table.version == 0:  # the incumbent, registered as a rollout would have, serves
-                    now = time.time()
-                    service.store.save_adapter(AdapterRecord(self.incumbent, str(st.work / "incumbent" / "adapter"),
-                                                             None, None, "production", now, now))
-                    service.store.set_aliases({"production": {self.incumbent: 1.0}}, now, who="efficacy",
-                                              why="the incumbent serves")
-                    service.reload()
-                server = HttpServer(service.app(), "127.0.0.1", 0).start()
-                gateways.append((service, sink, server))
-                return server.url
-
-            # the reference: phase-A traffic, served by the incumbent and logged by a gateway, read back from Kafka
-            ensure_topics(settings.kafka.model_copy(update={"topics": settings.kafka.topics.model_copy(update=ref_topics)}))
-            ref_url = gateway(ref_topics)
-            phase_a = items("A", st.scale.window * 2, st.seed + 1, test=False)
-            self._traffic(http, ref_url, phase_a, len(phase_a), rng)
-            ref_sink = gateways[-1][1]
-            while ref_sink.pending and time.monotonic() - t_start < 120:
-                time.sleep(0.1)
-            reference = build_profile([decode("inference", v, 256 * 1024) for v in read_range(
-                settings.kafka.model_copy(update={"topics": settings.kafka.topics.model_copy(update=ref_topics)}),
-                ref_topics["inference"])], source="efficacy: phase A through the gateway")
-            reference.save(work / "reference.json")
-            echo(f"loop: reference from {int(reference.baselines['events'])} phase-A requests through the gateway")
-
-            daemon = app.build(settings)
-            stop = threading.Event()
-            runner = threading.Thread(target=daemon.run, args=(stop,), name="daemon", daemon=True)
-            runner.start()
-            try:
-                deadline = time.monotonic() + 60
-                while not daemon.readiness()[0]:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("the daemon did not become ready within 60 s")
-                    time.sleep(0.1)
-                url = gateway({})
-                control = daemon.control
-                state, registry = control.store, control.registry
-                traffic = [it for _ in range(100) for it in st.traffic]  # the same phase-B prompts, again and again
-                sent, t_loop = 0, time.monotonic()
-
-                def working() -> bool:
-                    runs = state.runs(limit=1)
-                    active = control.rollouts.active()
-                    return bool(runs and runs[0].status in ACTIVE) or (
-                        active is not None and active.phase in ("loading", "evaluating", "warming"))
-
-                outcome = None
-                while time.monotonic() - t_loop < self.timeout_s:
-                    rollout = next((r for r in registry.rollouts(5) if r.phase in FINISHED), None)
-                    runs = state.runs(limit=1)
-                    if rollout is not None:
-                        outcome = rollout
-                        break
-                    if runs and runs[0].status not in (*ACTIVE, "succeeded"):
-                        break
-                    if working():
-                        time.sleep(0.5)
-                    else:
-                        self._traffic(http, url, traffic[sent:], 8, rng)
-                        sent += 8
-                decisions = state.decisions(action="retrain")
-                run = next(iter(state.runs(limit=1)), None)
-                harvested = [Example(e.prompt, e.target, e.source, e.route, None, e.request_id, e.served)
-                             for e in state.examples(since=0)]
-                evaluation = next(iter(registry.evaluations(outcome.candidate)), None) if outcome else None
-                metrics = {}
-                if evaluation is not None and evaluation.report and Path(evaluation.report).exists():
-                    saved = json.loads(Path(evaluation.report).read_text())
-                    metrics = {**saved["metrics"].get(saved["candidate"], {}),
-                               "base_battery_score": (saved.get("base") or {}).get("battery_score")}
-                promoted = registry.events(outcome.candidate, kind="promoted") if outcome else []
-                failed = list(evaluation.failed) if evaluation is not None else []
-                served_path = registry.adapter(outcome.candidate).path if outcome else None
-            finally:
-                stop.set()
-                runner.join(60)
-                for service, sink, server in gateways:
-                    server.stop()
-                    service.close()
-                    sink.close()
+    def _row(self, found: _Found) -> Row:
+        """The row: the chosen candidate (the review's choice among the run's candidates) as vLLM serves it,
+        promoted or not, with the evaluator's figures and the review; or why there was none."""
+        st, run, outcome = self.study, found.run, found.outcome
         training = dict(run.detail.get("training", {})) if run is not None else {}
         counts = dict(run.detail.get("counts", {})) if run is not None else {}
-        if decisions and promoted:
-            training["decision_to_promotion_s"] = promoted[0].at - decisions[-1].at
+        if found.decisions and found.promoted:
+            training["decision_to_promotion_s"] = found.promoted[0].at - found.decisions[-1].at
         training["served"], training["feedback"] = self.served, dict(self.feedback)
-        echo(f"loop: {self.served} requests served through the gateway, feedback {self.feedback}; "
-             f"{len(decisions)} retrain decision(s); run {run.status if run else 'none'}; "
-             f"rollout {outcome.phase if outcome else 'none'} in {time.monotonic() - t_start:.0f}s")
+        if run is not None and run.detail.get("candidates"):
+            training["candidates"] = run.detail["candidates"]
+        if found.report.get("context", {}).get("review"):
+            training["review"] = found.report["context"]["review"]
         if outcome is None:
             why = (f"run {run.status}: {run.reason}" if run is not None else
-                   "no retrain decision" if not decisions else "no rollout finished in time")
+                   "no retrain decision" if not found.decisions else "no rollout finished in time")
             return Row("loop", None, "refused by the data gates" if run is not None and run.status == "refused"
-                       else "not a candidate", why, training=training, counts=counts), harvested
+                       else "not a candidate", why, training=training, counts=counts)
         decided = {"done": "promoted", "rolled_back": "promoted, then rolled back in the bake"}.get(
             outcome.phase, "refused by the promotion gate")
         why = "every gate passed, baked" if outcome.phase == "done" else (
-            "; ".join(failed) if failed else f"{outcome.phase}: {outcome.why[:200]}")
-        if decisions:
-            why = f"decision #{decisions[-1].id} ({decisions[-1].reasons[0][:90]}...); {why}"
-        row = Row("loop", outcome.candidate, decided, why, evaluation=metrics, training=training, counts=counts)
-        if served_path and outcome.candidate not in st.client.adapters():
-            st.vllm.load_adapter(outcome.candidate, Path(served_path))  # a rejected one is unloaded
-        st._measure(row)  # the candidate as vLLM serves it, promoted or not
-        return row, harvested
+            "; ".join(found.failed) if found.failed else f"{outcome.phase}: {outcome.why[:200]}")
+        if "review" in training:
+            why = f"review chose {training['review']['chosen']} of {len(training['review']['candidates'])}; {why}"
+        if found.decisions:
+            why = f"decision #{found.decisions[-1].id} ({found.decisions[-1].reasons[0][:90]}...); {why}"
+        chosen = found.report.get("candidate") or outcome.candidate
+        metrics = {**found.report.get("metrics", {}).get(chosen, {}),
+                   "base_battery_score": (found.report.get("base") or {}).get("battery_score")}
+        row = Row("loop", chosen, decided, why, evaluation=metrics, training=training, counts=counts)
+        path = found.paths.get(chosen)
+        if path and chosen not in st.client.adapters():
+            st.vllm.load_adapter(chosen, Path(path))  # a rejected one is unloaded
+        st._measure(row)  # the chosen candidate as vLLM serves it, promoted or not
+        return row
+
+
+LOOP_TOPICS = {"inference": "eff.inference.v1", "feedback": "eff.feedback.v1", "dead_letter": "eff.dlq.v1"}
+REFERENCE_TOPICS = {"inference": "eff.reference.v1", "feedback": "eff.reference-feedback.v1",
+                    "dead_letter": "eff.reference-dlq.v1"}
+
+
+def _http_client():
+    import httpx
+
+    return httpx.Client(timeout=300)
+
+
+class _Gateways:
+    """The loop's gateways (the reference's, then the users'), each with the incumbent serving as ``production``;
+    stopped on exit."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop, self.started = loop, []
+
+    def start(self, settings, topics: dict[str, str]) -> str:
+        from driftwatch.http import HttpServer
+        from driftwatch.serving import gateway as gw
+        from driftwatch.state.registry import AdapterRecord
+
+        service, sink = gw.build(settings.model_copy(update={"kafka": settings.kafka.model_copy(update={
+            "topics": settings.kafka.topics.model_copy(update=topics)})}))
+        if service.table.version == 0:  # the incumbent, registered as a rollout would have, serves
+            now, name = time.time(), self.loop.incumbent
+            service.store.save_adapter(AdapterRecord(name, str(self.loop.study.work / "incumbent" / "adapter"),
+                                                     None, None, "production", now, now))
+            service.store.set_aliases({"production": {name: 1.0}}, now, who="efficacy", why="the incumbent serves")
+            service.reload()
+        server = HttpServer(service.app(), "127.0.0.1", 0).start()
+        self.started.append((service, sink, server))
+        return server.url
+
+    def __enter__(self) -> _Gateways:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for service, sink, server in self.started:
+            server.stop()
+            service.close()
+            sink.close()
+
+
+@contextmanager
+def _running(settings):
+    """The daemon, running on its own thread and ready; stopped on exit."""
+    import threading
+
+    from driftwatch import app
+
+    daemon, stop = app.build(settings), threading.Event()
+    runner = threading.Thread(target=daemon.run, args=(stop,), name="daemon", daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not daemon.readiness()[0]:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon did not become ready within 60 s")
+            time.sleep(0.1)
+        yield daemon
+    finally:
+        stop.set()
+        runner.join(60)
+
+
+@dataclass
+class _Found:
+    """What the daemon did, read from its state store and registry."""
+    decisions: list
+    run: Any
+    outcome: Any  # the finished rollout, or None
+    harvested: list
+    report: dict[str, Any]  # the evaluation's saved report ({} without one)
+    failed: list[str]
+    promoted: list
+    paths: dict[str, str]  # each candidate version the run offered: its adapter's path
+
+    @classmethod
+    def of(cls, daemon, outcome) -> _Found:
+        from driftwatch.control.rollout import offered
+        from driftwatch.retrain.dataset import Example
+
+        state, registry = daemon.control.store, daemon.control.registry
+        evaluation = next(iter(registry.evaluations(outcome.candidate)), None) if outcome else None
+        report = {}
+        if evaluation is not None and evaluation.report and Path(evaluation.report).exists():
+            report = json.loads(Path(evaluation.report).read_text())
+        first = registry.adapter(outcome.candidate) if outcome else None
+        paths = {first.version: first.path, **offered(first)} if first else {}
+        return cls(state.decisions(action="retrain"), next(iter(state.runs(limit=1)), None), outcome,
+                   [Example(e.prompt, e.target, e.source, e.route, None, e.request_id, e.served)
+                    for e in state.examples(since=0)], report,
+                   list(evaluation.failed) if evaluation is not None else [],
+                   registry.events(outcome.candidate, kind="promoted") if outcome else [], paths)
 
 
 def _brief(row: Row) -> str:

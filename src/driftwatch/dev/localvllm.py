@@ -21,7 +21,7 @@ from driftwatch.serving.vllm import VLLMClient
 class LocalVLLM:
     def __init__(self, model: Path, *, served_name: str = "base", port: int | None = None, max_loras: int = 3,
                  max_lora_rank: int = 16, max_model_len: int = 1024, python: str = sys.executable,
-                 chat_template: Path | None = None, nice: int = 10) -> None:
+                 chat_template: Path | None = None, nice: int = 10, max_num_seqs: int = 8) -> None:
         self.model, self.served_name, self.port = Path(model), served_name, port or free_port()
         self.chat_template = chat_template
         # below the trainer and the daemon on a shared machine: the CPU engine busy-polls while it has traffic
@@ -30,6 +30,7 @@ class LocalVLLM:
         # vLLM served the same ~10 requests/s either way). Production runs vLLM on its own node.
         self.nice = nice
         self.max_loras, self.max_lora_rank, self.max_model_len, self.python = max_loras, max_lora_rank, max_model_len, python
+        self.max_num_seqs = max_num_seqs
         self.proc: subprocess.Popen | None = None
         self.log_path = Path(tempfile.mkstemp(prefix="driftwatch-vllm-", suffix=".log")[1])
 
@@ -44,7 +45,7 @@ class LocalVLLM:
                self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model),
                "--served-model-name", self.served_name, "--host", "127.0.0.1", "--port", str(self.port),
                "--enable-lora", "--max-lora-rank", str(self.max_lora_rank), "--max-loras", str(self.max_loras),
-               "--dtype", "float32", "--max-model-len", str(self.max_model_len), "--max-num-seqs", "8",
+               "--dtype", "float32", "--max-model-len", str(self.max_model_len), "--max-num-seqs", str(self.max_num_seqs),
                *(["--chat-template", str(self.chat_template)] if self.chat_template else [])]
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
