@@ -1,5 +1,6 @@
 """The paired forgetting gate's power (docs/evaluation.md): how often it refuses a candidate that truly lost 0, 1, 2
-and 5 points of the battery, by battery size (the default battery, the large one, and the part of it that gates a review). Simulated, seconds, no model:
+and 5 points of the battery, by battery size (the default battery, the large one, and the part of it that gates a
+review). Simulated, seconds, no model:
 
     python bench/gate_power.py [--trials 2000] [--churn 0.03]
 

@@ -18,7 +18,6 @@ import argparse
 import json
 import random
 import sys
-from pathlib import Path
 
 SEED = 26
 
@@ -145,10 +144,6 @@ def generate(seed: int = SEED) -> list[dict]:
     return out
 
 
-def shipped(name: str = "battery.jsonl") -> Path:
-    return Path(__file__).resolve().parent.parent / "defaults" / "eval" / name
-
-
 LARGE = "battery-large.jsonl"
 
 
@@ -173,7 +168,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--write", action="store_true", help=f"rewrite {LARGE}")
     args = ap.parse_args()
-    hand = [json.loads(line) for line in shipped().read_text().splitlines()]
+    from driftwatch.evaluate.evaluator import shipped
+
+    hand = [json.loads(line) for line in shipped("battery.jsonl").read_text().splitlines()]
     lines = [json.dumps(q) for q in hand + questions(hand)]
     if args.write:
         shipped(LARGE).write_text("".join(line + "\n" for line in lines))

@@ -683,12 +683,14 @@ class Loop:
     def run(self) -> tuple[Row, list]:
         """The row, and the examples the daemon harvested (the ablations' data): the reference from phase-A traffic,
         then the daemon, then phase-B traffic until a rollout finishes, then what happened."""
+        import httpx
+
         from driftwatch.config import Settings
         from driftwatch.dev.localbroker import LocalBroker
 
         work = self.study.work / "loop"
         work.mkdir(parents=True, exist_ok=True)
-        http, rng, t0 = _http_client(), random.Random(f"users:{self.study.seed}"), time.monotonic()
+        http, rng, t0 = httpx.Client(timeout=300), random.Random(f"users:{self.study.seed}"), time.monotonic()
         with LocalBroker(self.broker_kind) as broker, _Gateways(self) as gateways:  # type: ignore[arg-type]
             settings = Settings.model_validate(self.settings(broker, LOOP_TOPICS, work))
             self._reference(settings, gateways, http, rng, work)
@@ -786,12 +788,6 @@ class Loop:
 LOOP_TOPICS = {"inference": "eff.inference.v1", "feedback": "eff.feedback.v1", "dead_letter": "eff.dlq.v1"}
 REFERENCE_TOPICS = {"inference": "eff.reference.v1", "feedback": "eff.reference-feedback.v1",
                     "dead_letter": "eff.reference-dlq.v1"}
-
-
-def _http_client():
-    import httpx
-
-    return httpx.Client(timeout=300)
 
 
 class _Gateways:
